@@ -1,0 +1,421 @@
+//! Connector configuration: `RawConfig` mirrors the TOML file; [`Config`] is the validated form.
+//!
+//! Layers, later wins: defaults, the TOML file (optional: everything can come from the
+//! environment), then `DOORLESS_*` variables (nested keys joined with `__`). The two that
+//! matter most have short forms: `DOORLESS_TOKEN` and `DOORLESS_UPSTREAM`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+const ENV_KEYS: &[&str] = &[
+    "token",
+    "token_file",
+    "edges",
+    "upstream",
+    "connections",
+    "listen",
+    "limits",
+    "tunnel",
+    "reconnect",
+    "log",
+];
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// The connector configuration as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Enrollment token printed by `doorless-edge site add` (a secret).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// File holding the enrollment token (alternative to `token`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Edge tunnel addresses (HOST:PORT), overriding those in the token.
+    #[serde(default)]
+    pub edges: Vec<String>,
+    /// Home Assistant's base URL, `http://HOST:PORT`.
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    /// QUIC connections kept to each edge (≥ 1; 2 rides out one connection's loss).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Limits and timeouts towards Home Assistant.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// QUIC tunnel settings.
+    #[serde(default)]
+    pub tunnel: RawTunnel,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub reconnect: RawReconnect,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+fn default_upstream() -> String {
+    "http://homeassistant:8123".into()
+}
+
+fn default_connections() -> usize {
+    2
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    /// Admin listener: `/healthz`, `/readyz`, `/status`. Keep it on loopback.
+    pub admin: SocketAddr,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            admin: SocketAddr::from(([127, 0, 0, 1], 9471)),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Time to connect to Home Assistant; then the edge answers 502.
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    /// Time Home Assistant has to send a response head; then the edge answers 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Concurrent streams (requests + WebSockets) the edge may open per connection.
+    pub max_streams: u32,
+    /// Idle keep-alive connections kept to Home Assistant.
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection to Home Assistant is kept; stays below aiohttp's
+    /// keep-alive so we never reuse a connection HA is closing.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(90),
+            max_streams: 1024,
+            pool_max_idle: 32,
+            pool_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[tunnel]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTunnel {
+    /// Keep-alive interval; must stay under the home NAT's UDP timeout.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A connection silent for this long is dead and is redialled.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Requested UDP socket buffer size in bytes.
+    pub udp_buffer: usize,
+}
+
+impl Default for RawTunnel {
+    fn default() -> Self {
+        let t = transport::Tuning::default();
+        Self {
+            keep_alive: t.keep_alive,
+            idle_timeout: t.idle_timeout,
+            udp_buffer: t.udp_buffer,
+        }
+    }
+}
+
+/// `[reconnect]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReconnect {
+    /// First backoff step.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Backoff cap.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub stable: Duration,
+}
+
+impl Default for RawReconnect {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+            stable: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The enrollment token, decoded and checked.
+    pub token: pki::EnrollmentToken,
+    /// Edge addresses to dial.
+    pub edges: Vec<String>,
+    /// Upstream base URI (scheme http, authority).
+    pub upstream: Uri,
+    /// Connections per edge.
+    pub connections: usize,
+    /// Listening addresses.
+    pub listen: RawListen,
+    /// Limits.
+    pub limits: RawLimits,
+    /// Tunnel transport settings.
+    pub tuning: transport::Tuning,
+    /// Reconnect backoff.
+    pub reconnect: RawReconnect,
+    /// Logging.
+    pub log: RawLog,
+}
+
+/// A configuration problem; the binary exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into `RawConfig`.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: key `{key}`: {problem}")]
+    Invalid {
+        /// Where the value came from (file name or "environment").
+        origin: String,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads `path` if given (it must then exist), applies `DOORLESS_*` env, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        let source = match path {
+            Some(p) => {
+                figment = figment.merge(Toml::file_exact(p));
+                p.display().to_string()
+            }
+            None => "environment".to_owned(),
+        };
+        Self::from_figment(figment.merge(env()), &source)
+    }
+
+    /// Validates an in-memory `RawConfig` (used by the demo and tests).
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(raw)), "built-in")
+    }
+
+    fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Parse(messages.join("; "))
+        })?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            origin: source.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let (token_text, token_key) = match (&raw.token, &raw.token_file) {
+            (Some(t), None) => (t.0.clone(), "token"),
+            (None, Some(f)) => (
+                std::fs::read_to_string(f)
+                    .map_err(|e| invalid("token_file", format!("{}: {e}", f.display())))?,
+                "token_file",
+            ),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "set either token or token_file, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "token",
+                    "missing: paste the enrollment token from `doorless-edge site add` (or set DOORLESS_TOKEN)".into(),
+                ));
+            }
+        };
+        let token = pki::EnrollmentToken::decode(&token_text)
+            .map_err(|e| invalid(token_key, e.to_string()))?;
+        let upstream: Uri = raw
+            .upstream
+            .parse()
+            .map_err(|e| invalid("upstream", format!("not a URL: {e}")))?;
+        if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+            return Err(invalid(
+                "upstream",
+                "must be http://HOST:PORT (e.g. http://homeassistant:8123)".into(),
+            ));
+        }
+        if upstream.path() != "/" && !upstream.path().is_empty() {
+            return Err(invalid("upstream", "must not have a path".into()));
+        }
+        if raw.connections == 0 || raw.connections > 16 {
+            return Err(invalid("connections", "must be between 1 and 16".into()));
+        }
+        let edges = if raw.edges.is_empty() {
+            token.edges.clone()
+        } else {
+            raw.edges.clone()
+        };
+        if let Some(bad) = edges.iter().find(|e| !looks_like_host_port(e)) {
+            return Err(invalid("edges", format!("`{bad}` is not HOST:PORT")));
+        }
+        if raw.limits.max_streams == 0 {
+            return Err(invalid("limits.max_streams", "must be at least 1".into()));
+        }
+        if raw.tunnel.idle_timeout <= raw.tunnel.keep_alive {
+            return Err(invalid(
+                "tunnel.idle_timeout",
+                "must be longer than tunnel.keep_alive".into(),
+            ));
+        }
+        if raw.reconnect.initial.is_zero() || raw.reconnect.max < raw.reconnect.initial {
+            return Err(invalid(
+                "reconnect.max",
+                "need 0 < reconnect.initial <= reconnect.max".into(),
+            ));
+        }
+        let tuning = transport::Tuning {
+            keep_alive: raw.tunnel.keep_alive,
+            idle_timeout: raw.tunnel.idle_timeout,
+            udp_buffer: raw.tunnel.udp_buffer,
+            max_incoming_streams: raw.limits.max_streams,
+            ..transport::Tuning::default()
+        };
+        Ok(Self {
+            token,
+            edges,
+            upstream,
+            connections: raw.connections,
+            listen: raw.listen,
+            limits: raw.limits,
+            tuning,
+            reconnect: raw.reconnect,
+            log: raw.log,
+        })
+    }
+}
+
+fn looks_like_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn env() -> Env {
+    Env::prefixed("DOORLESS_").split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        ENV_KEYS.contains(&top)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_is_named() {
+        let Err(e) = Config::from_figment(Figment::new(), "test") else {
+            panic!("a config without a token must be refused");
+        };
+        assert!(e.to_string().contains("`token`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let figment = Figment::new().merge(Toml::string("tokn = \"x\""));
+        let Err(e) = Config::from_figment(figment, "test") else {
+            panic!("typo must be refused");
+        };
+        assert!(e.to_string().contains("tokn"), "{e}");
+    }
+
+    #[test]
+    fn secret_is_not_printed() {
+        let s = Secret("dl1.abc".into());
+        assert_eq!(format!("{s:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn host_port() {
+        assert!(looks_like_host_port("edge.example.com:443"));
+        assert!(looks_like_host_port("[::1]:443"));
+        assert!(!looks_like_host_port("edge.example.com"));
+        assert!(!looks_like_host_port(":443"));
+        assert!(!looks_like_host_port("h:0"));
+    }
+}

@@ -1,0 +1,241 @@
+//! Keeps tunnel connections to the edge up, forever.
+//!
+//! Each connection slot dials, registers (Hello → Welcome) and serves streams until the
+//! connection ends, then waits a backoff and dials again. The backoff is exponential with full
+//! jitter (a random wait in `[0, min(max, initial × 2ⁿ))`, so a fleet of connectors does not
+//! reconnect in lockstep after an edge restart) and resets once a connection has stayed up
+//! for `reconnect.stable`. Each slot keeps its UDP socket across reconnects, so the home
+//! NAT sees a stable source port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use proto::{CloseCode, ControlEvent, ControlState, Hello};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use transport::{ClientEndpoint, ClientTls, ControlDriver};
+
+use crate::{Shared, forward};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial`, capped at `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next wait, given a uniform random `unit` in [0, 1).
+    pub fn next(&mut self, unit: f64) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(self.attempt))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1).min(31);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Back to the first step.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// One connection slot towards `edge`; returns at shutdown.
+pub async fn slot(index: usize, edge: String, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let reconnect = &shared.config.reconnect;
+    let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
+    let mut endpoint: Option<(bool, ClientEndpoint)> = None;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match session(&edge, &mut endpoint, &shared, &shutdown).await {
+            Ok(()) => {}
+            Err(e) => warn!(slot = index, %edge, error = %e, "tunnel connection failed"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if started.elapsed() >= reconnect.stable {
+            backoff.reset();
+        }
+        let wait = backoff.next(random_unit());
+        info!(slot = index, %edge, wait_ms = wait.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    if let Some((_, ep)) = endpoint {
+        ep.wait_idle(Duration::from_secs(1)).await;
+    }
+}
+
+async fn session(
+    edge: &str,
+    endpoint: &mut Option<(bool, ClientEndpoint)>,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = resolve(edge).await?;
+    let ep = match endpoint {
+        Some((v4, ep)) if *v4 == addr.is_ipv4() => ep,
+        _ => {
+            let token = &shared.config.token;
+            let tls = ClientTls {
+                cert_chain: pki::parse_certs(&token.cert_pem)?,
+                key: pki::parse_key(&token.key_pem)?,
+                tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem)?,
+                server_name: token.server_name.clone(),
+            };
+            let ep = ClientEndpoint::new(addr, tls, &shared.config.tuning)?;
+            &mut endpoint.insert((addr.is_ipv4(), ep)).1
+        }
+    };
+    let conn = ep.connect(addr, HANDSHAKE_TIMEOUT).await?;
+    let (send, recv) = conn.open(HANDSHAKE_TIMEOUT).await?;
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: shared.config.token.connector_id.clone(),
+        software: concat!("doorless-connector/", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    let state = ControlState::connector(hello, now(), shared.config.tuning.idle_timeout);
+    let mut control = ControlDriver::new(send, recv, state);
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, control.next_event()).await {
+        Ok(Ok(ControlEvent::Welcomed(w))) => w,
+        Ok(Ok(ControlEvent::Rejected(r))) => {
+            conn.close(CloseCode::Normal, "rejected");
+            anyhow::bail!("edge rejected this connector: {} ({:?})", r.text, r.code);
+        }
+        Ok(Ok(other)) => anyhow::bail!("unexpected control message before welcome: {other:?}"),
+        Ok(Err(e)) => {
+            let code = conn.close_code();
+            anyhow::bail!(
+                "registration failed: {e}{}",
+                code.map(|c| format!(" (closed: {})", c.name()))
+                    .unwrap_or_default()
+            );
+        }
+        Err(_) => anyhow::bail!("no welcome from the edge within {WELCOME_TIMEOUT:?}"),
+    };
+    info!(%edge, %addr, site = %welcome.site, connector = %welcome.connector_id, "registered with edge");
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.registered.notify_waiters();
+    let _ = shared.ready.send(true);
+    let streams = TaskTracker::new();
+    let result = serve(&conn, &mut control, shared, shutdown, &streams).await;
+    shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    if shutdown.is_cancelled() {
+        // Graceful: the edge already knows we drain; let in-flight requests finish.
+        streams.close();
+        let grace = shared.config.limits.shutdown_grace;
+        let _ = tokio::time::timeout(grace, streams.wait()).await;
+        control.state().go_away(proto::GoAway {
+            code: CloseCode::Shutdown.code() as u16,
+            text: "connector shutting down".into(),
+        });
+        let _ = control.flush(Duration::from_secs(1)).await;
+        conn.close(CloseCode::Shutdown, "connector shutting down");
+    } else {
+        conn.close(CloseCode::Normal, "session ended");
+    }
+    result
+}
+
+async fn serve(
+    conn: &transport::Connection,
+    control: &mut ControlDriver,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    streams: &TaskTracker,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            stream = conn.accept() => {
+                let (send, recv) = stream?;
+                streams.spawn(forward::stream(send, recv, shared.clone()));
+            }
+            event = control.next_event() => match event? {
+                ControlEvent::PeerDraining => {
+                    // The edge is restarting: in-flight streams finish on this connection,
+                    // and we dial again once it closes.
+                    info!("edge is draining this connection");
+                }
+                ControlEvent::PeerGoingAway(go) => {
+                    info!(reason = %go.text, "edge going away");
+                    return Ok(());
+                }
+                _ => {}
+            },
+            () = shutdown.cancelled() => {
+                control.state().drain();
+                let _ = control.flush(Duration::from_secs(1)).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {
+    let mut addrs = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(edge))
+        .await
+        .map_err(|_| anyhow::anyhow!("resolving {edge}: timed out"))??;
+    addrs
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("resolving {edge}: no address"))
+}
+
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    // 53 random bits → a uniform float in [0, 1).
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let ceilings: Vec<_> = (0..8).map(|_| b.next(1.0)).collect();
+        assert_eq!(ceilings[0], Duration::from_millis(100));
+        assert_eq!(ceilings[1], Duration::from_millis(200));
+        assert_eq!(ceilings[4], Duration::from_millis(1600));
+        assert_eq!(ceilings[7], Duration::from_secs(2));
+        assert_eq!(b.next(0.0), Duration::ZERO);
+        b.reset();
+        assert_eq!(b.next(0.5), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn random_unit_in_range() {
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

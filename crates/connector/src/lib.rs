@@ -1,0 +1,125 @@
+//! `doorless-connector`: the home side of doorless.
+//!
+//! It dials OUT to the edge over QUIC (no port forwarding), registers with its enrollment
+//! credential, and serves the streams the edge opens: each one is a request (or WebSocket)
+//! for Home Assistant, forwarded through a pooled HTTP client.
+//!
+//! What it is not: it never listens on the network except for its loopback admin endpoint,
+//! and it never decides who may come in: the edge does that before a stream exists.
+//!
+//! Start at [`Connector::bind`] and [`Connector::run`]; [`dial`] keeps the connections up,
+//! [`forward`] handles one stream.
+
+pub mod admin;
+pub mod config;
+pub mod dial;
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use anyhow::Context as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::Config;
+use crate::forward::UpstreamBody;
+
+/// State shared by every task of one connector.
+#[derive(Debug)]
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Pooled client to Home Assistant.
+    pub client: Client<HttpConnector, UpstreamBody>,
+    /// Registered edge connections right now.
+    pub sessions: AtomicUsize,
+    /// Notified whenever a connection registers.
+    pub registered: Notify,
+    ready: watch::Sender<bool>,
+}
+
+/// A connector with its admin listener bound, ready to run.
+#[derive(Debug)]
+pub struct Connector {
+    shared: Arc<Shared>,
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+}
+
+impl Connector {
+    /// Binds the admin listener and builds the upstream client.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let admin = TcpListener::bind(config.listen.admin)
+            .await
+            .with_context(|| format!("binding listen.admin {}", config.listen.admin))?;
+        let admin_addr = admin.local_addr()?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.limits.pool_idle_timeout)
+            .pool_max_idle_per_host(config.limits.pool_max_idle)
+            .build(http);
+        let (ready, _) = watch::channel(false);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                sessions: AtomicUsize::new(0),
+                registered: Notify::new(),
+                ready,
+            }),
+            admin,
+            admin_addr,
+        })
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Resolves to `true` once the first edge connection has registered.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.shared.ready.subscribe()
+    }
+
+    /// Runs until `shutdown`, then drains: tells the edge, lets in-flight requests finish
+    /// within `limits.shutdown_grace`, and closes.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let shared = self.shared;
+        info!(
+            site = %shared.config.token.site,
+            connector = %shared.config.token.connector_id,
+            edges = ?shared.config.edges,
+            upstream = %shared.config.upstream,
+            connections = shared.config.connections,
+            "connector starting"
+        );
+        tasks.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
+        for edge in &shared.config.edges {
+            for index in 0..shared.config.connections {
+                tasks.spawn(dial::slot(
+                    index,
+                    edge.clone(),
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        Ok(())
+    }
+}

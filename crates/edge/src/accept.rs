@@ -1,0 +1,69 @@
+//! Step 1 of the request path: the public TCP accept loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::{Shared, serve, tls};
+
+/// Accepts connections until `shutdown`; each runs in its own task, at most
+/// `limits.max_connections` at once (more are closed at once).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, addr)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Over the connection limit: closing is the cheapest answer.
+                    drop(tcp);
+                    continue;
+                };
+                tracker.spawn(connection(
+                    tcp,
+                    addr,
+                    shared.clone(),
+                    shutdown.clone(),
+                    permit,
+                ));
+            }
+            Err(e) => {
+                // Usually out of file descriptors; back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let sites = shared.sites.load_full();
+    let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
+    match handshake {
+        Ok((stream, peer)) => serve::connection(stream, peer, shared, shutdown).await,
+        Err(denial) => {
+            info!(client = %addr.ip(), reason = denial.reason(), "handshake denied");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Edge configuration: `RawConfig` mirrors the TOML file; [`Config`] is the validated form.
+//!
+//! Layers, later wins: built-in defaults, the TOML file, then `DOORLESS_*` environment
+//! variables (nested keys joined with `__`, e.g. `DOORLESS_LISTEN__HTTPS=0.0.0.0:8443`).
+//! Every field is documented in `docs/config.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Top-level keys that `DOORLESS_*` variables may set. Limiting env to these keeps a stray
+/// variable meant for the connector (e.g. `DOORLESS_TOKEN`) from breaking the edge.
+const ENV_KEYS: &[&str] = &["state_dir", "listen", "limits", "tunnel", "log", "sites"];
+
+/// The edge configuration as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// State directory created by `doorless-edge init` (CAs, keys, sites).
+    pub state_dir: PathBuf,
+    /// Listening addresses.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Limits and timeouts of the public listener and the proxy path.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// QUIC tunnel settings.
+    #[serde(default)]
+    pub tunnel: RawTunnel,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Per-site settings, keyed by site name. Sites themselves come from the state dir.
+    #[serde(default)]
+    pub sites: BTreeMap<String, RawSite>,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    /// Public HTTPS listener (TCP).
+    pub https: SocketAddr,
+    /// Tunnel listener for connectors (UDP, QUIC).
+    pub tunnel: SocketAddr,
+    /// Admin listener: `/healthz`, `/readyz`, `/status`. Keep it on loopback.
+    pub admin: SocketAddr,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
+            tunnel: SocketAddr::from(([0, 0, 0, 0], 443)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9470)),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Maximum concurrent client connections on the public listener.
+    pub max_connections: usize,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a complete request head (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Maximum size of a request head in bytes (HTTP/1 buffer, HTTP/2 header list); more → 431.
+    pub max_header_bytes: usize,
+    /// Maximum concurrent HTTP/2 streams per client connection.
+    pub h2_max_streams: u32,
+    /// Time the connector has to return the response head; then 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Maximum concurrent tunnel streams (requests + WebSockets) per connector connection.
+    pub max_streams_per_connector: u32,
+    /// Time to wait for a free tunnel stream before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub stream_open_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            h2_max_streams: 128,
+            upstream_timeout: Duration::from_secs(100),
+            max_streams_per_connector: 1024,
+            stream_open_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[tunnel]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTunnel {
+    /// Keep-alive interval of connector connections.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// A connector connection silent for this long is dead.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Interval of control-stream pings (RTT measurement, liveness).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Requested UDP socket buffer size in bytes.
+    pub udp_buffer: usize,
+}
+
+impl Default for RawTunnel {
+    fn default() -> Self {
+        let t = transport::Tuning::default();
+        Self {
+            keep_alive: t.keep_alive,
+            idle_timeout: t.idle_timeout,
+            ping_interval: Duration::from_secs(15),
+            udp_buffer: t.udp_buffer,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[sites.NAME]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    /// PEM certificate chain for the site's hostnames (e.g. from Let's Encrypt). Default: the
+    /// certificate the state dir made at `site add` (signed by the local server CA).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    /// The state dir, opened and checked.
+    pub state: PathBuf,
+    /// Listening addresses.
+    pub listen: RawListen,
+    /// Limits.
+    pub limits: RawLimits,
+    /// Tunnel transport settings.
+    pub tuning: transport::Tuning,
+    /// Control ping interval.
+    pub ping_interval: Duration,
+    /// Logging.
+    pub log: RawLog,
+    /// Per-site overrides.
+    pub sites: BTreeMap<String, RawSite>,
+}
+
+/// A configuration problem; the binary exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into `RawConfig`.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: key `{key}`: {problem}")]
+    Invalid {
+        /// Where the value came from (file name or "environment").
+        origin: String,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads `path` (must exist), applies `DOORLESS_*` env, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env());
+        Self::from_figment(figment, &path.display().to_string())
+    }
+
+    /// Validates an in-memory `RawConfig` (used by the demo and tests).
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(raw)), "built-in")
+    }
+
+    fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Parse(messages.join("; "))
+        })?;
+        let invalid = |key: &str, problem: &str| ConfigError::Invalid {
+            origin: source.to_owned(),
+            key: key.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let limits = &raw.limits;
+        if limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if limits.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
+        }
+        if limits.max_streams_per_connector == 0 {
+            return Err(invalid(
+                "limits.max_streams_per_connector",
+                "must be at least 1",
+            ));
+        }
+        if limits.h2_max_streams == 0 {
+            return Err(invalid("limits.h2_max_streams", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.upstream_timeout", limits.upstream_timeout),
+            ("limits.stream_open_timeout", limits.stream_open_timeout),
+            ("tunnel.ping_interval", raw.tunnel.ping_interval),
+            ("tunnel.keep_alive", raw.tunnel.keep_alive),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if raw.tunnel.idle_timeout <= raw.tunnel.keep_alive {
+            return Err(invalid(
+                "tunnel.idle_timeout",
+                "must be longer than tunnel.keep_alive",
+            ));
+        }
+        if raw.tunnel.idle_timeout < Duration::from_secs(5) {
+            return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
+        }
+        for (name, site) in &raw.sites {
+            if site.tls_cert.is_some() != site.tls_key.is_some() {
+                return Err(invalid(
+                    &format!("sites.{name}.tls_cert"),
+                    "tls_cert and tls_key must be set together",
+                ));
+            }
+        }
+        let tuning = transport::Tuning {
+            keep_alive: raw.tunnel.keep_alive,
+            idle_timeout: raw.tunnel.idle_timeout,
+            udp_buffer: raw.tunnel.udp_buffer,
+            ..transport::Tuning::default()
+        };
+        Ok(Self {
+            source: source.to_owned(),
+            state: raw.state_dir,
+            listen: raw.listen,
+            limits: raw.limits,
+            tuning,
+            ping_interval: raw.tunnel.ping_interval,
+            log: raw.log,
+            sites: raw.sites,
+        })
+    }
+}
+
+fn env() -> Env {
+    Env::prefixed("DOORLESS_").split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        ENV_KEYS.contains(&top)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::new().merge(Toml::string(text));
+        Config::from_figment(figment, "test.toml")
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let Ok(c) = load("state_dir = \"/tmp/x\"") else {
+            panic!("minimal config must load");
+        };
+        assert_eq!(c.listen.https.port(), 443);
+        assert_eq!(c.limits.upstream_timeout, Duration::from_secs(100));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let Err(e) = load("state_dir = \"/x\"\n[limits]\nheader_read_timout = \"1s\"") else {
+            panic!("typo must be refused");
+        };
+        assert!(e.to_string().contains("header_read_timout"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let Err(e) = load("state_dir = \"/x\"\n[listen]\nhttps = \"nope\"") else {
+            panic!("bad address must be refused");
+        };
+        assert!(e.to_string().contains("listen.https"), "{e}");
+    }
+
+    #[test]
+    fn invalid_limit_is_named() {
+        let Err(e) = load("state_dir = \"/x\"\n[limits]\nmax_connections = 0") else {
+            panic!("zero must be refused");
+        };
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+}

@@ -1,0 +1,167 @@
+//! The tunnel listener: connectors register here.
+//!
+//! A connector proves who it is with a certificate from the connector CA (checked in the QUIC
+//! handshake); its identity names the site it serves. It then opens the control stream and
+//! says `Hello`; we answer `Welcome` and register the connection as a [`Session`] until it
+//! goes away, drains, or we shut down.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use proto::{CloseCode, ControlEvent, ControlState, Reject, RejectCode, Welcome};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use transport::{ControlDriver, Incoming, ServerEndpoint};
+
+use crate::Shared;
+use crate::route::Session;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connector connections until `shutdown`.
+pub async fn serve(
+    endpoint: Arc<ServerEndpoint>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        tracker.spawn(session(incoming, shared.clone(), shutdown.clone()));
+    }
+}
+
+async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let addr = incoming.remote_addr();
+    let conn = match incoming.accept(HANDSHAKE_TIMEOUT).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            info!(%addr, error = %e, "tunnel handshake refused");
+            return;
+        }
+    };
+    let identity = match conn
+        .peer_certificate()
+        .map_err(|e| e.to_string())
+        .and_then(|der| pki::Identity::from_cert_der(&der).map_err(|e| e.to_string()))
+    {
+        Ok(id) if id.kind == pki::Kind::Connector => id,
+        Ok(_) => {
+            warn!(%addr, "tunnel refused: certificate is not a connector certificate");
+            conn.close(CloseCode::Rejected, "not a connector certificate");
+            return;
+        }
+        Err(e) => {
+            warn!(%addr, error = %e, "tunnel refused: no connector identity");
+            conn.close(CloseCode::Rejected, "no connector identity");
+            return;
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept()).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            info!(%addr, "tunnel closed before its control stream opened");
+            conn.close(CloseCode::Timeout, "no control stream");
+            return;
+        }
+    };
+    let state = ControlState::edge(now(), shared.config.tuning.idle_timeout);
+    let mut control = ControlDriver::new(send, recv, state);
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, control.next_event()).await {
+        Ok(Ok(ControlEvent::HelloReceived(hello))) => hello,
+        _ => {
+            info!(%addr, "tunnel closed: no valid hello");
+            conn.close(CloseCode::ProtocolError, "expected hello");
+            return;
+        }
+    };
+    let site_known = shared.sites.load().by_name(&identity.site).is_some();
+    let refusal = if hello.connector_id != identity.name {
+        Some((
+            RejectCode::Unauthorized,
+            "connector id does not match its certificate",
+        ))
+    } else if !site_known {
+        Some((
+            RejectCode::UnknownSite,
+            "site is not configured on this edge",
+        ))
+    } else if shutdown.is_cancelled() {
+        Some((RejectCode::Overloaded, "edge is shutting down"))
+    } else {
+        None
+    };
+    if let Some((code, text)) = refusal {
+        warn!(%addr, site = %identity.site, connector = %identity.name, reason = text, "connector rejected");
+        control.state().reject(Reject {
+            code,
+            text: text.into(),
+        });
+        let _ = control.flush(Duration::from_secs(1)).await;
+        conn.close(CloseCode::Rejected, text);
+        return;
+    }
+    let max_streams = shared.config.limits.max_streams_per_connector;
+    control.state().accept(
+        Welcome {
+            version: proto::VERSION,
+            site: identity.site.clone(),
+            connector_id: identity.name.clone(),
+            ping_interval_ms: u32::try_from(shared.config.ping_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            max_streams,
+        },
+        now(),
+    );
+    let session = Arc::new(Session::new(
+        shared.registry.next_id(),
+        identity.site.clone(),
+        identity.name.clone(),
+        conn.clone(),
+        max_streams as usize,
+    ));
+    shared.registry.insert(session.clone());
+    info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
+
+    let ended = loop {
+        tokio::select! {
+            event = control.next_event() => match event {
+                Ok(ControlEvent::PeerDraining) => {
+                    info!(%addr, connector = %identity.name, "connector draining");
+                    session.draining.store(true, Ordering::Relaxed);
+                }
+                Ok(ControlEvent::PeerGoingAway(go)) => {
+                    session.draining.store(true, Ordering::Relaxed);
+                    break format!("connector going away: {}", go.text);
+                }
+                Ok(ControlEvent::Rtt(rtt)) => {
+                    session.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                }
+                Ok(other) => debug!(?other, "control event"),
+                Err(e) => break e.to_string(),
+            },
+            () = shutdown.cancelled() => {
+                // Tell the connector; in-flight streams finish until the edge closes the
+                // endpoint at the end of its grace period.
+                control.state().drain();
+                let _ = control.flush(Duration::from_secs(1)).await;
+                let e = conn.closed().await;
+                break e.to_string();
+            }
+        }
+    };
+    shared.registry.remove(&session);
+    conn.close(CloseCode::Normal, "session ended");
+    info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}

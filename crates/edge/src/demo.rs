@@ -1,0 +1,176 @@
+//! `doorless-edge demo`: the whole product on one machine in one command.
+//!
+//! Creates a throwaway state dir (CAs, a site `demo` for `home.localhost`, a device
+//! certificate, a connector credential), starts a stand-in Home Assistant, the edge and a
+//! connector in this process, and prints the curl command that gets through and the one that
+//! is refused.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::Edge;
+use crate::config::{Config, RawConfig, RawListen};
+
+const SITE: &str = "demo";
+const HOST: &str = "home.localhost";
+const DEVICE: &str = "demo-phone";
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(
+    port: u16,
+    dir: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (dir, _temp_guard) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let d = std::env::temp_dir().join(format!("doorless-demo-{}", std::process::id()));
+            (d.clone(), Some(RemoveOnDrop(d)))
+        }
+    };
+    let state_dir = dir.join("state");
+    let state = pki::StateDir::init(&state_dir, &pki::InitOptions::default())
+        .with_context(|| format!("creating the demo state in {}", state_dir.display()))?;
+    state.add_site(SITE, &[HOST.to_owned()])?;
+    let issued = state.add_client(
+        SITE,
+        DEVICE,
+        pki::Validity::days(30),
+        pki::KeyType::EcdsaP256,
+    )?;
+    let cert = dir.join(format!("{DEVICE}.crt"));
+    let key = dir.join(format!("{DEVICE}.key"));
+    std::fs::write(&cert, &issued.cert_pem)?;
+    std::fs::write(&key, &issued.key_pem)?;
+    let ca = state.server_ca_path();
+
+    // Stand-in Home Assistant.
+    let shutdown = CancellationToken::new();
+    let ha_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let ha_addr = ha_listener.local_addr()?;
+    let recorder = standin::Recorder::new();
+    tokio::spawn(standin::serve(ha_listener, recorder, shutdown.clone()));
+
+    // Edge.
+    let config = Config::from_raw(RawConfig {
+        state_dir: state_dir.clone(),
+        listen: RawListen {
+            https: SocketAddr::from(([127, 0, 0, 1], port)),
+            tunnel: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        limits: Default::default(),
+        tunnel: Default::default(),
+        log: Default::default(),
+        sites: Default::default(),
+    })?;
+    let edge = Edge::bind(config).await?;
+    let addrs = edge.addrs();
+    let edge_task = tokio::spawn(edge.run(shutdown.clone()));
+
+    // Connector, enrolled with a fresh token.
+    let mut token = state.issue_connector(SITE, None)?;
+    token.edges = vec![addrs.tunnel.to_string()];
+    let connector_config = connector::config::Config::from_raw(connector::config::RawConfig {
+        token: Some(connector::config::Secret(token.encode())),
+        token_file: None,
+        edges: Vec::new(),
+        upstream: format!("http://{ha_addr}"),
+        connections: 2,
+        listen: connector::config::RawListen {
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        limits: Default::default(),
+        tunnel: Default::default(),
+        reconnect: Default::default(),
+        log: Default::default(),
+    })?;
+    let connector = connector::Connector::bind(connector_config).await?;
+    let mut ready = connector.ready();
+    let connector_task = tokio::spawn(connector.run(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .context("the demo connector did not register within 10 s")??;
+
+    let https_port = addrs.https.port();
+    let url = format!("https://{HOST}:{https_port}/");
+    let resolve = format!("--resolve {HOST}:{https_port}:127.0.0.1");
+    let ok = format!(
+        "curl --cacert {} --cert {} --key {} {resolve} {url}",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let refused = format!("curl --cacert {} {resolve} {url}", ca.display());
+    println!();
+    println!("doorless demo is running (Ctrl-C to stop).");
+    println!("  stand-in Home Assistant: http://{ha_addr}");
+    println!(
+        "  edge: https {} · tunnel (QUIC) {} · admin http://{}",
+        addrs.https, addrs.tunnel, addrs.admin
+    );
+    println!();
+    println!("This works (a device certificate issued for site `{SITE}`):");
+    println!("  {ok}");
+    println!();
+    println!("This is refused at the TLS handshake (no certificate):");
+    println!("  {refused}");
+    println!();
+    println!(
+        "Status of sites and connectors: curl http://{}/status",
+        addrs.admin
+    );
+    println!();
+    if let Some(path) = ready_file {
+        let body = json!({
+            "https": addrs.https, "tunnel": addrs.tunnel, "admin": addrs.admin,
+            "host": HOST, "ca": ca, "cert": cert, "key": key,
+            "curl_ok": ok, "curl_refused": refused,
+        });
+        write_atomic(&path, &body.to_string())?;
+    }
+
+    wait_for_signal().await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = connector_task.await;
+        let _ = edge_task.await;
+    })
+    .await;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, body: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Deletes the demo's temporary directory when the demo ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,164 @@
+//! Every way a request can fail, who is to blame, and the one mapping to a status code.
+
+use http::StatusCode;
+
+/// Who caused a failure; decides the status code and the log/metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something wrong or went away.
+    Client,
+    /// No usable connector, or the connector misbehaved.
+    Connector,
+    /// Home Assistant (behind the connector) failed or was too slow.
+    Upstream,
+    /// The edge itself.
+    Edge,
+}
+
+impl Blame {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Connector => "connector",
+            Self::Upstream => "upstream",
+            Self::Edge => "edge",
+        }
+    }
+}
+
+/// A request that could not be proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No Host / :authority, or an unparsable one.
+    MissingHost,
+    /// The Host selects another site than the connection's SNI (or none).
+    MisdirectedRequest,
+    /// The site has no registered, non-draining connector.
+    NoConnector,
+    /// No tunnel stream could be opened in time (all connectors at their stream limit or gone).
+    TunnelUnavailable,
+    /// The tunnel stream failed while sending the request or reading the response head.
+    TunnelBroken,
+    /// The connector's response head was malformed or too large.
+    BadResponseHead,
+    /// The connector could not reach Home Assistant.
+    UpstreamConnect,
+    /// Home Assistant did not answer within the connector's timeout.
+    UpstreamTimeout,
+    /// Home Assistant answered with something unusable.
+    UpstreamProtocol,
+    /// The connector refused the stream (draining or overloaded).
+    ConnectorRefused,
+    /// No response head within `limits.upstream_timeout`.
+    ResponseTimeout,
+    /// The request head could not be encoded for the tunnel (too large).
+    RequestTooLarge,
+}
+
+impl ProxyError {
+    /// The status code the client receives.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MissingHost => StatusCode::BAD_REQUEST,
+            Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NoConnector | Self::TunnelUnavailable | Self::ConnectorRefused => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::TunnelBroken
+            | Self::BadResponseHead
+            | Self::UpstreamConnect
+            | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who is to blame.
+    pub fn blame(self) -> Blame {
+        match self {
+            Self::MissingHost | Self::MisdirectedRequest | Self::RequestTooLarge => Blame::Client,
+            Self::NoConnector
+            | Self::TunnelUnavailable
+            | Self::TunnelBroken
+            | Self::BadResponseHead
+            | Self::ConnectorRefused
+            | Self::ResponseTimeout => Blame::Connector,
+            Self::UpstreamConnect | Self::UpstreamTimeout | Self::UpstreamProtocol => {
+                Blame::Upstream
+            }
+        }
+    }
+
+    /// Reason label for logs and metrics (bounded set).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingHost => "missing_host",
+            Self::MisdirectedRequest => "misdirected",
+            Self::RequestTooLarge => "request_too_large",
+            Self::NoConnector => "no_connector",
+            Self::TunnelUnavailable => "tunnel_unavailable",
+            Self::TunnelBroken => "tunnel_broken",
+            Self::BadResponseHead => "bad_response_head",
+            Self::UpstreamConnect => "upstream_connect",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamProtocol => "upstream_protocol",
+            Self::ConnectorRefused => "connector_refused",
+            Self::ResponseTimeout => "response_timeout",
+        }
+    }
+
+    /// Maps a stream reset from the connector to the failure it reports.
+    pub fn from_stream_error(e: proto::StreamError) -> Self {
+        use proto::StreamError as S;
+        match e {
+            S::UpstreamConnect => Self::UpstreamConnect,
+            S::UpstreamTimeout => Self::UpstreamTimeout,
+            S::UpstreamProtocol => Self::UpstreamProtocol,
+            S::Refused => Self::ConnectorRefused,
+            S::Cancelled | S::BadRequest | S::Internal | S::Unknown(_) => Self::TunnelBroken,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blame_and_status_agree() {
+        for e in [
+            ProxyError::MissingHost,
+            ProxyError::MisdirectedRequest,
+            ProxyError::NoConnector,
+            ProxyError::TunnelUnavailable,
+            ProxyError::TunnelBroken,
+            ProxyError::BadResponseHead,
+            ProxyError::UpstreamConnect,
+            ProxyError::UpstreamTimeout,
+            ProxyError::UpstreamProtocol,
+            ProxyError::ConnectorRefused,
+            ProxyError::ResponseTimeout,
+            ProxyError::RequestTooLarge,
+        ] {
+            let s = e.status().as_u16();
+            match e.blame() {
+                Blame::Client => assert!((400..500).contains(&s), "{e:?}"),
+                _ => assert!((500..600).contains(&s), "{e:?}"),
+            }
+        }
+        assert_eq!(
+            ProxyError::NoConnector.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ProxyError::UpstreamConnect.status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::UpstreamTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(ProxyError::MisdirectedRequest.status().as_u16(), 421);
+    }
+}

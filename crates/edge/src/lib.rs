@@ -1,0 +1,181 @@
+//! `doorless-edge`: the public side of doorless.
+//!
+//! It listens for browsers and apps on HTTPS (TCP) and for connectors on QUIC (UDP). A client
+//! must present a certificate from its site's client CA or the TLS handshake fails; an
+//! authenticated request rides its own QUIC stream to a connector of that site, which
+//! forwards it to Home Assistant.
+//!
+//! What it is not: a general reverse proxy. There is one upstream per site (behind its
+//! connectors) and no path routing.
+//!
+//! The request path, one module per step, in order:
+//! 1. [`accept`] — TCP accept loop, connection limit.
+//! 2. [`tls`] — handshake: SNI → site, client certificate → [`tls::Peer`].
+//! 3. [`serve`] — HTTP/1.1 and HTTP/2; `handle_request` asks [`policy::decide`].
+//! 4. [`route`] — site → live connector [`route::Session`].
+//! 5. [`proxy`] — request and response through a tunnel stream; WebSocket splice.
+//! 6. [`serve`]'s `finish` — one access-log line per request. Errors and their status codes
+//!    live in [`error`].
+//!
+//! Connectors register through [`connectors`]. [`Edge::bind`] then [`Edge::run`] is the
+//! whole server; `main.rs` adds the CLI.
+
+pub mod accept;
+pub mod admin;
+pub mod config;
+pub mod connectors;
+pub mod demo;
+pub mod error;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod serve;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::Config;
+use crate::route::Registry;
+use crate::tls::Sites;
+
+/// State shared by every task of one edge.
+#[derive(Debug)]
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Sites; swapped whole on reload.
+    pub sites: ArcSwap<Sites>,
+    /// Registered connector sessions.
+    pub registry: Registry,
+    request_ids: AtomicU64,
+}
+
+impl Shared {
+    /// A new request id, unique in this process.
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The addresses an edge actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Addrs {
+    /// Public HTTPS.
+    pub https: SocketAddr,
+    /// QUIC tunnel.
+    pub tunnel: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+}
+
+/// An edge with its listeners bound and state loaded, ready to run.
+#[derive(Debug)]
+pub struct Edge {
+    shared: Arc<Shared>,
+    https: TcpListener,
+    admin: TcpListener,
+    tunnel: Arc<transport::ServerEndpoint>,
+    addrs: Addrs,
+}
+
+impl Edge {
+    /// Loads the state dir and binds every listener.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let sites = Sites::load(&config)?;
+        let state = pki::StateDir::open(&config.state)?;
+        let tunnel_tls = transport::ServerTls {
+            cert_chain: pki::load_certs(&state.tunnel_cert_path())?,
+            key: pki::load_key(&state.tunnel_key_path())?,
+            connector_ca: pki::load_certs(&state.connector_ca_path())?,
+        };
+        let https = TcpListener::bind(config.listen.https)
+            .await
+            .with_context(|| format!("binding listen.https {}", config.listen.https))?;
+        let admin = TcpListener::bind(config.listen.admin)
+            .await
+            .with_context(|| format!("binding listen.admin {}", config.listen.admin))?;
+        let tunnel =
+            transport::ServerEndpoint::bind(config.listen.tunnel, tunnel_tls, &config.tuning)
+                .with_context(|| format!("binding listen.tunnel {}", config.listen.tunnel))?;
+        let addrs = Addrs {
+            https: https.local_addr()?,
+            tunnel: tunnel.local_addr()?,
+            admin: admin.local_addr()?,
+        };
+        let shared = Arc::new(Shared {
+            config,
+            sites: ArcSwap::from_pointee(sites),
+            registry: Registry::default(),
+            request_ids: AtomicU64::new(1),
+        });
+        Ok(Self {
+            shared,
+            https,
+            admin,
+            tunnel: Arc::new(tunnel),
+            addrs,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// Serves until `shutdown`, then drains: stops accepting, lets in-flight requests finish
+    /// within `limits.shutdown_grace`, tells connectors, and closes the tunnel.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Two trackers: client-facing tasks drain first (bounded by the grace period) while
+        // the tunnel still carries their streams; connector sessions end after that.
+        let http = TaskTracker::new();
+        let tunnel = TaskTracker::new();
+        let shared = self.shared;
+        for site in shared.sites.load().all() {
+            info!(site = %site.name, hostnames = ?site.hostnames, "serving site");
+        }
+        info!(https = %self.addrs.https, tunnel = %self.addrs.tunnel, admin = %self.addrs.admin, "edge ready");
+        http.spawn(accept::serve(
+            self.https,
+            shared.clone(),
+            shutdown.clone(),
+            http.clone(),
+        ));
+        http.spawn(admin::serve(
+            self.admin,
+            shared.clone(),
+            shutdown.clone(),
+            http.clone(),
+        ));
+        tunnel.spawn(connectors::serve(
+            self.tunnel.clone(),
+            shared.clone(),
+            shutdown.clone(),
+            tunnel.clone(),
+        ));
+        shutdown.cancelled().await;
+        info!("shutting down: draining in-flight requests");
+        http.close();
+        tunnel.close();
+        let grace = shared.config.limits.shutdown_grace;
+        if tokio::time::timeout(grace, http.wait()).await.is_err() {
+            info!("grace period over; closing remaining connections");
+        }
+        self.tunnel
+            .close(proto::CloseCode::Shutdown, "edge shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tunnel.wait()).await;
+        self.tunnel
+            .wait_idle(std::time::Duration::from_secs(2))
+            .await;
+        Ok(())
+    }
+}

@@ -1,0 +1,438 @@
+//! Steps 5–6 of the request path: carry one request through a tunnel stream.
+//!
+//! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
+//! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
+//! FIN. Bodies stream both ways through bounded QUIC flow-control windows, never buffered
+//! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
+//! splice between the client's upgraded connection and the tunnel.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::io::ReaderStream;
+use tracing::debug;
+use transport::{RecvHalf, SendHalf};
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::route::Session;
+use crate::tls::Peer;
+
+/// Body type of every response the edge sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Largest response head we accept from a connector.
+const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
+/// Read size for response bodies: large enough for bulk transfers, small enough to stream.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Forwarding headers a client might forge. The connector sets the real ones.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// Proxies `req` over one of `candidates` (best first).
+pub async fn forward(
+    mut req: Request<Incoming>,
+    host: &str,
+    peer: &Peer,
+    candidates: Vec<Arc<Session>>,
+    shared: &Shared,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upgrade = is_upgrade(&req);
+    let body = body_kind(&req);
+    let header = StreamHeader {
+        version: proto::VERSION,
+        kind: if upgrade {
+            StreamKind::Upgrade
+        } else {
+            StreamKind::Http
+        },
+        request_id: shared.next_request_id(),
+        method: Bytes::copy_from_slice(req.method().as_str().as_bytes()),
+        target: raw_target(&req),
+        headers: request_headers(req.headers(), host, upgrade),
+        body,
+        client: ClientInfo {
+            addr: peer.addr,
+            cert_fingerprint: Some(peer.fingerprint),
+            device: peer.device.clone(),
+        },
+    };
+    let mut encoded = bytes::BytesMut::new();
+    header
+        .encode(&mut encoded)
+        .map_err(|_| ProxyError::RequestTooLarge)?;
+    let encoded = encoded.freeze();
+
+    let (slot, mut send, mut recv) = open_stream(&candidates, shared).await?;
+    send.write_chunk(encoded)
+        .await
+        .map_err(|_| ProxyError::TunnelBroken)?;
+
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut send = if upgrade {
+        // The request body of an upgrade is empty (see `is_upgrade`); the send half stays open
+        // for the splice after a 101.
+        Some(send)
+    } else {
+        if body == BodyKind::Empty {
+            send.finish();
+        } else {
+            tokio::spawn(pump_request(req.into_body(), send));
+        }
+        None
+    };
+
+    let head = tokio::select! {
+        head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
+        () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
+            recv.stop(StreamError::Cancelled);
+            if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
+            return Err(ProxyError::ResponseTimeout);
+        }
+    };
+    let head = head.map_err(|e| match e {
+        transport::Error::Io(io) => transport::reset_code(&io)
+            .map_or(ProxyError::TunnelBroken, ProxyError::from_stream_error),
+        _ => ProxyError::BadResponseHead,
+    })?;
+    let status = StatusCode::from_u16(head.status).map_err(|_| ProxyError::BadResponseHead)?;
+
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        return Err(ProxyError::BadResponseHead);
+    }
+    copy_response_headers(&head.headers, response.headers_mut(), switching)?;
+
+    match (switching, on_upgrade, send) {
+        (true, Some(on_upgrade), Some(send)) => {
+            tokio::spawn(splice(on_upgrade, send, recv, slot));
+        }
+        (_, _, send) => {
+            // Not upgraded: the upstream answered normally; end our side of the stream.
+            if let Some(mut s) = send {
+                s.finish();
+            }
+            if head.body != BodyKind::Empty {
+                *response.body_mut() = tunnel_body(recv, slot);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// A body that is empty.
+pub fn empty() -> ResponseBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+async fn open_stream(
+    candidates: &[Arc<Session>],
+    shared: &Shared,
+) -> Result<(OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
+    let limit = shared.config.limits.stream_open_timeout;
+    // First pass: any session with a free slot right now; second: wait on the best one.
+    let mut picked = candidates
+        .iter()
+        .find_map(|s| s.try_slot().map(|slot| (s.clone(), slot)));
+    if picked.is_none() {
+        if let Some(best) = candidates.first() {
+            picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
+        }
+    }
+    let (session, slot) = picked.ok_or(ProxyError::TunnelUnavailable)?;
+    match session.conn.open(limit).await {
+        Ok((send, recv)) => Ok((slot, send, recv)),
+        Err(e) => {
+            debug!(error = %e, connector = %session.connector_id, "opening tunnel stream failed");
+            Err(ProxyError::TunnelUnavailable)
+        }
+    }
+}
+
+/// Copies the client's request body into the tunnel as it arrives.
+async fn pump_request(mut body: Incoming, mut send: SendHalf) {
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if send.write_chunk(data).await.is_err() {
+                        // The connector stopped reading (upstream answered or failed).
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                // The client aborted the upload: make the upstream see an aborted body, not
+                // a short one.
+                send.reset(StreamError::Cancelled);
+                return;
+            }
+        }
+    }
+    send.finish();
+}
+
+/// The response body read from the tunnel; holds the stream slot until it is dropped.
+fn tunnel_body(recv: RecvHalf, slot: OwnedSemaphorePermit) -> ResponseBody {
+    let stream = ReaderStream::with_capacity(recv, BODY_CHUNK).map_ok(move |chunk| {
+        let _ = &slot;
+        Frame::data(chunk)
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// After a 101: raw bytes both ways until either side ends.
+async fn splice(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    send: SendHalf,
+    recv: RecvHalf,
+    _slot: OwnedSemaphorePermit,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(error = %e, "client upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(upgraded);
+    let mut tunnel = tokio::io::join(recv, send);
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut tunnel, BODY_CHUNK, BODY_CHUNK)
+        .await
+    {
+        Ok((up, down)) => debug!(up, down, "websocket closed"),
+        Err(e) => debug!(error = %e, "websocket ended"),
+    }
+}
+
+/// An HTTP/1.1 upgrade request (WebSocket) with no body. HTTP/2 extended CONNECT is not
+/// enabled, so browsers use HTTP/1.1 for WebSockets.
+fn is_upgrade<B: hyper::body::Body>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && body_kind(req) == BodyKind::Empty
+}
+
+fn body_kind<B>(req: &Request<B>) -> BodyKind
+where
+    B: hyper::body::Body,
+{
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return if len == 0 {
+            BodyKind::Empty
+        } else {
+            BodyKind::Length(len)
+        };
+    }
+    if req.body().is_end_stream() {
+        BodyKind::Empty
+    } else {
+        BodyKind::Streamed
+    }
+}
+
+/// The request target exactly as the client sent it (origin form).
+fn raw_target<B>(req: &Request<B>) -> Bytes {
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    Bytes::copy_from_slice(target.as_bytes())
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
+/// (or set from `:authority` for HTTP/2), upgrade headers kept for WebSocket.
+fn request_headers(headers: &HeaderMap, host: &str, upgrade: bool) -> Vec<(Bytes, Bytes)> {
+    let named: Vec<String> = connection_tokens(headers)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut out = Vec::with_capacity(headers.len() + 2);
+    if !headers.contains_key(header::HOST) {
+        out.push((
+            Bytes::from_static(b"host"),
+            Bytes::copy_from_slice(host.as_bytes()),
+        ));
+    }
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || FORWARDING.contains(&n) || named.iter().any(|t| t == n) {
+            continue;
+        }
+        out.push((
+            Bytes::copy_from_slice(n.as_bytes()),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+    if upgrade {
+        if let Some(value) = headers.get(header::UPGRADE) {
+            out.push((
+                Bytes::from_static(b"connection"),
+                Bytes::from_static(b"upgrade"),
+            ));
+            out.push((
+                Bytes::from_static(b"upgrade"),
+                Bytes::copy_from_slice(value.as_bytes()),
+            ));
+        }
+    }
+    out
+}
+
+fn copy_response_headers(
+    from: &[(Bytes, Bytes)],
+    to: &mut HeaderMap,
+    switching: bool,
+) -> Result<(), ProxyError> {
+    for (name, value) in from {
+        let name = HeaderName::from_bytes(name).map_err(|_| ProxyError::BadResponseHead)?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| ProxyError::BadResponseHead)?;
+        let hop = HOP_BY_HOP.contains(&name.as_str());
+        let keep_for_101 = switching && (name == header::UPGRADE || name == header::CONNECTION);
+        if hop && !keep_for_101 {
+            continue;
+        }
+        to.append(name, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap_or(header::ACCEPT),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+            );
+        }
+        map
+    }
+
+    fn names(out: &[(Bytes, Bytes)]) -> Vec<String> {
+        out.iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn forwarding_and_hop_by_hop_headers_are_stripped() {
+        let h = headers(&[
+            ("host", "ha.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        let out = request_headers(&h, "ha.example", false);
+        assert_eq!(names(&out), ["host", "accept"]);
+    }
+
+    #[test]
+    fn h2_requests_get_host_from_authority() {
+        let out = request_headers(&headers(&[("accept", "*/*")]), "ha.example:8443", false);
+        assert_eq!(
+            out[0],
+            (
+                Bytes::from_static(b"host"),
+                Bytes::from_static(b"ha.example:8443")
+            )
+        );
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_websocket() {
+        let h = headers(&[
+            ("host", "ha.example"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "x"),
+        ]);
+        let out = request_headers(&h, "ha.example", true);
+        assert_eq!(
+            names(&out),
+            ["host", "sec-websocket-key", "connection", "upgrade"]
+        );
+    }
+
+    #[test]
+    fn response_hop_by_hop_dropped_except_on_101() {
+        let from = vec![
+            (
+                Bytes::from_static(b"connection"),
+                Bytes::from_static(b"upgrade"),
+            ),
+            (
+                Bytes::from_static(b"upgrade"),
+                Bytes::from_static(b"websocket"),
+            ),
+            (
+                Bytes::from_static(b"transfer-encoding"),
+                Bytes::from_static(b"chunked"),
+            ),
+            (
+                Bytes::from_static(b"content-type"),
+                Bytes::from_static(b"text/plain"),
+            ),
+        ];
+        let mut normal = HeaderMap::new();
+        assert!(copy_response_headers(&from, &mut normal, false).is_ok());
+        assert_eq!(normal.len(), 1);
+        let mut switching = HeaderMap::new();
+        assert!(copy_response_headers(&from, &mut switching, true).is_ok());
+        assert_eq!(switching.len(), 3);
+    }
+}

@@ -1,0 +1,199 @@
+//! Step 4 of the request path: site → a live connector session.
+//!
+//! Each registered connector connection is a [`Session`]. A site can have several (a
+//! connector keeps two or more connections, and a site can have several connectors). We pick
+//! the non-draining session with the most free stream slots, which spreads load and steers
+//! around a connector that is busy or going away.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One registered connector connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Edge-unique id of this session.
+    pub id: u64,
+    /// Site it serves.
+    pub site: String,
+    /// Connector id from its certificate.
+    pub connector_id: String,
+    /// Connector address as seen by the edge.
+    pub addr: SocketAddr,
+    /// The QUIC connection.
+    pub conn: transport::Connection,
+    /// Set when the connector announced Drain: no new streams.
+    pub draining: AtomicBool,
+    /// When it registered.
+    pub since: SystemTime,
+    /// Last control-stream RTT in microseconds.
+    pub rtt_us: AtomicU64,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+}
+
+impl Session {
+    /// A new session allowing `max_streams` concurrent streams.
+    pub fn new(
+        id: u64,
+        site: String,
+        connector_id: String,
+        conn: transport::Connection,
+        max_streams: usize,
+    ) -> Self {
+        Self {
+            id,
+            site,
+            connector_id,
+            addr: conn.remote_addr(),
+            conn,
+            draining: AtomicBool::new(false),
+            since: SystemTime::now(),
+            rtt_us: AtomicU64::new(0),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+        }
+    }
+
+    /// A stream slot, if one is free right now.
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.streams.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits up to `limit` for a stream slot.
+    pub async fn slot(&self, limit: Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(limit, self.streams.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Streams in use.
+    pub fn active_streams(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
+    }
+
+    fn usable(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Live sessions by site.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    next_id: AtomicU64,
+}
+
+/// Status view of one site's connectors.
+#[derive(Debug, Serialize)]
+pub struct ConnectorStatus {
+    /// Connector id.
+    pub id: String,
+    /// Registered connections.
+    pub connections: usize,
+    /// Per connection detail.
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// Status view of one session.
+#[derive(Debug, Serialize)]
+pub struct SessionStatus {
+    /// Connector address.
+    pub addr: String,
+    /// Registered since (Unix seconds).
+    pub since: u64,
+    /// Last RTT in milliseconds.
+    pub rtt_ms: f64,
+    /// Streams in use.
+    pub active_streams: usize,
+    /// Draining.
+    pub draining: bool,
+}
+
+impl Registry {
+    /// A fresh session id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a session.
+    pub fn insert(&self, session: Arc<Session>) {
+        let mut map = self.lock();
+        map.entry(session.site.clone()).or_default().push(session);
+    }
+
+    /// Removes a session.
+    pub fn remove(&self, session: &Session) {
+        let mut map = self.lock();
+        if let Some(list) = map.get_mut(&session.site) {
+            list.retain(|s| s.id != session.id);
+            if list.is_empty() {
+                map.remove(&session.site);
+            }
+        }
+    }
+
+    /// Usable sessions of `site`, best first (most free slots).
+    pub fn candidates(&self, site: &str) -> Vec<Arc<Session>> {
+        let map = self.lock();
+        let mut list: Vec<_> = map
+            .get(site)
+            .map(|l| l.iter().filter(|s| s.usable()).cloned().collect())
+            .unwrap_or_default();
+        list.sort_by_key(|s| s.active_streams());
+        list
+    }
+
+    /// Number of registered sessions of `site`.
+    pub fn count(&self, site: &str) -> usize {
+        self.lock().get(site).map_or(0, Vec::len)
+    }
+
+    /// Status of `site`'s connectors, sorted by id.
+    pub fn status(&self, site: &str) -> Vec<ConnectorStatus> {
+        let map = self.lock();
+        let mut by_id: HashMap<&str, Vec<SessionStatus>> = HashMap::new();
+        for s in map.get(site).into_iter().flatten() {
+            by_id
+                .entry(&s.connector_id)
+                .or_default()
+                .push(SessionStatus {
+                    addr: s.addr.to_string(),
+                    since: s
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    rtt_ms: s.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                    active_streams: s.active_streams(),
+                    draining: s.draining.load(Ordering::Relaxed),
+                });
+        }
+        let mut out: Vec<_> = by_id
+            .into_iter()
+            .map(|(id, sessions)| ConnectorStatus {
+                id: id.to_owned(),
+                connections: sessions.len(),
+                sessions,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Every session (for shutdown).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.lock().values().flatten().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Session>>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (every update is
+        // a single push/retain), so a poisoned lock is still usable.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

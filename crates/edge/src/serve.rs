@@ -1,0 +1,168 @@
+//! Step 3 of the request path: HTTP on an authenticated connection.
+//!
+//! [`handle_request`] is the whole path for one request, top to bottom: policy, route,
+//! proxy, and one finish point that logs every outcome exactly once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::Shared;
+use crate::error::ProxyError;
+use crate::policy::{self, Decision, DenyReason};
+use crate::proxy::{self, ResponseBody};
+use crate::tls::Peer;
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
+/// leaves or `shutdown` asks for a graceful close.
+pub async fn connection(
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let peer = Arc::new(peer);
+    let limits = &shared.config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let service = {
+        let shared = shared.clone();
+        let peer = peer.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(handle_request(req, &peer, &shared).await) }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(shared.config.limits.shutdown_grace, conn).await;
+        }
+    }
+}
+
+/// One request, from policy to response; every outcome passes [`finish`].
+pub async fn handle_request(
+    req: Request<Incoming>,
+    peer: &Peer,
+    shared: &Shared,
+) -> Response<ResponseBody> {
+    let started = tokio::time::Instant::now();
+    let method = req.method().clone();
+    let outcome = proxy_request(req, peer, shared).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(e) => denial(e),
+    };
+    finish(peer, &method, &response, outcome_error(&response), started);
+    response
+}
+
+async fn proxy_request(
+    req: Request<Incoming>,
+    peer: &Peer,
+    shared: &Shared,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    let host_name = host.as_deref().and_then(policy::host_name);
+    let sites = shared.sites.load();
+    let host_site = host_name
+        .as_deref()
+        .and_then(|h| sites.by_host(h))
+        .map(|s| s.name.clone());
+    match policy::decide(&peer.site.name, host_name.as_deref(), host_site.as_deref()) {
+        Decision::Allow => {}
+        Decision::Deny(DenyReason::MissingHost) => return Err(ProxyError::MissingHost),
+        Decision::Deny(DenyReason::HostMismatch) => return Err(ProxyError::MisdirectedRequest),
+    }
+    let candidates = shared.registry.candidates(&peer.site.name);
+    if candidates.is_empty() {
+        return Err(ProxyError::NoConnector);
+    }
+    let host = host.unwrap_or_default();
+    proxy::forward(req, &host, peer, candidates, shared).await
+}
+
+/// The bare answer for a failed request: status only, no body, nothing that names doorless or
+/// Home Assistant.
+fn denial(e: ProxyError) -> Response<ResponseBody> {
+    let mut response = Response::new(proxy::empty());
+    *response.status_mut() = e.status();
+    response.extensions_mut().insert(e);
+    response
+}
+
+fn outcome_error(response: &Response<ResponseBody>) -> Option<ProxyError> {
+    response.extensions().get::<ProxyError>().copied()
+}
+
+/// The single finish point: one access log line per request.
+fn finish(
+    peer: &Peer,
+    method: &http::Method,
+    response: &Response<ResponseBody>,
+    error: Option<ProxyError>,
+    started: tokio::time::Instant,
+) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    match error {
+        None => info!(
+            target: "access",
+            site = %peer.site.name,
+            device = %peer.device,
+            client = %peer.addr.ip(),
+            %method,
+            status,
+            ms,
+            "request"
+        ),
+        Some(e) => info!(
+            target: "access",
+            site = %peer.site.name,
+            device = %peer.device,
+            client = %peer.addr.ip(),
+            %method,
+            status,
+            ms,
+            blame = e.blame().as_str(),
+            reason = e.reason(),
+            "request failed"
+        ),
+    }
+}

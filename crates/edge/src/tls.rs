@@ -1,0 +1,237 @@
+//! Step 2 of the request path: the TLS handshake of the public listener.
+//!
+//! The client's SNI picks the site; the site's own `ServerConfig` then demands a client
+//! certificate issued by that site's client CA. A client without one, or with one from another
+//! CA, expired, or otherwise invalid, fails the handshake: it never reaches HTTP, let alone a
+//! connector. A verified certificate becomes a [`Peer`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::{Acceptor, WebPkiClientVerifier};
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::Config;
+
+/// One site as the edge serves it.
+#[derive(Debug)]
+pub struct Site {
+    /// Site name (from the state dir).
+    pub name: String,
+    /// Hostnames that select it, lowercase.
+    pub hostnames: Vec<String>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// All sites, by hostname and by name. Immutable; a reload builds a new one.
+#[derive(Debug, Default)]
+pub struct Sites {
+    by_host: HashMap<String, Arc<Site>>,
+    by_name: HashMap<String, Arc<Site>>,
+}
+
+/// Why a connection was refused before HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeDenial {
+    /// No SNI, or SNI naming no site.
+    UnknownSite,
+    /// The client sent no certificate.
+    NoCertificate,
+    /// The certificate's issuer is not this site's client CA.
+    UnknownCa,
+    /// Expired or not yet valid.
+    Expired,
+    /// Revoked.
+    Revoked,
+    /// Verified by the CA but carries no device identity for this site.
+    BadIdentity,
+    /// Any other TLS failure (protocol, ALPN, malformed).
+    Protocol,
+    /// The client took too long.
+    Timeout,
+}
+
+impl HandshakeDenial {
+    /// Metric label and log value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::UnknownSite => "unknown_site",
+            Self::NoCertificate => "no_cert",
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::BadIdentity => "bad_identity",
+            Self::Protocol => "tls_error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// The authenticated client of one TLS connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// Client address (TCP peer).
+    pub addr: SocketAddr,
+    /// The site chosen by SNI and proven by the certificate.
+    pub site: Arc<Site>,
+    /// Device name from the certificate identity.
+    pub device: String,
+    /// SHA-256 of the client certificate.
+    pub fingerprint: [u8; 32],
+}
+
+impl Sites {
+    /// Loads every site of the state dir and builds its TLS configuration.
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let state = pki::StateDir::open(&config.state)
+            .with_context(|| format!("opening state dir {}", config.state.display()))?;
+        let mut sites = Self::default();
+        for name in config.sites.keys() {
+            state.site(name).with_context(|| {
+                format!(
+                    "{}: key `sites.{name}`: no such site in the state dir",
+                    config.source
+                )
+            })?;
+        }
+        for site in state.sites()? {
+            let overrides = config.sites.get(&site.name).cloned().unwrap_or_default();
+            let (cert, key) = match (overrides.tls_cert, overrides.tls_key) {
+                (Some(c), Some(k)) => (c, k),
+                _ => (site.server_cert_path.clone(), site.server_key_path.clone()),
+            };
+            let chain = pki::load_certs(&cert)?;
+            let key = pki::load_key(&key)?;
+            let client_ca = pki::load_certs(&site.client_ca_path)?;
+            let tls = server_config(chain, key, client_ca)
+                .with_context(|| format!("TLS setup of site {}", site.name))?;
+            let entry = Arc::new(Site {
+                name: site.name.clone(),
+                hostnames: site.hostnames.clone(),
+                tls,
+            });
+            for host in &site.hostnames {
+                sites
+                    .by_host
+                    .insert(host.to_ascii_lowercase(), entry.clone());
+            }
+            sites.by_name.insert(site.name, entry);
+        }
+        Ok(sites)
+    }
+
+    /// The site serving `host` (no port, any case).
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Site>> {
+        self.by_host.get(&host.to_ascii_lowercase())
+    }
+
+    /// The site called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
+        self.by_name.get(name)
+    }
+
+    /// All sites, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Site>> {
+        let mut all: Vec<_> = self.by_name.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+fn server_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    client_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in client_ca {
+        roots.add(ca)?;
+    }
+    // Mandatory client authentication: no certificate, no handshake.
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session tickets: resumption would skip certificate checks that revocation relies on.
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Runs the handshake for one TCP connection.
+pub async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    sites: &Sites,
+    limit: Duration,
+) -> Result<(TlsStream<TcpStream>, Peer), HandshakeDenial> {
+    let run = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
+            .await
+            .map_err(|e| classify(&e))?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let site = sni
+            .as_deref()
+            .and_then(|name| sites.by_host(name))
+            .ok_or(HandshakeDenial::UnknownSite)?
+            .clone();
+        let stream = start
+            .into_stream(site.tls.clone())
+            .await
+            .map_err(|e| classify(&e))?;
+        let (_, conn) = stream.get_ref();
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(HandshakeDenial::NoCertificate)?;
+        // The CA signature proves the site (each site has its own client CA); the identity in
+        // the certificate must agree, or the certificate was minted by something else.
+        let identity =
+            pki::Identity::from_cert_der(leaf).map_err(|_| HandshakeDenial::BadIdentity)?;
+        if identity.kind != pki::Kind::Device || identity.site != site.name {
+            return Err(HandshakeDenial::BadIdentity);
+        }
+        let peer = Peer {
+            addr,
+            fingerprint: pki::fingerprint(leaf),
+            device: identity.name,
+            site,
+        };
+        Ok((stream, peer))
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| HandshakeDenial::Timeout)?
+}
+
+fn classify(err: &io::Error) -> HandshakeDenial {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return HandshakeDenial::Protocol;
+    };
+    match tls {
+        Error::NoCertificatesPresented => HandshakeDenial::NoCertificate,
+        Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                HandshakeDenial::UnknownCa
+            }
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => HandshakeDenial::Expired,
+            CertificateError::Revoked => HandshakeDenial::Revoked,
+            _ => HandshakeDenial::BadIdentity,
+        },
+        _ => HandshakeDenial::Protocol,
+    }
+}

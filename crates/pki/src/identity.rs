@@ -1,0 +1,233 @@
+//! Who a certificate belongs to, and the names it may use.
+//!
+//! The identity lives in exactly one place in a certificate: a URI SAN
+//! `urn:doorless:<kind>:<site>:<name>`. The CN repeats the name for humans but is never read.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use x509_parser::extensions::GeneralName;
+
+use crate::error::{Error, Result, clip};
+
+/// What a client certificate authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A phone, laptop or browser of a user of the site.
+    Device,
+    /// A `doorless-connector` tunnelling to the site's Home Assistant.
+    Connector,
+}
+
+impl Kind {
+    /// The word used in identity URIs and in `index.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Connector => "connector",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity a doorless client certificate carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub kind: Kind,
+    pub site: String,
+    pub name: String,
+}
+
+impl Identity {
+    /// A device of `site`; both names are validated with [`validate_name`].
+    pub fn device(site: &str, name: &str) -> Result<Self> {
+        Self::new(Kind::Device, site, name)
+    }
+
+    /// A connector of `site`; both names are validated with [`validate_name`].
+    pub fn connector(site: &str, name: &str) -> Result<Self> {
+        Self::new(Kind::Connector, site, name)
+    }
+
+    fn new(kind: Kind, site: &str, name: &str) -> Result<Self> {
+        validate_name(site)?;
+        validate_name(name)?;
+        Ok(Self {
+            kind,
+            site: site.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// `urn:doorless:<kind>:<site>:<name>`.
+    pub fn to_uri(&self) -> String {
+        format!("{URI_PREFIX}{}:{}:{}", self.kind, self.site, self.name)
+    }
+
+    /// Parses what [`Identity::to_uri`] produces, and nothing else.
+    pub fn from_uri(uri: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidIdentityUri {
+            uri: clip(uri),
+            reason,
+        };
+        let rest = uri
+            .strip_prefix(URI_PREFIX)
+            .ok_or_else(|| invalid("does not start with urn:doorless:"))?;
+        let mut parts = rest.split(':');
+        let (Some(kind), Some(site), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("expected urn:doorless:<kind>:<site>:<name>"));
+        };
+        let kind = match kind {
+            "device" => Kind::Device,
+            "connector" => Kind::Connector,
+            _ => return Err(invalid("kind is neither device nor connector")),
+        };
+        Self::new(kind, site, name)
+    }
+
+    /// The identity of a DER certificate: it must carry exactly one doorless URI SAN.
+    ///
+    /// This does not verify the certificate; call it on certificates the TLS stack has already
+    /// verified against the right CA.
+    pub fn from_cert_der(der: &[u8]) -> Result<Self> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| Error::Certificate {
+                path: None,
+                reason: e.to_string(),
+            })?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| Error::Certificate {
+                path: None,
+                reason: format!("subject alternative name: {e}"),
+            })?;
+        let mut uris = san
+            .iter()
+            .flat_map(|san| san.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) if uri.starts_with(URI_PREFIX) => Some(*uri),
+                _ => None,
+            });
+        match (uris.next(), uris.next()) {
+            (Some(uri), None) => Self::from_uri(uri),
+            (None, _) => Err(Error::NoIdentity {
+                reason: "no urn:doorless: URI SAN",
+            }),
+            (Some(_), Some(_)) => Err(Error::NoIdentity {
+                reason: "more than one urn:doorless: URI SAN",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_uri())
+    }
+}
+
+const URI_PREFIX: &str = "urn:doorless:";
+
+/// Checks a site, device or connector name: `[a-z0-9][a-z0-9._-]{0,62}`.
+///
+/// Names become file names and parts of identity URIs, hence no colon, no slash, no uppercase
+/// (two names differing only in case would collide on case-insensitive file systems).
+pub fn validate_name(s: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidName {
+            name: clip(s),
+            reason,
+        })
+    };
+    let Some(&first) = s.as_bytes().first() else {
+        return invalid("empty");
+    };
+    if s.len() > 63 {
+        return invalid("longer than 63 characters");
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return invalid("must start with a lowercase letter or a digit");
+    }
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+    if !s.bytes().all(allowed) {
+        return invalid("only lowercase letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Lowercases and checks a hostname: an IP address (returned in canonical form) or a DNS name
+/// of letter-digit-hyphen labels. Wildcards and trailing dots are refused: the edge routes on
+/// the exact SNI name.
+pub fn normalize_hostname(s: &str) -> Result<String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = s.to_ascii_lowercase();
+    let invalid = |reason| {
+        Err(Error::InvalidHostname {
+            name: clip(s),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > 253 {
+        return invalid("longer than 253 characters");
+    }
+    let mut all_numeric = true;
+    for label in name.split('.') {
+        if label.is_empty() {
+            return invalid("empty label (leading, trailing or double dot)");
+        }
+        if label.len() > 63 {
+            return invalid("label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return invalid("only letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return invalid("a label starts or ends with '-'");
+        }
+        all_numeric &= label.bytes().all(|b| b.is_ascii_digit());
+    }
+    if all_numeric {
+        return invalid("looks like an IP address but is not one");
+    }
+    Ok(name)
+}
+
+/// SHA-256 of a certificate's DER: the fingerprint the edge logs and revokes by.
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// [`fingerprint`] as lowercase hex without separators.
+pub fn fingerprint_hex(cert_der: &[u8]) -> String {
+    hex(&fingerprint(cert_der))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}

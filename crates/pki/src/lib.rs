@@ -1,0 +1,85 @@
+//! doorless PKI: certificate authorities, device and connector certificates, identities, the
+//! edge's state directory and connector enrollment tokens.
+//!
+//! # What this crate is not
+//!
+//! It does no TLS and no networking, and it does not *verify* certificates: chains are checked
+//! by rustls in the edge and the connector, against the CA certificates this crate writes.
+//! [`Identity::from_cert_der`] only reads who an already verified certificate belongs to. It
+//! holds no revocation logic beyond recording `revoked_at` in the index; the edge acts on it.
+//! No PKCS#12 export either (that belongs to the CLI, which gets PEM/PKCS#8 from [`Issued`]).
+//!
+//! # Where to start
+//!
+//! - The edge CLI: [`StateDir::init`], then [`StateDir::add_site`] (which returns a [`Site`]),
+//!   [`StateDir::issue_connector`] (an [`EnrollmentToken`] to print with
+//!   [`EnrollmentToken::encode`]) and [`StateDir::add_client`] (an [`Issued`] device
+//!   certificate and key to package).
+//! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
+//!   [`load_key`], [`Identity::from_cert_der`] on verified peer certificates.
+//! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
+//!   [`parse_key`] on its fields, pinning `tunnel_ca_pem` and verifying [`TUNNEL_SERVER_NAME`].
+//! - Tests and the demo: [`Ca`] directly.
+//!
+//! # Policy, fixed here so no caller forgets it
+//!
+//! - ECDSA P-256 keys by default ([`KeyType::Rsa2048`] for old devices).
+//! - Random 16-byte positive serials; validity always explicit, starting one hour in the past.
+//! - CAs: CA:true with path length 0, keyCertSign + cRLSign + digitalSignature, 10 years.
+//! - Device certificates are signed directly by their site's own client CA (the iOS app sends no
+//!   intermediates), so a certificate of site A never verifies against site B.
+//! - Identity lives in one place, a URI SAN `urn:doorless:device:<site>:<name>` or
+//!   `urn:doorless:connector:<site>:<name>`; names follow [`validate_name`].
+//! - Client certificates: EKU clientAuth only; server certificates: EKU serverAuth.
+//!
+//! # State directory layout
+//!
+//! ```text
+//! <root>/                     0700
+//!   state.json                {"version":1,"edge_addr":...,"created":...}; written last by init
+//!   tunnel-ca.crt / .key      signs the edge's QUIC server cert; pinned by connectors (in tokens)
+//!   tunnel.crt / tunnel.key   edge's QUIC server cert (SAN DNS TUNNEL_SERVER_NAME, serverAuth)
+//!   connector-ca.crt / .key   signs connector certs
+//!   server-ca.crt / .key      local CA for the sites' self-made public HTTPS certs
+//!   session.key               32 random bytes (0600), for session cookies
+//!   index.json                [IndexEntry...] issued device and connector certificates
+//!   sites/<site>/site.json    {"name":..., "hostnames":[...]}
+//!   sites/<site>/client-ca.crt / .key     this site's device CA
+//!   sites/<site>/server.crt / server.key  public HTTPS cert for the hostnames (signed by server-ca)
+//!   sites/<site>/clients/<name>.crt       issued device certs (keys are never stored)
+//!   sites/<site>/connectors/<id>.crt      issued connector certs
+//! ```
+//!
+//! Every `*.key` and `session.key` is 0600 from creation, every directory 0700. Every file is
+//! replaced atomically (temporary file, fsync, rename, fsync of the directory). A directory with
+//! CA files but no `state.json` is an interrupted `init` ([`Error::InterruptedInit`]); a site is
+//! built under `sites/.<site>.tmp-*` and renamed into place when complete. Commands are expected
+//! to run one at a time (no locking); the index is read, modified and atomically replaced.
+
+mod ca;
+mod error;
+mod fs;
+mod identity;
+mod pem;
+mod state;
+mod token;
+
+pub use ca::{Ca, Certified, Issued, KeyType, Validity};
+pub use error::{Error, Result};
+pub use identity::{
+    Identity, Kind, fingerprint, fingerprint_hex, normalize_hostname, validate_name,
+};
+pub use pem::{load_certs, load_key, parse_certs, parse_key};
+pub use state::{IndexEntry, InitOptions, Site, StateDir};
+pub use token::EnrollmentToken;
+
+/// The DNS name in the edge's tunnel certificate. Connectors verify it against the pinned tunnel
+/// CA; `.invalid` (RFC 2606) can never be a real, publicly certifiable name.
+pub const TUNNEL_SERVER_NAME: &str = "edge.doorless.invalid";
+
+/// `N` bytes from the system CSPRNG (aws-lc-rs).
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::Random)?;
+    Ok(bytes)
+}

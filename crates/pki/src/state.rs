@@ -1,0 +1,599 @@
+//! The edge's state directory: CAs, keys, sites and the index of issued certificates.
+//!
+//! See the crate documentation for the layout. Every write is atomic (see `fs`), `init` writes
+//! `state.json` last so an interrupted `init` is recognisable, and `add_site` builds the site in
+//! a hidden directory renamed into place at the end, so a site is either complete or absent.
+
+use std::io::ErrorKind;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ca::{CA_DAYS, Ca, Issued, KeyType, Validity, now};
+use crate::error::{Error, Result, clip};
+use crate::fs::{self as sfs, PUBLIC, SECRET};
+use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
+use crate::token::EnrollmentToken;
+use crate::{TUNNEL_SERVER_NAME, random_bytes};
+
+/// The only `state.json` version this build reads and writes.
+const VERSION: u64 = 1;
+/// Connector certificates: long-lived, since re-enrolling means pasting a new token at home.
+const CONNECTOR_DAYS: u32 = 5 * 365 + 1;
+/// Self-made public HTTPS certificates: Apple refuses TLS server certificates valid for more
+/// than 825 days, even from private CAs.
+const SERVER_DAYS: u32 = 825;
+
+/// Options of [`StateDir::init`].
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Public `host:port` of the edge's tunnel listener, written into enrollment tokens. Without
+    /// it, tokens point at the site's first hostname, port 443.
+    pub edge_addr: Option<String>,
+}
+
+/// An opened (or freshly created) state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+    state: StateFile,
+}
+
+/// A site as stored in `sites/<name>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub name: String,
+    pub hostnames: Vec<String>,
+    pub client_ca_path: PathBuf,
+    pub server_cert_path: PathBuf,
+    pub server_key_path: PathBuf,
+}
+
+/// One issued device or connector certificate, as recorded in `index.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub kind: Kind,
+    pub site: String,
+    pub name: String,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of the certificate DER, lowercase hex.
+    pub fingerprint: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339.
+    pub issued_at: String,
+    /// RFC 3339; `None` while the certificate is valid.
+    pub revoked_at: Option<String>,
+}
+
+impl IndexEntry {
+    /// Whether this entry is `kind`/`site`/`name` and not revoked.
+    fn is_live(&self, kind: Kind, site: &str, name: &str) -> bool {
+        self.kind == kind && self.site == site && self.name == name && self.revoked_at.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateFile {
+    version: u64,
+    edge_addr: Option<String>,
+    created: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SiteFile {
+    name: String,
+    hostnames: Vec<String>,
+}
+
+impl StateDir {
+    /// Creates a state directory at `root`: CAs, the tunnel certificate, the session key, an
+    /// empty index. `root` may exist if it is empty; otherwise [`Error::AlreadyInitialized`]
+    /// (or [`Error::InterruptedInit`] for the leftovers of an interrupted `init`).
+    pub fn init(root: &Path, options: &InitOptions) -> Result<StateDir> {
+        if let Some(addr) = &options.edge_addr {
+            validate_edge_addr(addr)?;
+        }
+        match std::fs::read_dir(root) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    let ours = [STATE_FILE, "tunnel-ca.crt", "tunnel-ca.key", "session.key"];
+                    let partial = !root.join(STATE_FILE).exists()
+                        && ours.iter().any(|f| root.join(f).exists());
+                    return Err(match partial {
+                        true => Error::InterruptedInit {
+                            root: root.to_owned(),
+                        },
+                        false => Error::AlreadyInitialized,
+                    });
+                }
+                sfs::restrict_dir(root)?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => sfs::create_dir_all(root)?,
+            Err(e) => return Err(Error::io(root, e)),
+        }
+
+        let dir = StateDir {
+            root: root.to_owned(),
+            state: StateFile {
+                version: VERSION,
+                edge_addr: options.edge_addr.clone(),
+                created: rfc3339(now()),
+            },
+        };
+        let tunnel_ca = Ca::generate("doorless tunnel CA", Validity::days(CA_DAYS))?;
+        write_ca(&tunnel_ca, &dir.tunnel_ca_path(), &dir.tunnel_ca_key_path())?;
+        // Both ends of the tunnel are ours and the connector pins the CA, so the tunnel
+        // certificate can live as long as the CA.
+        let tunnel =
+            tunnel_ca.issue_server(&[TUNNEL_SERVER_NAME.to_owned()], Validity::days(CA_DAYS))?;
+        write_issued(&tunnel, &dir.tunnel_cert_path(), &dir.tunnel_key_path())?;
+        let connector_ca = Ca::generate("doorless connector CA", Validity::days(CA_DAYS))?;
+        write_ca(
+            &connector_ca,
+            &dir.connector_ca_path(),
+            &dir.connector_ca_key_path(),
+        )?;
+        let server_ca = Ca::generate("doorless local server CA", Validity::days(CA_DAYS))?;
+        write_ca(&server_ca, &dir.server_ca_path(), &dir.server_ca_key_path())?;
+        sfs::write_atomic(&dir.session_key_path(), &random_bytes::<32>()?, SECRET)?;
+        write_json(&dir.index_path(), &Vec::<IndexEntry>::new(), PUBLIC)?;
+        sfs::create_dir(&dir.sites_path())?;
+        // Last: its presence is what makes the directory a state dir.
+        write_json(&dir.state_path(), &dir.state, PUBLIC)?;
+        Ok(dir)
+    }
+
+    /// Opens an initialized state directory.
+    pub fn open(root: &Path) -> Result<StateDir> {
+        let path = root.join(STATE_FILE);
+        let state: StateFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotInitialized {
+                    root: root.to_owned(),
+                });
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if state.version != VERSION {
+            return Err(Error::UnsupportedVersion {
+                path,
+                version: state.version,
+            });
+        }
+        Ok(StateDir {
+            root: root.to_owned(),
+            state,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The edge address given to `init`, if any.
+    pub fn edge_addr(&self) -> Option<&str> {
+        self.state.edge_addr.as_deref()
+    }
+
+    /// Creates a site: its device CA and a public HTTPS certificate for `hostnames` signed by
+    /// the local server CA. Hostnames are lowercased and deduplicated; at least one is needed,
+    /// and none may belong to another site.
+    pub fn add_site(&self, name: &str, hostnames: &[String]) -> Result<Site> {
+        validate_name(name)?;
+        let mut names: Vec<String> = Vec::with_capacity(hostnames.len());
+        for hostname in hostnames {
+            let hostname = normalize_hostname(hostname)?;
+            if !names.contains(&hostname) {
+                names.push(hostname);
+            }
+        }
+        if names.is_empty() {
+            return Err(Error::NoHostnames);
+        }
+        let final_dir = self.site_dir(name);
+        if final_dir.exists() {
+            return Err(Error::SiteExists {
+                site: name.to_owned(),
+            });
+        }
+        for other in self.sites()? {
+            if let Some(taken) = names.iter().find(|h| other.hostnames.contains(h)) {
+                return Err(Error::HostnameInUse {
+                    hostname: taken.clone(),
+                    site: other.name,
+                });
+            }
+        }
+
+        // Build the whole site in a hidden directory, then rename it into place: a crash leaves
+        // at most an ignored `.name.tmp-*` directory, never a half-made site.
+        let tmp_dir = sfs::temp_path(&final_dir)?;
+        sfs::create_dir(&tmp_dir)?;
+        let built = self.build_site(&tmp_dir, name, &names).and_then(|()| {
+            std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))
+        });
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+        sfs::sync_dir(&self.sites_path())?;
+        Ok(self.site_at(name, names))
+    }
+
+    fn build_site(&self, dir: &Path, name: &str, hostnames: &[String]) -> Result<()> {
+        let client_ca = Ca::generate(
+            &format!("doorless {name} device CA"),
+            Validity::days(CA_DAYS),
+        )?;
+        write_ca(
+            &client_ca,
+            &dir.join(CLIENT_CA_CRT),
+            &dir.join(CLIENT_CA_KEY),
+        )?;
+        let server_ca = Ca::load(&self.server_ca_path(), &self.server_ca_key_path())?;
+        let server = server_ca.issue_server(hostnames, Validity::days(SERVER_DAYS))?;
+        write_issued(&server, &dir.join(SERVER_CRT), &dir.join(SERVER_KEY))?;
+        sfs::create_dir(&dir.join(CLIENTS_DIR))?;
+        sfs::create_dir(&dir.join(CONNECTORS_DIR))?;
+        let site = SiteFile {
+            name: name.to_owned(),
+            hostnames: hostnames.to_vec(),
+        };
+        write_json(&dir.join(SITE_FILE), &site, PUBLIC)
+    }
+
+    /// A site by name; [`Error::SiteNotFound`] if there is none.
+    pub fn site(&self, name: &str) -> Result<Site> {
+        // Also keeps `name` from walking out of `sites/`.
+        validate_name(name).map_err(|_| Error::SiteNotFound { site: clip(name) })?;
+        let path = self.site_dir(name).join(SITE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::SiteNotFound {
+                    site: name.to_owned(),
+                });
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let file: SiteFile = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        // The directory name is authoritative; a disagreeing site.json was edited by hand.
+        if file.name != name {
+            return Err(Error::CorruptState {
+                path,
+                reason: format!("names site {:?}, expected {name:?}", clip(&file.name)),
+            });
+        }
+        if file.hostnames.is_empty() {
+            return Err(Error::CorruptState {
+                path,
+                reason: "no hostnames".into(),
+            });
+        }
+        Ok(self.site_at(name, file.hostnames))
+    }
+
+    /// All sites, sorted by name.
+    pub fn sites(&self) -> Result<Vec<Site>> {
+        let dir = self.sites_path();
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut sites = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Skips leftovers of interrupted `add_site`s (`.name.tmp-*`) and foreign files.
+            if validate_name(&name).is_err() || !entry.path().is_dir() {
+                continue;
+            }
+            sites.push(self.site(&name)?);
+        }
+        sites.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(sites)
+    }
+
+    /// Issues a connector certificate for `site` (signed by the connector CA, 5 years) and
+    /// returns it as an enrollment token. Without `connector_id`, the next free
+    /// `connector-<N>` is used.
+    pub fn issue_connector(
+        &self,
+        site: &str,
+        connector_id: Option<&str>,
+    ) -> Result<EnrollmentToken> {
+        let site = self.site(site)?;
+        let index = self.read_index()?;
+        let id = match connector_id {
+            Some(id) => {
+                validate_name(id)?;
+                id.to_owned()
+            }
+            None => self.next_connector_id(&site, &index),
+        };
+        let identity = Identity::connector(&site.name, &id)?;
+        let ca = Ca::load(&self.connector_ca_path(), &self.connector_ca_key_path())?;
+        let issued = self.issue_recorded(
+            &ca,
+            &identity,
+            Validity::days(CONNECTOR_DAYS),
+            KeyType::EcdsaP256,
+            index,
+        )?;
+        let edges = match (&self.state.edge_addr, site.hostnames.first()) {
+            (Some(addr), _) => vec![addr.clone()],
+            (None, Some(hostname)) => vec![default_edge(hostname)],
+            // `site()` refuses sites without hostnames.
+            (None, None) => return Err(Error::NoHostnames),
+        };
+        Ok(EnrollmentToken {
+            edges,
+            server_name: TUNNEL_SERVER_NAME.to_owned(),
+            site: site.name,
+            connector_id: id,
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            tunnel_ca_pem: sfs::read_to_string(&self.tunnel_ca_path())?,
+        })
+    }
+
+    fn next_connector_id(&self, site: &Site, index: &[IndexEntry]) -> String {
+        // Never reuse an id, not even a revoked one: logs and metrics name connectors by id.
+        (1u64..)
+            .map(|n| format!("connector-{n}"))
+            .find(|id| {
+                !index
+                    .iter()
+                    .any(|e| e.kind == Kind::Connector && e.site == site.name && &e.name == id)
+                    && !self.cert_path(Kind::Connector, &site.name, id).exists()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Issues a device certificate signed by the site's client CA, records it in the index and
+    /// writes `sites/<site>/clients/<name>.crt`. The private key is only returned, never stored.
+    pub fn add_client(
+        &self,
+        site: &str,
+        name: &str,
+        validity: Validity,
+        key: KeyType,
+    ) -> Result<Issued> {
+        let site = self.site(site)?;
+        let identity = Identity::device(&site.name, name)?;
+        let ca = self.client_ca(&site.name)?;
+        let index = self.read_index()?;
+        self.issue_recorded(&ca, &identity, validity, key, index)
+    }
+
+    /// Issues, writes the certificate file, then records it: a crash in between leaves an
+    /// unrecorded file that the next issue for that name overwrites, never a recorded
+    /// certificate that does not exist.
+    fn issue_recorded(
+        &self,
+        ca: &Ca,
+        identity: &Identity,
+        validity: Validity,
+        key: KeyType,
+        mut index: Vec<IndexEntry>,
+    ) -> Result<Issued> {
+        let Identity { kind, site, name } = identity;
+        if index.iter().any(|e| e.is_live(*kind, site, name)) {
+            return Err(Error::AlreadyIssued {
+                kind: *kind,
+                site: site.clone(),
+                name: name.clone(),
+            });
+        }
+        let issued = ca.issue_client(identity, validity, key)?;
+        sfs::write_atomic(
+            &self.cert_path(*kind, site, name),
+            issued.cert_pem.as_bytes(),
+            PUBLIC,
+        )?;
+        index.push(IndexEntry {
+            kind: *kind,
+            site: site.clone(),
+            name: name.clone(),
+            serial: hex(&issued.serial),
+            fingerprint: hex(&issued.fingerprint),
+            not_after: rfc3339(issued.not_after),
+            issued_at: rfc3339(now()),
+            revoked_at: None,
+        });
+        self.write_index(&index)?;
+        Ok(issued)
+    }
+
+    /// Marks the unrevoked certificate of `kind`/`site`/`name` revoked and returns its entry.
+    /// The certificate file stays, for the record.
+    pub fn revoke(&self, kind: Kind, site: &str, name: &str) -> Result<IndexEntry> {
+        let mut index = self.read_index()?;
+        let entry = index
+            .iter_mut()
+            .find(|e| e.is_live(kind, site, name))
+            .ok_or_else(|| Error::NotIssued {
+                kind,
+                site: clip(site),
+                name: clip(name),
+            })?;
+        entry.revoked_at = Some(rfc3339(now()));
+        let entry = entry.clone();
+        self.write_index(&index)?;
+        Ok(entry)
+    }
+
+    /// Every issued client certificate, devices and connectors alike (both authenticate as TLS
+    /// clients), in issue order, revoked ones included.
+    pub fn clients(&self) -> Result<Vec<IndexEntry>> {
+        self.read_index()
+    }
+
+    /// The device CA of `site`, with its key, for signing.
+    pub fn client_ca(&self, site: &str) -> Result<Ca> {
+        let site = self.site(site)?;
+        Ca::load(
+            &site.client_ca_path,
+            &self.site_dir(&site.name).join(CLIENT_CA_KEY),
+        )
+    }
+
+    fn read_index(&self) -> Result<Vec<IndexEntry>> {
+        let path = self.index_path();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })
+    }
+
+    fn write_index(&self, index: &[IndexEntry]) -> Result<()> {
+        write_json(&self.index_path(), &index, PUBLIC)
+    }
+
+    fn site_at(&self, name: &str, hostnames: Vec<String>) -> Site {
+        let dir = self.site_dir(name);
+        Site {
+            name: name.to_owned(),
+            hostnames,
+            client_ca_path: dir.join(CLIENT_CA_CRT),
+            server_cert_path: dir.join(SERVER_CRT),
+            server_key_path: dir.join(SERVER_KEY),
+        }
+    }
+
+    /// Where the certificate of a device or connector is kept.
+    pub fn cert_path(&self, kind: Kind, site: &str, name: &str) -> PathBuf {
+        let sub = match kind {
+            Kind::Device => CLIENTS_DIR,
+            Kind::Connector => CONNECTORS_DIR,
+        };
+        self.site_dir(site).join(sub).join(format!("{name}.crt"))
+    }
+
+    pub fn tunnel_ca_path(&self) -> PathBuf {
+        self.root.join("tunnel-ca.crt")
+    }
+
+    pub fn tunnel_ca_key_path(&self) -> PathBuf {
+        self.root.join("tunnel-ca.key")
+    }
+
+    pub fn tunnel_cert_path(&self) -> PathBuf {
+        self.root.join("tunnel.crt")
+    }
+
+    pub fn tunnel_key_path(&self) -> PathBuf {
+        self.root.join("tunnel.key")
+    }
+
+    pub fn connector_ca_path(&self) -> PathBuf {
+        self.root.join("connector-ca.crt")
+    }
+
+    pub fn connector_ca_key_path(&self) -> PathBuf {
+        self.root.join("connector-ca.key")
+    }
+
+    pub fn server_ca_path(&self) -> PathBuf {
+        self.root.join("server-ca.crt")
+    }
+
+    pub fn server_ca_key_path(&self) -> PathBuf {
+        self.root.join("server-ca.key")
+    }
+
+    pub fn session_key_path(&self) -> PathBuf {
+        self.root.join("session.key")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    fn sites_path(&self) -> PathBuf {
+        self.root.join("sites")
+    }
+
+    fn site_dir(&self, name: &str) -> PathBuf {
+        self.sites_path().join(name)
+    }
+}
+
+const STATE_FILE: &str = "state.json";
+const SITE_FILE: &str = "site.json";
+const CLIENT_CA_CRT: &str = "client-ca.crt";
+const CLIENT_CA_KEY: &str = "client-ca.key";
+const SERVER_CRT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+const CLIENTS_DIR: &str = "clients";
+const CONNECTORS_DIR: &str = "connectors";
+
+fn write_ca(ca: &Ca, cert_path: &Path, key_path: &Path) -> Result<()> {
+    // Key first: a certificate on disk without its key would look usable but is not.
+    sfs::write_atomic(key_path, ca.key_pem().as_bytes(), SECRET)?;
+    sfs::write_atomic(cert_path, ca.cert_pem().as_bytes(), PUBLIC)
+}
+
+fn write_issued(issued: &Issued, cert_path: &Path, key_path: &Path) -> Result<()> {
+    sfs::write_atomic(key_path, issued.key_pem.as_bytes(), SECRET)?;
+    sfs::write_atomic(cert_path, issued.cert_pem.as_bytes(), PUBLIC)
+}
+
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T, mode: u32) -> Result<()> {
+    let mut json = serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    json.push(b'\n');
+    sfs::write_atomic(path, &json, mode)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    // Our timestamps are UTC and within years 0..=9999, which RFC 3339 can always express.
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// `host:443`, bracketing IPv6 addresses.
+fn default_edge(hostname: &str) -> String {
+    match hostname.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:443"),
+        _ => format!("{hostname}:443"),
+    }
+}
+
+fn validate_edge_addr(addr: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidEdgeAddr {
+            addr: clip(addr),
+            reason,
+        })
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return invalid("expected host:port");
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return invalid("port must be 1-65535");
+    }
+    let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        // An unbracketed IPv6 address would make the port ambiguous.
+        None => !host.contains(':') && normalize_hostname(host).is_ok(),
+    };
+    if !ok {
+        return invalid("host must be a DNS name, an IPv4 address or a bracketed IPv6 address");
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Carries the doorless protocol (`proto`) over QUIC, for both the edge and the connector.
+//!
+//! This is the only crate that names quinn types. It builds the two endpoints with mutual TLS
+//! (the edge accepts only certificates from the connector CA; the connector pins the edge's
+//! tunnel CA and presents its connector certificate), tunes the transport for a long-lived,
+//! high-bandwidth tunnel, and turns QUIC streams into plain byte pipes ([`SendHalf`],
+//! [`RecvHalf`]) plus the framed pieces of the protocol: the control stream
+//! ([`ControlDriver`]) and the heads at the start of every data stream ([`head`]).
+//!
+//! What it is not: it knows nothing of HTTP, sites, routing or metrics registries. Callers
+//! decide what a certificate means (via `pki::Identity`) and count what this crate reports.
+//!
+//! Start with [`Tuning`] (every transport knob, with the reasons for its default), then
+//! [`endpoint`], then [`ControlDriver`].
+
+pub mod control;
+pub mod endpoint;
+pub mod error;
+pub mod head;
+pub mod stream;
+pub mod tuning;
+
+pub use control::ControlDriver;
+pub use endpoint::{
+    ClientEndpoint, ClientTls, Connection, Incoming, PathStats, ServerEndpoint, ServerTls,
+};
+pub use error::Error;
+pub use stream::{RecvHalf, SendHalf, reset_code};
+pub use tuning::Tuning;

@@ -1,0 +1,65 @@
+//! Transport knobs, shared by both ends, with the reason for each default.
+
+use std::time::Duration;
+
+/// QUIC transport settings for the tunnel.
+///
+/// Defaults target a home uplink to a VPS: ≥ 1 Gbit/s at 50 ms RTT (bandwidth-delay product
+/// 6.25 MB), NAT mappings that can expire after ~30 s of silence, and WebSockets that stay open
+/// for days (each holds one stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// How often an otherwise idle connection sends a keep-alive. 10 s: well under the ~30 s
+    /// UDP mapping timeout of many home NATs and under `idle_timeout`.
+    pub keep_alive: Duration,
+    /// A connection with nothing received for this long is dead. 30 s: also how long the
+    /// edge takes at most to notice a vanished connector (the control ping notices sooner).
+    pub idle_timeout: Duration,
+    /// Per-stream receive window. 8 MiB ≥ the 6.25 MB BDP of 1 Gbit/s × 50 ms, so one
+    /// download or upload is not capped by flow control.
+    pub stream_window: u32,
+    /// Connection-wide receive window. 32 MiB: a few streams at full speed at once, and a hard
+    /// bound on what one peer can make us buffer.
+    pub connection_window: u32,
+    /// Bytes we may have in flight unacknowledged, over all streams. Same as the receive side.
+    pub send_window: u64,
+    /// Concurrent bidirectional streams the PEER may open towards us. The edge opens one per
+    /// request, and each WebSocket holds one for its lifetime, so the connector advertises a
+    /// large number (1024 by default); the edge only expects the control stream.
+    pub max_incoming_streams: u32,
+    /// Requested UDP socket send/receive buffer size. 4 MiB absorbs bursts at high rates; the
+    /// kernel caps it at `net.core.{r,w}mem_max` (often 208 KiB), and the granted size is logged.
+    pub udp_buffer: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            stream_window: 8 * 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
+            send_window: 32 * 1024 * 1024,
+            max_incoming_streams: 1024,
+            udp_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Tuning {
+    pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, crate::Error> {
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| crate::Error::Connection("idle timeout out of range".into()))?;
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive))
+            .max_idle_timeout(Some(idle))
+            .stream_receive_window(self.stream_window.into())
+            .receive_window(self.connection_window.into())
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(self.max_incoming_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            // HTTP and WebSocket need no datagrams; don't reserve a buffer for them.
+            .datagram_receive_buffer_size(None);
+        Ok(t)
+    }
+}

@@ -1,0 +1,84 @@
+//! End-to-end tests: the real `doorless-edge` and `doorless-connector` binaries on port 0,
+//! driven by real clients, in front of the in-process stand-in Home Assistant.
+//!
+//! One test binary (one link); the cases live in `e2e/*.rs`. The harness is `e2e` (`src/lib.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "e2e/bulk.rs"]
+mod bulk;
+#[path = "e2e/cli.rs"]
+mod cli;
+#[path = "e2e/config.rs"]
+mod config;
+#[path = "e2e/denials.rs"]
+mod denials;
+#[path = "e2e/faults.rs"]
+mod faults;
+#[path = "e2e/http.rs"]
+mod http;
+#[path = "e2e/websocket.rs"]
+mod websocket;
+
+use std::time::Duration;
+
+/// Fails if a response carries a `Server` header (the edge must never send one).
+#[track_caller]
+pub fn assert_no_server_header(headers: &reqwest::header::HeaderMap) {
+    assert!(
+        headers.get(reqwest::header::SERVER).is_none(),
+        "response carries a Server header: {:?}",
+        headers.get(reqwest::header::SERVER)
+    );
+}
+
+/// GETs `url` and returns status and body.
+pub async fn get(client: &reqwest::Client, url: &str) -> (reqwest::StatusCode, bytes::Bytes) {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    let status = response.status();
+    assert_no_server_header(response.headers());
+    let body = response
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} body: {e:?}"));
+    (status, body)
+}
+
+/// Polls GET `url` until it answers `want`, or panics after `deadline`. Returns how long it took.
+pub async fn poll_status(
+    client: &reqwest::Client,
+    url: &str,
+    want: u16,
+    deadline: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        match client.get(url).timeout(Duration::from_secs(5)).send().await {
+            Ok(response) if response.status().as_u16() == want => return started.elapsed(),
+            Ok(response) => last = format!("status {}", response.status()),
+            Err(error) => last = format!("error {error:?}"),
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "GET {url} did not answer {want} within {deadline:?}; last: {last}"
+        );
+        tokio::time::sleep(e2e::POLL_INTERVAL * 5).await;
+    }
+}
+
+/// Asserts that a request is refused at the TLS layer (handshake error, or with TLS 1.3 an
+/// error on the first request) rather than answered.
+pub async fn assert_refused(client: &reqwest::Client, url: &str) {
+    match client.get(url).send().await {
+        Err(error) => eprintln!("refused as expected: {error:?}"),
+        Ok(response) => panic!(
+            "expected a TLS refusal, got {} with headers {:?}",
+            response.status(),
+            response.headers()
+        ),
+    }
+}
