@@ -349,4 +349,18 @@ mod tests {
         };
         assert!(e.to_string().contains("limits.max_connections"), "{e}");
     }
+
+    #[test]
+    fn deploy_example_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/edge.toml.example");
+        let figment = Figment::new().merge(Toml::file_exact(path));
+        let Ok(c) = Config::from_figment(figment, path) else {
+            panic!("the deploy example must load");
+        };
+        let d = RawLimits::default();
+        assert_eq!(c.limits.upstream_timeout, d.upstream_timeout);
+        assert_eq!(c.limits.max_header_bytes, d.max_header_bytes);
+        assert_eq!(c.listen.admin, RawListen::default().admin);
+        assert_eq!(c.tuning, transport::Tuning::default());
+    }
 }

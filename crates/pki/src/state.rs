@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ca::{CA_DAYS, Ca, Issued, KeyType, Validity, now};
+use crate::ca::{CA_DAYS, Ca, Certified, Issued, KeyType, Validity, now};
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
 use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
@@ -377,6 +377,24 @@ impl StateDir {
         self.issue_recorded(&ca, &identity, validity, key, index)
     }
 
+    /// Like [`StateDir::add_client`] for a device that keeps its own key: signs the public key
+    /// of its CSR (see [`Ca::issue_client_csr`]), records it and writes the certificate.
+    pub fn sign_client_csr(
+        &self,
+        site: &str,
+        name: &str,
+        csr_pem: &str,
+        validity: Validity,
+    ) -> Result<Certified> {
+        let site = self.site(site)?;
+        let identity = Identity::device(&site.name, name)?;
+        let ca = self.client_ca(&site.name)?;
+        let index = self.read_index()?;
+        self.record(&identity, index, || {
+            ca.issue_client_csr(csr_pem, &identity, validity)
+        })
+    }
+
     /// Issues, writes the certificate file, then records it: a crash in between leaves an
     /// unrecorded file that the next issue for that name overwrites, never a recorded
     /// certificate that does not exist.
@@ -386,8 +404,17 @@ impl StateDir {
         identity: &Identity,
         validity: Validity,
         key: KeyType,
-        mut index: Vec<IndexEntry>,
+        index: Vec<IndexEntry>,
     ) -> Result<Issued> {
+        self.record(identity, index, || ca.issue_client(identity, validity, key))
+    }
+
+    fn record<T: CertParts>(
+        &self,
+        identity: &Identity,
+        mut index: Vec<IndexEntry>,
+        issue: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let Identity { kind, site, name } = identity;
         if index.iter().any(|e| e.is_live(*kind, site, name)) {
             return Err(Error::AlreadyIssued {
@@ -396,19 +423,20 @@ impl StateDir {
                 name: name.clone(),
             });
         }
-        let issued = ca.issue_client(identity, validity, key)?;
+        let issued = issue()?;
+        let (cert_pem, serial, fingerprint, not_after) = issued.parts();
         sfs::write_atomic(
             &self.cert_path(*kind, site, name),
-            issued.cert_pem.as_bytes(),
+            cert_pem.as_bytes(),
             PUBLIC,
         )?;
         index.push(IndexEntry {
             kind: *kind,
             site: site.clone(),
             name: name.clone(),
-            serial: hex(&issued.serial),
-            fingerprint: hex(&issued.fingerprint),
-            not_after: rfc3339(issued.not_after),
+            serial: hex(serial),
+            fingerprint: hex(fingerprint),
+            not_after: rfc3339(not_after),
             issued_at: rfc3339(now()),
             revoked_at: None,
         });
@@ -529,6 +557,33 @@ impl StateDir {
 
     fn site_dir(&self, name: &str) -> PathBuf {
         self.sites_path().join(name)
+    }
+}
+
+/// What the index records of an [`Issued`] or a [`Certified`].
+trait CertParts {
+    fn parts(&self) -> (&str, &[u8], &[u8; 32], OffsetDateTime);
+}
+
+impl CertParts for Issued {
+    fn parts(&self) -> (&str, &[u8], &[u8; 32], OffsetDateTime) {
+        (
+            &self.cert_pem,
+            &self.serial,
+            &self.fingerprint,
+            self.not_after,
+        )
+    }
+}
+
+impl CertParts for Certified {
+    fn parts(&self) -> (&str, &[u8], &[u8; 32], OffsetDateTime) {
+        (
+            &self.cert_pem,
+            &self.serial,
+            &self.fingerprint,
+            self.not_after,
+        )
     }
 }
 

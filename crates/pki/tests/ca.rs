@@ -474,3 +474,51 @@ fn pem_helpers() {
     let err = parse_key(&damaged).unwrap_err();
     assert!(!err.to_string().contains(&body), "{err}");
 }
+
+#[test]
+fn csr_only_contributes_its_public_key() {
+    let ca = test_ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    // A hostile CSR asking for much more than a device certificate.
+    let mut wish = rcgen::CertificateParams::new(vec!["evil.example.com".to_string()]).unwrap();
+    wish.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    wish.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    wish.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let csr = wish.serialize_request(&key).unwrap().pem().unwrap();
+
+    let identity = Identity::device("home", "own-key").unwrap();
+    let certified = ca
+        .issue_client_csr(&csr, &identity, Validity::days(7))
+        .unwrap();
+    let cert = parse(&certified.cert_der);
+    assert!(!cert.is_ca());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth);
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign());
+    assert_eq!(
+        sans(&cert),
+        vec![GeneralName::URI("urn:doorless:device:home:own-key")]
+    );
+    assert_eq!(cert.raw_serial(), certified.serial);
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        rcgen::PublicKeyData::der_bytes(&key)
+    );
+    cert.verify_signature(Some(parse(ca.cert_der()).public_key()))
+        .unwrap();
+    assert_eq!(
+        Identity::from_cert_der(&certified.cert_der).unwrap(),
+        identity
+    );
+
+    assert!(matches!(
+        ca.issue_client_csr("garbage", &identity, Validity::days(1)),
+        Err(Error::Csr { .. })
+    ));
+    let broken = csr.replacen("MII", "MIJ", 1);
+    assert!(
+        ca.issue_client_csr(&broken, &identity, Validity::days(1))
+            .is_err()
+    );
+}

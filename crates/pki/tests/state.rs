@@ -569,6 +569,41 @@ fn openssl_agrees() {
         );
     }
 
+    // A device that keeps its key sends a CSR made by OpenSSL.
+    let csr = tmp.path().join("own.csr");
+    let out = Command::new(openssl())
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=whatever", "-keyout"])
+        .arg(tmp.path().join("own.key"))
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csr_pem = std::fs::read_to_string(&csr).unwrap();
+    state
+        .sign_client_csr("site-a", "own", &csr_pem, Validity::days(30))
+        .unwrap();
+    let own = state.cert_path(Kind::Device, "site-a", "own");
+    assert!(openssl_verify(&a.client_ca_path, &own, "sslclient"));
+    assert!(!openssl_verify(&b.client_ca_path, &own, "sslclient"));
+    assert!(matches!(
+        state.sign_client_csr("site-a", "own", &csr_pem, Validity::days(30)),
+        Err(Error::AlreadyIssued { .. })
+    ));
+    assert_eq!(state.clients().unwrap().len(), 3);
+
     assert!(openssl_verify(
         &state.server_ca_path(),
         &a.server_cert_path,
