@@ -62,8 +62,9 @@ impl Validity {
     }
 }
 
-/// Ten years: CAs live as long as the installation; rotating one means re-enrolling everything.
-pub(crate) const CA_DAYS: u32 = 3652;
+/// Default lifetime of the CAs `StateDir::init` makes: ten years, as CAs live as long as the
+/// installation and rotating one means re-enrolling everything.
+pub const CA_VALIDITY_DAYS: u32 = 3652;
 
 /// A CA certificate with its signing key.
 pub struct Ca {

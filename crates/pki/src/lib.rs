@@ -13,8 +13,9 @@
 //!
 //! - The edge CLI: [`StateDir::init`], then [`StateDir::add_site`] (which returns a [`Site`]),
 //!   [`StateDir::issue_connector`] (an [`EnrollmentToken`] to print with
-//!   [`EnrollmentToken::encode`]) and [`StateDir::add_client`] (an [`Issued`] device
-//!   certificate and key to package).
+//!   [`EnrollmentToken::encode`]), [`StateDir::add_client`] (an [`Issued`] device
+//!   certificate and key to package), [`StateDir::sign_client_csr`] (a [`Certified`] device
+//!   certificate for a key the device keeps), [`StateDir::clients`] and [`StateDir::revoke`].
 //! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
 //!   [`load_key`], [`Identity::from_cert_der`] on verified peer certificates.
 //! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
@@ -64,7 +65,7 @@ mod pem;
 mod state;
 mod token;
 
-pub use ca::{Ca, Certified, Issued, KeyType, Validity};
+pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity};
 pub use error::{Error, Result};
 pub use identity::{
     Identity, Kind, fingerprint, fingerprint_hex, normalize_hostname, validate_name,

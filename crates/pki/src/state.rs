@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ca::{CA_DAYS, Ca, Certified, Issued, KeyType, Validity, now};
+use crate::ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity, now};
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
 use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
@@ -100,10 +100,13 @@ impl StateDir {
         }
         match std::fs::read_dir(root) {
             Ok(mut entries) => {
-                if entries.next().is_some() {
-                    let ours = [STATE_FILE, "tunnel-ca.crt", "tunnel-ca.key", "session.key"];
+                if let Some(first) = entries.next() {
+                    // Interrupted: no state.json, and something init writes (or its temp file).
                     let partial = !root.join(STATE_FILE).exists()
-                        && ours.iter().any(|f| root.join(f).exists());
+                        && std::iter::once(first)
+                            .chain(entries)
+                            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .any(|name| is_init_output(&name));
                     return Err(match partial {
                         true => Error::InterruptedInit {
                             root: root.to_owned(),
@@ -125,20 +128,22 @@ impl StateDir {
                 created: rfc3339(now()),
             },
         };
-        let tunnel_ca = Ca::generate("doorless tunnel CA", Validity::days(CA_DAYS))?;
+        let tunnel_ca = Ca::generate("doorless tunnel CA", Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&tunnel_ca, &dir.tunnel_ca_path(), &dir.tunnel_ca_key_path())?;
         // Both ends of the tunnel are ours and the connector pins the CA, so the tunnel
         // certificate can live as long as the CA.
-        let tunnel =
-            tunnel_ca.issue_server(&[TUNNEL_SERVER_NAME.to_owned()], Validity::days(CA_DAYS))?;
+        let tunnel = tunnel_ca.issue_server(
+            &[TUNNEL_SERVER_NAME.to_owned()],
+            Validity::days(CA_VALIDITY_DAYS),
+        )?;
         write_issued(&tunnel, &dir.tunnel_cert_path(), &dir.tunnel_key_path())?;
-        let connector_ca = Ca::generate("doorless connector CA", Validity::days(CA_DAYS))?;
+        let connector_ca = Ca::generate("doorless connector CA", Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(
             &connector_ca,
             &dir.connector_ca_path(),
             &dir.connector_ca_key_path(),
         )?;
-        let server_ca = Ca::generate("doorless local server CA", Validity::days(CA_DAYS))?;
+        let server_ca = Ca::generate("doorless local server CA", Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&server_ca, &dir.server_ca_path(), &dir.server_ca_key_path())?;
         sfs::write_atomic(&dir.session_key_path(), &random_bytes::<32>()?, SECRET)?;
         write_json(&dir.index_path(), &Vec::<IndexEntry>::new(), PUBLIC)?;
@@ -232,7 +237,7 @@ impl StateDir {
     fn build_site(&self, dir: &Path, name: &str, hostnames: &[String]) -> Result<()> {
         let client_ca = Ca::generate(
             &format!("doorless {name} device CA"),
-            Validity::days(CA_DAYS),
+            Validity::days(CA_VALIDITY_DAYS),
         )?;
         write_ca(
             &client_ca,
@@ -595,6 +600,26 @@ const SERVER_CRT: &str = "server.crt";
 const SERVER_KEY: &str = "server.key";
 const CLIENTS_DIR: &str = "clients";
 const CONNECTORS_DIR: &str = "connectors";
+
+/// Whether `name` is something `init` writes at the top of a state dir, or a temp file of one.
+fn is_init_output(name: &str) -> bool {
+    const OUTPUTS: [&str; 11] = [
+        "tunnel-ca.crt",
+        "tunnel-ca.key",
+        "tunnel.crt",
+        "tunnel.key",
+        "connector-ca.crt",
+        "connector-ca.key",
+        "server-ca.crt",
+        "server-ca.key",
+        "session.key",
+        "index.json",
+        "sites",
+    ];
+    OUTPUTS
+        .iter()
+        .any(|o| name == *o || name.starts_with(&format!(".{o}.tmp-")))
+}
 
 fn write_ca(ca: &Ca, cert_path: &Path, key_path: &Path) -> Result<()> {
     // Key first: a certificate on disk without its key would look usable but is not.

@@ -522,3 +522,9 @@ fn csr_only_contributes_its_public_key() {
             .is_err()
     );
 }
+
+#[test]
+fn error_is_usable_across_threads() {
+    fn assert_traits<T: Send + Sync + std::error::Error + 'static>() {}
+    assert_traits::<Error>();
+}

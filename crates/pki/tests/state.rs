@@ -127,6 +127,12 @@ fn interrupted_init_is_recognised() {
     assert!(err.to_string().contains("remove"), "{err}");
     let err = StateDir::open(&root).unwrap_err();
     assert!(matches!(err, Error::NotInitialized { .. }), "{err}");
+
+    // Interrupted while writing the very first file.
+    let early = tempfile::tempdir().unwrap();
+    std::fs::write(early.path().join(".tunnel-ca.key.tmp-0123456789abcdef"), "").unwrap();
+    let err = StateDir::init(early.path(), &InitOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::InterruptedInit { .. }), "{err}");
 }
 
 #[test]
