@@ -421,7 +421,10 @@ mod tests {
 
     #[test]
     fn deploy_example_parses_with_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/connector.toml.example");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/connector.toml.example"
+        );
         let figment = Figment::new().merge(Toml::file_exact(path));
         let raw: RawConfig = match figment.extract() {
             Ok(raw) => raw,
@@ -429,10 +432,14 @@ mod tests {
         };
         assert_eq!(raw.upstream, default_upstream());
         assert_eq!(raw.connections, default_connections());
-        assert_eq!(raw.limits.upstream_timeout, RawLimits::default().upstream_timeout);
+        assert_eq!(
+            raw.limits.upstream_timeout,
+            RawLimits::default().upstream_timeout
+        );
         assert_eq!(raw.reconnect.max, RawReconnect::default().max);
         // The placeholder token is refused with a message naming the key.
-        let Err(e) = Config::from_figment(Figment::new().merge(Toml::file_exact(path)), path) else {
+        let Err(e) = Config::from_figment(Figment::new().merge(Toml::file_exact(path)), path)
+        else {
             panic!("the placeholder token must be refused");
         };
         assert!(e.to_string().contains("`token`"), "{e}");

@@ -173,12 +173,12 @@ async fn pump_response(mut body: Incoming, mut send: SendHalf) -> Result<(), Str
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    if send.write_chunk(data).await.is_err() {
-                        // The edge stopped reading: the client left. Dropping `body` aborts
-                        // the upstream response.
-                        return Err(StreamError::Cancelled);
-                    }
+                if let Ok(data) = frame.into_data()
+                    && send.write_chunk(data).await.is_err()
+                {
+                    // The edge stopped reading: the client left. Dropping `body` aborts the
+                    // upstream response.
+                    return Err(StreamError::Cancelled);
                 }
             }
             Err(_) => {

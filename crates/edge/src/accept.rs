@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::reload::LiveClients;
 use crate::{Shared, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
@@ -61,7 +62,17 @@ async fn connection(
     let sites = shared.sites.load_full();
     let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
     match handshake {
-        Ok((stream, peer)) => serve::connection(stream, peer, shared, shutdown).await,
+        Ok((stream, peer)) => {
+            // Between the handshake and this registration a revocation could slip by; check
+            // the current state once more now that the connection is findable.
+            let _registration =
+                LiveClients::register(&shared, peer.fingerprint, peer.revoked.clone());
+            if shared.sites.load().revoked().contains(&peer.fingerprint) {
+                info!(client = %addr.ip(), reason = "revoked", "handshake denied");
+                return;
+            }
+            serve::connection(stream, peer, shared, shutdown).await;
+        }
         Err(denial) => {
             info!(client = %addr.ip(), reason = denial.reason(), "handshake denied");
         }

@@ -352,7 +352,10 @@ mod tests {
 
     #[test]
     fn deploy_example_matches_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/edge.toml.example");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/edge.toml.example"
+        );
         let figment = Figment::new().merge(Toml::file_exact(path));
         let Ok(c) = Config::from_figment(figment, path) else {
             panic!("the deploy example must load");

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod serve;
 pub mod tls;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub sites: ArcSwap<Sites>,
     /// Registered connector sessions.
     pub registry: Registry,
+    /// Authenticated client connections, by certificate.
+    pub live: reload::LiveClients,
     request_ids: AtomicU64,
 }
 
@@ -116,6 +119,7 @@ impl Edge {
             config,
             sites: ArcSwap::from_pointee(sites),
             registry: Registry::default(),
+            live: reload::LiveClients::default(),
             request_ids: AtomicU64::new(1),
         });
         Ok(Self {
@@ -150,6 +154,7 @@ impl Edge {
             shutdown.clone(),
             http.clone(),
         ));
+        http.spawn(reload::watch(shared.clone(), shutdown.clone()));
         http.spawn(admin::serve(
             self.admin,
             shared.clone(),

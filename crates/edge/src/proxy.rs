@@ -139,7 +139,7 @@ pub async fn forward(
 
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
-            tokio::spawn(splice(on_upgrade, send, recv, slot));
+            tokio::spawn(splice(on_upgrade, send, recv, slot, peer.revoked.clone()));
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -168,10 +168,10 @@ async fn open_stream(
     let mut picked = candidates
         .iter()
         .find_map(|s| s.try_slot().map(|slot| (s.clone(), slot)));
-    if picked.is_none() {
-        if let Some(best) = candidates.first() {
-            picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
-        }
+    if picked.is_none()
+        && let Some(best) = candidates.first()
+    {
+        picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
     }
     let (session, slot) = picked.ok_or(ProxyError::TunnelUnavailable)?;
     match session.conn.open(limit).await {
@@ -188,11 +188,11 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf) {
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    if send.write_chunk(data).await.is_err() {
-                        // The connector stopped reading (upstream answered or failed).
-                        return;
-                    }
+                if let Ok(data) = frame.into_data()
+                    && send.write_chunk(data).await.is_err()
+                {
+                    // The connector stopped reading (upstream answered or failed).
+                    return;
                 }
             }
             Err(_) => {
@@ -221,6 +221,7 @@ async fn splice(
     send: SendHalf,
     recv: RecvHalf,
     _slot: OwnedSemaphorePermit,
+    revoked: tokio_util::sync::CancellationToken,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -231,11 +232,20 @@ async fn splice(
     };
     let mut client = TokioIo::new(upgraded);
     let mut tunnel = tokio::io::join(recv, send);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut tunnel, BODY_CHUNK, BODY_CHUNK)
-        .await
-    {
-        Ok((up, down)) => debug!(up, down, "websocket closed"),
-        Err(e) => debug!(error = %e, "websocket ended"),
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut tunnel, BODY_CHUNK, BODY_CHUNK);
+    tokio::select! {
+        result = copy => match result {
+            Ok((up, down)) => debug!(up, down, "websocket closed"),
+            Err(e) => debug!(error = %e, "websocket ended"),
+        },
+        () = revoked.cancelled() => {
+            let (recv, send) = tunnel.into_inner();
+            let (mut recv, mut send) = (recv, send);
+            send.reset(StreamError::Cancelled);
+            recv.stop(StreamError::Cancelled);
+            debug!("websocket closed: certificate revoked");
+        }
     }
 }
 
@@ -310,17 +320,15 @@ fn request_headers(headers: &HeaderMap, host: &str, upgrade: bool) -> Vec<(Bytes
             Bytes::copy_from_slice(value.as_bytes()),
         ));
     }
-    if upgrade {
-        if let Some(value) = headers.get(header::UPGRADE) {
-            out.push((
-                Bytes::from_static(b"connection"),
-                Bytes::from_static(b"upgrade"),
-            ));
-            out.push((
-                Bytes::from_static(b"upgrade"),
-                Bytes::copy_from_slice(value.as_bytes()),
-            ));
-        }
+    if upgrade && let Some(value) = headers.get(header::UPGRADE) {
+        out.push((
+            Bytes::from_static(b"connection"),
+            Bytes::from_static(b"upgrade"),
+        ));
+        out.push((
+            Bytes::from_static(b"upgrade"),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ));
     }
     out
 }

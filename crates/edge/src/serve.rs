@@ -31,6 +31,7 @@ pub async fn connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);
     let limits = &shared.config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -59,6 +60,8 @@ pub async fn connection(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // Revoked: drop the connection now, mid-request or not.
+        () = revoked.cancelled() => {}
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(shared.config.limits.shutdown_grace, conn).await;

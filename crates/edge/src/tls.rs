@@ -5,17 +5,22 @@
 //! CA, expired, or otherwise invalid, fails the handshake: it never reaches HTTP, let alone a
 //! connector. A verified certificate becomes a [`Peer`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{Acceptor, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -34,6 +39,7 @@ pub struct Site {
 pub struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
+    revoked: HashSet<[u8; 32]>,
 }
 
 /// Why a connection was refused before HTTP.
@@ -84,6 +90,8 @@ pub struct Peer {
     pub device: String,
     /// SHA-256 of the client certificate.
     pub fingerprint: [u8; 32],
+    /// Cancelled when the certificate is revoked: ends this connection and its WebSockets.
+    pub revoked: CancellationToken,
 }
 
 impl Sites {
@@ -93,6 +101,23 @@ impl Sites {
         let state = pki::StateDir::open(&config.state)
             .with_context(|| format!("opening state dir {}", config.state.display()))?;
         let mut sites = Self::default();
+        // Revoked device certificates, per site, from the state dir's index.
+        let mut revoked_by_site: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
+        for entry in state.clients()? {
+            if entry.kind != pki::Kind::Device || entry.revoked_at.is_none() {
+                continue;
+            }
+            let Some(fp) = parse_fingerprint(&entry.fingerprint) else {
+                anyhow::bail!(
+                    "{}: index entry {}/{} has a malformed fingerprint",
+                    state.root().display(),
+                    entry.site,
+                    entry.name
+                );
+            };
+            sites.revoked.insert(fp);
+            revoked_by_site.entry(entry.site).or_default().insert(fp);
+        }
         for name in config.sites.keys() {
             state.site(name).with_context(|| {
                 format!(
@@ -110,7 +135,8 @@ impl Sites {
             let chain = pki::load_certs(&cert)?;
             let key = pki::load_key(&key)?;
             let client_ca = pki::load_certs(&site.client_ca_path)?;
-            let tls = server_config(chain, key, client_ca)
+            let revoked = Arc::new(revoked_by_site.remove(&site.name).unwrap_or_default());
+            let tls = server_config(chain, key, client_ca, revoked)
                 .with_context(|| format!("TLS setup of site {}", site.name))?;
             let entry = Arc::new(Site {
                 name: site.name.clone(),
@@ -137,6 +163,11 @@ impl Sites {
         self.by_name.get(name)
     }
 
+    /// Fingerprints of every revoked device certificate.
+    pub fn revoked(&self) -> &HashSet<[u8; 32]> {
+        &self.revoked
+    }
+
     /// All sites, sorted by name.
     pub fn all(&self) -> Vec<Arc<Site>> {
         let mut all: Vec<_> = self.by_name.values().cloned().collect();
@@ -149,6 +180,7 @@ fn server_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    revoked: Arc<HashSet<[u8; 32]>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
@@ -156,8 +188,12 @@ fn server_config(
         roots.add(ca)?;
     }
     // Mandatory client authentication: no certificate, no handshake.
-    let verifier =
+    let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier = Arc::new(RevocationCheck {
+        inner: webpki,
+        revoked,
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
@@ -166,6 +202,75 @@ fn server_config(
     // No session tickets: resumption would skip certificate checks that revocation relies on.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// The site CA's verifier plus the state dir's revocation list, checked on every handshake.
+///
+/// The list is the index of issued certificates (what `client revoke` writes), keyed by
+/// certificate fingerprint; a reload builds a new verifier, so a revocation applies to the
+/// next handshake. (The standard `crl.pem` is kept for other tools; the index is the source.)
+#[derive(Debug)]
+struct RevocationCheck {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<HashSet<[u8; 32]>>,
+}
+
+impl ClientCertVerifier for RevocationCheck {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.contains(&pki::fingerprint(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn parse_fingerprint(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Runs the handshake for one TCP connection.
@@ -206,6 +311,7 @@ pub async fn handshake(
             fingerprint: pki::fingerprint(leaf),
             device: identity.name,
             site,
+            revoked: CancellationToken::new(),
         };
         Ok((stream, peer))
     };

@@ -97,7 +97,11 @@ async fn control_handshake_and_echo_stream() {
         let _ = tokio::time::timeout(LIMIT, conn.closed()).await;
     });
 
-    let client = pki.client(&pki.connector_ca, &Identity::connector("home", "c1").unwrap(), addr);
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
     let conn = client.connect(addr, LIMIT).await.unwrap();
     let (send, recv) = conn.open(LIMIT).await.unwrap();
     let hello = Hello {
@@ -120,7 +124,10 @@ async fn control_handshake_and_echo_stream() {
     let (_send, mut recv) = conn.accept().await.unwrap();
     let mut buf = Vec::new();
     let err = recv.read_to_end(&mut buf).await.unwrap_err();
-    assert_eq!(transport::reset_code(&err), Some(StreamError::UpstreamTimeout));
+    assert_eq!(
+        transport::reset_code(&err),
+        Some(StreamError::UpstreamTimeout)
+    );
     conn.close(proto::CloseCode::Normal, "done");
     edge.await.unwrap();
 }
@@ -138,7 +145,11 @@ async fn device_certificate_cannot_open_a_tunnel() {
     });
     // Signed by some other CA (e.g. a site's device CA).
     let device_ca = Ca::generate("a site's device CA", Validity::days(30)).unwrap();
-    let client = pki.client(&device_ca, &Identity::device("home", "phone").unwrap(), addr);
+    let client = pki.client(
+        &device_ca,
+        &Identity::device("home", "phone").unwrap(),
+        addr,
+    );
     // With TLS 1.3 the client learns of the rejection after its side of the handshake: the
     // first use of the connection fails.
     let result = async {
@@ -150,7 +161,10 @@ async fn device_certificate_cannot_open_a_tunnel() {
         Ok::<_, transport::Error>(())
     }
     .await;
-    assert!(result.is_err(), "a device certificate must not open a tunnel");
+    assert!(
+        result.is_err(),
+        "a device certificate must not open a tunnel"
+    );
 }
 
 #[tokio::test]
@@ -165,6 +179,10 @@ async fn connector_refuses_an_edge_outside_its_pinned_ca() {
             let _ = incoming.accept(LIMIT).await;
         }
     });
-    let client = pki.client(&pki.connector_ca, &Identity::connector("home", "c1").unwrap(), addr);
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
     assert!(client.connect(addr, LIMIT).await.is_err());
 }
