@@ -49,6 +49,16 @@ fn route(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
     let sessions = shared.sessions.load(Ordering::Relaxed);
     match path {
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         "/readyz" if sessions > 0 => json_response(
             StatusCode::OK,
             &json!({"status": "ready", "edge_connections": sessions}),

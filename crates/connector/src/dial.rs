@@ -19,10 +19,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use transport::{ClientEndpoint, ClientTls, ControlDriver};
 
+use crate::metrics::{ConnectionLabel, ResultLabel};
 use crate::{Shared, forward};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often QUIC path statistics are copied into the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with full jitter.
 #[derive(Debug)]
@@ -65,7 +68,7 @@ pub async fn slot(index: usize, edge: String, shared: Arc<Shared>, shutdown: Can
     let mut endpoint: Option<(bool, ClientEndpoint)> = None;
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&edge, &mut endpoint, &shared, &shutdown).await {
+        match session(index, &edge, &mut endpoint, &shared, &shutdown).await {
             Ok(()) => {}
             Err(e) => warn!(slot = index, %edge, error = %e, "tunnel connection failed"),
         }
@@ -88,6 +91,7 @@ pub async fn slot(index: usize, edge: String, shared: Arc<Shared>, shutdown: Can
 }
 
 async fn session(
+    index: usize,
     edge: &str,
     endpoint: &mut Option<(bool, ClientEndpoint)>,
     shared: &Arc<Shared>,
@@ -108,7 +112,23 @@ async fn session(
             &mut endpoint.insert((addr.is_ipv4(), ep)).1
         }
     };
-    let conn = ep.connect(addr, HANDSHAKE_TIMEOUT).await?;
+    let slot = ConnectionLabel {
+        connection: index.to_string(),
+    };
+    let metrics = &shared.metrics;
+    let attempt = |result| {
+        metrics
+            .connection_attempts
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    };
+    let conn = match ep.connect(addr, HANDSHAKE_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => {
+            attempt("error");
+            return Err(e.into());
+        }
+    };
     let (send, recv) = conn.open(HANDSHAKE_TIMEOUT).await?;
     let hello = Hello {
         version: proto::VERSION,
@@ -117,7 +137,13 @@ async fn session(
     };
     let state = ControlState::connector(hello, now(), shared.config.tuning.idle_timeout);
     let mut control = ControlDriver::new(send, recv, state);
-    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, control.next_event()).await {
+    let welcomed = tokio::time::timeout(WELCOME_TIMEOUT, control.next_event()).await;
+    attempt(if matches!(welcomed, Ok(Ok(ControlEvent::Welcomed(_)))) {
+        "ok"
+    } else {
+        "error"
+    });
+    let welcome = match welcomed {
         Ok(Ok(ControlEvent::Welcomed(w))) => w,
         Ok(Ok(ControlEvent::Rejected(r))) => {
             conn.close(CloseCode::Normal, "rejected");
@@ -136,11 +162,13 @@ async fn session(
     };
     info!(%edge, %addr, site = %welcome.site, connector = %welcome.connector_id, "registered with edge");
     shared.sessions.fetch_add(1, Ordering::Relaxed);
+    metrics.edge_connections.inc();
     shared.registered.notify_waiters();
     let _ = shared.ready.send(true);
     let streams = TaskTracker::new();
-    let result = serve(&conn, &mut control, shared, shutdown, &streams).await;
+    let result = serve(&conn, &mut control, shared, shutdown, &streams, &slot).await;
     shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    metrics.edge_connections.dec();
     if shutdown.is_cancelled() {
         // Graceful: the edge already knows we drain; let in-flight requests finish.
         streams.close();
@@ -164,9 +192,20 @@ async fn serve(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     streams: &TaskTracker,
+    slot: &ConnectionLabel,
 ) -> anyhow::Result<()> {
+    let metrics = &shared.metrics;
+    let mut sample = tokio::time::interval(STATS_INTERVAL);
+    let mut lost_seen = 0u64;
     loop {
         tokio::select! {
+            _ = sample.tick() => {
+                let stats = conn.stats();
+                metrics.rtt.get_or_create(slot).set(stats.rtt.as_secs_f64());
+                metrics.congestion_window.get_or_create(slot).set(i64::try_from(stats.cwnd).unwrap_or(i64::MAX));
+                metrics.lost_packets.get_or_create(slot).inc_by(stats.lost_packets.saturating_sub(lost_seen));
+                lost_seen = lost_seen.max(stats.lost_packets);
+            }
             stream = conn.accept() => {
                 let (send, recv) = stream?;
                 streams.spawn(forward::stream(send, recv, shared.clone()));

@@ -58,6 +58,11 @@ const FORWARDING: &[&str] = &[
 
 /// Serves one data stream opened by the edge.
 pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>) {
+    let metrics = &shared.metrics;
+    metrics.active_streams.inc();
+    let _active = OnDrop(Some(|| {
+        metrics.active_streams.dec();
+    }));
     let head_limit = std::time::Duration::from_secs(10);
     let header = match tokio::time::timeout(
         head_limit,
@@ -68,16 +73,39 @@ pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>)
         Ok(Ok(header)) => header,
         Ok(Err(e)) => {
             debug!(error = %e, "bad stream header");
+            metrics.upstream_error("bad_request");
             abort(&mut send, &mut recv, StreamError::BadRequest);
             return;
         }
         Err(_) => {
+            metrics.upstream_error("bad_request");
             abort(&mut send, &mut recv, StreamError::BadRequest);
             return;
         }
     };
     if let Err(code) = forward(header, send, recv, &shared).await {
         debug!(code = code.name(), "stream failed");
+        let kind = match code {
+            StreamError::UpstreamConnect => Some("connect"),
+            StreamError::UpstreamTimeout => Some("timeout"),
+            StreamError::UpstreamProtocol => Some("protocol"),
+            StreamError::BadRequest => Some("bad_request"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            metrics.upstream_error(kind);
+        }
+    }
+}
+
+/// Runs its closure when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
     }
 }
 
@@ -108,6 +136,7 @@ async fn forward(
             return Err(code);
         }
     };
+    let started = tokio::time::Instant::now();
     let response = tokio::select! {
         r = shared.client.request(request) => r,
         () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
@@ -132,6 +161,10 @@ async fn forward(
             return Err(code);
         }
     };
+    shared
+        .metrics
+        .upstream_duration
+        .observe(started.elapsed().as_secs_f64());
     let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let head = response_head(&response, switching);
     if transport::head::write_response_head(&mut send, &head)

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod dial;
 pub mod forward;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub sessions: AtomicUsize,
     /// Notified whenever a connection registers.
     pub registered: Notify,
+    /// Every exported metric.
+    pub metrics: metrics::Metrics,
     ready: watch::Sender<bool>,
 }
 
@@ -77,6 +80,7 @@ impl Connector {
                 client,
                 sessions: AtomicUsize::new(0),
                 registered: Notify::new(),
+                metrics: metrics::Metrics::new(),
                 ready,
             }),
             admin,
@@ -108,10 +112,12 @@ impl Connector {
             "connector starting"
         );
         tasks.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
-        for edge in &shared.config.edges {
-            for index in 0..shared.config.connections {
+        let per_edge = shared.config.connections;
+        for (e, edge) in shared.config.edges.iter().enumerate() {
+            for index in 0..per_edge {
+                let slot = e * per_edge + index;
                 tasks.spawn(dial::slot(
-                    index,
+                    slot,
                     edge.clone(),
                     shared.clone(),
                     shutdown.clone(),

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::reload::LiveClients;
 use crate::{Shared, serve, tls};
 
@@ -32,6 +33,13 @@ pub async fn serve(
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Over the connection limit: closing is the cheapest answer.
                     drop(tcp);
+                    shared
+                        .metrics
+                        .connections_rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: "max_connections",
+                        })
+                        .inc();
                     continue;
                 };
                 tracker.spawn(connection(
@@ -61,6 +69,7 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let sites = shared.sites.load_full();
     let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
+    let metrics = &shared.metrics;
     match handshake {
         Ok((stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check
@@ -68,13 +77,37 @@ async fn connection(
             let _registration =
                 LiveClients::register(&shared, peer.fingerprint, peer.revoked.clone());
             if shared.sites.load().revoked().contains(&peer.fingerprint) {
+                count_handshake(metrics, &peer.site.name, tls::HandshakeDenial::Revoked);
                 info!(client = %addr.ip(), reason = "revoked", "handshake denied");
                 return;
             }
-            serve::connection(stream, peer, shared, shutdown).await;
+            metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    site: peer.site.name.clone(),
+                    result: "ok",
+                    reason: "ok",
+                })
+                .inc();
+            metrics.client_connections.inc();
+            serve::connection(stream, peer, shared.clone(), shutdown).await;
+            shared.metrics.client_connections.dec();
         }
-        Err(denial) => {
-            info!(client = %addr.ip(), reason = denial.reason(), "handshake denied");
+        Err(failure) => {
+            let site = failure.site.unwrap_or_default();
+            count_handshake(metrics, &site, failure.denial);
+            info!(client = %addr.ip(), site = %site, reason = failure.denial.reason(), "handshake denied");
         }
     }
+}
+
+fn count_handshake(metrics: &crate::metrics::Metrics, site: &str, denial: tls::HandshakeDenial) {
+    metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels {
+            site: site.to_owned(),
+            result: "denied",
+            reason: denial.reason(),
+        })
+        .inc();
 }

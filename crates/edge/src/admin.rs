@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`. Loopback by default.
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`. Loopback by default.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(
@@ -60,6 +62,14 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             )
         }
         "/status" => json_response(StatusCode::OK, &status(shared)),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(OPENMETRICS),
+            );
+            response
+        }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }

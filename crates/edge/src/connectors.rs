@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use transport::{ControlDriver, Incoming, ServerEndpoint};
 
 use crate::Shared;
+use crate::metrics::{Metrics, SiteResult};
 use crate::route::Session;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +99,16 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
     } else {
         None
     };
+    let site_label = Metrics::site(&identity.site);
     if let Some((code, text)) = refusal {
+        shared
+            .metrics
+            .registrations
+            .get_or_create(&SiteResult {
+                site: identity.site.clone(),
+                result: "rejected",
+            })
+            .inc();
         warn!(%addr, site = %identity.site, connector = %identity.name, reason = text, "connector rejected");
         control.state().reject(Reject {
             code,
@@ -128,6 +138,15 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         max_streams as usize,
     ));
     shared.registry.insert(session.clone());
+    let metrics = &shared.metrics;
+    metrics
+        .registrations
+        .get_or_create(&SiteResult {
+            site: identity.site.clone(),
+            result: "ok",
+        })
+        .inc();
+    metrics.connectors.get_or_create(&site_label).inc();
     info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
 
     let ended = loop {
@@ -158,6 +177,8 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         }
     };
     shared.registry.remove(&session);
+    metrics.connectors.get_or_create(&site_label).dec();
+    metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
     info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Authenticated client connections, by certificate.
     pub live: reload::LiveClients,
+    /// Every exported metric.
+    pub metrics: metrics::Metrics,
     request_ids: AtomicU64,
 }
 
@@ -120,6 +123,7 @@ impl Edge {
             sites: ArcSwap::from_pointee(sites),
             registry: Registry::default(),
             live: reload::LiveClients::default(),
+            metrics: metrics::Metrics::new(),
             request_ids: AtomicU64::new(1),
         });
         Ok(Self {

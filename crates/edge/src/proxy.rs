@@ -17,6 +17,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
@@ -25,6 +27,7 @@ use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, SiteReason};
 use crate::route::Session;
 use crate::tls::Peer;
 
@@ -95,7 +98,7 @@ pub async fn forward(
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
 
-    let (slot, mut send, mut recv) = open_stream(&candidates, shared).await?;
+    let (slot, mut send, mut recv) = open_stream(&candidates, &peer.site.name, shared).await?;
     send.write_chunk(encoded)
         .await
         .map_err(|_| ProxyError::TunnelBroken)?;
@@ -109,7 +112,11 @@ pub async fn forward(
         if body == BodyKind::Empty {
             send.finish();
         } else {
-            tokio::spawn(pump_request(req.into_body(), send));
+            let counter = shared
+                .metrics
+                .request_bytes
+                .get_or_create_owned(&Metrics::site(&peer.site.name));
+            tokio::spawn(pump_request(req.into_body(), send, counter));
         }
         None
     };
@@ -139,7 +146,20 @@ pub async fn forward(
 
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
-            tokio::spawn(splice(on_upgrade, send, recv, slot, peer.revoked.clone()));
+            let site = Metrics::site(&peer.site.name);
+            let meters = SpliceMeters {
+                open: shared.metrics.active_websockets.get_or_create_owned(&site),
+                up: shared.metrics.request_bytes.get_or_create_owned(&site),
+                down: shared.metrics.response_bytes.get_or_create_owned(&site),
+            };
+            tokio::spawn(splice(
+                on_upgrade,
+                send,
+                recv,
+                slot,
+                peer.revoked.clone(),
+                meters,
+            ));
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -161,8 +181,20 @@ pub fn empty() -> ResponseBody {
 
 async fn open_stream(
     candidates: &[Arc<Session>],
+    site: &str,
     shared: &Shared,
 ) -> Result<(OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
+    let failed = |reason| {
+        shared
+            .metrics
+            .stream_failures
+            .get_or_create(&SiteReason {
+                site: site.to_owned(),
+                reason,
+            })
+            .inc();
+        ProxyError::TunnelUnavailable
+    };
     let limit = shared.config.limits.stream_open_timeout;
     // First pass: any session with a free slot right now; second: wait on the best one.
     let mut picked = candidates
@@ -173,24 +205,28 @@ async fn open_stream(
     {
         picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
     }
-    let (session, slot) = picked.ok_or(ProxyError::TunnelUnavailable)?;
+    let Some((session, slot)) = picked else {
+        return Err(failed("no_slot"));
+    };
     match session.conn.open(limit).await {
         Ok((send, recv)) => Ok((slot, send, recv)),
         Err(e) => {
             debug!(error = %e, connector = %session.connector_id, "opening tunnel stream failed");
-            Err(ProxyError::TunnelUnavailable)
+            Err(failed("open_failed"))
         }
     }
 }
 
 /// Copies the client's request body into the tunnel as it arrives.
-async fn pump_request(mut body: Incoming, mut send: SendHalf) {
+async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                if let Ok(data) = frame.into_data()
-                    && send.write_chunk(data).await.is_err()
-                {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                bytes.inc_by(data.len() as u64);
+                if send.write_chunk(data).await.is_err() {
                     // The connector stopped reading (upstream answered or failed).
                     return;
                 }
@@ -222,6 +258,7 @@ async fn splice(
     recv: RecvHalf,
     _slot: OwnedSemaphorePermit,
     revoked: tokio_util::sync::CancellationToken,
+    meters: SpliceMeters,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -230,13 +267,19 @@ async fn splice(
             return;
         }
     };
+    meters.open.inc();
+    let _open = ActiveGuard(meters.open.clone());
     let mut client = TokioIo::new(upgraded);
     let mut tunnel = tokio::io::join(recv, send);
     let copy =
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut tunnel, BODY_CHUNK, BODY_CHUNK);
     tokio::select! {
         result = copy => match result {
-            Ok((up, down)) => debug!(up, down, "websocket closed"),
+            Ok((up, down)) => {
+                meters.up.inc_by(up);
+                meters.down.inc_by(down);
+                debug!(up, down, "websocket closed");
+            }
             Err(e) => debug!(error = %e, "websocket ended"),
         },
         () = revoked.cancelled() => {
@@ -246,6 +289,64 @@ async fn splice(
             recv.stop(StreamError::Cancelled);
             debug!("websocket closed: certificate revoked");
         }
+    }
+}
+
+/// What a WebSocket splice counts.
+struct SpliceMeters {
+    open: Gauge,
+    up: Counter,
+    down: Counter,
+}
+
+/// Wraps a response body: counts its bytes and keeps the request counted as active until
+/// the body ends or is dropped.
+pub fn metered(body: ResponseBody, bytes: Counter, active: Gauge) -> ResponseBody {
+    Metered {
+        inner: body,
+        bytes,
+        _active: ActiveGuard(active),
+    }
+    .boxed_unsync()
+}
+
+struct ActiveGuard(Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+struct Metered {
+    inner: ResponseBody,
+    bytes: Counter,
+    _active: ActiveGuard,
+}
+
+impl hyper::body::Body for Metered {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.inc_by(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

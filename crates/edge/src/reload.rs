@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::Shared;
+use crate::metrics::ResultLabel;
 use crate::tls::Sites;
 
 const POLL: Duration = Duration::from_millis(250);
@@ -128,6 +129,11 @@ pub fn reload(shared: &Shared) -> bool {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "reload failed; keeping the previous state");
+            shared
+                .metrics
+                .reloads
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
             return false;
         }
     };
@@ -140,6 +146,12 @@ pub fn reload(shared: &Shared) -> bool {
     for fp in &newly_revoked {
         closed += shared.live.revoke(fp);
     }
+    let metrics = &shared.metrics;
+    metrics
+        .reloads
+        .get_or_create(&ResultLabel { result: "ok" })
+        .inc();
+    metrics.revoked_connections_closed.inc_by(closed as u64);
     info!(
         newly_revoked = newly_revoked.len(),
         connections_closed = closed,

@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::Shared;
 use crate::error::ProxyError;
+use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
 use crate::policy::{self, Decision, DenyReason};
 use crate::proxy::{self, ResponseBody};
 use crate::tls::Peer;
@@ -77,13 +78,25 @@ pub async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
+    let site = Metrics::site(&peer.site.name);
+    let active = shared.metrics.active_requests.get_or_create_owned(&site);
+    active.inc();
     let outcome = proxy_request(req, peer, shared).await;
     let response = match outcome {
         Ok(response) => response,
         Err(e) => denial(e),
     };
-    finish(peer, &method, &response, outcome_error(&response), started);
-    response
+    finish(
+        peer,
+        shared,
+        &method,
+        &response,
+        outcome_error(&response),
+        started,
+    );
+    // The request stays active until its response body is done (or dropped).
+    let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
+    response.map(|body| proxy::metered(body, bytes, active))
 }
 
 async fn proxy_request(
@@ -137,13 +150,38 @@ fn outcome_error(response: &Response<ResponseBody>) -> Option<ProxyError> {
 /// The single finish point: one access log line per request.
 fn finish(
     peer: &Peer,
+    shared: &Shared,
     method: &http::Method,
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
     started: tokio::time::Instant,
 ) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = elapsed * 1000.0;
     let status = response.status().as_u16();
+    let metrics = &shared.metrics;
+    let site = &peer.site.name;
+    metrics
+        .requests
+        .get_or_create(&ClassLabels {
+            site: site.clone(),
+            class: status_class(status),
+        })
+        .inc();
+    metrics
+        .request_duration
+        .get_or_create(&Metrics::site(site))
+        .observe(elapsed);
+    if let Some(e) = error {
+        metrics
+            .request_errors
+            .get_or_create(&ErrorLabels {
+                site: site.clone(),
+                blame: e.blame().as_str(),
+                reason: e.reason(),
+            })
+            .inc();
+    }
     match error {
         None => info!(
             target: "access",

@@ -79,6 +79,15 @@ impl HandshakeDenial {
     }
 }
 
+/// A refused handshake: why, and for which site if SNI named one.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    /// Why.
+    pub denial: HandshakeDenial,
+    /// The SNI's site, if any.
+    pub site: Option<String>,
+}
+
 /// The authenticated client of one TLS connection.
 #[derive(Debug)]
 pub struct Peer {
@@ -279,17 +288,19 @@ pub async fn handshake(
     addr: SocketAddr,
     sites: &Sites,
     limit: Duration,
-) -> Result<(TlsStream<TcpStream>, Peer), HandshakeDenial> {
+) -> Result<(TlsStream<TcpStream>, Peer), HandshakeFailure> {
+    let mut site_name = None;
     let run = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
             .await
             .map_err(|e| classify(&e))?;
-        let sni = start.client_hello().server_name().map(str::to_owned);
-        let site = sni
-            .as_deref()
+        let site = start
+            .client_hello()
+            .server_name()
             .and_then(|name| sites.by_host(name))
             .ok_or(HandshakeDenial::UnknownSite)?
             .clone();
+        site_name = Some(site.name.clone());
         let stream = start
             .into_stream(site.tls.clone())
             .await
@@ -315,9 +326,14 @@ pub async fn handshake(
         };
         Ok((stream, peer))
     };
-    tokio::time::timeout(limit, run)
-        .await
-        .map_err(|_| HandshakeDenial::Timeout)?
+    let result = match tokio::time::timeout(limit, run).await {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeDenial::Timeout),
+    };
+    result.map_err(|denial| HandshakeFailure {
+        denial,
+        site: site_name,
+    })
 }
 
 fn classify(err: &io::Error) -> HandshakeDenial {

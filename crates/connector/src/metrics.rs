@@ -1,0 +1,146 @@
+//! Every metric the connector exports, registered once. Names and labels: `docs/metrics.md`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `connection`: the connection slot, bounded by configuration (≤ 16 per edge).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    /// Slot number.
+    pub connection: String,
+}
+
+/// `result`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: &'static str,
+}
+
+/// `kind`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    /// What failed.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// The connector's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Registered edge connections now.
+    pub edge_connections: Gauge,
+    /// Dial + registration attempts.
+    pub connection_attempts: Family<ResultLabel, Counter>,
+    /// Smoothed RTT per slot, seconds.
+    pub rtt: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
+    /// Lost packets per slot.
+    pub lost_packets: Family<ConnectionLabel, Counter>,
+    /// Congestion window per slot.
+    pub congestion_window: Family<ConnectionLabel, Gauge>,
+    /// Streams being served.
+    pub active_streams: Gauge,
+    /// Stream open to HA's response head.
+    pub upstream_duration: Histogram,
+    /// Failed requests to HA.
+    pub upstream_errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `doorless_connector` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("doorless_connector");
+        let m = Self {
+            registry: Registry::default(),
+            edge_connections: Gauge::default(),
+            connection_attempts: Family::default(),
+            rtt: Family::default(),
+            lost_packets: Family::default(),
+            congestion_window: Family::default(),
+            active_streams: Gauge::default(),
+            upstream_duration: Histogram::new(exponential_buckets(0.002, 2.0, 16)),
+            upstream_errors: Family::default(),
+        };
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let r = &mut registry;
+        r.register("build_info", "Build version", build);
+        r.register(
+            "edge_connections",
+            "Registered edge connections now",
+            m.edge_connections.clone(),
+        );
+        r.register(
+            "connection_attempts",
+            "Dial and registration attempts by result",
+            m.connection_attempts.clone(),
+        );
+        r.register(
+            "rtt_seconds",
+            "QUIC smoothed RTT per connection slot",
+            m.rtt.clone(),
+        );
+        r.register(
+            "lost_packets",
+            "QUIC packets declared lost per connection slot",
+            m.lost_packets.clone(),
+        );
+        r.register(
+            "congestion_window_bytes",
+            "QUIC congestion window per connection slot",
+            m.congestion_window.clone(),
+        );
+        r.register(
+            "active_streams",
+            "Streams being served (requests and WebSockets)",
+            m.active_streams.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time from stream open to Home Assistant's response head",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Requests to Home Assistant that failed, by kind",
+            m.upstream_errors.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a failed upstream request.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+}

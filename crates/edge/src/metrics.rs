@@ -1,0 +1,320 @@
+//! Every metric the edge exports, registered once. Names and labels: `docs/metrics.md`.
+//!
+//! Labels are bounded: site names come from the state dir, every other label from a fixed set
+//! of `&'static str` values. No IPs, paths or device names.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `site`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SiteLabel {
+    /// Site name.
+    pub site: String,
+}
+
+/// `site`, `result`, `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Site name, or empty when SNI named none.
+    pub site: String,
+    /// `ok` or `denied`.
+    pub result: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// `site`, `class`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// Site name.
+    pub site: String,
+    /// Status class, `2xx` etc.
+    pub class: &'static str,
+}
+
+/// `site`, `blame`, `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Site name.
+    pub site: String,
+    /// Who is to blame.
+    pub blame: &'static str,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// `site`, `result`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SiteResult {
+    /// Site name.
+    pub site: String,
+    /// Outcome.
+    pub result: &'static str,
+}
+
+/// `site`, `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SiteReason {
+    /// Site name.
+    pub site: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// `site`, `kind`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CertLabels {
+    /// Site name, empty for edge-wide certificates.
+    pub site: String,
+    /// Which certificate.
+    pub kind: &'static str,
+}
+
+/// `result`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The edge's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Public TLS handshakes.
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    /// TCP connections closed at accept.
+    pub connections_rejected: Family<ReasonLabel, Counter>,
+    /// Authenticated client connections open now.
+    pub client_connections: Gauge,
+    /// Requests by status class.
+    pub requests: Family<ClassLabels, Counter>,
+    /// Failed requests by blame and reason.
+    pub request_errors: Family<ErrorLabels, Counter>,
+    /// Request head to response head.
+    pub request_duration: HistogramFamily<SiteLabel>,
+    /// Request body bytes into the tunnel.
+    pub request_bytes: Family<SiteLabel, Counter>,
+    /// Response body bytes out of the tunnel.
+    pub response_bytes: Family<SiteLabel, Counter>,
+    /// Requests in flight.
+    pub active_requests: Family<SiteLabel, Gauge>,
+    /// WebSockets open.
+    pub active_websockets: Family<SiteLabel, Gauge>,
+    /// Registered connector connections.
+    pub connectors: Family<SiteLabel, Gauge>,
+    /// Connector registrations.
+    pub registrations: Family<SiteResult, Counter>,
+    /// Registered connector connections that ended.
+    pub disconnects: Family<SiteLabel, Counter>,
+    /// Tunnel streams that could not be opened.
+    pub stream_failures: Family<SiteReason, Counter>,
+    /// Days until certificates expire.
+    pub certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    /// State reloads.
+    pub reloads: Family<ResultLabel, Counter>,
+    /// Connections closed by a revocation.
+    pub revoked_connections_closed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `doorless_edge` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("doorless_edge");
+        let m = Self {
+            handshakes: Family::default(),
+            connections_rejected: Family::default(),
+            client_connections: Gauge::default(),
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            active_requests: Family::default(),
+            active_websockets: Family::default(),
+            connectors: Family::default(),
+            registrations: Family::default(),
+            disconnects: Family::default(),
+            stream_failures: Family::default(),
+            certificate_days_left: Family::default(),
+            reloads: Family::default(),
+            revoked_connections_closed: Counter::default(),
+            registry: Registry::default(),
+        };
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let r = &mut registry;
+        r.register("build_info", "Build version", build);
+        r.register(
+            "tls_handshakes",
+            "Public TLS handshakes by result and reason",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "TCP connections closed at accept",
+            m.connections_rejected.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Authenticated client connections open now",
+            m.client_connections.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests answered, by status class",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Failed requests by blame and reason",
+            m.request_errors.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "request_bytes",
+            "Request body bytes sent into the tunnel",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "response_bytes",
+            "Response body bytes received from the tunnel",
+            m.response_bytes.clone(),
+        );
+        r.register(
+            "active_requests",
+            "Requests in flight",
+            m.active_requests.clone(),
+        );
+        r.register(
+            "active_websockets",
+            "Spliced WebSockets open now",
+            m.active_websockets.clone(),
+        );
+        r.register(
+            "connectors",
+            "Registered connector connections",
+            m.connectors.clone(),
+        );
+        r.register(
+            "connector_registrations",
+            "Connector registrations by result",
+            m.registrations.clone(),
+        );
+        r.register(
+            "connector_disconnects",
+            "Registered connector connections that ended",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "tunnel_stream_failures",
+            "Tunnel streams that could not be opened",
+            m.stream_failures.clone(),
+        );
+        r.register(
+            "certificate_days_left",
+            "Days until the certificate expires",
+            m.certificate_days_left.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "State reloads by result",
+            m.reloads.clone(),
+        );
+        r.register(
+            "revoked_connections_closed",
+            "Open connections closed because their certificate was revoked",
+            m.revoked_connections_closed.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Shorthand for a site label.
+    pub fn site(site: &str) -> SiteLabel {
+        SiteLabel {
+            site: site.to_owned(),
+        }
+    }
+}
+
+/// 5 ms … ~80 s: from a cached asset to a long-poll answer.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// `2xx` etc. for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_carry_the_documented_names() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&ClassLabels {
+                site: "home".into(),
+                class: "2xx",
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains("doorless_edge_requests_total{site=\"home\",class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("doorless_edge_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
