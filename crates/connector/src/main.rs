@@ -22,6 +22,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the connector.
@@ -32,6 +38,19 @@ enum Command {
         /// Write the admin address as JSON here once the first edge connection registered.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Log format, overriding `log.format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Probe a running connector's admin endpoint; exit 0 if healthy (for container
+    /// HEALTHCHECKs, which have no curl).
+    Health {
+        /// URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:9471/healthz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
     /// Check a configuration and exit.
     CheckConfig {
@@ -44,7 +63,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, ready_file } => run(config.as_deref(), ready_file.as_deref()),
+        Command::Run {
+            config,
+            ready_file,
+            log_format,
+        } => run(config.as_deref(), ready_file.as_deref(), log_format),
+        Command::Health { url, timeout } => health(&url, std::time::Duration::from_secs(timeout)),
         Command::CheckConfig { config } => Config::load(config.as_deref())
             .map(|c| {
                 println!(
@@ -67,9 +91,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<&Path>, ready_file: Option<&Path>) -> anyhow::Result<()> {
+fn run(
+    config: Option<&Path>,
+    ready_file: Option<&Path>,
+    log_format: Option<LogFormatArg>,
+) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    init_logging(config.log.format, &config.log.filter);
+    let format = match log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None => config.log.format,
+    };
+    init_logging(format, &config.log.filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -91,6 +124,32 @@ fn run(config: Option<&Path>, ready_file: Option<&Path>) -> anyhow::Result<()> {
             });
         }
         connector.run(shutdown).await
+    })
+}
+
+/// GETs `url` (plain HTTP, loopback admin listener) and succeeds on a 2xx answer.
+fn health(url: &str, limit: std::time::Duration) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client: Client<_, Empty<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let response = tokio::time::timeout(limit, client.get(uri))
+            .await
+            .map_err(|_| anyhow::anyhow!("{url}: no answer within {limit:?}"))?
+            .with_context(|| format!("{url}: unreachable"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{url}: answered {}",
+            response.status()
+        );
+        println!("{url}: {}", response.status());
+        Ok(())
     })
 }
 
