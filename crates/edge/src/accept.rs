@@ -66,27 +66,58 @@ async fn connection(
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
+    let ip = addr.ip().to_canonical();
+    let metrics = &shared.metrics;
+    let reject = |reason: &'static str| {
+        metrics
+            .connections_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        log_denial(&shared, ip, "", reason);
+    };
+    // Cheapest checks first, before any TLS work.
+    let Some(_address_slot) = shared.per_address.acquire(ip) else {
+        return reject("per_ip_limit");
+    };
+    if !shared.budget.take(ip, now()) {
+        return reject("handshake_rate");
+    }
+    let Ok(handshake_slot) = shared.handshakes.try_acquire() else {
+        return reject("handshake_overload");
+    };
     let _ = tcp.set_nodelay(true);
     let sites = shared.sites.load_full();
     let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
-    let metrics = &shared.metrics;
+    drop(handshake_slot);
     match handshake {
         Ok((stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check
             // the current state once more now that the connection is findable.
-            let _registration =
-                LiveClients::register(&shared, peer.fingerprint, peer.revoked.clone());
-            if shared.sites.load().revoked().contains(&peer.fingerprint) {
+            let _registration = peer
+                .certificate
+                .as_ref()
+                .map(|cert| LiveClients::register(&shared, cert.fingerprint, peer.revoked.clone()));
+            if let Some(cert) = &peer.certificate
+                && shared.sites.load().revoked().contains(&cert.fingerprint)
+            {
                 count_handshake(metrics, &peer.site.name, tls::HandshakeDenial::Revoked);
-                info!(client = %addr.ip(), reason = "revoked", "handshake denied");
+                log_denial(&shared, ip, &peer.site.name, "revoked");
                 return;
+            }
+            if peer.certificate.is_some() {
+                // Authenticated: this handshake costs the address nothing.
+                shared.budget.refund(ip);
             }
             metrics
                 .handshakes
                 .get_or_create(&HandshakeLabels {
                     site: peer.site.name.clone(),
                     result: "ok",
-                    reason: "ok",
+                    reason: if peer.certificate.is_some() {
+                        "ok"
+                    } else {
+                        "no_cert_allowed"
+                    },
                 })
                 .inc();
             metrics.client_connections.inc();
@@ -96,9 +127,20 @@ async fn connection(
         Err(failure) => {
             let site = failure.site.unwrap_or_default();
             count_handshake(metrics, &site, failure.denial);
-            info!(client = %addr.ip(), site = %site, reason = failure.denial.reason(), "handshake denied");
+            log_denial(&shared, ip, &site, failure.denial.reason());
         }
     }
+}
+
+/// One info line per denial, at most 20 per 10 s; the rest are counted in the next line.
+fn log_denial(shared: &Shared, ip: std::net::IpAddr, site: &str, reason: &str) {
+    if let Some(suppressed) = shared.denial_log.admit(now()) {
+        info!(client = %ip, site, reason, suppressed, "connection denied");
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn count_handshake(metrics: &crate::metrics::Metrics, site: &str, denial: tls::HandshakeDenial) {

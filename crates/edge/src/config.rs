@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::ClientAuth;
 
 /// Top-level keys that `DOORLESS_*` variables may set. Limiting env to these keeps a stray
 /// variable meant for the connector (e.g. `DOORLESS_TOKEN`) from breaking the edge.
@@ -89,6 +92,14 @@ pub struct RawLimits {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Concurrent connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// TLS handshakes in progress at once, all clients together; more are closed at once.
+    pub max_concurrent_handshakes: usize,
+    /// Unauthenticated handshakes one address may start per second, sustained.
+    pub handshake_rate_per_ip: f64,
+    /// Burst of unauthenticated handshakes one address may start at once.
+    pub handshake_burst_per_ip: u32,
 }
 
 impl Default for RawLimits {
@@ -103,6 +114,10 @@ impl Default for RawLimits {
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            max_connections_per_ip: 256,
+            max_concurrent_handshakes: 256,
+            handshake_rate_per_ip: 5.0,
+            handshake_burst_per_ip: 40,
         }
     }
 }
@@ -174,6 +189,24 @@ pub struct RawSite {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// `required` (default) or `required_or_session`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Lifetime of session cookies in `required_or_session` mode (default 1h, 1m..24h).
+    #[serde(default, with = "humantime_serde")]
+    pub session_lifetime: Option<Duration>,
+    /// Path prefixes that pass WITHOUT a certificate, e.g. `/api/webhook/`. Off by default.
+    #[serde(default)]
+    pub public_paths: Vec<String>,
+    /// If set, only these client networks may reach the site.
+    #[serde(default)]
+    pub allow_cidrs: Vec<IpNet>,
+    /// These client networks may never reach the site.
+    #[serde(default)]
+    pub deny_cidrs: Vec<IpNet>,
+    /// Header that carries the device name to Home Assistant (off by default). Whatever a
+    /// client sends under this name is always removed.
+    pub identity_header: Option<String>,
 }
 
 /// The validated configuration.
@@ -274,12 +307,79 @@ impl Config {
         if raw.tunnel.idle_timeout < Duration::from_secs(5) {
             return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
         }
+        if limits.max_connections_per_ip == 0 || limits.max_concurrent_handshakes == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                "connection and handshake limits must be at least 1",
+            ));
+        }
+        if !(limits.handshake_rate_per_ip > 0.0 && limits.handshake_rate_per_ip.is_finite())
+            || limits.handshake_burst_per_ip == 0
+        {
+            return Err(invalid(
+                "limits.handshake_rate_per_ip",
+                "rate and burst must be greater than zero",
+            ));
+        }
         for (name, site) in &raw.sites {
+            let key = |k: &str| format!("sites.{name}.{k}");
             if site.tls_cert.is_some() != site.tls_key.is_some() {
                 return Err(invalid(
-                    &format!("sites.{name}.tls_cert"),
+                    &key("tls_cert"),
                     "tls_cert and tls_key must be set together",
                 ));
+            }
+            for path in &site.public_paths {
+                if !path.starts_with('/') || !path.ends_with('/') || path.len() < 2 {
+                    return Err(invalid(
+                        &key("public_paths"),
+                        &format!("`{path}` must start and end with `/`, e.g. \"/api/webhook/\""),
+                    ));
+                }
+                if !crate::policy::is_public(std::slice::from_ref(path), path) {
+                    return Err(invalid(
+                        &key("public_paths"),
+                        &format!(
+                            "`{path}` must be a plain path: no dot segments, `;`, `%`, `//` or `\\`"
+                        ),
+                    ));
+                }
+            }
+            if let Some(d) = site.session_lifetime
+                && !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&d)
+            {
+                return Err(invalid(
+                    &key("session_lifetime"),
+                    "must be between 1m and 24h",
+                ));
+            }
+            if site.session_lifetime.is_some() && site.client_auth != ClientAuth::RequiredOrSession
+            {
+                return Err(invalid(
+                    &key("session_lifetime"),
+                    "only meaningful with client_auth = \"required_or_session\"",
+                ));
+            }
+            if let Some(h) = &site.identity_header {
+                let lower = h.to_ascii_lowercase();
+                let reserved = [
+                    "host",
+                    "cookie",
+                    "connection",
+                    "upgrade",
+                    "content-length",
+                    "transfer-encoding",
+                    "forwarded",
+                ];
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                    || reserved.contains(&lower.as_str())
+                    || lower.starts_with("x-forwarded-")
+                {
+                    return Err(invalid(
+                        &key("identity_header"),
+                        "must be a valid header name that is not a standard or forwarding header, e.g. \"X-Doorless-Device\"",
+                    ));
+                }
             }
         }
         let tuning = transport::Tuning {

@@ -34,6 +34,10 @@ pub enum ProxyError {
     MissingHost,
     /// The Host selects another site than the connection's SNI (or none).
     MisdirectedRequest,
+    /// No certificate, no valid session, not a public path.
+    NoCredentials,
+    /// The client address is outside the site's allowed networks.
+    AddressDenied,
     /// The site has no registered, non-draining connector.
     NoConnector,
     /// No tunnel stream could be opened in time (all connectors at their stream limit or gone).
@@ -62,6 +66,7 @@ impl ProxyError {
         match self {
             Self::MissingHost => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            Self::NoCredentials | Self::AddressDenied => StatusCode::FORBIDDEN,
             Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoConnector | Self::TunnelUnavailable | Self::ConnectorRefused => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -77,7 +82,11 @@ impl ProxyError {
     /// Who is to blame.
     pub fn blame(self) -> Blame {
         match self {
-            Self::MissingHost | Self::MisdirectedRequest | Self::RequestTooLarge => Blame::Client,
+            Self::MissingHost
+            | Self::MisdirectedRequest
+            | Self::RequestTooLarge
+            | Self::NoCredentials
+            | Self::AddressDenied => Blame::Client,
             Self::NoConnector
             | Self::TunnelUnavailable
             | Self::TunnelBroken
@@ -95,6 +104,8 @@ impl ProxyError {
         match self {
             Self::MissingHost => "missing_host",
             Self::MisdirectedRequest => "misdirected",
+            Self::NoCredentials => "no_credentials",
+            Self::AddressDenied => "address_denied",
             Self::RequestTooLarge => "request_too_large",
             Self::NoConnector => "no_connector",
             Self::TunnelUnavailable => "tunnel_unavailable",
@@ -130,6 +141,8 @@ mod tests {
         for e in [
             ProxyError::MissingHost,
             ProxyError::MisdirectedRequest,
+            ProxyError::NoCredentials,
+            ProxyError::AddressDenied,
             ProxyError::NoConnector,
             ProxyError::TunnelUnavailable,
             ProxyError::TunnelBroken,

@@ -26,12 +26,14 @@ pub mod config;
 pub mod connectors;
 pub mod demo;
 pub mod error;
+pub mod limit;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod serve;
+pub mod session;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -63,6 +65,16 @@ pub struct Shared {
     pub live: reload::LiveClients,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
+    /// Signs and checks session cookies.
+    pub session_key: session::SessionKey,
+    /// Per-address budget of unauthenticated handshakes.
+    pub budget: limit::HandshakeBudget,
+    /// Per-address connection caps.
+    pub per_address: limit::PerAddress,
+    /// Handshakes in progress, all clients together.
+    pub handshakes: tokio::sync::Semaphore,
+    /// Keeps denial logging bounded under a flood.
+    pub denial_log: limit::LogLimiter,
     request_ids: AtomicU64,
 }
 
@@ -104,6 +116,7 @@ impl Edge {
             key: pki::load_key(&state.tunnel_key_path())?,
             connector_ca: pki::load_certs(&state.connector_ca_path())?,
         };
+        let session_key = session::SessionKey::load(&state.session_key_path())?;
         let https = TcpListener::bind(config.listen.https)
             .await
             .with_context(|| format!("binding listen.https {}", config.listen.https))?;
@@ -119,12 +132,24 @@ impl Edge {
             admin: admin.local_addr()?,
         };
         let shared = Arc::new(Shared {
-            config,
             sites: ArcSwap::from_pointee(sites),
             registry: Registry::default(),
             live: reload::LiveClients::default(),
             metrics: metrics::Metrics::new(),
+            session_key,
+            budget: limit::HandshakeBudget::new(
+                config.limits.handshake_rate_per_ip,
+                config.limits.handshake_burst_per_ip,
+            ),
+            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip),
+            handshakes: tokio::sync::Semaphore::new(config.limits.max_concurrent_handshakes),
+            denial_log: limit::LogLimiter::new(
+                20,
+                std::time::Duration::from_secs(10),
+                tokio::time::Instant::now().into_std(),
+            ),
             request_ids: AtomicU64::new(1),
+            config,
         });
         Ok(Self {
             shared,
@@ -149,7 +174,13 @@ impl Edge {
         let tunnel = TaskTracker::new();
         let shared = self.shared;
         for site in shared.sites.load().all() {
-            info!(site = %site.name, hostnames = ?site.hostnames, "serving site");
+            info!(site = %site.name, hostnames = ?site.hostnames, client_auth = ?site.policy.client_auth, "serving site");
+            for path in &site.policy.public_paths {
+                tracing::warn!(site = %site.name, path = %path, "public path: requests under it pass WITHOUT a client certificate");
+            }
+            if site.policy.client_auth == policy::ClientAuth::RequiredOrSession {
+                tracing::warn!(site = %site.name, lifetime = ?site.session_lifetime, "session mode: a cookie issued after a certificate-authenticated request also opens this site");
+            }
         }
         info!(https = %self.addrs.https, tunnel = %self.addrs.tunnel, admin = %self.addrs.admin, "edge ready");
         http.spawn(accept::serve(

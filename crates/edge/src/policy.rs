@@ -1,16 +1,113 @@
 //! Step 3 of the request path: may this request go to this site? A pure function.
 //!
-//! The TLS handshake already proved the certificate belongs to the SNI's site. What is left
-//! is the HTTP layer's say: the Host (HTTP/1) or :authority (HTTP/2) must name the same site,
-//! or a browser coalescing connections could carry site B's request on site A's connection.
+//! The TLS handshake already proved any certificate belongs to the SNI's site. The policy adds
+//! the HTTP layer's say:
+//! - the Host (HTTP/1) or :authority (HTTP/2) must name the same site, or a browser coalescing
+//!   connections could carry site B's request on site A's connection (421);
+//! - the client address must pass the site's `deny_cidrs` / `allow_cidrs`;
+//! - a request without a certificate passes only in the modes that allow it: with a valid
+//!   session cookie (`required_or_session`) or on an explicit public path prefix.
+//!
+//! Public paths are matched on a normalised copy of the path, and the normalisation fails
+//! closed: anything a server might interpret differently from us (dot segments, `;`
+//! parameters, backslashes, doubled slashes, control bytes, bad percent-encoding) is simply
+//! not exempt. The raw target is forwarded unchanged either way.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// How a site authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A valid client certificate on every connection (enforced in the TLS handshake when the
+    /// site has no public paths).
+    #[default]
+    Required,
+    /// A certificate, or a session cookie the edge issued on an earlier certificate-
+    /// authenticated request (for browsers that omit the certificate on WebSockets).
+    RequiredOrSession,
+}
+
+/// A site's access policy, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SitePolicy {
+    /// Authentication mode.
+    pub client_auth: ClientAuth,
+    /// Path prefixes that pass without a certificate; each starts and ends with `/`.
+    pub public_paths: Vec<String>,
+    /// If not empty, only these client networks may pass.
+    pub allow_cidrs: Vec<IpNet>,
+    /// These client networks never pass (checked before `allow_cidrs`).
+    pub deny_cidrs: Vec<IpNet>,
+}
+
+impl SitePolicy {
+    /// Whether the TLS handshake may complete without a client certificate.
+    pub fn certificate_optional(&self) -> bool {
+        self.client_auth == ClientAuth::RequiredOrSession || !self.public_paths.is_empty()
+    }
+}
+
+/// What the handshake established about the client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certificate {
+    /// A valid device certificate of the connection's site.
+    Valid,
+    /// No certificate (only possible where the site allows that).
+    Absent,
+}
+
+/// What the request's session cookie turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// No cookie.
+    Absent,
+    /// Valid: our MAC, this site, unexpired, certificate not revoked.
+    Valid,
+    /// Present but unusable (forged, expired, other site, revoked certificate).
+    Invalid,
+}
+
+/// The facts about one request that the policy decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The site the connection's SNI selected.
+    pub conn_site: &'a str,
+    /// The Host header / :authority, if any.
+    pub host: Option<&'a str>,
+    /// The site the Host selects, if any.
+    pub host_site: Option<&'a str>,
+    /// Client address.
+    pub client_ip: IpAddr,
+    /// Certificate state.
+    pub certificate: Certificate,
+    /// Session cookie state.
+    pub session: Session,
+    /// The raw request target.
+    pub target: &'a str,
+}
 
 /// What the policy decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Proxy to the connection's site.
-    Allow,
+    /// Proxy; the value says on what grounds.
+    Allow(Grant),
     /// Refuse, with the reason.
     Deny(DenyReason),
+}
+
+/// Why a request was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// A client certificate.
+    Certificate,
+    /// A session cookie.
+    Session,
+    /// A public path prefix.
+    PublicPath,
 }
 
 /// Why a request is refused at the HTTP layer.
@@ -20,16 +117,120 @@ pub enum DenyReason {
     MissingHost,
     /// Host names another site, or none.
     HostMismatch,
+    /// The client address is denied or not allowed.
+    Address,
+    /// No certificate and nothing else that opens this path.
+    NoCredentials,
 }
 
-/// Decides for a request with `host` (as sent, maybe with a port) on a connection whose
-/// certificate and SNI selected `conn_site`; `host_site` is the site that `host` selects.
-pub fn decide(conn_site: &str, host: Option<&str>, host_site: Option<&str>) -> Decision {
-    match (host, host_site) {
-        (None, _) => Decision::Deny(DenyReason::MissingHost),
-        (Some(_), Some(site)) if site == conn_site => Decision::Allow,
-        (Some(_), _) => Decision::Deny(DenyReason::HostMismatch),
+impl DenyReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingHost => "missing_host",
+            Self::HostMismatch => "misdirected",
+            Self::Address => "address_denied",
+            Self::NoCredentials => "no_credentials",
+        }
     }
+}
+
+/// Decides one request.
+pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
+    if facts.host.is_none() {
+        return Decision::Deny(DenyReason::MissingHost);
+    }
+    if facts.host_site != Some(facts.conn_site) {
+        return Decision::Deny(DenyReason::HostMismatch);
+    }
+    if policy
+        .deny_cidrs
+        .iter()
+        .any(|n| n.contains(&facts.client_ip))
+        || (!policy.allow_cidrs.is_empty()
+            && !policy
+                .allow_cidrs
+                .iter()
+                .any(|n| n.contains(&facts.client_ip)))
+    {
+        return Decision::Deny(DenyReason::Address);
+    }
+    if facts.certificate == Certificate::Valid {
+        return Decision::Allow(Grant::Certificate);
+    }
+    if policy.client_auth == ClientAuth::RequiredOrSession && facts.session == Session::Valid {
+        return Decision::Allow(Grant::Session);
+    }
+    if is_public(&policy.public_paths, facts.target) {
+        return Decision::Allow(Grant::PublicPath);
+    }
+    Decision::Deny(DenyReason::NoCredentials)
+}
+
+/// Whether `target`'s path falls under one of `prefixes`, judged on a fail-closed
+/// normalisation (see the module docs).
+pub fn is_public(prefixes: &[String], target: &str) -> bool {
+    if prefixes.is_empty() {
+        return false;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let Some(path) = normalise(path) else {
+        return false;
+    };
+    prefixes
+        .iter()
+        .any(|prefix| path.starts_with(prefix.as_str()))
+}
+
+/// Percent-decodes `path` until stable (at most 3 rounds, so `%252e` is seen as `.`) and
+/// returns it only if it is plain: absolute, no dot segments, no empty segments, no `;`,
+/// `\`, `%`-leftovers or control bytes. `None` means "not plain": never exempt.
+fn normalise(path: &str) -> Option<String> {
+    let mut current = path.to_owned();
+    for _ in 0..3 {
+        let decoded = percent_decode(&current)?;
+        if decoded == current {
+            break;
+        }
+        current = decoded;
+    }
+    if current.contains('%') {
+        // Still encoded after 3 rounds: someone is layering encodings; don't play.
+        return None;
+    }
+    if !current.starts_with('/')
+        || current.contains("//")
+        || current
+            .bytes()
+            .any(|b| b == b';' || b == b'\\' || b.is_ascii_control())
+    {
+        return None;
+    }
+    if current
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return None;
+    }
+    Some(current)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The hostname part of a Host header value: lowercase, without port; IPv6 literals keep
@@ -54,54 +255,4 @@ pub fn host_name(host: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decisions() {
-        let cases = [
-            ("home", Some("ha.example"), Some("home"), Decision::Allow),
-            ("home", None, None, Decision::Deny(DenyReason::MissingHost)),
-            (
-                "home",
-                Some("x"),
-                None,
-                Decision::Deny(DenyReason::HostMismatch),
-            ),
-            (
-                "home",
-                Some("cabin.example"),
-                Some("cabin"),
-                Decision::Deny(DenyReason::HostMismatch),
-            ),
-        ];
-        for (site, host, host_site, want) in cases {
-            assert_eq!(
-                decide(site, host, host_site),
-                want,
-                "{site} {host:?} {host_site:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn host_names() {
-        assert_eq!(
-            host_name("HA.Example.com").as_deref(),
-            Some("ha.example.com")
-        );
-        assert_eq!(
-            host_name("ha.example.com:8443").as_deref(),
-            Some("ha.example.com")
-        );
-        assert_eq!(
-            host_name("ha.example.com.").as_deref(),
-            Some("ha.example.com")
-        );
-        assert_eq!(host_name("[::1]:443").as_deref(), Some("::1"));
-        assert_eq!(host_name("127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(host_name(""), None);
-        assert_eq!(host_name("a:b"), None);
-        assert_eq!(host_name(":443"), None);
-    }
-}
+mod tests;

@@ -22,13 +22,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, SiteReason};
+use crate::reload::Registration;
 use crate::route::Session;
+use crate::session;
 use crate::tls::Peer;
 
 /// Body type of every response the edge sends.
@@ -64,11 +67,25 @@ const FORWARDING: &[&str] = &[
     "x-real-ip",
 ];
 
+/// On what grounds a request goes through, as the tunnel and Home Assistant see it.
+#[derive(Debug)]
+pub struct Auth {
+    /// Fingerprint of the certificate (presented, or behind the session cookie).
+    pub fingerprint: Option<[u8; 32]>,
+    /// Device name; empty for public-path requests.
+    pub device: String,
+    /// Cancelled when that certificate is revoked.
+    pub revoked: CancellationToken,
+    /// Keeps a session-authenticated request revocable while it lives.
+    pub registration: Option<Registration>,
+}
+
 /// Proxies `req` over one of `candidates` (best first).
 pub async fn forward(
     mut req: Request<Incoming>,
     host: &str,
     peer: &Peer,
+    auth: Auth,
     candidates: Vec<Arc<Session>>,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -84,12 +101,18 @@ pub async fn forward(
         request_id: shared.next_request_id(),
         method: Bytes::copy_from_slice(req.method().as_str().as_bytes()),
         target: raw_target(&req),
-        headers: request_headers(req.headers(), host, upgrade),
+        headers: request_headers(
+            req.headers(),
+            host,
+            upgrade,
+            peer.site.identity_header.as_ref(),
+            &auth.device,
+        ),
         body,
         client: ClientInfo {
             addr: peer.addr,
-            cert_fingerprint: Some(peer.fingerprint),
-            device: peer.device.clone(),
+            cert_fingerprint: auth.fingerprint,
+            device: auth.device.clone(),
         },
     };
     let mut encoded = bytes::BytesMut::new();
@@ -152,14 +175,8 @@ pub async fn forward(
                 up: shared.metrics.request_bytes.get_or_create_owned(&site),
                 down: shared.metrics.response_bytes.get_or_create_owned(&site),
             };
-            tokio::spawn(splice(
-                on_upgrade,
-                send,
-                recv,
-                slot,
-                peer.revoked.clone(),
-                meters,
-            ));
+            let keep = (slot, auth.registration);
+            tokio::spawn(splice(on_upgrade, send, recv, keep, auth.revoked, meters));
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -167,7 +184,7 @@ pub async fn forward(
                 s.finish();
             }
             if head.body != BodyKind::Empty {
-                *response.body_mut() = tunnel_body(recv, slot);
+                *response.body_mut() = tunnel_body(recv, (slot, auth.registration));
             }
         }
     }
@@ -242,10 +259,14 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
     send.finish();
 }
 
-/// The response body read from the tunnel; holds the stream slot until it is dropped.
-fn tunnel_body(recv: RecvHalf, slot: OwnedSemaphorePermit) -> ResponseBody {
+/// What a live stream holds until it ends: its stream slot, and for session-authenticated
+/// requests the registration that lets a revocation find it.
+type Keep = (OwnedSemaphorePermit, Option<Registration>);
+
+/// The response body read from the tunnel; holds `keep` until it is dropped.
+fn tunnel_body(recv: RecvHalf, keep: Keep) -> ResponseBody {
     let stream = ReaderStream::with_capacity(recv, BODY_CHUNK).map_ok(move |chunk| {
-        let _ = &slot;
+        let _ = &keep;
         Frame::data(chunk)
     });
     StreamBody::new(stream).boxed_unsync()
@@ -256,8 +277,8 @@ async fn splice(
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
     recv: RecvHalf,
-    _slot: OwnedSemaphorePermit,
-    revoked: tokio_util::sync::CancellationToken,
+    _keep: Keep,
+    revoked: CancellationToken,
     meters: SpliceMeters,
 ) {
     let upgraded = match on_upgrade.await {
@@ -399,8 +420,15 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
-/// (or set from `:authority` for HTTP/2), upgrade headers kept for WebSocket.
-fn request_headers(headers: &HeaderMap, host: &str, upgrade: bool) -> Vec<(Bytes, Bytes)> {
+/// (or set from `:authority` for HTTP/2), upgrade headers kept for WebSocket, our session
+/// cookie removed from `Cookie`, and the site's identity header replaced by ours.
+fn request_headers(
+    headers: &HeaderMap,
+    host: &str,
+    upgrade: bool,
+    identity_header: Option<&HeaderName>,
+    device: &str,
+) -> Vec<(Bytes, Bytes)> {
     let named: Vec<String> = connection_tokens(headers)
         .map(str::to_ascii_lowercase)
         .collect();
@@ -413,12 +441,31 @@ fn request_headers(headers: &HeaderMap, host: &str, upgrade: bool) -> Vec<(Bytes
     }
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || FORWARDING.contains(&n) || named.iter().any(|t| t == n) {
+        if HOP_BY_HOP.contains(&n)
+            || FORWARDING.contains(&n)
+            || named.iter().any(|t| t == n)
+            || identity_header == Some(name)
+        {
+            continue;
+        }
+        if name == header::COOKIE {
+            // Our session cookie is for the edge only; never forward it.
+            if let Some(kept) = session::strip(value.as_bytes()) {
+                out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
+            }
             continue;
         }
         out.push((
             Bytes::copy_from_slice(n.as_bytes()),
             Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+    if let Some(name) = identity_header
+        && !device.is_empty()
+    {
+        out.push((
+            Bytes::copy_from_slice(name.as_str().as_bytes()),
+            Bytes::copy_from_slice(device.as_bytes()),
         ));
     }
     if upgrade && let Some(value) = headers.get(header::UPGRADE) {
@@ -486,13 +533,50 @@ mod tests {
             ("te", "trailers"),
             ("accept", "*/*"),
         ]);
-        let out = request_headers(&h, "ha.example", false);
+        let out = request_headers(&h, "ha.example", false, None, "");
         assert_eq!(names(&out), ["host", "accept"]);
     }
 
     #[test]
+    fn session_cookie_stripped_and_identity_header_replaced() {
+        let h = headers(&[
+            ("host", "ha.example"),
+            ("cookie", "a=1; __Host-doorless=secret; b=2"),
+            ("x-device", "forged-by-client"),
+        ]);
+        let name = HeaderName::from_static("x-device");
+        let out = request_headers(&h, "ha.example", false, Some(&name), "alice-phone");
+        assert_eq!(
+            out,
+            vec![
+                (
+                    Bytes::from_static(b"host"),
+                    Bytes::from_static(b"ha.example")
+                ),
+                (
+                    Bytes::from_static(b"cookie"),
+                    Bytes::from_static(b"a=1; b=2")
+                ),
+                (
+                    Bytes::from_static(b"x-device"),
+                    Bytes::from_static(b"alice-phone")
+                ),
+            ]
+        );
+        // A request without a device (public path) gets no identity header at all.
+        let out = request_headers(&h, "ha.example", false, Some(&name), "");
+        assert!(!out.iter().any(|(n, _)| n.as_ref() == b"x-device"));
+    }
+
+    #[test]
     fn h2_requests_get_host_from_authority() {
-        let out = request_headers(&headers(&[("accept", "*/*")]), "ha.example:8443", false);
+        let out = request_headers(
+            &headers(&[("accept", "*/*")]),
+            "ha.example:8443",
+            false,
+            None,
+            "",
+        );
         assert_eq!(
             out[0],
             (
@@ -510,7 +594,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "x"),
         ]);
-        let out = request_headers(&h, "ha.example", true);
+        let out = request_headers(&h, "ha.example", true, None, "");
         assert_eq!(
             names(&out),
             ["host", "sec-websocket-key", "connection", "upgrade"]

@@ -20,8 +20,11 @@ use tracing::info;
 use crate::Shared;
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
-use crate::policy::{self, Decision, DenyReason};
+use crate::policy::{self, Certificate, ClientAuth, Decision, DenyReason, Facts, Grant, Session};
+use crate::proxy::Auth;
 use crate::proxy::{self, ResponseBody};
+use crate::reload::LiveClients;
+use crate::session::{self, Verdict};
 use crate::tls::Peer;
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
@@ -46,6 +49,10 @@ pub async fn connection(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.h2_max_streams)
+        // Rapid-reset (CVE-2023-44487) guards: bound streams reset before we accepted them
+        // and those we had to reset ourselves.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let service = {
@@ -74,14 +81,15 @@ pub async fn connection(
 pub async fn handle_request(
     req: Request<Incoming>,
     peer: &Peer,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
     let site = Metrics::site(&peer.site.name);
     let active = shared.metrics.active_requests.get_or_create_owned(&site);
     active.inc();
-    let outcome = proxy_request(req, peer, shared).await;
+    let mut who = Who::default();
+    let outcome = proxy_request(req, peer, shared, &mut who).await;
     let response = match outcome {
         Ok(response) => response,
         Err(e) => denial(e),
@@ -89,21 +97,32 @@ pub async fn handle_request(
     finish(
         peer,
         shared,
+        &who,
         &method,
         &response,
         outcome_error(&response),
         started,
     );
-    // The request stays active until its response body is done (or dropped).
+    // The request stays active until its response body is done (or dropped); a session-
+    // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
     response.map(|body| proxy::metered(body, bytes, active))
+}
+
+/// Who a request was let in as, for the access log and revocation.
+#[derive(Debug, Default)]
+struct Who {
+    grant: Option<Grant>,
+    device: String,
 }
 
 async fn proxy_request(
     req: Request<Incoming>,
     peer: &Peer,
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    who: &mut Who,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let site = &peer.site;
     // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
     let host = req
         .uri()
@@ -121,17 +140,139 @@ async fn proxy_request(
         .as_deref()
         .and_then(|h| sites.by_host(h))
         .map(|s| s.name.clone());
-    match policy::decide(&peer.site.name, host_name.as_deref(), host_site.as_deref()) {
-        Decision::Allow => {}
+    let now = unix_now();
+    // The session cookie matters only in session mode; elsewhere it is just stripped.
+    let verdict = (site.policy.client_auth == ClientAuth::RequiredOrSession)
+        .then(|| {
+            session::find(
+                req.headers()
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        })
+        .flatten()
+        .map(|value| {
+            session::check(
+                &shared.session_key,
+                &value,
+                &site.name,
+                now,
+                sites.revoked(),
+            )
+        });
+    let facts = Facts {
+        conn_site: &site.name,
+        host: host_name.as_deref(),
+        host_site: host_site.as_deref(),
+        client_ip: peer.addr.ip().to_canonical(),
+        certificate: if peer.certificate.is_some() {
+            Certificate::Valid
+        } else {
+            Certificate::Absent
+        },
+        session: match &verdict {
+            None => Session::Absent,
+            Some(Verdict::Valid(_)) => Session::Valid,
+            Some(_) => Session::Invalid,
+        },
+        target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+    };
+    let grant = match policy::decide(&site.policy, &facts) {
+        Decision::Allow(grant) => grant,
         Decision::Deny(DenyReason::MissingHost) => return Err(ProxyError::MissingHost),
         Decision::Deny(DenyReason::HostMismatch) => return Err(ProxyError::MisdirectedRequest),
-    }
-    let candidates = shared.registry.candidates(&peer.site.name);
+        Decision::Deny(DenyReason::Address) => return Err(ProxyError::AddressDenied),
+        Decision::Deny(DenyReason::NoCredentials) => return Err(ProxyError::NoCredentials),
+    };
+    who.grant = Some(grant);
+    let auth = match (grant, &peer.certificate, &verdict) {
+        (Grant::Certificate, Some(cert), _) => Auth {
+            fingerprint: Some(cert.fingerprint),
+            device: cert.device.clone(),
+            revoked: peer.revoked.clone(),
+            registration: None,
+        },
+        (Grant::Session, _, Some(Verdict::Valid(claims))) => {
+            // Make this request findable by its certificate, so a revocation ends it (and
+            // its WebSocket) like it ends certificate-authenticated connections.
+            let revoked = CancellationToken::new();
+            let registration = LiveClients::register(shared, claims.fingerprint, revoked.clone());
+            Auth {
+                fingerprint: Some(claims.fingerprint),
+                device: claims.device.clone(),
+                revoked,
+                registration: Some(registration),
+            }
+        }
+        _ => Auth {
+            fingerprint: None,
+            device: String::new(),
+            revoked: peer.revoked.clone(),
+            registration: None,
+        },
+    };
+    who.device = auth.device.clone();
+    let candidates = shared.registry.candidates(&site.name);
     if candidates.is_empty() {
         return Err(ProxyError::NoConnector);
     }
     let host = host.unwrap_or_default();
-    proxy::forward(req, &host, peer, candidates, shared).await
+    let mut response = proxy::forward(req, &host, peer, auth, candidates, shared).await?;
+    if let (Grant::Certificate, Some(cert)) = (grant, &peer.certificate)
+        && site.policy.client_auth == ClientAuth::RequiredOrSession
+    {
+        refresh_session(&mut response, shared, site, cert, verdict.as_ref(), now);
+    }
+    Ok(response)
+}
+
+/// Sets a fresh session cookie on a certificate-authenticated response unless the request
+/// already carried a valid one for this certificate with more than half its life left.
+fn refresh_session(
+    response: &mut Response<ResponseBody>,
+    shared: &Shared,
+    site: &crate::tls::Site,
+    cert: &crate::tls::PeerCertificate,
+    verdict: Option<&Verdict>,
+    now: u64,
+) {
+    let lifetime = site.session_lifetime.as_secs();
+    if let Some(Verdict::Valid(claims)) = verdict
+        && claims.fingerprint == cert.fingerprint
+        && claims.expires.saturating_sub(now) > lifetime / 2
+    {
+        return;
+    }
+    let expires = (now + lifetime).min(cert.not_after);
+    if expires <= now {
+        return;
+    }
+    let claims = session::Claims {
+        site: site.name.clone(),
+        fingerprint: cert.fingerprint,
+        device: cert.device.clone(),
+        expires,
+    };
+    if let Some(value) = session::issue(&shared.session_key, &claims)
+        && let Some(header) = session::set_cookie(&value, expires - now)
+    {
+        response.headers_mut().append(header::SET_COOKIE, header);
+    }
+}
+
+fn grant_name(grant: Grant) -> &'static str {
+    match grant {
+        Grant::Certificate => "certificate",
+        Grant::Session => "session",
+        Grant::PublicPath => "public_path",
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The bare answer for a failed request: status only, no body, nothing that names doorless or
@@ -151,6 +292,7 @@ fn outcome_error(response: &Response<ResponseBody>) -> Option<ProxyError> {
 fn finish(
     peer: &Peer,
     shared: &Shared,
+    who: &Who,
     method: &http::Method,
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
@@ -186,7 +328,8 @@ fn finish(
         None => info!(
             target: "access",
             site = %peer.site.name,
-            device = %peer.device,
+            device = %who.device,
+            grant = who.grant.map_or("-", grant_name),
             client = %peer.addr.ip(),
             %method,
             status,
@@ -196,7 +339,7 @@ fn finish(
         Some(e) => info!(
             target: "access",
             site = %peer.site.name,
-            device = %peer.device,
+            device = %who.device,
             client = %peer.addr.ip(),
             %method,
             status,

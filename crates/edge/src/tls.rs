@@ -23,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::policy::SitePolicy;
 
 /// One site as the edge serves it.
 #[derive(Debug)]
@@ -31,6 +32,12 @@ pub struct Site {
     pub name: String,
     /// Hostnames that select it, lowercase.
     pub hostnames: Vec<String>,
+    /// Access policy.
+    pub policy: SitePolicy,
+    /// Session cookie lifetime (`required_or_session`).
+    pub session_lifetime: Duration,
+    /// Header carrying the device name upstream, if configured.
+    pub identity_header: Option<http::HeaderName>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -47,7 +54,7 @@ pub struct Sites {
 pub enum HandshakeDenial {
     /// No SNI, or SNI naming no site.
     UnknownSite,
-    /// The client sent no certificate.
+    /// The client sent no certificate where one is required.
     NoCertificate,
     /// The certificate's issuer is not this site's client CA.
     UnknownCa,
@@ -88,19 +95,29 @@ pub struct HandshakeFailure {
     pub site: Option<String>,
 }
 
-/// The authenticated client of one TLS connection.
+/// The client of one TLS connection.
 #[derive(Debug)]
 pub struct Peer {
     /// Client address (TCP peer).
     pub addr: SocketAddr,
-    /// The site chosen by SNI and proven by the certificate.
+    /// The site chosen by SNI (and proven by the certificate, if any).
     pub site: Arc<Site>,
-    /// Device name from the certificate identity.
-    pub device: String,
-    /// SHA-256 of the client certificate.
-    pub fingerprint: [u8; 32],
+    /// The verified device certificate; `None` only where the site's policy lets a
+    /// handshake complete without one (session mode, public paths).
+    pub certificate: Option<PeerCertificate>,
     /// Cancelled when the certificate is revoked: ends this connection and its WebSockets.
     pub revoked: CancellationToken,
+}
+
+/// A verified device certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// Device name from the certificate identity.
+    pub device: String,
+    /// SHA-256 of the certificate.
+    pub fingerprint: [u8; 32],
+    /// Its expiry, Unix seconds (session cookies never outlive it).
+    pub not_after: u64,
 }
 
 impl Sites {
@@ -137,7 +154,7 @@ impl Sites {
         }
         for site in state.sites()? {
             let overrides = config.sites.get(&site.name).cloned().unwrap_or_default();
-            let (cert, key) = match (overrides.tls_cert, overrides.tls_key) {
+            let (cert, key) = match (overrides.tls_cert.clone(), overrides.tls_key.clone()) {
                 (Some(c), Some(k)) => (c, k),
                 _ => (site.server_cert_path.clone(), site.server_key_path.clone()),
             };
@@ -145,11 +162,34 @@ impl Sites {
             let key = pki::load_key(&key)?;
             let client_ca = pki::load_certs(&site.client_ca_path)?;
             let revoked = Arc::new(revoked_by_site.remove(&site.name).unwrap_or_default());
-            let tls = server_config(chain, key, client_ca, revoked)
-                .with_context(|| format!("TLS setup of site {}", site.name))?;
+            let policy = SitePolicy {
+                client_auth: overrides.client_auth,
+                public_paths: overrides.public_paths.clone(),
+                allow_cidrs: overrides.allow_cidrs.clone(),
+                deny_cidrs: overrides.deny_cidrs.clone(),
+            };
+            let identity_header = overrides
+                .identity_header
+                .as_deref()
+                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+                .transpose()
+                .with_context(|| format!("sites.{}.identity_header", site.name))?;
+            let tls = server_config(
+                chain,
+                key,
+                client_ca,
+                revoked,
+                policy.certificate_optional(),
+            )
+            .with_context(|| format!("TLS setup of site {}", site.name))?;
             let entry = Arc::new(Site {
                 name: site.name.clone(),
                 hostnames: site.hostnames.clone(),
+                session_lifetime: overrides
+                    .session_lifetime
+                    .unwrap_or(Duration::from_secs(3600)),
+                policy,
+                identity_header,
                 tls,
             });
             for host in &site.hostnames {
@@ -190,6 +230,7 @@ fn server_config(
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
     revoked: Arc<HashSet<[u8; 32]>>,
+    certificate_optional: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
@@ -197,8 +238,14 @@ fn server_config(
         roots.add(ca)?;
     }
     // Mandatory client authentication: no certificate, no handshake.
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if certificate_optional {
+        // A client without a certificate may finish the handshake; the HTTP policy then
+        // decides per request. A client WITH a bad certificate still fails here.
+        builder = builder.allow_unauthenticated();
+    }
+    let webpki = builder.build()?;
     let verifier = Arc::new(RevocationCheck {
         inner: webpki,
         revoked,
@@ -225,6 +272,14 @@ struct RevocationCheck {
 }
 
 impl ClientCertVerifier for RevocationCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -306,22 +361,16 @@ pub async fn handshake(
             .await
             .map_err(|e| classify(&e))?;
         let (_, conn) = stream.get_ref();
-        let leaf = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or(HandshakeDenial::NoCertificate)?;
-        // The CA signature proves the site (each site has its own client CA); the identity in
-        // the certificate must agree, or the certificate was minted by something else.
-        let identity =
-            pki::Identity::from_cert_der(leaf).map_err(|_| HandshakeDenial::BadIdentity)?;
-        if identity.kind != pki::Kind::Device || identity.site != site.name {
-            return Err(HandshakeDenial::BadIdentity);
-        }
+        let certificate = match conn.peer_certificates().and_then(|c| c.first()) {
+            Some(leaf) => Some(peer_certificate(leaf, &site.name)?),
+            // rustls only lets this through when the site's policy allows it; check anyway.
+            None if site.policy.certificate_optional() => None,
+            None => return Err(HandshakeDenial::NoCertificate),
+        };
         let peer = Peer {
             addr,
-            fingerprint: pki::fingerprint(leaf),
-            device: identity.name,
             site,
+            certificate,
             revoked: CancellationToken::new(),
         };
         Ok((stream, peer))
@@ -333,6 +382,26 @@ pub async fn handshake(
     result.map_err(|denial| HandshakeFailure {
         denial,
         site: site_name,
+    })
+}
+
+/// The identity of a verified leaf. The CA signature proves the site (each site has its own
+/// client CA); the identity in the certificate must agree, or it was minted by something else.
+fn peer_certificate(
+    leaf: &CertificateDer<'_>,
+    site: &str,
+) -> Result<PeerCertificate, HandshakeDenial> {
+    let identity = pki::Identity::from_cert_der(leaf).map_err(|_| HandshakeDenial::BadIdentity)?;
+    if identity.kind != pki::Kind::Device || identity.site != site {
+        return Err(HandshakeDenial::BadIdentity);
+    }
+    let not_after = pki::cert_not_after(leaf)
+        .map_err(|_| HandshakeDenial::BadIdentity)?
+        .unix_timestamp();
+    Ok(PeerCertificate {
+        device: identity.name,
+        fingerprint: pki::fingerprint(leaf),
+        not_after: u64::try_from(not_after).unwrap_or(0),
     })
 }
 

@@ -61,6 +61,7 @@ mod ca;
 mod error;
 mod fs;
 mod identity;
+mod inspect;
 mod pem;
 mod state;
 mod token;
@@ -70,6 +71,7 @@ pub use error::{Error, Result};
 pub use identity::{
     Identity, Kind, fingerprint, fingerprint_hex, normalize_hostname, validate_name,
 };
+pub use inspect::cert_not_after;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{IndexEntry, InitOptions, Site, StateDir};
 pub use token::EnrollmentToken;

@@ -1,0 +1,259 @@
+//! Limits that keep a flood from starving real users: per-address handshake budgets,
+//! per-address connection caps, and rate-limited denial logs.
+//!
+//! The budget is a token bucket per client address: starting a TLS handshake costs a token,
+//! a handshake that ends with a valid certificate gets its token back. So real users, who
+//! authenticate, spend nothing, while a scanner's or bot's failed handshakes drain its own
+//! bucket and it is then refused before any TLS work. Time is passed in (`now`), so the
+//! arithmetic is tested without a clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries above this are pruned (full buckets first); bounds memory under address spraying.
+const MAX_TRACKED: usize = 65_536;
+
+/// Per-address token buckets.
+#[derive(Debug)]
+pub struct HandshakeBudget {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl HandshakeBudget {
+    /// `rate` tokens per second, up to `burst`.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        Self {
+            rate,
+            burst: f64::from(burst),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for a handshake from `ip`; `false` means over budget.
+    pub fn take(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut map = self.lock();
+        if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+            self.prune(&mut map, now);
+        }
+        let bucket = map.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        self.refill(bucket, now);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns the token of a handshake that authenticated.
+    pub fn refund(&self, ip: IpAddr) {
+        if let Some(bucket) = self.lock().get_mut(&ip) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.at = now;
+    }
+
+    fn prune(&self, map: &mut HashMap<IpAddr, Bucket>, now: Instant) {
+        // Full buckets carry no information: drop them. If that frees nothing (a spray of
+        // addresses each with a spent token), drop everything older than a refill period;
+        // at worst an attacker regains a burst, which the global handshake cap still bounds.
+        map.retain(|_, b| {
+            let mut b = *b;
+            self.refill(&mut b, now);
+            b.tokens < self.burst
+        });
+        if map.len() >= MAX_TRACKED {
+            let horizon = Duration::from_secs_f64(self.burst / self.rate);
+            map.retain(|_, b| now.saturating_duration_since(b.at) < horizon);
+        }
+        if map.len() >= MAX_TRACKED {
+            map.clear();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
+        // Every update is a single entry operation: a poisoned map is still consistent.
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Connections open per client address.
+#[derive(Debug)]
+pub struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection slot of an address; frees it on drop.
+#[derive(Debug)]
+pub struct AddressSlot<'a> {
+    owner: &'a PerAddress,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// At most `max` connections per address.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for `ip`, or `None` if it has `max` open already.
+    pub fn acquire(&self, ip: IpAddr) -> Option<AddressSlot<'_>> {
+        let mut map = self.lock();
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { owner: self, ip })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.owner.lock();
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Lets at most `per_window` log lines through per window and counts the rest, so a flood
+/// of denials cannot flood the log (or the disk) too.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_window: u32,
+    window: Duration,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl LogLimiter {
+    /// `per_window` lines per `window`.
+    pub fn new(per_window: u32, window: Duration, now: Instant) -> Self {
+        Self {
+            per_window,
+            window,
+            state: Mutex::new((now, 0, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` if a line may be logged now (with how many were suppressed since
+    /// the last one that was), `None` if this one must be dropped.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, used, suppressed) = &mut *state;
+        if now.saturating_duration_since(*start) >= self.window {
+            *start = now;
+            *used = 0;
+        }
+        if *used < self.per_window {
+            *used += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2));
+
+    #[test]
+    fn budget_drains_refills_and_refunds() {
+        let t0 = Instant::now();
+        let budget = HandshakeBudget::new(2.0, 3);
+        assert!(budget.take(A, t0));
+        assert!(budget.take(A, t0));
+        assert!(budget.take(A, t0));
+        assert!(!budget.take(A, t0), "burst spent");
+        assert!(budget.take(B, t0), "other addresses are unaffected");
+        assert!(
+            budget.take(A, t0 + Duration::from_millis(500)),
+            "one token per 0.5 s"
+        );
+        assert!(!budget.take(A, t0 + Duration::from_millis(500)));
+        budget.refund(A);
+        assert!(
+            budget.take(A, t0 + Duration::from_millis(500)),
+            "authenticated handshakes cost nothing"
+        );
+        // Never above the burst, however long the wait.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(budget.take(A, later));
+        }
+        assert!(!budget.take(A, later));
+    }
+
+    #[test]
+    fn budget_memory_is_bounded() {
+        let t0 = Instant::now();
+        let budget = HandshakeBudget::new(1.0, 2);
+        for i in 0..(MAX_TRACKED as u32 + 1000) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            budget.take(ip, t0);
+        }
+        assert!(budget.tracked() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn per_address_slots() {
+        let limits = PerAddress::new(2);
+        let a1 = limits.acquire(A);
+        let a2 = limits.acquire(A);
+        assert!(a1.is_some() && a2.is_some());
+        assert!(limits.acquire(A).is_none());
+        assert!(limits.acquire(B).is_some());
+        drop(a1);
+        assert!(limits.acquire(A).is_some());
+    }
+
+    #[test]
+    fn log_limiter_counts_what_it_drops() {
+        let t0 = Instant::now();
+        let log = LogLimiter::new(2, Duration::from_secs(10), t0);
+        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.admit(t0), None);
+        assert_eq!(log.admit(t0), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(10)), Some(2));
+    }
+}

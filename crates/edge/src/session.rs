@@ -1,0 +1,288 @@
+//! Session cookies for the `required_or_session` mode.
+//!
+//! After a request authenticated by a client certificate, the edge sets a short-lived cookie
+//! that lets the same browser through on requests where it omits the certificate (WebSocket
+//! and service-worker requests in some Safari versions and web views). The cookie is:
+//! - `__Host-` prefixed, `Secure; HttpOnly; SameSite=Strict; Path=/`: host-only, HTTPS-only,
+//!   invisible to scripts, not sent cross-site;
+//! - bound to the site and to the certificate's fingerprint, and signed with HMAC-SHA256 under
+//!   the state dir's `session.key`;
+//! - dead when it expires (`session_lifetime`, and never after the certificate's own expiry),
+//!   or as soon as its certificate is revoked;
+//! - never forwarded to Home Assistant.
+//!
+//! Layout (then base64url, no padding): `version: u8 = 1 | expires: u64 (Unix s) |
+//! fingerprint: [u8; 32] | site_len: u8 | site | device_len: u8 | device | mac: [u8; 32]`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use aws_lc_rs::hmac;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+
+/// The cookie's name. The `__Host-` prefix makes browsers refuse it unless it is Secure,
+/// has `Path=/` and no `Domain`: it cannot be planted by a sibling subdomain.
+pub const COOKIE_NAME: &str = "__Host-doorless";
+
+const VERSION: u8 = 1;
+const MAC_LEN: usize = 32;
+/// Upper bound of an encoded cookie; anything longer is not ours.
+const MAX_ENCODED: usize = 512;
+
+/// The HMAC key, from the state dir's `session.key`.
+pub struct SessionKey(hmac::Key);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+impl SessionKey {
+    /// Loads the key file (at least 32 bytes).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading session key {}: {e}", path.display()))?;
+        Self::from_bytes(&bytes).ok_or_else(|| {
+            anyhow::anyhow!("session key {} is shorter than 32 bytes", path.display())
+        })
+    }
+
+    /// A key from raw bytes (≥ 32).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= 32).then(|| Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+}
+
+/// What a cookie asserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Site it opens.
+    pub site: String,
+    /// Fingerprint of the certificate it was issued on.
+    pub fingerprint: [u8; 32],
+    /// Device name of that certificate.
+    pub device: String,
+    /// Expiry, Unix seconds.
+    pub expires: u64,
+}
+
+/// The result of checking a cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Good for this site, now.
+    Valid(Claims),
+    /// Signed by us, but past its expiry.
+    Expired,
+    /// Not signed by us, or malformed.
+    Forged,
+    /// Signed by us for another site.
+    OtherSite,
+    /// Signed by us, but its certificate has been revoked since.
+    Revoked,
+}
+
+/// Encodes and signs `claims` into a cookie value.
+pub fn issue(key: &SessionKey, claims: &Claims) -> Option<String> {
+    let site = claims.site.as_bytes();
+    let device = claims.device.as_bytes();
+    let site_len = u8::try_from(site.len()).ok()?;
+    let device_len = u8::try_from(device.len()).ok()?;
+    let mut raw = Vec::with_capacity(1 + 8 + 32 + 2 + site.len() + device.len() + MAC_LEN);
+    raw.push(VERSION);
+    raw.extend_from_slice(&claims.expires.to_be_bytes());
+    raw.extend_from_slice(&claims.fingerprint);
+    raw.push(site_len);
+    raw.extend_from_slice(site);
+    raw.push(device_len);
+    raw.extend_from_slice(device);
+    let tag = hmac::sign(&key.0, &raw);
+    raw.extend_from_slice(tag.as_ref());
+    Some(URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Checks a cookie value for `site` at time `now` against the revoked fingerprints.
+pub fn check(
+    key: &SessionKey,
+    value: &str,
+    site: &str,
+    now: u64,
+    revoked: &HashSet<[u8; 32]>,
+) -> Verdict {
+    let Some(claims) = verify(key, value) else {
+        return Verdict::Forged;
+    };
+    if claims.site != site {
+        return Verdict::OtherSite;
+    }
+    if revoked.contains(&claims.fingerprint) {
+        return Verdict::Revoked;
+    }
+    if claims.expires <= now {
+        return Verdict::Expired;
+    }
+    Verdict::Valid(claims)
+}
+
+fn verify(key: &SessionKey, value: &str) -> Option<Claims> {
+    if value.len() > MAX_ENCODED {
+        return None;
+    }
+    let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+    let body_len = raw.len().checked_sub(MAC_LEN)?;
+    let (body, tag) = raw.split_at(body_len);
+    // Constant-time comparison inside aws-lc.
+    hmac::verify(&key.0, body, tag).ok()?;
+    let (&version, rest) = body.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (expires, rest) = rest.split_at_checked(8)?;
+    let (fingerprint, rest) = rest.split_at_checked(32)?;
+    let (&site_len, rest) = rest.split_first()?;
+    let (site, rest) = rest.split_at_checked(usize::from(site_len))?;
+    let (&device_len, rest) = rest.split_first()?;
+    let (device, rest) = rest.split_at_checked(usize::from(device_len))?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(Claims {
+        site: String::from_utf8(site.to_vec()).ok()?,
+        fingerprint: fingerprint.try_into().ok()?,
+        device: String::from_utf8(device.to_vec()).ok()?,
+        expires: u64::from_be_bytes(expires.try_into().ok()?),
+    })
+}
+
+/// The `Set-Cookie` header for `value`, living `max_age` seconds.
+pub fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    ))
+    .ok()
+}
+
+/// Our cookie's value among the request's `Cookie` header values, if present.
+pub fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    for header in cookie_headers {
+        let Ok(text) = std::str::from_utf8(header) else {
+            continue;
+        };
+        for pair in text.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=')
+                && name == COOKIE_NAME
+            {
+                return Some(value.trim_matches('"').to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// A `Cookie` header value without our cookie; `None` if nothing else is left.
+pub fn strip(header: &[u8]) -> Option<Vec<u8>> {
+    let Ok(text) = std::str::from_utf8(header) else {
+        // Not text: not something we set; pass it on untouched.
+        return Some(header.to_vec());
+    };
+    let kept: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != COOKIE_NAME)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; ").into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SessionKey {
+        SessionKey::from_bytes(&[7u8; 32]).unwrap_or_else(|| panic!("32 bytes is enough"))
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            site: "home".into(),
+            fingerprint: [1u8; 32],
+            device: "phone".into(),
+            expires: 2_000,
+        }
+    }
+
+    fn cookie() -> String {
+        issue(&key(), &claims()).unwrap_or_default()
+    }
+
+    #[test]
+    fn round_trip_and_every_failure() {
+        let none = HashSet::new();
+        let value = cookie();
+        assert_eq!(
+            check(&key(), &value, "home", 1_000, &none),
+            Verdict::Valid(claims())
+        );
+        assert_eq!(
+            check(&key(), &value, "home", 2_000, &none),
+            Verdict::Expired
+        );
+        assert_eq!(
+            check(&key(), &value, "cabin", 1_000, &none),
+            Verdict::OtherSite
+        );
+        let revoked: HashSet<_> = [[1u8; 32]].into();
+        assert_eq!(
+            check(&key(), &value, "home", 1_000, &revoked),
+            Verdict::Revoked
+        );
+        let other_key = SessionKey::from_bytes(&[8u8; 32]).unwrap_or_else(|| panic!("key"));
+        assert_eq!(
+            check(&other_key, &value, "home", 1_000, &none),
+            Verdict::Forged
+        );
+        // Flip one bit anywhere: forged.
+        let mut raw = URL_SAFE_NO_PAD.decode(&value).unwrap_or_default();
+        raw[3] ^= 1;
+        let tampered = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            check(&key(), &tampered, "home", 1_000, &none),
+            Verdict::Forged
+        );
+        for junk in ["", "x", "!!!!", &"A".repeat(600)] {
+            assert_eq!(check(&key(), junk, "home", 1_000, &none), Verdict::Forged);
+        }
+    }
+
+    #[test]
+    fn find_and_strip() {
+        let header = format!("a=1; {COOKIE_NAME}=abc; b=2");
+        assert_eq!(
+            find([header.as_bytes()].into_iter()).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(strip(header.as_bytes()).as_deref(), Some(&b"a=1; b=2"[..]));
+        let only = format!("{COOKIE_NAME}=abc");
+        assert_eq!(strip(only.as_bytes()), None);
+        assert_eq!(find([&b"a=1"[..]].into_iter()), None);
+    }
+
+    #[test]
+    fn set_cookie_has_every_attribute() {
+        let v = set_cookie("abc", 3600).unwrap_or_else(|| panic!("valid header"));
+        let v = v.to_str().unwrap_or_default();
+        for attr in [
+            "__Host-doorless=abc",
+            "Path=/",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Max-Age=3600",
+        ] {
+            assert!(v.contains(attr), "{v}");
+        }
+        assert!(!v.contains("Domain"));
+    }
+}
