@@ -63,6 +63,7 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         }
         "/status" => json_response(StatusCode::OK, &status(shared)),
         "/metrics" => {
+            crate::reload::export_expiry(shared);
             let mut response = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -173,6 +173,7 @@ impl Edge {
         let http = TaskTracker::new();
         let tunnel = TaskTracker::new();
         let shared = self.shared;
+        reload::warn_expiring(&shared.sites.load());
         for site in shared.sites.load().all() {
             info!(site = %site.name, hostnames = ?site.hostnames, client_auth = ?site.policy.client_auth, "serving site");
             for path in &site.policy.public_paths {

@@ -123,6 +123,38 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
+/// Logs a warning for every certificate that expires within 30 days (or has expired).
+pub fn warn_expiring(sites: &Sites) {
+    let now = unix_now();
+    for e in sites.expiries() {
+        let days = (e.not_after - now) as f64 / 86_400.0;
+        if days < 30.0 {
+            warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
+        }
+    }
+}
+
+/// Copies days-until-expiry into the metrics (called on every scrape).
+pub fn export_expiry(shared: &Shared) {
+    let now = unix_now();
+    for e in shared.sites.load().expiries() {
+        shared
+            .metrics
+            .certificate_days_left
+            .get_or_create(&crate::metrics::CertLabels {
+                site: e.site.clone(),
+                kind: e.kind,
+            })
+            .set((e.not_after - now) as f64 / 86_400.0);
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Reloads the state now. Returns whether the new state was taken.
 pub fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config) {
@@ -141,6 +173,7 @@ pub fn reload(shared: &Shared) -> bool {
         let old = shared.sites.load();
         sites.revoked().difference(old.revoked()).copied().collect()
     };
+    warn_expiring(&sites);
     shared.sites.store(Arc::new(sites));
     let mut closed = 0;
     for fp in &newly_revoked {

@@ -47,6 +47,18 @@ pub struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
     revoked: HashSet<[u8; 32]>,
+    expiries: Vec<CertExpiry>,
+}
+
+/// When one of the edge's certificates expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    /// Site, or empty for edge-wide certificates.
+    pub site: String,
+    /// `client_ca`, `server`, `tunnel`, `tunnel_ca` or `connector_ca`.
+    pub kind: &'static str,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
 }
 
 /// Why a connection was refused before HTTP.
@@ -127,6 +139,14 @@ impl Sites {
         let state = pki::StateDir::open(&config.state)
             .with_context(|| format!("opening state dir {}", config.state.display()))?;
         let mut sites = Self::default();
+        for (kind, path) in [
+            ("tunnel", state.tunnel_cert_path()),
+            ("tunnel_ca", state.tunnel_ca_path()),
+            ("connector_ca", state.connector_ca_path()),
+        ] {
+            let certs = pki::load_certs(&path)?;
+            sites.note_expiry("", kind, certs.first())?;
+        }
         // Revoked device certificates, per site, from the state dir's index.
         let mut revoked_by_site: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
         for entry in state.clients()? {
@@ -161,6 +181,8 @@ impl Sites {
             let chain = pki::load_certs(&cert)?;
             let key = pki::load_key(&key)?;
             let client_ca = pki::load_certs(&site.client_ca_path)?;
+            sites.note_expiry(&site.name, "server", chain.first())?;
+            sites.note_expiry(&site.name, "client_ca", client_ca.first())?;
             let revoked = Arc::new(revoked_by_site.remove(&site.name).unwrap_or_default());
             let policy = SitePolicy {
                 client_auth: overrides.client_auth,
@@ -210,6 +232,28 @@ impl Sites {
     /// The site called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
         self.by_name.get(name)
+    }
+
+    /// Every certificate's expiry.
+    pub fn expiries(&self) -> &[CertExpiry] {
+        &self.expiries
+    }
+
+    fn note_expiry(
+        &mut self,
+        site: &str,
+        kind: &'static str,
+        cert: Option<&CertificateDer<'_>>,
+    ) -> anyhow::Result<()> {
+        let Some(cert) = cert else {
+            anyhow::bail!("{kind} certificate of `{site}` is missing");
+        };
+        self.expiries.push(CertExpiry {
+            site: site.to_owned(),
+            kind,
+            not_after: pki::cert_not_after(cert)?.unix_timestamp(),
+        });
+        Ok(())
     }
 
     /// Fingerprints of every revoked device certificate.
