@@ -388,7 +388,7 @@ impl Proc {
     fn output(&self) -> String {
         let mut out = String::new();
         for (what, path) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let text = strip_ansi(&std::fs::read_to_string(path).unwrap_or_default());
             let _ = writeln!(
                 out,
                 "----- {} #{} {what} ({}) -----\n{}",
@@ -402,11 +402,11 @@ impl Proc {
     }
 
     fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.stderr).unwrap_or_default())
     }
 
     fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.stdout).unwrap_or_default())
     }
 }
 
@@ -417,6 +417,24 @@ impl Drop for Proc {
             eprintln!("{}", self.output());
         }
     }
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... m`) so logs read well in test output.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -491,14 +509,20 @@ pub struct EdgeOptions {
     pub limits: Option<String>,
     /// Extra top-level TOML (e.g. to test config validation).
     pub extra_toml: Option<String>,
+    /// Environment variables for the process (e.g. `DOORLESS_*`).
+    pub env: Vec<(String, String)>,
+    /// Leave `state_dir` out of the file and pass it as `DOORLESS_STATE_DIR` instead.
+    pub state_dir_from_env: bool,
 }
 
 /// A running `doorless-edge run`.
 pub struct Edge {
+    // Declared before `dir`: fields drop in order, and the process must be killed (and its
+    // output printed) before its temp dir disappears.
+    proc: Option<Proc>,
     dir: tempfile::TempDir,
     state_dir: PathBuf,
     options: EdgeOptions,
-    proc: Option<Proc>,
     addrs: EdgeAddrs,
     generation: u32,
 }
@@ -538,10 +562,14 @@ impl Edge {
     }
 
     fn config(&self, tunnel: SocketAddr) -> String {
-        let mut config = format!(
-            "state_dir = {}\n",
-            toml_str(&self.state_dir.to_string_lossy())
-        );
+        let mut config = String::new();
+        if !self.options.state_dir_from_env {
+            let _ = writeln!(
+                config,
+                "state_dir = {}",
+                toml_str(&self.state_dir.to_string_lossy())
+            );
+        }
         if let Some(extra) = &self.options.extra_toml {
             config.push_str(extra);
             config.push('\n');
@@ -570,6 +598,12 @@ impl Edge {
             .arg(&config_path)
             .arg("--ready-file")
             .arg(&ready);
+        for (key, value) in &self.options.env {
+            cmd.env(key, value);
+        }
+        if self.options.state_dir_from_env {
+            cmd.env("DOORLESS_STATE_DIR", &self.state_dir);
+        }
         let mut proc = Proc::spawn("edge", self.dir.path(), &mut cmd, self.generation)?;
         let value = wait_ready_file(&mut proc, &ready, READY_DEADLINE).await;
         self.proc = Some(proc);
@@ -722,9 +756,10 @@ impl ConnectorConfig {
 
 /// A running `doorless-connector run`.
 pub struct Connector {
+    // Before `dir`, see `Edge`.
+    proc: Option<Proc>,
     dir: tempfile::TempDir,
     config: ConnectorConfig,
-    proc: Option<Proc>,
     generation: u32,
     ready: PathBuf,
     admin: Option<SocketAddr>,
@@ -822,6 +857,12 @@ impl Connector {
         }
     }
 
+    /// Kills and starts again with the same config, without waiting until ready.
+    pub fn respawn(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn_proc()
+    }
+
     /// Kills and starts again with the same config, waiting until ready.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
@@ -841,6 +882,64 @@ impl Connector {
             .as_ref()
             .map(|p| format!("{}{}", p.stdout_text(), p.stderr_text()))
             .unwrap_or_default()
+    }
+}
+
+/// A running `doorless-edge demo` (everything in one process).
+pub struct Demo {
+    proc: Proc,
+    dir: tempfile::TempDir,
+    /// The demo's ready file (addresses, host, CA/cert/key paths, curl commands).
+    pub ready: serde_json::Value,
+}
+
+impl Demo {
+    /// Spawns `doorless-edge demo --port 0 --dir <tmp> --ready-file <tmp>` and waits for it.
+    pub async fn start() -> Result<Self> {
+        init();
+        let dir = tempfile::Builder::new()
+            .prefix("doorless-demo-")
+            .tempdir()?;
+        let ready_path = dir.path().join("ready.json");
+        let mut cmd = Command::new(&binaries().edge);
+        cmd.arg("demo")
+            .arg("--port")
+            .arg("0")
+            .arg("--dir")
+            .arg(dir.path().join("demo"))
+            .arg("--ready-file")
+            .arg(&ready_path);
+        let mut proc = Proc::spawn("demo", dir.path(), &mut cmd, 1)?;
+        let ready = wait_ready_file(&mut proc, &ready_path, READY_DEADLINE).await?;
+        Ok(Self { proc, dir, ready })
+    }
+
+    /// A string field of the ready file.
+    pub fn field(&self, key: &str) -> Result<String> {
+        self.ready[key]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("demo ready file has no {key:?}: {}", self.ready))
+    }
+
+    /// An address field of the ready file.
+    pub fn addr(&self, key: &str) -> Result<SocketAddr> {
+        addr_field(&self.ready, key)
+    }
+
+    /// What the demo printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.proc.stdout_text()
+    }
+
+    /// Tails of stdout and stderr.
+    pub fn output(&self) -> String {
+        self.proc.output()
+    }
+
+    /// The temp dir holding the demo's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -1175,16 +1274,17 @@ impl Default for StackOptions {
 
 /// Stand-in HA + edge + connectors for one or two sites, all on port 0.
 pub struct Stack {
-    /// The PKI (state dir).
-    pub pki: Pki,
-    /// PEM of the server CA (what clients trust).
-    pub server_ca: Vec<u8>,
-    /// The sites, `home` first.
-    pub sites: Vec<SiteFixture>,
-    /// The edge.
-    pub edge: Edge,
+    // Field order is drop order: processes first, the state dir last.
     /// One connector per site (same order) when `connectors` was set.
     pub connectors: Vec<Connector>,
+    /// The edge.
+    pub edge: Edge,
+    /// The sites, `home` first.
+    pub sites: Vec<SiteFixture>,
+    /// PEM of the server CA (what clients trust).
+    pub server_ca: Vec<u8>,
+    /// The PKI (state dir).
+    pub pki: Pki,
 }
 
 impl Stack {

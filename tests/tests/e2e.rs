@@ -10,6 +10,8 @@ mod bulk;
 mod cli;
 #[path = "e2e/config.rs"]
 mod config;
+#[path = "e2e/demo.rs"]
+mod demo;
 #[path = "e2e/denials.rs"]
 mod denials;
 #[path = "e2e/faults.rs"]
@@ -55,13 +57,12 @@ pub async fn poll_status(
     deadline: Duration,
 ) -> Duration {
     let started = std::time::Instant::now();
-    let mut last = String::new();
     loop {
-        match client.get(url).timeout(Duration::from_secs(5)).send().await {
+        let last = match client.get(url).timeout(Duration::from_secs(2)).send().await {
             Ok(response) if response.status().as_u16() == want => return started.elapsed(),
-            Ok(response) => last = format!("status {}", response.status()),
-            Err(error) => last = format!("error {error:?}"),
-        }
+            Ok(response) => format!("status {}", response.status()),
+            Err(error) => format!("error {error:?}"),
+        };
         assert!(
             started.elapsed() < deadline,
             "GET {url} did not answer {want} within {deadline:?}; last: {last}"

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{HOME_HOST, HttpVersion, RawResponse, SeenRequest, Stack, StackOptions, EdgeOptions};
+use e2e::{EdgeOptions, HOME_HOST, HttpVersion, RawResponse, SeenRequest, Stack, StackOptions};
 use reqwest::{StatusCode, Version};
 
 use crate::{assert_no_server_header, get};
@@ -36,7 +36,8 @@ async fn get_and_post_over_http1_and_http2() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), expected);
-        let json: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
         assert_eq!(json["bytes"], 100_000);
         assert_eq!(json["sha256"], standin::pattern_sha256(100_000));
 
@@ -68,15 +69,26 @@ async fn tls12_and_tls13_both_work() {
     let stack = Stack::start().await.unwrap();
     let site = stack.home();
     for (min, max) in [
-        (reqwest::tls::Version::TLS_1_2, reqwest::tls::Version::TLS_1_2),
-        (reqwest::tls::Version::TLS_1_3, reqwest::tls::Version::TLS_1_3),
+        (
+            reqwest::tls::Version::TLS_1_2,
+            reqwest::tls::Version::TLS_1_2,
+        ),
+        (
+            reqwest::tls::Version::TLS_1_3,
+            reqwest::tls::Version::TLS_1_3,
+        ),
     ] {
-        let client = e2e::client_builder(&stack.server_ca, &site.host, stack.edge.https_addr(), Some(&site.device))
-            .unwrap()
-            .tls_version_min(min)
-            .tls_version_max(max)
-            .build()
-            .unwrap();
+        let client = e2e::client_builder(
+            &stack.server_ca,
+            &site.host,
+            stack.edge.https_addr(),
+            Some(&site.device),
+        )
+        .unwrap()
+        .tls_version_min(min)
+        .tls_version_max(max)
+        .build()
+        .unwrap();
         let (status, _) = get(&client, &stack.url("/status/200")).await;
         assert_eq!(status, StatusCode::OK, "{max:?}");
     }
@@ -116,16 +128,25 @@ async fn forwarding_header_contract() {
         assert_eq!(seen.header_all("host"), [host.as_str()], "{ctx}");
         assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"], "{ctx}");
         assert_eq!(seen.header_all("x-forwarded-proto"), ["https"], "{ctx}");
-        assert_eq!(seen.header_all("x-forwarded-host"), [host.as_str()], "{ctx}");
+        assert_eq!(
+            seen.header_all("x-forwarded-host"),
+            [host.as_str()],
+            "{ctx}"
+        );
         assert!(seen.header_all("forwarded").is_empty(), "{ctx}");
         assert!(seen.header_all("x-real-ip").is_empty(), "{ctx}");
         let other_forwarded: Vec<_> = seen
             .headers
             .iter()
             .filter(|(n, _)| n.starts_with("x-forwarded-"))
-            .filter(|(n, _)| !["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&n.as_str()))
+            .filter(|(n, _)| {
+                !["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&n.as_str())
+            })
             .collect();
-        assert!(other_forwarded.is_empty(), "client-sent X-Forwarded-* survived: {ctx}");
+        assert!(
+            other_forwarded.is_empty(),
+            "client-sent X-Forwarded-* survived: {ctx}"
+        );
         assert_eq!(seen.header_all("x-custom"), ["kept"], "{ctx}");
         // The stand-in sees the connector as its TCP peer.
         assert!(seen.peer.starts_with("127.0.0.1:"), "{ctx}");
@@ -200,7 +221,11 @@ async fn downloads_with_and_without_content_length() {
             }
             let body = response.bytes().await.unwrap();
             assert_eq!(body.len() as u64, n);
-            assert!(body.iter().enumerate().all(|(i, b)| *b == standin::pattern_byte(i as u64)));
+            assert!(
+                body.iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == standin::pattern_byte(i as u64))
+            );
         }
     }
 }
@@ -235,4 +260,33 @@ fn raw_response_parser() {
     assert_eq!(response.status, 421);
     assert_eq!(response.header("x-a"), Some("b"));
     assert!(response.body.is_empty());
+}
+
+/// The admin listener: `/healthz` and a `/status` naming sites, hostnames and connectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_healthz_and_status() {
+    let stack = Stack::start().await.unwrap();
+    let admin = stack.edge.admin_addr();
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = plain
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let status = stack.edge.status().await.unwrap();
+    let sites = status["sites"].as_array().expect("sites array");
+    assert_eq!(sites.len(), 1, "{status}");
+    let home = &sites[0];
+    assert_eq!(home["name"], "home", "{status}");
+    assert_eq!(
+        home["hostnames"],
+        serde_json::json!([HOME_HOST]),
+        "{status}"
+    );
+    let connectors = home["connectors"].as_array().expect("connectors array");
+    assert_eq!(connectors.len(), 1, "{status}");
+    assert_eq!(connectors[0]["id"], "connector-1", "{status}");
+    assert_eq!(connectors[0]["connections"], 2, "{status}");
 }
