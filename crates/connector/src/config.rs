@@ -378,8 +378,13 @@ fn looks_like_host_port(s: &str) -> bool {
 
 fn env() -> Env {
     Env::prefixed("DOORLESS_").split("__").filter(|key| {
-        let top = key.as_str().split('.').next().unwrap_or_default();
-        ENV_KEYS.contains(&top)
+        // figment hands the filter the raw (upper-case) name; compare without case.
+        let lower = key.as_str().to_ascii_lowercase();
+        ENV_KEYS.iter().any(|k| {
+            lower == *k
+                || lower.starts_with(&format!("{k}."))
+                || lower.starts_with(&format!("{k}__"))
+        })
     })
 }
 

@@ -129,7 +129,13 @@ async fn session(
             return Err(e.into());
         }
     };
-    let (send, recv) = conn.open(HANDSHAKE_TIMEOUT).await?;
+    let (send, recv) = match conn.open(HANDSHAKE_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(e) => match conn.close_reason(Duration::from_secs(2)).await {
+            Some(why) => anyhow::bail!("registration failed: {why}"),
+            None => return Err(e.into()),
+        },
+    };
     let hello = Hello {
         version: proto::VERSION,
         connector_id: shared.config.token.connector_id.clone(),
@@ -151,12 +157,11 @@ async fn session(
         }
         Ok(Ok(other)) => anyhow::bail!("unexpected control message before welcome: {other:?}"),
         Ok(Err(e)) => {
-            let code = conn.close_code();
-            anyhow::bail!(
-                "registration failed: {e}{}",
-                code.map(|c| format!(" (closed: {})", c.name()))
-                    .unwrap_or_default()
-            );
+            // The control stream only says "connection lost"; the connection knows why.
+            match conn.close_reason(Duration::from_secs(2)).await {
+                Some(why) => anyhow::bail!("registration failed: {why}"),
+                None => anyhow::bail!("registration failed: {e}"),
+            }
         }
         Err(_) => anyhow::bail!("no welcome from the edge within {WELCOME_TIMEOUT:?}"),
     };

@@ -145,7 +145,7 @@ impl Default for RawTunnel {
         Self {
             keep_alive: t.keep_alive,
             idle_timeout: t.idle_timeout,
-            ping_interval: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(5),
             udp_buffer: t.udp_buffer,
         }
     }
@@ -403,8 +403,13 @@ impl Config {
 
 fn env() -> Env {
     Env::prefixed("DOORLESS_").split("__").filter(|key| {
-        let top = key.as_str().split('.').next().unwrap_or_default();
-        ENV_KEYS.contains(&top)
+        // figment hands the filter the raw (upper-case) name; compare without case.
+        let lower = key.as_str().to_ascii_lowercase();
+        ENV_KEYS.iter().any(|k| {
+            lower == *k
+                || lower.starts_with(&format!("{k}."))
+                || lower.starts_with(&format!("{k}__"))
+        })
     })
 }
 

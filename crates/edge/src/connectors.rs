@@ -149,23 +149,42 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
     metrics.connectors.get_or_create(&site_label).inc();
     info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
 
+    // A connector that registers again (say, restarted after a crash) may have left dead
+    // connections behind that still look registered: check its other sessions now rather
+    // than let requests find out.
+    for other in shared.registry.of_connector(&identity.site, &identity.name) {
+        if other.id != session.id {
+            tokio::spawn(reap_if_dead(other));
+        }
+    }
+
     let ended = loop {
         tokio::select! {
-            event = control.next_event() => match event {
-                Ok(ControlEvent::PeerDraining) => {
-                    info!(%addr, connector = %identity.name, "connector draining");
-                    session.draining.store(true, Ordering::Relaxed);
+            event = control.next_event() => {
+                if event.is_ok() {
+                    session.heard();
                 }
-                Ok(ControlEvent::PeerGoingAway(go)) => {
-                    session.draining.store(true, Ordering::Relaxed);
-                    break format!("connector going away: {}", go.text);
+                match event {
+                    Ok(ControlEvent::PeerDraining) => {
+                        info!(%addr, connector = %identity.name, "connector draining");
+                        session.draining.store(true, Ordering::Relaxed);
+                    }
+                    Ok(ControlEvent::PeerGoingAway(go)) => {
+                        session.draining.store(true, Ordering::Relaxed);
+                        break format!("connector going away: {}", go.text);
+                    }
+                    Ok(ControlEvent::Rtt(rtt)) => {
+                        session.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    }
+                    Ok(other) => debug!(?other, "control event"),
+                    Err(e) => break e.to_string(),
                 }
-                Ok(ControlEvent::Rtt(rtt)) => {
-                    session.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+            () = session.probe.notified() => {
+                if let Err(e) = control.state().ping_now(now()) {
+                    break e.to_string();
                 }
-                Ok(other) => debug!(?other, "control event"),
-                Err(e) => break e.to_string(),
-            },
+            }
             () = shutdown.cancelled() => {
                 // Tell the connector; in-flight streams finish until the edge closes the
                 // endpoint at the end of its grace period.
@@ -181,6 +200,16 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
     metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
     info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
+}
+
+/// Closes `session` if its connector does not answer a ping: its process is gone.
+pub async fn reap_if_dead(session: Arc<Session>) {
+    if !session.alive().await {
+        info!(addr = %session.addr, connector = %session.connector_id, "connector connection unresponsive; closing it");
+        session
+            .conn
+            .close(CloseCode::Timeout, "no answer to liveness probe");
+    }
 }
 
 fn now() -> std::time::Instant {

@@ -32,6 +32,8 @@ impl Blame {
 pub enum ProxyError {
     /// No Host / :authority, or an unparsable one.
     MissingHost,
+    /// Two Host headers, or a Host that disagrees with :authority.
+    HostConflict,
     /// The Host selects another site than the connection's SNI (or none).
     MisdirectedRequest,
     /// No certificate, no valid session, not a public path.
@@ -56,6 +58,8 @@ pub enum ProxyError {
     ConnectorRefused,
     /// No response head within `limits.upstream_timeout`.
     ResponseTimeout,
+    /// The connector stopped answering while we waited (its process is gone).
+    ConnectorUnresponsive,
     /// The request head could not be encoded for the tunnel (too large).
     RequestTooLarge,
 }
@@ -64,13 +68,14 @@ impl ProxyError {
     /// The status code the client receives.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MissingHost => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::HostConflict => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::NoCredentials | Self::AddressDenied => StatusCode::FORBIDDEN,
             Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoConnector | Self::TunnelUnavailable | Self::ConnectorRefused => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoConnector
+            | Self::TunnelUnavailable
+            | Self::ConnectorRefused
+            | Self::ConnectorUnresponsive => StatusCode::SERVICE_UNAVAILABLE,
             Self::TunnelBroken
             | Self::BadResponseHead
             | Self::UpstreamConnect
@@ -83,6 +88,7 @@ impl ProxyError {
     pub fn blame(self) -> Blame {
         match self {
             Self::MissingHost
+            | Self::HostConflict
             | Self::MisdirectedRequest
             | Self::RequestTooLarge
             | Self::NoCredentials
@@ -92,6 +98,7 @@ impl ProxyError {
             | Self::TunnelBroken
             | Self::BadResponseHead
             | Self::ConnectorRefused
+            | Self::ConnectorUnresponsive
             | Self::ResponseTimeout => Blame::Connector,
             Self::UpstreamConnect | Self::UpstreamTimeout | Self::UpstreamProtocol => {
                 Blame::Upstream
@@ -103,6 +110,7 @@ impl ProxyError {
     pub fn reason(self) -> &'static str {
         match self {
             Self::MissingHost => "missing_host",
+            Self::HostConflict => "host_conflict",
             Self::MisdirectedRequest => "misdirected",
             Self::NoCredentials => "no_credentials",
             Self::AddressDenied => "address_denied",
@@ -116,6 +124,7 @@ impl ProxyError {
             Self::UpstreamProtocol => "upstream_protocol",
             Self::ConnectorRefused => "connector_refused",
             Self::ResponseTimeout => "response_timeout",
+            Self::ConnectorUnresponsive => "connector_unresponsive",
         }
     }
 
@@ -140,6 +149,7 @@ mod tests {
     fn blame_and_status_agree() {
         for e in [
             ProxyError::MissingHost,
+            ProxyError::HostConflict,
             ProxyError::MisdirectedRequest,
             ProxyError::NoCredentials,
             ProxyError::AddressDenied,
@@ -152,6 +162,7 @@ mod tests {
             ProxyError::UpstreamProtocol,
             ProxyError::ConnectorRefused,
             ProxyError::ResponseTimeout,
+            ProxyError::ConnectorUnresponsive,
             ProxyError::RequestTooLarge,
         ] {
             let s = e.status().as_u16();

@@ -111,12 +111,13 @@ impl Edge {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let sites = Sites::load(&config)?;
         let state = pki::StateDir::open(&config.state)?;
+        let session_key = session::SessionKey::load(&state.session_key_path())?;
         let tunnel_tls = transport::ServerTls {
             cert_chain: pki::load_certs(&state.tunnel_cert_path())?,
             key: pki::load_key(&state.tunnel_key_path())?,
             connector_ca: pki::load_certs(&state.connector_ca_path())?,
+            reset_secret: Some(session_key.derive("doorless/1 QUIC stateless reset")),
         };
-        let session_key = session::SessionKey::load(&state.session_key_path())?;
         let https = TcpListener::bind(config.listen.https)
             .await
             .with_context(|| format!("binding listen.https {}", config.listen.https))?;

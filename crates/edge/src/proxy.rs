@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -121,7 +122,8 @@ pub async fn forward(
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
 
-    let (slot, mut send, mut recv) = open_stream(&candidates, &peer.site.name, shared).await?;
+    let (session, slot, mut send, mut recv) =
+        open_stream(&candidates, &peer.site.name, shared).await?;
     send.write_chunk(encoded)
         .await
         .map_err(|_| ProxyError::TunnelBroken)?;
@@ -150,6 +152,16 @@ pub async fn forward(
             recv.stop(StreamError::Cancelled);
             if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
             return Err(ProxyError::ResponseTimeout);
+        }
+        () = until_unresponsive(&session) => {
+            // The connector's process is gone (crash, power cut): it cannot have answered.
+            // Close the connection so no other request waits on it, and check the rest of
+            // the site's connections the same way.
+            session.conn.close(proto::CloseCode::Timeout, "no answer to liveness probe");
+            for other in shared.registry.candidates(&peer.site.name) {
+                tokio::spawn(crate::connectors::reap_if_dead(other));
+            }
+            return Err(ProxyError::ConnectorUnresponsive);
         }
     };
     let head = head.map_err(|e| match e {
@@ -191,6 +203,22 @@ pub async fn forward(
     Ok(response)
 }
 
+/// How long a response head may take before we check that the connector is still there.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+/// While still waiting, re-check this often (long polls can legitimately take minutes).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Resolves only if `session` stops answering pings while we wait for its response.
+async fn until_unresponsive(session: &Session) {
+    tokio::time::sleep(PROBE_AFTER).await;
+    loop {
+        if !session.alive().await {
+            return;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
 /// A body that is empty.
 pub fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -200,7 +228,7 @@ async fn open_stream(
     candidates: &[Arc<Session>],
     site: &str,
     shared: &Shared,
-) -> Result<(OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
+) -> Result<(Arc<Session>, OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
     let failed = |reason| {
         shared
             .metrics
@@ -226,7 +254,7 @@ async fn open_stream(
         return Err(failed("no_slot"));
     };
     match session.conn.open(limit).await {
-        Ok((send, recv)) => Ok((slot, send, recv)),
+        Ok((send, recv)) => Ok((session, slot, send, recv)),
         Err(e) => {
             debug!(error = %e, connector = %session.connector_id, "opening tunnel stream failed");
             Err(failed("open_failed"))

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// One registered connector connection.
 #[derive(Debug)]
@@ -33,6 +33,11 @@ pub struct Session {
     pub since: SystemTime,
     /// Last control-stream RTT in microseconds.
     pub rtt_us: AtomicU64,
+    /// Asks the session's control task for a ping right now.
+    pub probe: Notify,
+    /// Counts messages received on the control stream: proof of life.
+    heard: AtomicU64,
+    heard_changed: Notify,
     streams: Arc<Semaphore>,
     max_streams: usize,
 }
@@ -55,6 +60,9 @@ impl Session {
             draining: AtomicBool::new(false),
             since: SystemTime::now(),
             rtt_us: AtomicU64::new(0),
+            probe: Notify::new(),
+            heard: AtomicU64::new(0),
+            heard_changed: Notify::new(),
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
         }
@@ -71,6 +79,31 @@ impl Session {
             .await
             .ok()?
             .ok()
+    }
+
+    /// Records that the connector said something on the control stream.
+    pub fn heard(&self) {
+        self.heard.fetch_add(1, Ordering::Relaxed);
+        self.heard_changed.notify_waiters();
+    }
+
+    /// Pings the connector and waits for any answer: `false` if none came within the limit
+    /// (max of 1 s and 4 RTTs). Concurrent probes share one ping and one answer.
+    pub async fn alive(&self) -> bool {
+        let rtt = Duration::from_micros(self.rtt_us.load(Ordering::Relaxed));
+        let limit = Duration::from_secs(1).max(rtt * 4);
+        let before = self.heard.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + limit;
+        self.probe.notify_one();
+        loop {
+            let changed = self.heard_changed.notified();
+            if self.heard.load(Ordering::Relaxed) != before {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.heard.load(Ordering::Relaxed) != before;
+            }
+        }
     }
 
     /// Streams in use.
@@ -184,6 +217,19 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// Registered sessions of one connector of `site` (dead ones included).
+    pub fn of_connector(&self, site: &str, connector_id: &str) -> Vec<Arc<Session>> {
+        let map = self.lock();
+        map.get(site)
+            .map(|l| {
+                l.iter()
+                    .filter(|s| s.connector_id == connector_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every session (for shutdown).

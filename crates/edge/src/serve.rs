@@ -123,17 +123,29 @@ async fn proxy_request(
     who: &mut Who,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let site = &peer.site;
-    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
+    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host. When both are present they
+    // must agree (RFC 9113 §8.3.1), or the policy would judge one name and HA see the other.
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let host_header = match req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .collect::<Vec<_>>()[..]
+    {
+        [] => None,
+        [one] => Some(
+            one.to_str()
+                .map_err(|_| ProxyError::MissingHost)?
+                .to_owned(),
+        ),
+        _ => return Err(ProxyError::HostConflict),
+    };
+    if let (Some(a), Some(h)) = (&authority, &host_header)
+        && policy::host_name(a) != policy::host_name(h)
+    {
+        return Err(ProxyError::HostConflict);
+    }
+    let host = authority.or(host_header);
     let host_name = host.as_deref().and_then(policy::host_name);
     let sites = shared.sites.load();
     let host_site = host_name
@@ -191,7 +203,12 @@ async fn proxy_request(
             fingerprint: Some(cert.fingerprint),
             device: cert.device.clone(),
             revoked: peer.revoked.clone(),
-            registration: None,
+            // A WebSocket outlives its HTTP connection (hyper hands the socket over), and
+            // with it the connection's registration: give it its own.
+            registration: req
+                .headers()
+                .contains_key(header::UPGRADE)
+                .then(|| LiveClients::register(shared, cert.fingerprint, peer.revoked.clone())),
         },
         (Grant::Session, _, Some(Verdict::Valid(claims))) => {
             // Make this request findable by its certificate, so a revocation ends it (and

@@ -50,6 +50,12 @@ impl SessionKey {
         })
     }
 
+    /// A separate secret for another purpose, derived from this key (HMAC of `label`), so
+    /// the state dir needs only one secret file.
+    pub fn derive(&self, label: &str) -> Vec<u8> {
+        hmac::sign(&self.0, label.as_bytes()).as_ref().to_vec()
+    }
+
     /// A key from raw bytes (≥ 32).
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         (bytes.len() >= 32).then(|| Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))

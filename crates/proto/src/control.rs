@@ -526,6 +526,15 @@ impl ControlState {
         Ok(())
     }
 
+    /// Sends a ping at once instead of at the next interval, e.g. to check a peer suspected
+    /// dead. Does nothing before the handshake completes or when pings are off.
+    pub fn ping_now(&mut self, now: Instant) -> Result<(), ControlError> {
+        if let Some(pinger) = &mut self.pinger {
+            pinger.next = Some(now);
+        }
+        self.handle_timeout(now)
+    }
+
     /// The next message to send on the control stream, in order.
     pub fn poll_transmit(&mut self) -> Option<Control> {
         self.transmit.pop_front()

@@ -23,6 +23,10 @@ pub struct ServerTls {
     pub key: PrivateKeyDer<'static>,
     /// The connector CA: the only issuer whose certificates may open a tunnel.
     pub connector_ca: Vec<CertificateDer<'static>>,
+    /// Secret for QUIC stateless resets (≥ 32 bytes), stable across restarts: a restarted
+    /// edge can then tell connectors at once that their old connections are gone, instead
+    /// of leaving them to time out. `None` draws a random one (no such benefit).
+    pub reset_secret: Option<Vec<u8>>,
 }
 
 /// TLS material of a connector.
@@ -49,7 +53,7 @@ impl ServerEndpoint {
     pub fn bind(addr: SocketAddr, tls: ServerTls, tuning: &Tuning) -> Result<Self, Error> {
         let provider = provider();
         let mut roots = RootCertStore::empty();
-        for ca in tls.connector_ca {
+        for ca in tls.connector_ca.iter().cloned() {
             roots.add(ca)?;
         }
         let verifier =
@@ -59,7 +63,7 @@ impl ServerEndpoint {
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(tls.cert_chain, tls.key)?;
+            .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
         crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| Error::Verifier(e.to_string()))?;
@@ -71,8 +75,27 @@ impl ServerEndpoint {
         // Migration stays on (the default): it is what keeps a tunnel alive when the home
         // router's NAT rebinds the connector to a new source port.
         let socket = udp_socket(addr, tuning.udp_buffer)?;
+        let endpoint_config = match &tls.reset_secret {
+            Some(secret) if secret.len() >= 32 => {
+                let mut config = quinn::EndpointConfig::new(Arc::new(aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA256,
+                    secret,
+                )));
+                // quinn only answers an unknown connection ID with a reset if the ID passes
+                // its generator's check, so the generator's key must survive restarts too.
+                let mut key = [0u8; 8];
+                key.copy_from_slice(&secret[..8]);
+                let cid_key = u64::from_le_bytes(key);
+                config.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                config
+            }
+            Some(_) => return Err(Error::Verifier("reset secret shorter than 32 bytes".into())),
+            None => quinn::EndpointConfig::default(),
+        };
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -259,16 +282,16 @@ impl Connection {
         Error::from(self.inner.closed().await)
     }
 
-    /// The close code, if the connection is closed and the peer (or we) gave one.
-    pub fn close_code(&self) -> Option<proto::CloseCode> {
-        match self.inner.close_reason()? {
-            quinn::ConnectionError::ApplicationClosed(c) => {
-                u32::try_from(c.error_code.into_inner())
-                    .ok()
-                    .map(proto::CloseCode::from_code)
-            }
-            _ => None,
-        }
+    /// Waits up to `limit` for the connection to close and says why, in words an operator
+    /// can act on (TLS alerts by name). `None` if it is still open.
+    pub async fn close_reason(&self, limit: Duration) -> Option<String> {
+        let error = match self.inner.close_reason() {
+            Some(e) => e,
+            None => tokio::time::timeout(limit, self.inner.closed())
+                .await
+                .ok()?,
+        };
+        Some(describe(&error))
     }
 
     /// Path statistics.
@@ -280,6 +303,45 @@ impl Connection {
             lost_packets: s.path.lost_packets,
             mtu: s.path.current_mtu,
         }
+    }
+}
+
+fn describe(error: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match error {
+        E::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            // QUIC carries TLS alerts as CRYPTO_ERROR 0x100 + alert.
+            if (0x100..0x200).contains(&code) {
+                let alert = code - 0x100;
+                let name = match alert {
+                    40 => "handshake_failure",
+                    42 => "bad_certificate",
+                    43 => "unsupported_certificate",
+                    44 => "certificate_revoked",
+                    45 => "certificate_expired",
+                    46 => "certificate_unknown",
+                    48 => "unknown_ca",
+                    49 => "access_denied",
+                    116 => "certificate_required",
+                    120 => "no_application_protocol",
+                    _ => "other",
+                };
+                format!("peer refused the TLS handshake: alert {alert} ({name})")
+            } else {
+                format!("peer closed the connection: {close}")
+            }
+        }
+        E::ApplicationClosed(close) => {
+            let code = u32::try_from(close.error_code.into_inner())
+                .map(proto::CloseCode::from_code)
+                .map_or_else(|_| "unknown".to_owned(), |c| c.name().to_owned());
+            let reason = String::from_utf8_lossy(&close.reason);
+            format!("peer closed the connection ({code}): {reason}")
+        }
+        E::TimedOut => "no answer from the peer (timed out)".to_owned(),
+        E::Reset => "the peer restarted (stateless reset)".to_owned(),
+        other => other.to_string(),
     }
 }
 

@@ -34,6 +34,7 @@ impl Pki {
             cert_chain: pki::parse_certs(&cert.cert_pem).unwrap(),
             key: pki::parse_key(&cert.key_pem).unwrap(),
             connector_ca: pki::parse_certs(self.connector_ca.cert_pem()).unwrap(),
+            reset_secret: None,
         };
         ServerEndpoint::bind("127.0.0.1:0".parse().unwrap(), tls, &Tuning::default()).unwrap()
     }
