@@ -18,6 +18,10 @@ mod denials;
 mod faults;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/metrics.rs"]
+mod metrics;
+#[path = "e2e/policy.rs"]
+mod policy;
 #[path = "e2e/websocket.rs"]
 mod websocket;
 

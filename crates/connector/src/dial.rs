@@ -63,6 +63,9 @@ impl Backoff {
 
 /// One connection slot towards `edge`; returns at shutdown.
 pub async fn slot(index: usize, edge: String, shared: Arc<Shared>, shutdown: CancellationToken) {
+    shared.metrics.init_slot(&ConnectionLabel {
+        connection: index.to_string(),
+    });
     let reconnect = &shared.config.reconnect;
     let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
     let mut endpoint: Option<(bool, ClientEndpoint)> = None;

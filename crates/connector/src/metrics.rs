@@ -126,7 +126,20 @@ impl Metrics {
             "Requests to Home Assistant that failed, by kind",
             m.upstream_errors.clone(),
         );
+        for result in ["ok", "error"] {
+            let _ = m.connection_attempts.get_or_create(&ResultLabel { result });
+        }
+        for kind in ["connect", "timeout", "protocol", "bad_request"] {
+            let _ = m.upstream_errors.get_or_create(&KindLabel { kind });
+        }
         Self { registry, ..m }
+    }
+
+    /// Creates the per-slot series at zero (slots are bounded by configuration).
+    pub fn init_slot(&self, slot: &ConnectionLabel) {
+        let _ = self.rtt.get_or_create(slot);
+        let _ = self.lost_packets.get_or_create(slot);
+        let _ = self.congestion_window.get_or_create(slot);
     }
 
     /// The OpenMetrics text of every family.

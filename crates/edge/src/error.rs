@@ -65,6 +65,25 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Every variant, for pre-creating metric series.
+    pub const ALL: [Self; 16] = [
+        Self::MissingHost,
+        Self::HostConflict,
+        Self::MisdirectedRequest,
+        Self::NoCredentials,
+        Self::AddressDenied,
+        Self::NoConnector,
+        Self::TunnelUnavailable,
+        Self::TunnelBroken,
+        Self::BadResponseHead,
+        Self::UpstreamConnect,
+        Self::UpstreamTimeout,
+        Self::UpstreamProtocol,
+        Self::ConnectorRefused,
+        Self::ResponseTimeout,
+        Self::ConnectorUnresponsive,
+        Self::RequestTooLarge,
+    ];
     /// The status code the client receives.
     pub fn status(self) -> StatusCode {
         match self {
@@ -147,24 +166,7 @@ mod tests {
 
     #[test]
     fn blame_and_status_agree() {
-        for e in [
-            ProxyError::MissingHost,
-            ProxyError::HostConflict,
-            ProxyError::MisdirectedRequest,
-            ProxyError::NoCredentials,
-            ProxyError::AddressDenied,
-            ProxyError::NoConnector,
-            ProxyError::TunnelUnavailable,
-            ProxyError::TunnelBroken,
-            ProxyError::BadResponseHead,
-            ProxyError::UpstreamConnect,
-            ProxyError::UpstreamTimeout,
-            ProxyError::UpstreamProtocol,
-            ProxyError::ConnectorRefused,
-            ProxyError::ResponseTimeout,
-            ProxyError::ConnectorUnresponsive,
-            ProxyError::RequestTooLarge,
-        ] {
+        for e in ProxyError::ALL {
             let s = e.status().as_u16();
             match e.blame() {
                 Blame::Client => assert!((400..500).contains(&s), "{e:?}"),

@@ -132,11 +132,16 @@ impl Edge {
             tunnel: tunnel.local_addr()?,
             admin: admin.local_addr()?,
         };
+        let metrics = metrics::Metrics::new();
+        metrics.init_edge();
+        for site in sites.all() {
+            metrics.init_site(&site.name);
+        }
         let shared = Arc::new(Shared {
             sites: ArcSwap::from_pointee(sites),
             registry: Registry::default(),
             live: reload::LiveClients::default(),
-            metrics: metrics::Metrics::new(),
+            metrics,
             session_key,
             budget: limit::HandshakeBudget::new(
                 config.limits.handshake_rate_per_ip,

@@ -272,6 +272,84 @@ impl Metrics {
         out
     }
 
+    /// Creates every bounded series of `site` at zero, so dashboards and `rate()` see the
+    /// families before the first event (an empty family is not exported at all).
+    pub fn init_site(&self, site: &str) {
+        let s = || site.to_owned();
+        let label = Self::site(site);
+        let _ = self.handshakes.get_or_create(&HandshakeLabels {
+            site: s(),
+            result: "ok",
+            reason: "ok",
+        });
+        for denial in crate::tls::HandshakeDenial::ALL {
+            if denial != crate::tls::HandshakeDenial::UnknownSite {
+                let _ = self.handshakes.get_or_create(&HandshakeLabels {
+                    site: s(),
+                    result: "denied",
+                    reason: denial.reason(),
+                });
+            }
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = self
+                .requests
+                .get_or_create(&ClassLabels { site: s(), class });
+        }
+        for e in crate::error::ProxyError::ALL {
+            let _ = self.request_errors.get_or_create(&ErrorLabels {
+                site: s(),
+                blame: e.blame().as_str(),
+                reason: e.reason(),
+            });
+        }
+        let _ = self.request_duration.get_or_create(&label);
+        let _ = self.request_bytes.get_or_create(&label);
+        let _ = self.response_bytes.get_or_create(&label);
+        let _ = self.active_requests.get_or_create(&label);
+        let _ = self.active_websockets.get_or_create(&label);
+        let _ = self.connectors.get_or_create(&label);
+        let _ = self.disconnects.get_or_create(&label);
+        for result in ["ok", "rejected"] {
+            let _ = self
+                .registrations
+                .get_or_create(&SiteResult { site: s(), result });
+        }
+        for reason in ["no_slot", "open_failed"] {
+            let _ = self
+                .stream_failures
+                .get_or_create(&SiteReason { site: s(), reason });
+        }
+    }
+
+    /// Creates the edge-wide bounded series at zero.
+    pub fn init_edge(&self) {
+        for reason in [
+            "max_connections",
+            "per_ip_limit",
+            "handshake_rate",
+            "handshake_overload",
+        ] {
+            let _ = self
+                .connections_rejected
+                .get_or_create(&ReasonLabel { reason });
+        }
+        for result in ["ok", "error"] {
+            let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
+        for denial in [
+            crate::tls::HandshakeDenial::UnknownSite,
+            crate::tls::HandshakeDenial::Timeout,
+            crate::tls::HandshakeDenial::Protocol,
+        ] {
+            let _ = self.handshakes.get_or_create(&HandshakeLabels {
+                site: String::new(),
+                result: "denied",
+                reason: denial.reason(),
+            });
+        }
+    }
+
     /// Shorthand for a site label.
     pub fn site(site: &str) -> SiteLabel {
         SiteLabel {

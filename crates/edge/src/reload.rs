@@ -174,6 +174,9 @@ pub fn reload(shared: &Shared) -> bool {
         sites.revoked().difference(old.revoked()).copied().collect()
     };
     warn_expiring(&sites);
+    for site in sites.all() {
+        shared.metrics.init_site(&site.name);
+    }
     shared.sites.store(Arc::new(sites));
     let mut closed = 0;
     for fp in &newly_revoked {

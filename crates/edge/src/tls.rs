@@ -83,6 +83,18 @@ pub enum HandshakeDenial {
 }
 
 impl HandshakeDenial {
+    /// Every variant, for pre-creating metric series.
+    pub const ALL: [Self; 8] = [
+        Self::UnknownSite,
+        Self::NoCertificate,
+        Self::UnknownCa,
+        Self::Expired,
+        Self::Revoked,
+        Self::BadIdentity,
+        Self::Protocol,
+        Self::Timeout,
+    ];
+
     /// Metric label and log value.
     pub fn reason(self) -> &'static str {
         match self {
