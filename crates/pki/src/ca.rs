@@ -7,11 +7,13 @@ use std::fmt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, RsaKeySize, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+    PublicKeyData, RevokedCertParams, RsaKeySize, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
@@ -193,25 +195,82 @@ impl Ca {
     }
 
     /// A TLS client certificate for `identity` on the public key of a device's own CSR (PEM),
-    /// so the private key never leaves the device. The CSR's signature is checked; everything
-    /// else it asks for (subject, SANs, key usages, CA flag, extensions) is ignored and replaced
-    /// by the same policy as [`Ca::issue_client`].
+    /// so the private key never leaves the device. The CSR must be well signed, hold an
+    /// acceptable key (ECDSA P-256 or P-384, RSA 2048 to 8192 bits, Ed25519) and request no
+    /// extension beyond subjectAltName, keyUsage, extendedKeyUsage and basicConstraints.
+    /// Everything it asks for (subject, SANs, key usages, CA flag) is ignored and replaced by
+    /// the same policy as [`Ca::issue_client`].
     pub fn issue_client_csr(
         &self,
         csr_pem: &str,
         identity: &Identity,
         validity: Validity,
     ) -> Result<Certified> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::Csr {
-            reason: e.to_string(),
+        let der =
+            CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|_| {
+                Error::Csr {
+                    reason: "no CERTIFICATE REQUEST section found (expected a PEM CSR)".into(),
+                }
+            })?;
+        let (key, spki_der) = crate::csr::check(&der)?;
+        // rcgen checks the signature (and refuses extensions it does not know, too).
+        CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::Csr {
+            reason: match e {
+                rcgen::Error::InvalidCertificationRequestSignature => {
+                    "the signature does not verify (damaged or forged CSR)".into()
+                }
+                other => other.to_string(),
+            },
         })?;
         let uri = identity.to_uri();
         let mut params = leaf_params(&identity.name, validity)?;
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        // Only the public key is taken from the CSR: `CertificateSigningRequestParams::signed_by`
-        // would copy the requested CA flag, EKU and SANs.
-        self.sign(&params, &csr.public_key)
+        // Only the public key is taken from the CSR, with the key algorithm read from the key
+        // itself: rcgen's `PublicKey` takes it from the CSR's *signature* algorithm, which would
+        // label a P-384 key signed with SHA-256 as P-256.
+        let certified = self.sign(&params, &key)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&certified.cert_der).map_err(|e| {
+            Error::Certificate {
+                path: None,
+                reason: e.to_string(),
+            }
+        })?;
+        if cert.public_key().raw != spki_der.as_slice() {
+            return Err(Error::Csr {
+                reason: "internal check failed: the certificate's key differs from the CSR's"
+                    .into(),
+            });
+        }
+        Ok(certified)
+    }
+
+    /// A CRL of this CA listing `revoked` (serial bytes and revocation time), valid from now for
+    /// `days`, numbered `crl_number`. Returns it in PEM.
+    pub fn crl_pem(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        crl_number: u64,
+        days: u32,
+    ) -> Result<String> {
+        let this_update = now();
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update: this_update.saturating_add(Duration::days(days.max(1).into())),
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     fn issue(&self, params: CertificateParams, key: KeyPair) -> Result<Issued> {

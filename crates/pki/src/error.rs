@@ -147,6 +147,51 @@ pub enum Error {
         name: String,
     },
 
+    /// Nothing in the index matches a `revoke` target (a name or a serial).
+    #[error("no unrevoked certificate named or with serial {target:?}{}", in_site(.site))]
+    NoSuchCertificate {
+        target: String,
+        site: Option<String>,
+    },
+
+    /// The certificate with this serial is already revoked.
+    #[error(
+        "the certificate with serial {serial} ({kind} {name:?} of site {site:?}) is already revoked"
+    )]
+    AlreadyRevoked {
+        serial: String,
+        kind: Kind,
+        site: String,
+        name: String,
+    },
+
+    /// A `revoke` target matches several certificates.
+    #[error("{target:?} matches more than one certificate: {}; {hint}", .matches.join(", "))]
+    Ambiguous {
+        target: String,
+        matches: Vec<String>,
+        hint: &'static str,
+    },
+
+    /// The revocation is recorded (and the edge acts on it), but `crl.pem` could not be
+    /// rewritten.
+    #[error(
+        "revoked in index.json (a running edge picks it up), but the CRL of site {site:?} could          not be rewritten: {source}; run `doorless-edge client crl --site {site}`"
+    )]
+    CrlAfterRevoke {
+        site: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A `.p12` password that some importer would refuse or mangle.
+    #[error("unusable .p12 password: {reason}")]
+    BadPassword { reason: &'static str },
+
+    /// Writing a PKCS#12 file failed.
+    #[error("cannot write the PKCS#12 file: {reason}")]
+    Pkcs12 { reason: String },
+
     /// The string is not an enrollment token at all.
     #[error("not a doorless enrollment token: {reason}")]
     TokenFormat { reason: &'static str },
@@ -188,6 +233,13 @@ impl Error {
 fn at(path: &Option<PathBuf>) -> String {
     match path {
         Some(path) => format!("{}: ", path.display()),
+        None => String::new(),
+    }
+}
+
+fn in_site(site: &Option<String>) -> String {
+    match site {
+        Some(site) => format!(" in site {site:?}"),
         None => String::new(),
     }
 }

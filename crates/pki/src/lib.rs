@@ -5,17 +5,19 @@
 //!
 //! It does no TLS and no networking, and it does not *verify* certificates: chains are checked
 //! by rustls in the edge and the connector, against the CA certificates this crate writes.
-//! [`Identity::from_cert_der`] only reads who an already verified certificate belongs to. It
-//! holds no revocation logic beyond recording `revoked_at` in the index; the edge acts on it.
-//! No PKCS#12 export either (that belongs to the CLI, which gets PEM/PKCS#8 from [`Issued`]).
+//! [`Identity::from_cert_der`] only reads who an already verified certificate belongs to.
+//! Revocation is recorded as `revoked_at` in the index, which the edge acts on; each site's
+//! `crl.pem` mirrors it for other tools.
 //!
 //! # Where to start
 //!
 //! - The edge CLI: [`StateDir::init`], then [`StateDir::add_site`] (which returns a [`Site`]),
 //!   [`StateDir::issue_connector`] (an [`EnrollmentToken`] to print with
 //!   [`EnrollmentToken::encode`]), [`StateDir::add_client`] (an [`Issued`] device
-//!   certificate and key to package), [`StateDir::sign_client_csr`] (a [`Certified`] device
-//!   certificate for a key the device keeps), [`StateDir::clients`] and [`StateDir::revoke`].
+//!   certificate and key to package with [`export_p12`], [`generate_password`] and
+//!   [`MobileConfig`]), [`StateDir::sign_client_csr`] (a [`Certified`] device certificate for a
+//!   key the device keeps), [`StateDir::clients`], [`StateDir::revoke_any`] (by name or
+//!   serial), [`StateDir::renew`] and [`StateDir::write_crl`].
 //! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
 //!   [`load_key`], [`Identity::from_cert_der`] on verified peer certificates.
 //! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
@@ -32,6 +34,10 @@
 //! - Identity lives in one place, a URI SAN `urn:doorless:device:<site>:<name>` or
 //!   `urn:doorless:connector:<site>:<name>`; names follow [`validate_name`].
 //! - Client certificates: EKU clientAuth only; server certificates: EKU serverAuth.
+//! - Devices' own CSRs: only the public key is used; ECDSA P-256/P-384, RSA 2048-8192 or
+//!   Ed25519, and no requested extension beyond SAN, KU, EKU and basicConstraints.
+//! - `.p12`: legacy 3DES/SHA-1 by default (imports everywhere), AES-256 on request, never
+//!   without a password (see [`P12Profile`]).
 //!
 //! # State directory layout
 //!
@@ -47,6 +53,8 @@
 //!   sites/<site>/site.json    {"name":..., "hostnames":[...]}
 //!   sites/<site>/client-ca.crt / .key     this site's device CA
 //!   sites/<site>/server.crt / server.key  public HTTPS cert for the hostnames (signed by server-ca)
+//!   sites/<site>/crl.pem                  CRL of the site's device CA (revoked devices, 7 days)
+//!   sites/<site>/crl.json                 {"crl_number": N}, the last CRL number used
 //!   sites/<site>/clients/<name>.crt       issued device certs (keys are never stored)
 //!   sites/<site>/connectors/<id>.crt      issued connector certs
 //! ```
@@ -58,22 +66,28 @@
 //! to run one at a time (no locking); the index is read, modified and atomically replaced.
 
 mod ca;
+mod csr;
 mod error;
+mod export;
 mod fs;
 mod identity;
 mod inspect;
+mod mobileconfig;
 mod pem;
 mod state;
 mod token;
 
 pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity};
+pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use error::{Error, Result};
+pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{
     Identity, Kind, fingerprint, fingerprint_hex, normalize_hostname, validate_name,
 };
 pub use inspect::cert_not_after;
+pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
-pub use state::{IndexEntry, InitOptions, Site, StateDir};
+pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Site, StateDir};
 pub use token::EnrollmentToken;
 
 /// The DNS name in the edge's tunnel certificate. Connectors verify it against the pinned tunnel

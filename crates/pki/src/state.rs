@@ -249,6 +249,7 @@ impl StateDir {
         write_issued(&server, &dir.join(SERVER_CRT), &dir.join(SERVER_KEY))?;
         sfs::create_dir(&dir.join(CLIENTS_DIR))?;
         sfs::create_dir(&dir.join(CONNECTORS_DIR))?;
+        write_crl_in(dir, &client_ca, &[])?;
         let site = SiteFile {
             name: name.to_owned(),
             hostnames: hostnames.to_vec(),
@@ -435,36 +436,190 @@ impl StateDir {
             cert_pem.as_bytes(),
             PUBLIC,
         )?;
-        index.push(IndexEntry {
-            kind: *kind,
-            site: site.clone(),
-            name: name.clone(),
-            serial: hex(serial),
-            fingerprint: hex(fingerprint),
-            not_after: rfc3339(not_after),
-            issued_at: rfc3339(now()),
-            revoked_at: None,
-        });
+        index.push(new_entry(identity, serial, fingerprint, not_after));
         self.write_index(&index)?;
         Ok(issued)
     }
 
     /// Marks the unrevoked certificate of `kind`/`site`/`name` revoked and returns its entry.
-    /// The certificate file stays, for the record.
+    /// The certificate file stays, for the record. For devices, the site's CRL is rewritten
+    /// afterwards (see [`StateDir::write_crl`]).
     pub fn revoke(&self, kind: Kind, site: &str, name: &str) -> Result<IndexEntry> {
-        let mut index = self.read_index()?;
-        let entry = index
-            .iter_mut()
-            .find(|e| e.is_live(kind, site, name))
+        let index = self.read_index()?;
+        let position = index
+            .iter()
+            .position(|e| e.is_live(kind, site, name))
             .ok_or_else(|| Error::NotIssued {
                 kind,
                 site: clip(site),
                 name: clip(name),
             })?;
+        self.revoke_at(index, position)
+    }
+
+    /// Revokes one certificate named by device (or connector) name or by serial number.
+    ///
+    /// A serial is hex, case-insensitive, with or without colons or a `0x` prefix (as
+    /// `openssl x509 -serial` or `-text` print it). A name must be unique among unrevoked
+    /// certificates, of `site` if given: a name used in several sites without `site` is
+    /// [`Error::Ambiguous`] (the message lists them). Revoking a revoked serial is
+    /// [`Error::AlreadyRevoked`].
+    pub fn revoke_any(&self, site: Option<&str>, target: &str) -> Result<IndexEntry> {
+        if let Some(site) = site {
+            self.site(site)?;
+        }
+        let index = self.read_index()?;
+        let serial = normalize_serial(target);
+        let in_site = |e: &IndexEntry| site.is_none_or(|s| e.site == s);
+        let by_serial = |e: &IndexEntry| {
+            serial
+                .as_deref()
+                .is_some_and(|s| e.serial.trim_start_matches('0') == s)
+        };
+        let live: Vec<usize> = (0..index.len())
+            .filter(|&i| {
+                let e = &index[i];
+                in_site(e) && e.revoked_at.is_none() && (e.name == target || by_serial(e))
+            })
+            .collect();
+        match live.as_slice() {
+            [i] => self.revoke_at(index, *i),
+            [] => match index.iter().find(|e| in_site(e) && by_serial(e)) {
+                Some(e) => Err(Error::AlreadyRevoked {
+                    serial: e.serial.clone(),
+                    kind: e.kind,
+                    site: e.site.clone(),
+                    name: e.name.clone(),
+                }),
+                None => Err(Error::NoSuchCertificate {
+                    target: clip(target),
+                    site: site.map(clip),
+                }),
+            },
+            many => {
+                let entries: Vec<&IndexEntry> = many.iter().map(|&i| &index[i]).collect();
+                let several_sites = entries.iter().any(|e| e.site != entries[0].site);
+                Err(Error::Ambiguous {
+                    target: clip(target),
+                    matches: entries
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{} {} of site {} (serial {})",
+                                e.kind, e.name, e.site, e.serial
+                            )
+                        })
+                        .collect(),
+                    hint: if several_sites {
+                        "name the site with --site, or revoke by serial"
+                    } else {
+                        "revoke by serial"
+                    },
+                })
+            }
+        }
+    }
+
+    fn revoke_at(&self, mut index: Vec<IndexEntry>, position: usize) -> Result<IndexEntry> {
+        let Some(entry) = index.get_mut(position) else {
+            return Err(Error::CorruptState {
+                path: self.index_path(),
+                reason: "entry vanished".into(),
+            });
+        };
         entry.revoked_at = Some(rfc3339(now()));
         let entry = entry.clone();
+        // The index is what the edge acts on: it goes first, the CRL (for other tools) after.
         self.write_index(&index)?;
+        if entry.kind == Kind::Device {
+            self.write_crl(&entry.site)
+                .map_err(|e| Error::CrlAfterRevoke {
+                    site: entry.site.clone(),
+                    source: Box::new(e),
+                })?;
+        }
         Ok(entry)
+    }
+
+    /// Re-issues the device certificate of `site`/`name` with a new key and serial, and
+    /// revokes the old one in the same index write, so there is no moment with both or neither
+    /// recorded. A running edge refuses the old certificate once it sees the new index.
+    ///
+    /// The CRL is rewritten afterwards; if that fails, the renewal still stands (the new key
+    /// exists only in the returned value) and [`Renewed::crl_error`] says so.
+    pub fn renew(
+        &self,
+        site: &str,
+        name: &str,
+        validity: Validity,
+        key: KeyType,
+    ) -> Result<Renewed> {
+        let site = self.site(site)?;
+        let identity = Identity::device(&site.name, name)?;
+        let ca = self.client_ca(&site.name)?;
+        let mut index = self.read_index()?;
+        let old = index
+            .iter()
+            .position(|e| e.is_live(Kind::Device, &site.name, name))
+            .ok_or_else(|| Error::NotIssued {
+                kind: Kind::Device,
+                site: site.name.clone(),
+                name: name.to_owned(),
+            })?;
+        let issued = ca.issue_client(&identity, validity, key)?;
+        sfs::write_atomic(
+            &self.cert_path(Kind::Device, &site.name, name),
+            issued.cert_pem.as_bytes(),
+            PUBLIC,
+        )?;
+        let mut revoked = index[old].clone();
+        revoked.revoked_at = Some(rfc3339(now()));
+        index[old] = revoked.clone();
+        index.push(new_entry(
+            &identity,
+            &issued.serial,
+            &issued.fingerprint,
+            issued.not_after,
+        ));
+        self.write_index(&index)?;
+        let crl_error = self.write_crl(&site.name).err();
+        Ok(Renewed {
+            issued,
+            revoked,
+            crl_error,
+        })
+    }
+
+    /// Re-signs `sites/<site>/crl.pem`: every revoked device certificate of the site, signed
+    /// by the site's client CA, valid for [`CRL_DAYS`] days, with a CRL number one above the
+    /// last (kept in `sites/<site>/crl.json`). Called by every revocation; run it from cron
+    /// (`doorless-edge client crl`) before `next_update` if other tools consume the CRL.
+    pub fn write_crl(&self, site: &str) -> Result<PathBuf> {
+        let site = self.site(site)?;
+        let ca = self.client_ca(&site.name)?;
+        let index = self.read_index()?;
+        let mut revoked = Vec::new();
+        for e in index
+            .iter()
+            .filter(|e| e.kind == Kind::Device && e.site == site.name)
+        {
+            let Some(at) = &e.revoked_at else { continue };
+            let corrupt = |what: &str| Error::CorruptState {
+                path: self.index_path(),
+                reason: format!("{what} of {} {} in site {}", e.kind, e.name, e.site),
+            };
+            let serial = unhex(&e.serial).ok_or_else(|| corrupt("bad serial"))?;
+            let at = OffsetDateTime::parse(at, &Rfc3339).map_err(|_| corrupt("bad revoked_at"))?;
+            revoked.push((serial, at));
+        }
+        let dir = self.site_dir(&site.name);
+        write_crl_in(&dir, &ca, &revoked)?;
+        Ok(dir.join(CRL_FILE))
+    }
+
+    /// The site's CRL in PEM (see [`StateDir::write_crl`]).
+    pub fn crl_path(&self, site: &str) -> PathBuf {
+        self.site_dir(site).join(CRL_FILE)
     }
 
     /// Every issued client certificate, devices and connectors alike (both authenticate as TLS
@@ -592,7 +747,13 @@ impl CertParts for Certified {
     }
 }
 
+/// How long a CRL is valid (`next_update - this_update`): a week, re-signed on every
+/// revocation and by `doorless-edge client crl`.
+pub const CRL_DAYS: u32 = 7;
+
 const STATE_FILE: &str = "state.json";
+const CRL_FILE: &str = "crl.pem";
+const CRL_STATE_FILE: &str = "crl.json";
 const SITE_FILE: &str = "site.json";
 const CLIENT_CA_CRT: &str = "client-ca.crt";
 const CLIENT_CA_KEY: &str = "client-ca.key";
@@ -619,6 +780,86 @@ fn is_init_output(name: &str) -> bool {
     OUTPUTS
         .iter()
         .any(|o| name == *o || name.starts_with(&format!(".{o}.tmp-")))
+}
+
+/// The result of [`StateDir::renew`].
+#[derive(Debug)]
+pub struct Renewed {
+    /// The new certificate and its key (the key is stored nowhere else).
+    pub issued: Issued,
+    /// The old certificate's index entry, now revoked.
+    pub revoked: IndexEntry,
+    /// Set if `crl.pem` could not be rewritten (the renewal itself stands).
+    pub crl_error: Option<Error>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct CrlState {
+    crl_number: u64,
+}
+
+/// Writes `crl.json` with the next CRL number, then `crl.pem`: a crash in between skips a
+/// number, never reuses one.
+fn write_crl_in(dir: &Path, ca: &Ca, revoked: &[(Vec<u8>, OffsetDateTime)]) -> Result<()> {
+    let state_path = dir.join(CRL_STATE_FILE);
+    let previous = match std::fs::read(&state_path) {
+        Ok(bytes) => serde_json::from_slice::<CrlState>(&bytes).map_err(|source| Error::Json {
+            path: state_path.clone(),
+            source,
+        })?,
+        Err(e) if e.kind() == ErrorKind::NotFound => CrlState::default(),
+        Err(e) => return Err(Error::io(&state_path, e)),
+    };
+    let next = CrlState {
+        crl_number: previous.crl_number.saturating_add(1),
+    };
+    write_json(&state_path, &next, PUBLIC)?;
+    let pem = ca.crl_pem(revoked, next.crl_number, CRL_DAYS)?;
+    sfs::write_atomic(&dir.join(CRL_FILE), pem.as_bytes(), PUBLIC)
+}
+
+fn new_entry(
+    identity: &Identity,
+    serial: &[u8],
+    fingerprint: &[u8; 32],
+    not_after: OffsetDateTime,
+) -> IndexEntry {
+    IndexEntry {
+        kind: identity.kind,
+        site: identity.site.clone(),
+        name: identity.name.clone(),
+        serial: hex(serial),
+        fingerprint: hex(fingerprint),
+        not_after: rfc3339(not_after),
+        issued_at: rfc3339(now()),
+        revoked_at: None,
+    }
+}
+
+/// A serial as the user typed it, in the index's form without leading zeros; `None` if it is
+/// not hex.
+fn normalize_serial(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let digits: String = s.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let digits = digits.to_ascii_lowercase();
+    Some(digits.trim_start_matches('0').to_owned())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn write_ca(ca: &Ca, cert_path: &Path, key_path: &Path) -> Result<()> {

@@ -1,0 +1,399 @@
+//! The PKI verbs of the real `doorless-edge` binary: what an operator types, what lands on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+struct Cli {
+    _tmp: TempDir,
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl Cli {
+    fn new() -> Self {
+        let tmp = TempDir::new().unwrap();
+        let dir = tmp.path().to_owned();
+        let cli = Self {
+            state: dir.join("state"),
+            dir,
+            _tmp: tmp,
+        };
+        cli.ok(&["init"]);
+        cli
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env_remove("DOORLESS_STATE_DIR")
+            .env_remove("DOORLESS_P12_PASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "doorless-edge {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and asserts failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "doorless-edge {args:?} should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["client", "list", "--json"])).unwrap()
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).to_str().unwrap().to_owned()
+    }
+}
+
+fn token_in(stdout: &str) -> pki::EnrollmentToken {
+    let token = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("dl1."))
+        .unwrap_or_else(|| panic!("no token printed:\n{stdout}"));
+    pki::EnrollmentToken::decode(token).unwrap()
+}
+
+/// The generated password: the indented line after the "Password of" line.
+fn password_in(stdout: &str) -> String {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("Password of"));
+    lines.next().expect("a password announcement");
+    lines
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .expect("the password")
+        .to_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn openssl(args: &[&str]) -> Output {
+    match Command::new("openssl").args(args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("`openssl` is needed by this test (apt-get install openssl): {e}"),
+    }
+}
+
+#[test]
+fn init_site_client_add_list_revoke_and_a_second_connector() {
+    let cli = Cli::new();
+    // init twice refuses.
+    let err = cli.fails(&["init"]);
+    assert!(err.contains("refusing to init"), "{err}");
+
+    let first = token_in(&cli.ok(&["site", "add", "home", "--hostname", "ha.example.com"]));
+    assert_eq!(
+        (first.site.as_str(), first.connector_id.as_str()),
+        ("home", "connector-1")
+    );
+
+    let out = cli.path("out");
+    let stdout = cli.ok(&["client", "add", "phone", "--site", "home", "--out", &out]);
+    let out = Path::new(&out);
+    for (file, want) in [
+        ("phone.key", 0o600),
+        ("phone.p12", 0o600),
+        ("phone.mobileconfig", 0o600),
+        ("phone.crt", 0o644),
+    ] {
+        let path = out.join(file);
+        assert!(path.exists(), "{file} missing; stdout:\n{stdout}");
+        assert_eq!(mode(&path), want, "{file}");
+        assert!(stdout.contains(file), "{file} not listed:\n{stdout}");
+    }
+    // The printed password opens the .p12 (legacy by default) and nothing else does.
+    let password = password_in(&stdout);
+    assert_eq!(password.len(), 23, "{password}");
+    let p12 = out.join("phone.p12");
+    let info = openssl(&[
+        "pkcs12",
+        "-info",
+        "-noout",
+        "-legacy",
+        "-in",
+        p12.to_str().unwrap(),
+        "-passin",
+        &format!("pass:{password}"),
+    ]);
+    let info_text = String::from_utf8_lossy(&info.stderr);
+    assert!(info.status.success(), "{info_text}");
+    assert!(
+        info_text.contains("Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC"),
+        "{info_text}"
+    );
+    // The password is stored nowhere under the state dir or in the profile.
+    let profile = std::fs::read_to_string(out.join("phone.mobileconfig")).unwrap();
+    assert!(!profile.contains(&password));
+    assert!(profile.contains("com.apple.security.pkcs12"));
+
+    // No silent overwrite: the error names the file, and nothing new is recorded.
+    let err = cli.fails(&[
+        "client",
+        "add",
+        "phone",
+        "--site",
+        "home",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("phone.p12") && err.contains("--force"),
+        "{err}"
+    );
+    // Elsewhere, the name is still taken while its certificate is live.
+    let err = cli.fails(&[
+        "client",
+        "add",
+        "phone",
+        "--site",
+        "home",
+        "--out",
+        &cli.path("o2"),
+    ]);
+    assert!(
+        err.contains("phone") && err.contains("revoke it first"),
+        "{err}"
+    );
+    // Bad input names what is wrong and records nothing.
+    let err = cli.fails(&[
+        "client",
+        "add",
+        "tablet",
+        "--site",
+        "nope",
+        "--out",
+        &cli.path("o3"),
+    ]);
+    assert!(err.contains("\"nope\""), "{err}");
+    let err = cli.fails(&[
+        "client",
+        "add",
+        "tablet",
+        "--site",
+        "home",
+        "--out",
+        &cli.path("o4"),
+        "--password",
+        "",
+    ]);
+    assert!(err.contains("password"), "{err}");
+    assert!(!Path::new(&cli.path("o4")).exists());
+
+    let list = cli.list();
+    let devices: Vec<_> = list.iter().filter(|e| e["kind"] == "device").collect();
+    assert_eq!(devices.len(), 1, "{list:?}");
+    assert_eq!(devices[0]["name"], "phone");
+    assert_eq!(devices[0]["site"], "home");
+    assert!(devices[0]["revoked_at"].is_null());
+    let serial = devices[0]["serial"].as_str().unwrap().to_owned();
+
+    let stdout = cli.ok(&["client", "revoke", "phone"]);
+    assert!(
+        stdout.contains("Revoked device phone of site home"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&serial) && stdout.contains("within a second"),
+        "{stdout}"
+    );
+    let list = cli.list();
+    let phone = list.iter().find(|e| e["name"] == "phone").unwrap();
+    assert!(phone["revoked_at"].is_string(), "{list:?}");
+    let table = cli.ok(&["client", "list", "--site", "home"]);
+    let row = table.lines().find(|l| l.contains(&serial)).unwrap();
+    assert!(
+        !row.trim_end().ends_with(" -"),
+        "the table shows the revocation: {row}"
+    );
+    let err = cli.fails(&["client", "revoke", &serial]);
+    assert!(err.contains("already revoked"), "{err}");
+
+    // `site add` on the existing site mints a second connector credential.
+    let second = token_in(&cli.ok(&["site", "add", "home", "--hostname", "ha.example.com"]));
+    assert_eq!(second.site, "home");
+    assert_ne!(second.connector_id, first.connector_id);
+    assert_ne!(second.cert_pem, first.cert_pem);
+    let connectors = cli
+        .list()
+        .into_iter()
+        .filter(|e| e["kind"] == "connector")
+        .count();
+    assert_eq!(connectors, 2);
+    // ...but does not silently drop a hostname it cannot add.
+    let err = cli.fails(&["site", "add", "home", "--hostname", "other.example.com"]);
+    assert!(err.contains("other.example.com"), "{err}");
+    let sites = cli.ok(&["site", "list"]);
+    assert_eq!(sites.trim(), "home\tha.example.com");
+}
+
+#[test]
+fn renew_sign_csr_and_crl() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.com"]);
+    let out = cli.path("out");
+    let stdout = cli.ok(&[
+        "client",
+        "add",
+        "laptop",
+        "--site",
+        "home",
+        "--out",
+        &out,
+        "--password",
+        "pw-for-test",
+        "--modern",
+        "--rsa",
+    ]);
+    assert!(
+        !stdout.contains("Password of"),
+        "a given password is not echoed:\n{stdout}"
+    );
+    let p12 = Path::new(&out).join("laptop.p12");
+    let info = openssl(&[
+        "pkcs12",
+        "-info",
+        "-noout",
+        "-in",
+        p12.to_str().unwrap(),
+        "-passin",
+        "pass:pw-for-test",
+    ]);
+    let text = String::from_utf8_lossy(&info.stderr);
+    assert!(text.contains("AES-256-CBC"), "{text}");
+    let crt = Path::new(&out).join("laptop.crt");
+    let cert = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-text"]);
+    assert!(String::from_utf8_lossy(&cert.stdout).contains("rsaEncryption"));
+
+    // Renew into the same directory needs --force, and revokes the old certificate.
+    let err = cli.fails(&["client", "renew", "laptop", "--site", "home", "--out", &out]);
+    assert!(err.contains("laptop.p12"), "{err}");
+    let old = std::fs::read_to_string(&crt).unwrap();
+    let stdout = cli.ok(&[
+        "client", "renew", "laptop", "--site", "home", "--out", &out, "--force",
+    ]);
+    assert!(stdout.contains("Revoked the old certificate"), "{stdout}");
+    assert_ne!(std::fs::read_to_string(&crt).unwrap(), old);
+    assert_eq!(mode(&Path::new(&out).join("laptop.key")), 0o600);
+    let list = cli.list();
+    let laptops: Vec<_> = list.iter().filter(|e| e["name"] == "laptop").collect();
+    assert_eq!(laptops.len(), 2);
+    assert!(laptops[0]["revoked_at"].is_string() && laptops[1]["revoked_at"].is_null());
+
+    // The CRL lists the old serial; openssl refuses the old cert with it.
+    let state = pki::StateDir::open(&cli.state).unwrap();
+    let old_path = cli.dir.join("old.crt");
+    std::fs::write(&old_path, old).unwrap();
+    let ca = state.site("home").unwrap().client_ca_path;
+    let stdout = cli.ok(&["client", "crl", "--site", "home"]);
+    assert!(stdout.contains("crl.pem"), "{stdout}");
+    let verify = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        "-CRLfile",
+        state.crl_path("home").to_str().unwrap(),
+        old_path.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&verify.stdout).into_owned()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(text.contains("certificate revoked"), "{text}");
+
+    // sign-csr: an OpenSSL key and CSR, the key never seen by the edge.
+    let key = cli.path("dev.key");
+    let csr = cli.path("dev.csr");
+    assert!(
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        openssl(&["req", "-new", "-key", &key, "-subj", "/CN=x", "-out", &csr])
+            .status
+            .success()
+    );
+    let csr_out = cli.path("csr-out");
+    let stdout = cli.ok(&[
+        "client",
+        "sign-csr",
+        &csr,
+        "--site",
+        "home",
+        "--name",
+        "linux-box",
+        "--out",
+        &csr_out,
+    ]);
+    assert!(stdout.contains("linux-box"), "{stdout}");
+    let signed = Path::new(&csr_out).join("linux-box.crt");
+    let verify = openssl(&[
+        "verify",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        signed.to_str().unwrap(),
+    ]);
+    assert!(verify.status.success());
+    assert!(!Path::new(&csr_out).join("linux-box.key").exists());
+    let err = cli.fails(&[
+        "client",
+        "sign-csr",
+        &cli.path("missing.csr"),
+        "--site",
+        "home",
+        "--name",
+        "x",
+    ]);
+    assert!(err.contains("missing.csr"), "{err}");
+
+    // A name in two sites needs --site.
+    cli.ok(&["site", "add", "cabin", "--hostname", "cabin.example.com"]);
+    cli.ok(&[
+        "client",
+        "add",
+        "laptop",
+        "--site",
+        "cabin",
+        "--out",
+        &cli.path("cabin"),
+    ]);
+    let err = cli.fails(&["client", "revoke", "laptop"]);
+    assert!(
+        err.contains("home") && err.contains("cabin") && err.contains("--site"),
+        "{err}"
+    );
+    cli.ok(&["client", "revoke", "laptop", "--site", "cabin"]);
+}
