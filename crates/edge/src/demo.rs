@@ -48,6 +48,19 @@ pub async fn run(
     std::fs::write(&cert, &issued.cert_pem)?;
     std::fs::write(&key, &issued.key_pem)?;
     let ca = state.server_ca_path();
+    // The same identity as a .p12 for a browser or a phone (legacy format: imports anywhere).
+    let p12 = dir.join(format!("{DEVICE}.p12"));
+    let password = pki::generate_password()?;
+    let site_ca = state.client_ca(SITE)?;
+    let p12_bytes = pki::export_p12(
+        DEVICE,
+        &issued.cert_der,
+        &issued.key_der,
+        site_ca.cert_der(),
+        &password,
+        pki::P12Profile::Legacy,
+    )?;
+    std::fs::write(&p12, p12_bytes)?;
 
     // Stand-in Home Assistant.
     let shutdown = CancellationToken::new();
@@ -122,6 +135,16 @@ pub async fn run(
     println!("  {refused}");
     println!();
     println!(
+        "In a browser: import {} (password {password}),",
+        p12.display()
+    );
+    println!(
+        "trust {} as a CA for websites, and open {url}",
+        ca.display()
+    );
+    println!("(home.localhost resolves to 127.0.0.1 in current browsers).");
+    println!();
+    println!(
         "Status of sites and connectors: curl http://{}/status",
         addrs.admin
     );
@@ -131,6 +154,7 @@ pub async fn run(
             "https": addrs.https, "tunnel": addrs.tunnel, "admin": addrs.admin,
             "host": HOST, "ca": ca, "cert": cert, "key": key,
             "curl_ok": ok, "curl_refused": refused,
+            "p12": p12, "p12_password": password,
         });
         write_atomic(&path, &body.to_string())?;
     }
