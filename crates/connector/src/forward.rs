@@ -18,6 +18,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
+use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ResponseHead, StreamError, StreamHeader, StreamKind};
 use tokio_util::io::ReaderStream;
 use tracing::debug;
@@ -30,31 +31,6 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, io::Error>;
 
 const MAX_STREAM_HEADER: usize = proto::stream::MAX_HEAD_FRAME;
 const BODY_CHUNK: usize = 64 * 1024;
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Forwarding headers: whatever arrives is dropped and ours are set. The edge strips them
-/// already; doing it here too means HA never sees a forged one even from a buggy edge.
-const FORWARDING: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-prefix",
-    "x-real-ip",
-];
 
 /// Serves one data stream opened by the edge.
 pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>) {
@@ -257,7 +233,7 @@ fn build_request(
         let value = HeaderValue::from_bytes(value).map_err(|_| StreamError::BadRequest)?;
         let n = name.as_str();
         let keep_for_upgrade = upgrade && (name == header::UPGRADE || name == header::CONNECTION);
-        if (HOP_BY_HOP.contains(&n) && !keep_for_upgrade) || FORWARDING.contains(&n) {
+        if (is_hop_by_hop(n) && !keep_for_upgrade) || is_forwarding(n) {
             continue;
         }
         if name == header::HOST {
@@ -289,7 +265,7 @@ fn response_head(response: &Response<Incoming>, switching: bool) -> ResponseHead
     for (name, value) in response.headers() {
         let n = name.as_str();
         let keep_for_101 = switching && (name == header::UPGRADE || name == header::CONNECTION);
-        if HOP_BY_HOP.contains(&n) && !keep_for_101 {
+        if is_hop_by_hop(n) && !keep_for_101 {
             continue;
         }
         headers.push((

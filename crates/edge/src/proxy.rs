@@ -20,6 +20,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
@@ -42,31 +43,6 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
 /// Read size for response bodies: large enough for bulk transfers, small enough to stream.
 const BODY_CHUNK: usize = 64 * 1024;
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Forwarding headers a client might forge. The connector sets the real ones.
-const FORWARDING: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-prefix",
-    "x-real-ip",
-];
 
 /// On what grounds a request goes through, as the tunnel and Home Assistant see it.
 #[derive(Debug)]
@@ -469,8 +445,8 @@ fn request_headers(
     }
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || FORWARDING.contains(&n)
+        if is_hop_by_hop(n)
+            || is_forwarding(n)
             || named.iter().any(|t| t == n)
             || identity_header == Some(name)
         {
@@ -517,7 +493,7 @@ fn copy_response_headers(
     for (name, value) in from {
         let name = HeaderName::from_bytes(name).map_err(|_| ProxyError::BadResponseHead)?;
         let value = HeaderValue::from_bytes(value).map_err(|_| ProxyError::BadResponseHead)?;
-        let hop = HOP_BY_HOP.contains(&name.as_str());
+        let hop = is_hop_by_hop(name.as_str());
         let keep_for_101 = switching && (name == header::UPGRADE || name == header::CONNECTION);
         if hop && !keep_for_101 {
             continue;

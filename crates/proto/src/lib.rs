@@ -26,6 +26,7 @@ pub mod control;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod headers;
 pub mod stream;
 
 pub use codec::{DecodeError, EncodeError, FrameBuffer};
