@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+pub use daemon::{ConfigError, LogFormat, RawLog};
 
 use crate::policy::ClientAuth;
 
@@ -151,35 +153,6 @@ impl Default for RawTunnel {
     }
 }
 
-/// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
-    pub filter: String,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// `[sites.NAME]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,28 +203,12 @@ pub struct Config {
     pub sites: BTreeMap<String, RawSite>,
 }
 
-/// A configuration problem; the binary exits with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or environment could not be parsed into `RawConfig`.
-    #[error("{0}")]
-    Parse(String),
-    /// A value parsed but is not acceptable.
-    #[error("{origin}: key `{key}`: {problem}")]
-    Invalid {
-        /// Where the value came from (file name or "environment").
-        origin: String,
-        /// The offending key, dotted.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
 impl Config {
     /// Loads `path` (must exist), applies `DOORLESS_*` env, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env());
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(daemon::env(ENV_KEYS));
         Self::from_figment(figment, &path.display().to_string())
     }
 
@@ -261,15 +218,8 @@ impl Config {
     }
 
     fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(|e| {
-            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            ConfigError::Parse(messages.join("; "))
-        })?;
-        let invalid = |key: &str, problem: &str| ConfigError::Invalid {
-            origin: source.to_owned(),
-            key: key.to_owned(),
-            problem: problem.to_owned(),
-        };
+        let raw: RawConfig = figment.extract().map_err(ConfigError::parse)?;
+        let invalid = |key: &str, problem: &str| ConfigError::invalid(source, key, problem);
         let limits = &raw.limits;
         if limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
@@ -399,18 +349,6 @@ impl Config {
             sites: raw.sites,
         })
     }
-}
-
-fn env() -> Env {
-    Env::prefixed("DOORLESS_").split("__").filter(|key| {
-        // figment hands the filter the raw (upper-case) name; compare without case.
-        let lower = key.as_str().to_ascii_lowercase();
-        ENV_KEYS.iter().any(|k| {
-            lower == *k
-                || lower.starts_with(&format!("{k}."))
-                || lower.starts_with(&format!("{k}__"))
-        })
-    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! is refused.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -156,10 +156,10 @@ pub async fn run(
             "curl_ok": ok, "curl_refused": refused,
             "p12": p12, "p12_password": password,
         });
-        write_atomic(&path, &body.to_string())?;
+        daemon::write_ready_file(&path, &body)?;
     }
 
-    wait_for_signal().await;
+    daemon::shutdown_signal().await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = connector_task.await;
@@ -167,27 +167,6 @@ pub async fn run(
     })
     .await;
     Ok(())
-}
-
-fn write_atomic(path: &Path, body: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// Deletes the demo's temporary directory when the demo ends.

@@ -197,12 +197,7 @@ impl Edge {
             http.clone(),
         ));
         http.spawn(reload::watch(shared.clone(), shutdown.clone()));
-        http.spawn(admin::serve(
-            self.admin,
-            shared.clone(),
-            shutdown.clone(),
-            http.clone(),
-        ));
+        http.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
         tunnel.spawn(connectors::serve(
             self.tunnel.clone(),
             shared.clone(),

@@ -6,10 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edge::config::{Config, LogFormat};
-use tokio_util::sync::CancellationToken;
-
-/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +43,9 @@ enum Command {
         /// Write the bound addresses as JSON here once ready.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Log format (`text` or `json`), overriding `log.format`.
+        #[arg(long)]
+        log_format: Option<LogFormat>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -222,7 +221,11 @@ enum ClientCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, ready_file } => run(&config, ready_file.as_deref()),
+        Command::Run {
+            config,
+            ready_file,
+            log_format,
+        } => run(&config, ready_file.as_deref(), log_format),
         Command::CheckConfig { config } => load_config(&config).map(|_| {
             println!("{}: ok", config.display());
         }),
@@ -231,7 +234,7 @@ fn main() -> ExitCode {
             dir,
             ready_file,
         } => runtime().and_then(|rt| {
-            init_logging(LogFormat::Text, "info,access=off");
+            daemon::init_logging(LogFormat::Text, "info,access=off");
             rt.block_on(edge::demo::run(port, dir, ready_file))
         }),
         Command::Init { state, edge_addr } => init(&state.state_dir, edge_addr),
@@ -243,7 +246,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("doorless-edge: {e:#}");
             if e.downcast_ref::<edge::config::ConfigError>().is_some() {
-                ExitCode::from(EXIT_CONFIG)
+                ExitCode::from(daemon::EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
             }
@@ -255,18 +258,20 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-fn run(config: &Path, ready_file: Option<&Path>) -> anyhow::Result<()> {
+fn run(
+    config: &Path,
+    ready_file: Option<&Path>,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<()> {
     let config = load_config(config)?;
-    init_logging(config.log.format, &config.log.filter);
+    daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
     let rt = runtime()?;
     rt.block_on(async {
         let edge = edge::Edge::bind(config).await?;
         if let Some(path) = ready_file {
-            write_ready_file(path, &serde_json::to_value(edge.addrs())?)?;
+            daemon::write_ready_file(path, &serde_json::to_value(edge.addrs())?)?;
         }
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        edge.run(shutdown).await
+        edge.run(daemon::shutdown_on_signal()).await
     })
 }
 
@@ -716,43 +721,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_ready_file(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, value.to_string())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-fn init_logging(format: LogFormat, filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.compact().init(),
-    }
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    shutdown.cancel();
 }

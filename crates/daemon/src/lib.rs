@@ -1,0 +1,228 @@
+//! Process glue shared by `doorless-edge` and `doorless-connector`.
+//!
+//! Everything here is about running as a service, nothing about the tunnel: logging setup,
+//! shutdown signals, the `--ready-file`, the loopback admin listener, and the shape of
+//! configuration errors (exit code 64, naming the key). Each binary's `config`, `admin` and
+//! `main` modules use it so the two behave alike.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use figment::providers::Env;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Content type of `/metrics`.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `[log]` of either binary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("`{other}`: expected `text` or `json`")),
+        }
+    }
+}
+
+/// A configuration problem; the binaries exit with [`EXIT_CONFIG`] on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed (the message names key and source).
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: key `{key}`: {problem}")]
+    Invalid {
+        /// Where the value came from (file name or "environment").
+        origin: String,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// Every error figment found, joined.
+    pub fn parse(error: figment::Error) -> Self {
+        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        Self::Parse(messages.join("; "))
+    }
+
+    /// An invalid value at `key`.
+    pub fn invalid(origin: &str, key: &str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// `DOORLESS_*` variables for the given top-level keys only (nested keys joined with `__`).
+/// Limiting the keys keeps a variable meant for the other binary from breaking this one.
+pub fn env(keys: &'static [&'static str]) -> Env {
+    Env::prefixed("DOORLESS_").split("__").filter(move |key| {
+        // figment hands the filter the raw (upper-case) name; compare without case.
+        let lower = key.as_str().to_ascii_lowercase();
+        keys.iter().any(|k| {
+            lower == *k
+                || lower.starts_with(&format!("{k}."))
+                || lower.starts_with(&format!("{k}__"))
+        })
+    })
+}
+
+/// Installs the global tracing subscriber (stderr).
+pub fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.compact().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (or never, if the handlers cannot be installed).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// A token cancelled by SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Writes the ready file atomically (temp file + rename): readers never see half of it.
+pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, value.to_string())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// An admin answer.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// Routes an admin request path to its answer.
+pub type AdminRoutes = Arc<dyn Fn(&str) -> AdminResponse + Send + Sync>;
+
+/// Serves the admin listener (HTTP/1.1, GET by path) until `shutdown`.
+pub async fn serve_admin(listener: TcpListener, routes: AdminRoutes, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let response = routes(req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> AdminResponse {
+    with_type(status, Bytes::from(body.to_string()), "application/json")
+}
+
+/// The `/metrics` answer.
+pub fn metrics_response(text: String) -> AdminResponse {
+    with_type(StatusCode::OK, Bytes::from(text), OPENMETRICS)
+}
+
+/// `404 {"error": "not found"}`.
+pub fn not_found() -> AdminResponse {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not found"}),
+    )
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> AdminResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
