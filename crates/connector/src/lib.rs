@@ -11,6 +11,7 @@
 //! [`forward`] handles one stream.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod dial;
 pub mod forward;

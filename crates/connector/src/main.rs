@@ -52,6 +52,14 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// Check the setup: Home Assistant reachable and trusting the connector as a proxy, every
+    /// edge reachable over QUIC. Exit 0 if all is well, 1 if a check failed, 64 on a bad
+    /// configuration.
+    Check {
+        /// Configuration file (optional: DOORLESS_TOKEN and DOORLESS_UPSTREAM suffice).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Check a configuration and exit.
     CheckConfig {
         /// Configuration file.
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
             ready_file,
             log_format,
         } => run(config.as_deref(), ready_file.as_deref(), log_format),
+        Command::Check { config } => check(config.as_deref()),
         Command::Health { url, timeout } => health(&url, std::time::Duration::from_secs(timeout)),
         Command::CheckConfig { config } => Config::load(config.as_deref())
             .map(|c| {
@@ -106,8 +115,15 @@ fn run(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let check_config = config.clone();
     rt.block_on(async {
         let connector = connector::Connector::bind(config).await?;
+        // Self-check in the background: it only logs, and the tunnel comes up regardless.
+        tokio::spawn(async move {
+            connector::check::run(&check_config, connector::check::Timeouts::default())
+                .await
+                .log();
+        });
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         if let Some(path) = ready_file {
@@ -125,6 +141,26 @@ fn run(
         }
         connector.run(shutdown).await
     })
+}
+
+/// `doorless-connector check`: prints the report; fails (exit 1) if any check failed.
+fn check(config: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    println!(
+        "doorless-connector check: site {}, connector {}, upstream {}",
+        config.token.site, config.token.connector_id, config.upstream
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(connector::check::run(
+        &config,
+        connector::check::Timeouts::default(),
+    ));
+    println!("{report}");
+    let failed = report.items.iter().filter(|i| !i.ok()).count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) did not pass");
+    Ok(())
 }
 
 /// GETs `url` (plain HTTP, loopback admin listener) and succeeds on a 2xx answer.

@@ -1,0 +1,756 @@
+//! The self-check: `doorless-connector check`, also run (non-fatal) at every start.
+//!
+//! Three questions, each answered with one ✓/✗ line and, on failure, what to change:
+//! 1. Is Home Assistant reachable at `upstream`? (a plain `GET /`, no forwarding headers)
+//! 2. Does Home Assistant accept forwarded requests from us? (`GET /` with one
+//!    `X-Forwarded-For`; HA answers 400 unless "use X-Forwarded-For" is on and our source
+//!    address is in `trusted_proxies`, so on 400 we print the network to trust, both for the
+//!    HA 2026.8+ UI and for the `http:` YAML of older versions.)
+//! 3. For each edge: does it answer over QUIC, accept our certificate, and welcome us?
+//!    Timeouts, certificate refusals, pin mismatches and `Reject`s each get their own advice.
+//!
+//! The edge check registers for a moment like a real tunnel connection (there is no other way
+//! to see a `Welcome`), then says `GoAway` at once and closes with [`CloseCode::Normal`], so
+//! the edge logs an ordinary unregistration.
+//!
+//! The wording helpers ([`trusted_network`], [`proxy_advice`], [`classify_edge_failure`],
+//! [`edge_advice`]) are pure and unit-tested; [`run`] does the I/O.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use proto::{CloseCode, ControlEvent, ControlState, GoAway, Hello};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use transport::{ClientEndpoint, ClientTls, ControlDriver};
+
+use crate::config::Config;
+
+/// The client address sent in the probe's `X-Forwarded-For` (TEST-NET-3, RFC 5737: never a
+/// real client, never banned by anything that matters).
+pub const PROBE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+/// Software string sent in the check's `Hello`, so edge logs show it was a check.
+const SOFTWARE: &str = concat!("doorless-connector/", env!("CARGO_PKG_VERSION"), " (check)");
+const USER_AGENT_VALUE: &str = concat!("doorless-connector/", env!("CARGO_PKG_VERSION"), " check");
+
+/// The Home Assistant add-on bridge network (`hassio`): 172.30.32.0/23.
+const ADDON_BRIDGE: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 30, 32, 0), 23);
+/// What add-on users must trust: the add-ons' part of the bridge.
+const ADDON_TRUSTED: &str = "172.30.33.0/24";
+
+/// How long each check may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connect + response head for each request to Home Assistant.
+    pub http: Duration,
+    /// Resolving an edge, the QUIC handshake, and waiting for `Welcome` (each).
+    pub quic: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            http: Duration::from_secs(10),
+            quic: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It works.
+    Pass,
+    /// It does not; the detail says what to change.
+    Fail,
+    /// Not run, because an earlier check it depends on failed.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckItem {
+    /// What was checked, e.g. "Home Assistant reachable".
+    pub name: String,
+    /// Pass, fail or skip.
+    pub status: Status,
+    /// What was seen and, on failure, what to do; may span several lines.
+    pub detail: String,
+}
+
+impl CheckItem {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Pass,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+        }
+    }
+
+    fn skip(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Skip,
+            detail: detail.into(),
+        }
+    }
+
+    /// Whether this check passed.
+    pub fn ok(&self) -> bool {
+        self.status == Status::Pass
+    }
+}
+
+impl fmt::Display for CheckItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = match self.status {
+            Status::Pass => "✓",
+            Status::Fail => "✗",
+            Status::Skip => "-",
+        };
+        let mut lines = self.detail.lines();
+        write!(f, "{mark} {}", self.name)?;
+        if let Some(first) = lines.next() {
+            write!(f, ": {first}")?;
+        }
+        for line in lines {
+            if line.is_empty() {
+                writeln!(f)?;
+            } else {
+                write!(f, "\n    {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every check's result, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// One item per check.
+    pub items: Vec<CheckItem>,
+}
+
+impl Report {
+    /// Whether every check passed (skipped ones count as not passed).
+    pub fn ok(&self) -> bool {
+        !self.items.is_empty() && self.items.iter().all(CheckItem::ok)
+    }
+
+    /// Logs each item: passes at info, the rest at warn. Used at connector start.
+    pub fn log(&self) {
+        for item in &self.items {
+            match item.status {
+                Status::Pass => info!(check = %item.name, "self-check passed: {}", item.detail),
+                Status::Fail => warn!(check = %item.name, "self-check failed: {}", item.detail),
+                Status::Skip => warn!(check = %item.name, "self-check skipped: {}", item.detail),
+            }
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            writeln!(f, "{item}")?;
+        }
+        let count = |s| self.items.iter().filter(|i| i.status == s).count();
+        let (passed, failed, skipped) = (
+            count(Status::Pass),
+            count(Status::Fail),
+            count(Status::Skip),
+        );
+        write!(f, "{passed} passed, {failed} failed")?;
+        if skipped > 0 {
+            write!(f, ", {skipped} skipped")?;
+        }
+        if self.ok() {
+            write!(f, ": all good")
+        } else {
+            write!(f, ": see above")
+        }
+    }
+}
+
+/// Runs every check against `config`: Home Assistant's two while the edges are dialled.
+pub async fn run(config: &Config, timeouts: Timeouts) -> Report {
+    let upstream = check_upstream(&config.upstream, timeouts.http);
+    let edges = futures_util::future::join_all(
+        config
+            .edges
+            .iter()
+            .map(|edge| check_edge(config, edge, timeouts.quic)),
+    );
+    let (mut items, edge_items) = tokio::join!(upstream, edges);
+    items.extend(edge_items);
+    Report { items }
+}
+
+// === Home Assistant ===
+
+const REACHABLE: &str = "Home Assistant reachable";
+const TRUSTS: &str = "Home Assistant trusts the connector as a proxy";
+
+async fn check_upstream(upstream: &Uri, limit: Duration) -> Vec<CheckItem> {
+    let plain = match probe(upstream, false, limit).await {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![
+                CheckItem::fail(REACHABLE, unreachable_advice(upstream, &e)),
+                CheckItem::skip(TRUSTS, "Home Assistant is not reachable"),
+            ];
+        }
+    };
+    let reachable = CheckItem::pass(
+        REACHABLE,
+        format!(
+            "{} answered {} in {} ms",
+            base(upstream),
+            plain.status,
+            plain.elapsed.as_millis()
+        ),
+    );
+    let forwarded = match probe(upstream, true, limit).await {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![
+                reachable,
+                CheckItem::fail(
+                    TRUSTS,
+                    format!(
+                        "the request with X-Forwarded-For got no answer from {}: {e}",
+                        base(upstream)
+                    ),
+                ),
+            ];
+        }
+    };
+    let source = canonical(forwarded.local.ip());
+    let trusts = if forwarded.status != StatusCode::BAD_REQUEST {
+        CheckItem::pass(
+            TRUSTS,
+            format!(
+                "Home Assistant accepts forwarded requests from {source} (answered {})",
+                forwarded.status
+            ),
+        )
+    } else if plain.status == StatusCode::BAD_REQUEST {
+        CheckItem::fail(
+            TRUSTS,
+            format!(
+                "{} answers 400 even without forwarding headers, so this is not about \
+                 trusted proxies: is {} really Home Assistant?",
+                base(upstream),
+                base(upstream)
+            ),
+        )
+    } else {
+        CheckItem::fail(TRUSTS, proxy_advice(source))
+    };
+    vec![reachable, trusts]
+}
+
+/// What one `GET /` to Home Assistant saw.
+#[derive(Debug)]
+struct Probe {
+    status: StatusCode,
+    /// Our end of the TCP connection: the address Home Assistant sees (barring NAT).
+    local: SocketAddr,
+    elapsed: Duration,
+}
+
+/// Why a probe got no HTTP answer.
+#[derive(Debug)]
+enum ProbeError {
+    Timeout(Duration),
+    Connect(std::io::Error),
+    Http(String),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout(limit) => write!(f, "no answer within {} s", limit.as_secs_f32()),
+            Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// `GET /` on a fresh connection, with the tunnel's forwarding headers if `forwarded`.
+async fn probe(upstream: &Uri, forwarded: bool, limit: Duration) -> Result<Probe, ProbeError> {
+    let started = Instant::now();
+    tokio::time::timeout(limit, probe_inner(upstream, forwarded))
+        .await
+        .map_err(|_| ProbeError::Timeout(limit))?
+        .map(|(status, local)| Probe {
+            status,
+            local,
+            elapsed: started.elapsed(),
+        })
+}
+
+async fn probe_inner(
+    upstream: &Uri,
+    forwarded: bool,
+) -> Result<(StatusCode, SocketAddr), ProbeError> {
+    let authority = upstream
+        .authority()
+        .ok_or_else(|| ProbeError::Http("upstream has no host".into()))?;
+    // `Authority::host` keeps IPv6 brackets; the resolver wants them off.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(ProbeError::Connect)?;
+    let local = stream.local_addr().map_err(ProbeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProbeError::Http(format!("HTTP handshake: {e}")))?;
+    let driver = tokio::spawn(conn);
+    let mut request = Request::get("/")
+        .header(HOST, authority.as_str())
+        .header(USER_AGENT, USER_AGENT_VALUE);
+    if forwarded {
+        request = request
+            .header("x-forwarded-for", PROBE_CLIENT_IP.to_string())
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", authority.as_str());
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ProbeError::Http(e.to_string()))?;
+    let result = sender.send_request(request).await;
+    driver.abort();
+    let response = result.map_err(|e| ProbeError::Http(format!("no HTTP answer: {e}")))?;
+    Ok((response.status(), local))
+}
+
+fn base(upstream: &Uri) -> String {
+    match upstream.authority() {
+        Some(a) => format!("http://{a}"),
+        None => upstream.to_string(),
+    }
+}
+
+fn unreachable_advice(upstream: &Uri, error: &ProbeError) -> String {
+    format!(
+        "{url}: {error}\n\
+         Is Home Assistant running, and is the address right? The add-on uses \
+         http://homeassistant:8123; elsewhere set `upstream` (or DOORLESS_UPSTREAM) to the \
+         address this machine reaches Home Assistant at, e.g. http://192.168.1.10:8123.",
+        url = base(upstream)
+    )
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as the IPv4 address HA logs.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The network Home Assistant should trust for a connector whose connections come from
+/// `local`: the add-ons' `172.30.33.0/24` on the add-on bridge, otherwise exactly `local`
+/// (`/32` or `/128`).
+pub fn trusted_network(local: IpAddr) -> String {
+    match canonical(local) {
+        IpAddr::V4(v4) if in_v4_net(v4, ADDON_BRIDGE.0, ADDON_BRIDGE.1) => ADDON_TRUSTED.into(),
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
+    }
+}
+
+fn in_v4_net(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// The fix to print when Home Assistant answered 400 to a forwarded request from `local`.
+pub fn proxy_advice(local: IpAddr) -> String {
+    let local = canonical(local);
+    let net = trusted_network(local);
+    format!(
+        "Home Assistant answered 400 Bad Request to a request with X-Forwarded-For from {local}.\n\
+         It does not trust this connector as a reverse proxy yet. Trust the network {net}:\n\
+         \n\
+         Home Assistant 2026.8 and later: Settings › System › Network › HTTP server › Reverse proxy:\n\
+         turn on \"Trust X-Forwarded-For\" (use X-Forwarded-For) and add {net} to \"Trusted proxies\".\n\
+         Saving restarts Home Assistant; confirm the new settings within 5 minutes or they revert.\n\
+         \n\
+         Older versions: add to configuration.yaml, then restart Home Assistant:\n\
+         \n\
+         http:\n\
+         \x20 use_x_forwarded_for: true\n\
+         \x20 trusted_proxies:\n\
+         \x20   - {net}\n\
+         \n\
+         If it still answers 400, Home Assistant sees this connector from another address (NAT,\n\
+         Docker port publishing): its log names it in \"Received X-Forwarded-For header from an\n\
+         untrusted proxy <address>\"; trust that address instead. The connector must send\n\
+         X-Forwarded-For: without it every remote request would look local to Home Assistant."
+    )
+}
+
+// === Edges ===
+
+/// Why an edge check failed, as far as the error text tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeFailure {
+    /// Nothing came back over UDP within the timeout.
+    NoAnswer,
+    /// The edge closed the handshake with a TLS alert: it does not accept our certificate.
+    CertificateRefused(String),
+    /// We refused the edge's certificate: it is not signed by the tunnel CA in the token.
+    PinMismatch(String),
+    /// The edge answered `Reject` (or closed the connection as rejected).
+    Rejected(String),
+    /// The handshake worked but no `Welcome` came within the timeout.
+    NoWelcome,
+    /// Anything else, verbatim.
+    Other(String),
+}
+
+/// Sorts a transport error or close reason (see `transport::Connection::close_reason`) into
+/// an [`EdgeFailure`].
+pub fn classify_edge_failure(text: &str) -> EdgeFailure {
+    let lower = text.to_ascii_lowercase();
+    let crypto = lower.contains("cryptographic handshake failed");
+    if lower.contains("peer refused the tls handshake")
+        || (crypto && lower.contains("aborted by peer"))
+    {
+        EdgeFailure::CertificateRefused(text.to_owned())
+    } else if crypto || lower.contains("invalid peer certificate") {
+        EdgeFailure::PinMismatch(text.to_owned())
+    } else if lower.contains("(rejected)") {
+        EdgeFailure::Rejected(text.to_owned())
+    } else if lower.contains("timed out") {
+        EdgeFailure::NoAnswer
+    } else {
+        EdgeFailure::Other(text.to_owned())
+    }
+}
+
+/// What to tell the operator about `failure` while dialling `edge` at `addr`.
+pub fn edge_advice(
+    edge: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+    failure: &EdgeFailure,
+) -> String {
+    let secs = timeout.as_secs_f32();
+    let target = if edge == addr.to_string() {
+        addr.to_string()
+    } else {
+        format!("{addr} ({edge})")
+    };
+    match failure {
+        EdgeFailure::NoAnswer => format!(
+            "no answer over UDP from {target} within {secs} s.\n\
+             UDP/{port} may be blocked by a firewall on this network or on the VPS: open UDP {port} \
+             on the VPS firewall (and the cloud provider's security group); some networks block \
+             outgoing UDP. Also check that doorless-edge is running with its tunnel listener \
+             (`listen.tunnel`) on UDP port {port}.",
+            port = addr.port()
+        ),
+        EdgeFailure::CertificateRefused(why) => format!(
+            "the edge refused our certificate (token revoked or for another edge?): {why}\n\
+             Create a new token on the VPS (`doorless-edge site token <site>`) and configure it here."
+        ),
+        EdgeFailure::PinMismatch(why) => format!(
+            "the edge's certificate does not match the token's pin: {why}\n\
+             Is {edge} really your doorless edge, and is the token from that edge's state directory? \
+             Something else may be answering on that port."
+        ),
+        EdgeFailure::Rejected(why) => format!("the edge rejected this connector: {why}"),
+        EdgeFailure::NoWelcome => format!(
+            "{target} completed the QUIC handshake but did not answer our hello within {secs} s \
+             (edge overloaded, or an incompatible version?)"
+        ),
+        EdgeFailure::Other(why) => format!("{target}: {why}"),
+    }
+}
+
+fn edge_name(edge: &str) -> String {
+    format!("Edge {edge} reachable over QUIC")
+}
+
+async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
+    let name = edge_name(edge);
+    let addr = match resolve(edge, limit).await {
+        Ok(addr) => addr,
+        Err(e) => return CheckItem::fail(name, format!("cannot resolve {edge}: {e}")),
+    };
+    let token = &config.token;
+    let tls = match (|| -> Result<ClientTls, pki::Error> {
+        Ok(ClientTls {
+            cert_chain: pki::parse_certs(&token.cert_pem)?,
+            key: pki::parse_key(&token.key_pem)?,
+            tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem)?,
+            server_name: token.server_name.clone(),
+        })
+    })() {
+        Ok(tls) => tls,
+        Err(e) => return CheckItem::fail(name, format!("the token's certificates: {e}")),
+    };
+    let endpoint = match ClientEndpoint::new(addr, tls, &config.tuning) {
+        Ok(ep) => ep,
+        Err(e) => return CheckItem::fail(name, format!("cannot open a UDP socket: {e}")),
+    };
+    let result = register(&endpoint, addr, config, limit).await;
+    endpoint.close(CloseCode::Normal, "self-check done");
+    if !matches!(result, Err(EdgeFailure::NoAnswer)) {
+        // Let the close reach the edge, so it logs an ordinary end (nobody to tell otherwise).
+        endpoint.wait_idle(Duration::from_secs(1)).await;
+    }
+    match result {
+        Ok(welcomed) => CheckItem::pass(
+            name,
+            format!(
+                "{addr} welcomed site {} as {}, RTT {:.1} ms",
+                welcomed.site,
+                welcomed.connector_id,
+                welcomed.rtt.as_secs_f64() * 1000.0
+            ),
+        ),
+        Err(failure) => CheckItem::fail(name, edge_advice(edge, addr, limit, &failure)),
+    }
+}
+
+struct Welcomed {
+    site: String,
+    connector_id: String,
+    rtt: Duration,
+}
+
+/// Handshake, `Hello`, wait for `Welcome`; then `GoAway` and a normal close.
+async fn register(
+    endpoint: &ClientEndpoint,
+    addr: SocketAddr,
+    config: &Config,
+    limit: Duration,
+) -> Result<Welcomed, EdgeFailure> {
+    let conn = match endpoint.connect(addr, limit).await {
+        Ok(c) => c,
+        Err(transport::Error::Timeout(_)) => return Err(EdgeFailure::NoAnswer),
+        Err(e) => return Err(classify_edge_failure(&e.to_string())),
+    };
+    // The edge may refuse our certificate only after our side considers the handshake done,
+    // so from here on a failure asks the connection why it closed.
+    let why = |e: transport::Error| {
+        let conn = conn.clone();
+        async move {
+            match conn.close_reason(Duration::from_secs(2)).await {
+                Some(reason) => classify_edge_failure(&reason),
+                None => EdgeFailure::Other(e.to_string()),
+            }
+        }
+    };
+    let (send, recv) = match conn.open(limit).await {
+        Ok(s) => s,
+        Err(e) => return Err(why(e).await),
+    };
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: config.token.connector_id.clone(),
+        software: SOFTWARE.to_owned(),
+    };
+    let state = ControlState::connector(hello, now(), config.tuning.idle_timeout);
+    let mut control = ControlDriver::new(send, recv, state);
+    let welcome = match tokio::time::timeout(limit, control.next_event()).await {
+        Ok(Ok(ControlEvent::Welcomed(w))) => w,
+        Ok(Ok(ControlEvent::Rejected(r))) => {
+            conn.close(CloseCode::Normal, "rejected");
+            return Err(EdgeFailure::Rejected(format!("{} ({:?})", r.text, r.code)));
+        }
+        Ok(Ok(other)) => {
+            conn.close(CloseCode::ProtocolError, "expected welcome");
+            return Err(EdgeFailure::Other(format!(
+                "unexpected control message before welcome: {other:?}"
+            )));
+        }
+        Ok(Err(e)) => return Err(why(e).await),
+        Err(_) => {
+            conn.close(CloseCode::Normal, "self-check: no welcome");
+            return Err(EdgeFailure::NoWelcome);
+        }
+    };
+    let rtt = conn.stats().rtt;
+    // Leave at once: a check is no place for requests.
+    control.state().go_away(GoAway {
+        code: u16::try_from(CloseCode::Normal.code()).unwrap_or(0),
+        text: "self-check done".into(),
+    });
+    let _ = control.flush(Duration::from_secs(1)).await;
+    // The edge closes on GoAway; give it a moment so it sees our message first.
+    let _ = conn.close_reason(Duration::from_secs(1)).await;
+    conn.close(CloseCode::Normal, "self-check done");
+    Ok(Welcomed {
+        site: welcome.site,
+        connector_id: welcome.connector_id,
+        rtt,
+    })
+}
+
+async fn resolve(edge: &str, limit: Duration) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::time::timeout(limit, tokio::net::lookup_host(edge))
+        .await
+        .map_err(|_| format!("no answer within {} s", limit.as_secs_f32()))?
+        .map_err(|e| e.to_string())?;
+    addrs.next().ok_or_else(|| "no address".to_owned())
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        match s.parse() {
+            Ok(ip) => ip,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn addon_bridge_trusts_the_addon_network() {
+        assert_eq!(trusted_network(ip("172.30.33.7")), "172.30.33.0/24");
+        assert_eq!(trusted_network(ip("172.30.33.254")), "172.30.33.0/24");
+        assert_eq!(trusted_network(ip("172.30.32.1")), "172.30.33.0/24");
+        assert_eq!(trusted_network(ip("::ffff:172.30.33.7")), "172.30.33.0/24");
+    }
+
+    #[test]
+    fn elsewhere_trusts_the_exact_address() {
+        assert_eq!(trusted_network(ip("127.0.0.1")), "127.0.0.1/32");
+        assert_eq!(trusted_network(ip("172.30.34.1")), "172.30.34.1/32");
+        assert_eq!(trusted_network(ip("172.30.31.255")), "172.30.31.255/32");
+        assert_eq!(trusted_network(ip("192.168.1.20")), "192.168.1.20/32");
+        assert_eq!(trusted_network(ip("::ffff:10.0.0.5")), "10.0.0.5/32");
+        assert_eq!(trusted_network(ip("::1")), "::1/128");
+        assert_eq!(trusted_network(ip("2001:db8::7")), "2001:db8::7/128");
+    }
+
+    #[test]
+    fn proxy_advice_names_both_forms() {
+        let text = proxy_advice(ip("172.30.33.4"));
+        assert!(text.contains("from 172.30.33.4"), "{text}");
+        assert!(
+            text.contains("Settings › System › Network › HTTP server"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add 172.30.33.0/24 to \"Trusted proxies\""),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "http:\n  use_x_forwarded_for: true\n  trusted_proxies:\n    - 172.30.33.0/24\n"
+            ),
+            "{text}"
+        );
+        // The network address, never the host address with a prefix (HA refuses .4/24).
+        assert!(!text.contains("172.30.33.4/"), "{text}");
+    }
+
+    #[test]
+    fn edge_failures_are_classified() {
+        use EdgeFailure as F;
+        assert_eq!(
+            classify_edge_failure("timed out: tunnel handshake"),
+            F::NoAnswer
+        );
+        assert_eq!(
+            classify_edge_failure("no answer from the peer (timed out)"),
+            F::NoAnswer
+        );
+        assert!(matches!(
+            classify_edge_failure("peer refused the TLS handshake: alert 48 (unknown_ca)"),
+            F::CertificateRefused(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(
+                "connection: aborted by peer: the cryptographic handshake failed: error 42"
+            ),
+            F::CertificateRefused(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(
+                "connection: the cryptographic handshake failed: error 48: invalid peer certificate: UnknownIssuer"
+            ),
+            F::PinMismatch(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(
+                "peer closed the connection (rejected): not a connector certificate"
+            ),
+            F::Rejected(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure("the peer restarted (stateless reset)"),
+            F::Other(_)
+        ));
+    }
+
+    #[test]
+    fn udp_advice_names_the_port() {
+        let addr: SocketAddr = ([198, 51, 100, 1], 443).into();
+        let text = edge_advice(
+            "edge.example.com:443",
+            addr,
+            Duration::from_secs(10),
+            &EdgeFailure::NoAnswer,
+        );
+        assert!(
+            text.contains("no answer over UDP from 198.51.100.1:443"),
+            "{text}"
+        );
+        assert!(text.contains("open UDP 443 on the VPS firewall"), "{text}");
+    }
+
+    #[test]
+    fn report_display_and_verdict() {
+        let report = Report {
+            items: vec![
+                CheckItem::pass("A", "fine"),
+                CheckItem::fail("B", "broken\nfix:\n\n  indented"),
+                CheckItem::skip("C", "not run"),
+            ],
+        };
+        assert!(!report.ok());
+        let text = report.to_string();
+        assert_eq!(
+            text,
+            "✓ A: fine\n✗ B: broken\n    fix:\n\n      indented\n- C: not run\n1 passed, 1 failed, 1 skipped: see above"
+        );
+        let good = Report {
+            items: vec![CheckItem::pass("A", "fine")],
+        };
+        assert!(good.ok());
+        assert!(!Report::default().ok());
+    }
+}
