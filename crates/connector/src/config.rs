@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use http::Uri;
 use serde::{Deserialize, Serialize};
+
+pub use daemon::{ConfigError, LogFormat, RawLog};
 
 const ENV_KEYS: &[&str] = &[
     "token",
@@ -188,35 +190,6 @@ impl Default for RawReconnect {
     }
 }
 
-/// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
-    pub filter: String,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -240,24 +213,6 @@ pub struct Config {
     pub log: RawLog,
 }
 
-/// A configuration problem; the binary exits with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or environment could not be parsed into `RawConfig`.
-    #[error("{0}")]
-    Parse(String),
-    /// A value parsed but is not acceptable.
-    #[error("{origin}: key `{key}`: {problem}")]
-    Invalid {
-        /// Where the value came from (file name or "environment").
-        origin: String,
-        /// The offending key, dotted.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
 impl Config {
     /// Loads `path` if given (it must then exist), applies `DOORLESS_*` env, validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -269,7 +224,7 @@ impl Config {
             }
             None => "environment".to_owned(),
         };
-        Self::from_figment(figment.merge(env()), &source)
+        Self::from_figment(figment.merge(daemon::env(ENV_KEYS)), &source)
     }
 
     /// Validates an in-memory `RawConfig` (used by the demo and tests).
@@ -278,15 +233,8 @@ impl Config {
     }
 
     fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(|e| {
-            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            ConfigError::Parse(messages.join("; "))
-        })?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid {
-            origin: source.to_owned(),
-            key: key.to_owned(),
-            problem,
-        };
+        let raw: RawConfig = figment.extract().map_err(ConfigError::parse)?;
+        let invalid = |key: &str, problem: String| ConfigError::invalid(source, key, problem);
         let (token_text, token_key) = match (&raw.token, &raw.token_file) {
             (Some(t), None) => (t.0.clone(), "token"),
             (None, Some(f)) => (
@@ -374,18 +322,6 @@ fn looks_like_host_port(s: &str) -> bool {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
         None => false,
     }
-}
-
-fn env() -> Env {
-    Env::prefixed("DOORLESS_").split("__").filter(|key| {
-        // figment hands the filter the raw (upper-case) name; compare without case.
-        let lower = key.as_str().to_ascii_lowercase();
-        ENV_KEYS.iter().any(|k| {
-            lower == *k
-                || lower.starts_with(&format!("{k}."))
-                || lower.starts_with(&format!("{k}__"))
-        })
-    })
 }
 
 #[cfg(test)]

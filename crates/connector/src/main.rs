@@ -6,10 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use connector::config::{Config, LogFormat};
-use tokio_util::sync::CancellationToken;
-
-/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,12 +18,6 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the connector.
@@ -38,9 +28,9 @@ enum Command {
         /// Write the admin address as JSON here once the first edge connection registered.
         #[arg(long)]
         ready_file: Option<PathBuf>,
-        /// Log format, overriding `log.format`.
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormatArg>,
+        /// Log format (`text` or `json`), overriding `log.format`.
+        #[arg(long)]
+        log_format: Option<LogFormat>,
     },
     /// Probe a running connector's admin endpoint; exit 0 if healthy (for container
     /// HEALTHCHECKs, which have no curl).
@@ -92,7 +82,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("doorless-connector: {e:#}");
             if e.downcast_ref::<connector::config::ConfigError>().is_some() {
-                ExitCode::from(EXIT_CONFIG)
+                ExitCode::from(daemon::EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE
             }
@@ -103,15 +93,10 @@ fn main() -> ExitCode {
 fn run(
     config: Option<&Path>,
     ready_file: Option<&Path>,
-    log_format: Option<LogFormatArg>,
+    log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let format = match log_format {
-        Some(LogFormatArg::Text) => LogFormat::Text,
-        Some(LogFormatArg::Json) => LogFormat::Json,
-        None => config.log.format,
-    };
-    init_logging(format, &config.log.filter);
+    daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -124,16 +109,15 @@ fn run(
                 .await
                 .log();
         });
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        let shutdown = daemon::shutdown_on_signal();
         if let Some(path) = ready_file {
             let path = path.to_owned();
             let admin = connector.admin_addr();
             let mut ready = connector.ready();
             tokio::spawn(async move {
                 if ready.wait_for(|r| *r).await.is_ok() {
-                    let body = serde_json::json!({ "admin": admin }).to_string();
-                    if let Err(e) = write_atomic(&path, &body) {
+                    let body = serde_json::json!({ "admin": admin });
+                    if let Err(e) = daemon::write_ready_file(&path, &body) {
                         tracing::error!(error = %e, "cannot write the ready file");
                     }
                 }
@@ -187,38 +171,4 @@ fn health(url: &str, limit: std::time::Duration) -> anyhow::Result<()> {
         println!("{url}: {}", response.status());
         Ok(())
     })
-}
-
-fn write_atomic(path: &Path, body: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn init_logging(format: LogFormat, filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.compact().init(),
-    }
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    shutdown.cancel();
 }

@@ -48,11 +48,26 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
             return;
         }
     };
-    let identity = match conn
-        .peer_certificate()
-        .map_err(|e| e.to_string())
-        .and_then(|der| pki::Identity::from_cert_der(&der).map_err(|e| e.to_string()))
+    let leaf = match conn.peer_certificate() {
+        Ok(der) => der,
+        Err(e) => {
+            warn!(%addr, error = %e, "tunnel refused: no connector certificate");
+            conn.close(CloseCode::Rejected, "no connector certificate");
+            return;
+        }
+    };
+    let fingerprint = pki::fingerprint(&leaf);
+    if shared
+        .sites
+        .load()
+        .revoked_connectors()
+        .contains(&fingerprint)
     {
+        warn!(%addr, "tunnel refused: connector certificate revoked");
+        conn.close(CloseCode::Revoked, "connector certificate revoked");
+        return;
+    }
+    let identity = match pki::Identity::from_cert_der(&leaf) {
         Ok(id) if id.kind == pki::Kind::Connector => id,
         Ok(_) => {
             warn!(%addr, "tunnel refused: certificate is not a connector certificate");
@@ -134,6 +149,7 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         shared.registry.next_id(),
         identity.site.clone(),
         identity.name.clone(),
+        fingerprint,
         conn.clone(),
         max_streams as usize,
     ));

@@ -169,9 +169,16 @@ pub fn reload(shared: &Shared) -> bool {
             return false;
         }
     };
-    let newly_revoked: HashSet<[u8; 32]> = {
+    let (newly_revoked, connectors_revoked): (HashSet<[u8; 32]>, HashSet<[u8; 32]>) = {
         let old = shared.sites.load();
-        sites.revoked().difference(old.revoked()).copied().collect()
+        (
+            sites.revoked().difference(old.revoked()).copied().collect(),
+            sites
+                .revoked_connectors()
+                .difference(old.revoked_connectors())
+                .copied()
+                .collect(),
+        )
     };
     warn_expiring(&sites);
     for site in sites.all() {
@@ -181,6 +188,14 @@ pub fn reload(shared: &Shared) -> bool {
     let mut closed = 0;
     for fp in &newly_revoked {
         closed += shared.live.revoke(fp);
+    }
+    for session in shared.registry.all() {
+        if connectors_revoked.contains(&session.fingerprint) {
+            session
+                .conn
+                .close(proto::CloseCode::Revoked, "connector certificate revoked");
+            closed += 1;
+        }
     }
     let metrics = &shared.metrics;
     metrics

@@ -25,6 +25,8 @@ pub struct Session {
     pub connector_id: String,
     /// Connector address as seen by the edge.
     pub addr: SocketAddr,
+    /// SHA-256 of the connector's certificate (for revocation).
+    pub fingerprint: [u8; 32],
     /// The QUIC connection.
     pub conn: transport::Connection,
     /// Set when the connector announced Drain: no new streams.
@@ -48,6 +50,7 @@ impl Session {
         id: u64,
         site: String,
         connector_id: String,
+        fingerprint: [u8; 32],
         conn: transport::Connection,
         max_streams: usize,
     ) -> Self {
@@ -55,6 +58,7 @@ impl Session {
             id,
             site,
             connector_id,
+            fingerprint,
             addr: conn.remote_addr(),
             conn,
             draining: AtomicBool::new(false),

@@ -47,6 +47,7 @@ pub struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
     revoked: HashSet<[u8; 32]>,
+    revoked_connectors: HashSet<[u8; 32]>,
     expiries: Vec<CertExpiry>,
 }
 
@@ -162,7 +163,7 @@ impl Sites {
         // Revoked device certificates, per site, from the state dir's index.
         let mut revoked_by_site: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
         for entry in state.clients()? {
-            if entry.kind != pki::Kind::Device || entry.revoked_at.is_none() {
+            if entry.revoked_at.is_none() {
                 continue;
             }
             let Some(fp) = parse_fingerprint(&entry.fingerprint) else {
@@ -173,6 +174,10 @@ impl Sites {
                     entry.name
                 );
             };
+            if entry.kind == pki::Kind::Connector {
+                sites.revoked_connectors.insert(fp);
+                continue;
+            }
             sites.revoked.insert(fp);
             revoked_by_site.entry(entry.site).or_default().insert(fp);
         }
@@ -244,6 +249,11 @@ impl Sites {
     /// The site called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
         self.by_name.get(name)
+    }
+
+    /// Fingerprints of every revoked connector certificate.
+    pub fn revoked_connectors(&self) -> &HashSet<[u8; 32]> {
+        &self.revoked_connectors
     }
 
     /// Every certificate's expiry.

@@ -396,3 +396,43 @@ async fn revoked_device_is_cut_off_without_restart() {
     );
     assert_eq!(stack.ha_requests(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_connector_is_disconnected_and_cannot_return() {
+    let stack = Stack::start().await.unwrap();
+    assert_eq!(stack.edge.site_connections("home").await.unwrap(), 2);
+    let started = Instant::now();
+    stack
+        .pki
+        .state
+        .revoke(pki::Kind::Connector, "home", "connector-1")
+        .unwrap();
+    // Its live connections are closed, and its reconnects are refused.
+    e2e::poll_until(
+        "the revoked connector to be gone",
+        Duration::from_secs(5),
+        || async { (stack.edge.site_connections("home").await.ok()? == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let gone_after = started.elapsed();
+    let client = stack.client(0, HttpVersion::Auto).unwrap();
+    let (status, _) = get(&client, &stack.url("/status/200")).await;
+    assert_eq!(status, 503);
+    // Give its backoff a chance to redial, then check it is still out.
+    let redialled = e2e::poll_until(
+        "a refused redial in the logs",
+        Duration::from_secs(10),
+        || async {
+            stack
+                .edge
+                .output()
+                .contains("connector certificate revoked")
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("connector gone {gone_after:?} after revoke");
+    redialled.unwrap();
+    assert_eq!(stack.edge.site_connections("home").await.unwrap(), 0);
+}
