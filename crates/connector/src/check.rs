@@ -25,7 +25,7 @@ use http::header::{HOST, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use proto::{CloseCode, ControlEvent, ControlState, GoAway, Hello};
+use proto::{CloseCode, ControlEvent, ControlState, GoAway, Hello, Purpose};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -575,6 +575,8 @@ async fn register(
         version: proto::VERSION,
         connector_id: config.token.connector_id.clone(),
         software: SOFTWARE.to_owned(),
+        // The edge must never route a user's request to this short-lived connection.
+        purpose: Purpose::Check,
     };
     let state = ControlState::connector(hello, now(), config.tuning.idle_timeout);
     let mut control = ControlDriver::new(send, recv, state);

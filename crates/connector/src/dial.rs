@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use proto::{CloseCode, ControlEvent, ControlState, Hello};
+use proto::{CloseCode, ControlEvent, ControlState, Hello, Purpose};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,6 +143,7 @@ async fn session(
         version: proto::VERSION,
         connector_id: shared.config.token.connector_id.clone(),
         software: concat!("doorless-connector/", env!("CARGO_PKG_VERSION")).to_owned(),
+        purpose: Purpose::Serve,
     };
     let state = ControlState::connector(hello, now(), shared.config.tuning.idle_timeout);
     let mut control = ControlDriver::new(send, recv, state);

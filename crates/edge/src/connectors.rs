@@ -3,13 +3,15 @@
 //! A connector proves who it is with a certificate from the connector CA (checked in the QUIC
 //! handshake); its identity names the site it serves. It then opens the control stream and
 //! says `Hello`; we answer `Welcome` and register the connection as a [`Session`] until it
-//! goes away, drains, or we shut down.
+//! goes away, drains, or we shut down. A `Hello` with [`Purpose::Check`] (the connector's
+//! self-check) gets the same checks and `Welcome`, but is never registered: no request can be
+//! routed to a connection that is about to close.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use proto::{CloseCode, ControlEvent, ControlState, Reject, RejectCode, Welcome};
+use proto::{CloseCode, ControlEvent, ControlState, Purpose, Reject, RejectCode, Welcome};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -21,6 +23,8 @@ use crate::route::Session;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a self-check connection may stay after its `Welcome` before we close it.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connector connections until `shutdown`.
 pub async fn serve(
@@ -145,6 +149,24 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         },
         now(),
     );
+    if hello.purpose == Purpose::Check {
+        shared
+            .metrics
+            .registrations
+            .get_or_create(&SiteResult {
+                site: identity.site.clone(),
+                result: "check",
+            })
+            .inc();
+        info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector self-check answered");
+        // Let the Welcome out and the connector say goodbye; it has no business here after.
+        let _ = tokio::time::timeout(CHECK_TIMEOUT, async {
+            while control.next_event().await.is_ok() {}
+        })
+        .await;
+        conn.close(CloseCode::Normal, "self-check done");
+        return;
+    }
     let session = Arc::new(Session::new(
         shared.registry.next_id(),
         identity.site.clone(),

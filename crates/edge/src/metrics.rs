@@ -310,7 +310,7 @@ impl Metrics {
         let _ = self.active_websockets.get_or_create(&label);
         let _ = self.connectors.get_or_create(&label);
         let _ = self.disconnects.get_or_create(&label);
-        for result in ["ok", "rejected"] {
+        for result in ["ok", "rejected", "check"] {
             let _ = self
                 .registrations
                 .get_or_create(&SiteResult { site: s(), result });

@@ -324,12 +324,19 @@ struct SpliceMeters {
     down: Counter,
 }
 
-/// Wraps a response body: counts its bytes and keeps the request counted as active until
-/// the body ends or is dropped.
-pub fn metered(body: ResponseBody, bytes: Counter, active: Gauge) -> ResponseBody {
+/// What runs when a response body is done: with the bytes sent and whether it was sent to
+/// the end (`false`: the client left or the tunnel broke mid-body).
+pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
+/// `on_end` once when the body ends or is dropped.
+pub fn metered(body: ResponseBody, bytes: Counter, active: Gauge, on_end: OnEnd) -> ResponseBody {
     Metered {
+        complete: hyper::body::Body::is_end_stream(&body),
         inner: body,
         bytes,
+        sent: 0,
+        on_end: Some(on_end),
         _active: ActiveGuard(active),
     }
     .boxed_unsync()
@@ -346,7 +353,18 @@ impl Drop for ActiveGuard {
 struct Metered {
     inner: ResponseBody,
     bytes: Counter,
+    sent: u64,
+    complete: bool,
+    on_end: Option<OnEnd>,
     _active: ActiveGuard,
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.sent, self.complete);
+        }
+    }
 }
 
 impl hyper::body::Body for Metered {
@@ -358,10 +376,16 @@ impl hyper::body::Body for Metered {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.inc_by(data.len() as u64);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.bytes.inc_by(n);
+                    self.sent += n;
+                }
+            }
+            std::task::Poll::Ready(None) => self.complete = true,
+            _ => {}
         }
         polled
     }

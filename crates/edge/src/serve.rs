@@ -94,7 +94,7 @@ pub async fn handle_request(
         Ok(response) => response,
         Err(e) => denial(e),
     };
-    finish(
+    let access_log = finish(
         peer,
         shared,
         &who,
@@ -106,7 +106,7 @@ pub async fn handle_request(
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
-    response.map(|body| proxy::metered(body, bytes, active))
+    response.map(|body| proxy::metered(body, bytes, active, access_log))
 }
 
 /// Who a request was let in as, for the access log and revocation.
@@ -305,7 +305,8 @@ fn outcome_error(response: &Response<ResponseBody>) -> Option<ProxyError> {
     response.extensions().get::<ProxyError>().copied()
 }
 
-/// The single finish point: one access log line per request.
+/// The single finish point: counts the request and returns its access-log line, written
+/// once when the response body ends.
 fn finish(
     peer: &Peer,
     shared: &Shared,
@@ -314,9 +315,8 @@ fn finish(
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
     started: tokio::time::Instant,
-) {
+) -> proxy::OnEnd {
     let elapsed = started.elapsed().as_secs_f64();
-    let ms = elapsed * 1000.0;
     let status = response.status().as_u16();
     let metrics = &shared.metrics;
     let site = &peer.site.name;
@@ -341,29 +341,43 @@ fn finish(
             })
             .inc();
     }
-    match error {
-        None => info!(
-            target: "access",
-            site = %peer.site.name,
-            device = %who.device,
-            grant = who.grant.map_or("-", grant_name),
-            client = %peer.addr.ip(),
-            %method,
-            status,
-            ms,
-            "request"
-        ),
-        Some(e) => info!(
-            target: "access",
-            site = %peer.site.name,
-            device = %who.device,
-            client = %peer.addr.ip(),
-            %method,
-            status,
-            ms,
-            blame = e.blame().as_str(),
-            reason = e.reason(),
-            "request failed"
-        ),
-    }
+    // The access line is written when the body is done, so it can say how many bytes went
+    // out and whether all of them did.
+    let site = site.clone();
+    let device = who.device.clone();
+    let grant = who.grant.map_or("-", grant_name);
+    let client = peer.addr.ip();
+    let method = method.clone();
+    let head_ms = elapsed * 1000.0;
+    Box::new(move |bytes, complete| {
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match error {
+            None => info!(
+                target: "access",
+                site = %site,
+                device = %device,
+                grant,
+                client = %client,
+                %method,
+                status,
+                head_ms,
+                total_ms,
+                bytes,
+                complete,
+                "request"
+            ),
+            Some(e) => info!(
+                target: "access",
+                site = %site,
+                device = %device,
+                client = %client,
+                %method,
+                status,
+                head_ms,
+                blame = e.blame().as_str(),
+                reason = e.reason(),
+                "request failed"
+            ),
+        }
+    })
 }

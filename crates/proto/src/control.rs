@@ -54,6 +54,18 @@ pub struct Hello {
     pub connector_id: String,
     /// Free-form software name and version, for logs and metrics (e.g. "doorless-connector/0.1.0").
     pub software: String,
+    /// Whether this connection will carry requests or only checks that it could.
+    pub purpose: Purpose,
+}
+
+/// Why a connector opens a session. A u8 on the wire, after `software`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// 0: serve requests: the edge routes requests to this connection.
+    Serve,
+    /// 1: a self-check: the edge authenticates the connector and answers `Welcome` as it
+    /// would for [`Purpose::Serve`], but never routes a request to the connection.
+    Check,
 }
 
 /// Edge → connector: the session is established.
@@ -263,6 +275,7 @@ impl Control {
                 version: r.version()?,
                 connector_id: r.string16("hello connector id")?,
                 software: r.string16("hello software")?,
+                purpose: Purpose::decode(r.u8("hello purpose")?)?,
             }),
             WELCOME => Self::Welcome(Welcome {
                 version: r.version()?,
@@ -298,6 +311,7 @@ impl Control {
                 out.put_u8(hello.version);
                 put_bytes16(out, hello.connector_id.as_bytes(), "hello connector id")?;
                 put_bytes16(out, hello.software.as_bytes(), "hello software")?;
+                out.put_u8(hello.purpose.code());
             }
             Self::Welcome(welcome) => {
                 out.put_u8(welcome.version);
@@ -329,6 +343,26 @@ impl Control {
             Self::Pong { .. } => PONG,
             Self::Drain => DRAIN,
             Self::GoAway(_) => GO_AWAY,
+        }
+    }
+}
+
+// === impl Purpose ===
+
+impl Purpose {
+    /// The code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Serve => 0,
+            Self::Check => 1,
+        }
+    }
+
+    fn decode(code: u8) -> Result<Self, DecodeError> {
+        match code {
+            0 => Ok(Self::Serve),
+            1 => Ok(Self::Check),
+            other => Err(DecodeError::UnknownType(other)),
         }
     }
 }
@@ -620,6 +654,7 @@ mod tests {
             version: crate::VERSION,
             connector_id: "home-1".into(),
             software: "test".into(),
+            purpose: Purpose::Serve,
         }
     }
 

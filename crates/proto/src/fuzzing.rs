@@ -101,6 +101,7 @@ pub fn control_state(data: &[u8], start: Instant) {
             version: crate::VERSION,
             connector_id: "fuzz".into(),
             software: "fuzz".into(),
+            purpose: crate::Purpose::Serve,
         };
         ControlState::connector(hello, start, timeout)
     };

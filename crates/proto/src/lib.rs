@@ -31,8 +31,8 @@ pub mod stream;
 
 pub use codec::{DecodeError, EncodeError, FrameBuffer};
 pub use control::{
-    Control, ControlError, ControlEvent, ControlState, GoAway, Hello, MAX_CONTROL_PAYLOAD, Reject,
-    RejectCode, Role, Welcome,
+    Control, ControlError, ControlEvent, ControlState, GoAway, Hello, MAX_CONTROL_PAYLOAD, Purpose,
+    Reject, RejectCode, Role, Welcome,
 };
 pub use error::{CloseCode, StreamError};
 pub use stream::{BodyKind, ClientInfo, MAX_HEAD_FRAME, ResponseHead, StreamHeader, StreamKind};

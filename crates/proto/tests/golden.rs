@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use proto::{
-    BodyKind, ClientInfo, Control, GoAway, Hello, MAX_HEAD_FRAME, Reject, RejectCode, ResponseHead,
-    StreamHeader, StreamKind, Welcome,
+    BodyKind, ClientInfo, Control, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject, RejectCode,
+    ResponseHead, StreamHeader, StreamKind, Welcome,
 };
 
-const HELLO: &str = "01 0019  01 0006 686f6d652d31 000e 646f6f726c6573732f302e312e30";
+const HELLO: &str = "01 001a  01 0006 686f6d652d31 000e 646f6f726c6573732f302e312e30 00";
+const HELLO_CHECK: &str = "01 001a  01 0006 686f6d652d31 000e 646f6f726c6573732f302e312e30 01";
 const WELCOME: &str = "02 0017  01 0004 686f6d65 0006 686f6d652d31 00003a98 00000100";
 const REJECT: &str = "03 0010  0003 000c 756e6b6e6f776e2073697465";
 const PING: &str = "04 0008  0102030405060708";
@@ -65,6 +66,16 @@ fn control_vectors() -> Vec<(&'static str, Control)> {
                 version: 1,
                 connector_id: "home-1".into(),
                 software: "doorless/0.1.0".into(),
+                purpose: Purpose::Serve,
+            }),
+        ),
+        (
+            HELLO_CHECK,
+            Control::Hello(Hello {
+                version: 1,
+                connector_id: "home-1".into(),
+                software: "doorless/0.1.0".into(),
+                purpose: Purpose::Check,
             }),
         ),
         (

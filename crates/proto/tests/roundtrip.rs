@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proto::codec::MIN_CONTROL_BUFFER;
 use proto::{
-    BodyKind, ClientInfo, Control, FrameBuffer, GoAway, Hello, MAX_HEAD_FRAME, Reject, RejectCode,
-    ResponseHead, StreamHeader, StreamKind, Welcome,
+    BodyKind, ClientInfo, Control, FrameBuffer, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject,
+    RejectCode, ResponseHead, StreamHeader, StreamKind, Welcome,
 };
 
 fn version() -> impl Strategy<Value = u8> {
@@ -28,13 +28,20 @@ fn raw(max: usize) -> impl Strategy<Value = Bytes> {
 
 fn control() -> impl Strategy<Value = Control> {
     prop_oneof![
-        (version(), text(), text()).prop_map(|(version, connector_id, software)| {
-            Control::Hello(Hello {
-                version,
-                connector_id,
-                software,
-            })
-        }),
+        (version(), text(), text(), any::<bool>()).prop_map(
+            |(version, connector_id, software, check)| {
+                Control::Hello(Hello {
+                    version,
+                    connector_id,
+                    software,
+                    purpose: if check {
+                        Purpose::Check
+                    } else {
+                        Purpose::Serve
+                    },
+                })
+            }
+        ),
         (version(), text(), text(), any::<u32>(), any::<u32>()).prop_map(
             |(version, site, connector_id, ping_interval_ms, max_streams)| {
                 Control::Welcome(Welcome {

@@ -8,6 +8,9 @@
 //!
 //! Start at [`serve`]; every request is counted and logged in a [`Recorder`] *before* it is
 //! answered, so a test can prove that a denied request never reached "Home Assistant".
+//! The connector's own self-check probes (`User-Agent: doorless-connector/<version> check`,
+//! sent straight to HA, never through the tunnel) are counted apart, in
+//! [`Recorder::self_checks`], so they cannot be mistaken for tunneled traffic.
 //!
 //! HTTP/1.1 only (with upgrades), like HA behind the connector.
 #![forbid(unsafe_code)]
@@ -78,12 +81,19 @@ impl SeenRequest {
             _ => None,
         }
     }
+
+    /// Whether this is a probe of the connector's self-check, by its `User-Agent`.
+    pub fn is_self_check(&self) -> bool {
+        self.header_one("user-agent")
+            .is_some_and(|ua| ua.starts_with("doorless-connector/") && ua.ends_with(" check"))
+    }
 }
 
 /// Counts and remembers requests; shared between the server and the test that inspects it.
 #[derive(Debug, Default)]
 pub struct Recorder {
     requests: AtomicU64,
+    self_checks: AtomicU64,
     websockets_open: AtomicU64,
     log: Mutex<VecDeque<SeenRequest>>,
 }
@@ -97,6 +107,12 @@ impl Recorder {
     /// Total number of requests received (never decreases, not bounded by the log).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Number of connector self-check probes received; they are in neither
+    /// [`Recorder::requests`] nor [`Recorder::seen`].
+    pub fn self_checks(&self) -> u64 {
+        self.self_checks.load(Ordering::SeqCst)
     }
 
     /// The last [`LOG_CAPACITY`] requests, oldest first.
@@ -115,6 +131,10 @@ impl Recorder {
     }
 
     fn record(&self, seen: SeenRequest) {
+        if seen.is_self_check() {
+            self.self_checks.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             if log.len() >= LOG_CAPACITY {

@@ -384,3 +384,20 @@ fn recorder_log_is_bounded() {
     assert_eq!(seen.len(), LOG_CAPACITY);
     assert_eq!(seen[0].target, "/10");
 }
+
+#[test]
+fn self_check_probes_are_counted_apart() {
+    let recorder = Recorder::new();
+    let request = |ua: &str| SeenRequest {
+        method: "GET".into(),
+        target: "/".into(),
+        headers: vec![("user-agent".into(), ua.into())],
+        peer: "p".into(),
+    };
+    recorder.record(request("doorless-connector/0.1.0 check"));
+    recorder.record(request("Mozilla/5.0 check"));
+    recorder.record(request("doorless-connector/0.1.0"));
+    assert_eq!(recorder.self_checks(), 1);
+    assert_eq!(recorder.requests(), 2);
+    assert!(recorder.seen().iter().all(|s| !s.is_self_check()));
+}

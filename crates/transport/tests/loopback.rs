@@ -109,6 +109,7 @@ async fn control_handshake_and_echo_stream() {
         version: proto::VERSION,
         connector_id: "c1".into(),
         software: "test".into(),
+        purpose: proto::Purpose::Serve,
     };
     let mut control = ControlDriver::new(send, recv, ControlState::connector(hello, now(), LIMIT));
     let ControlEvent::Welcomed(welcome) = control.next_event().await.unwrap() else {

@@ -436,3 +436,77 @@ async fn revoked_connector_is_disconnected_and_cannot_return() {
     redialled.unwrap();
     assert_eq!(stack.edge.site_connections("home").await.unwrap(), 0);
 }
+
+/// A connector's self-check is authenticated and welcomed like a real session, but the edge
+/// never routes a request to it: while one is open and no real connector is, users get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_check_session_never_carries_requests() {
+    use proto::{ControlEvent, ControlState, Hello, Purpose};
+    use transport::{ClientEndpoint, ClientTls, ControlDriver, Tuning};
+
+    const LIMIT: Duration = Duration::from_secs(10);
+    let stack = Stack::start_with(StackOptions {
+        connectors: false,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = &stack.home().token;
+    let tls = ClientTls {
+        cert_chain: pki::parse_certs(&token.cert_pem).unwrap(),
+        key: pki::parse_key(&token.key_pem).unwrap(),
+        tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem).unwrap(),
+        server_name: token.server_name.clone(),
+    };
+    let tunnel = stack.edge.tunnel_addr();
+    let endpoint = ClientEndpoint::new(tunnel, tls, &Tuning::default()).unwrap();
+    let conn = endpoint.connect(tunnel, LIMIT).await.unwrap();
+    let (send, recv) = conn.open(LIMIT).await.unwrap();
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: token.connector_id.clone(),
+        software: "e2e".into(),
+        purpose: Purpose::Check,
+    };
+    let state = ControlState::connector(hello, Instant::now(), LIMIT);
+    let mut control = ControlDriver::new(send, recv, state);
+    let event = tokio::time::timeout(LIMIT, control.next_event()).await;
+    assert!(
+        matches!(event, Ok(Ok(ControlEvent::Welcomed(_)))),
+        "{event:?}"
+    );
+
+    // The check connection is up and welcomed; it must not count as a connector.
+    for version in [HttpVersion::Http1, HttpVersion::Auto] {
+        let client = stack.client(0, version).unwrap();
+        let (status, _) = get(&client, &stack.url("/debug/request")).await;
+        assert_eq!(status, 503, "{version:?}");
+    }
+    assert_eq!(stack.ha_requests(), 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", stack.edge.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (series, want) in [
+        (
+            "doorless_edge_connector_registrations_total{site=\"home\",result=\"check\"}",
+            "1",
+        ),
+        (
+            "doorless_edge_connector_registrations_total{site=\"home\",result=\"ok\"}",
+            "0",
+        ),
+        ("doorless_edge_connectors{site=\"home\"}", "0"),
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(series));
+        assert_eq!(
+            line.and_then(|l| l.rsplit(' ').next()),
+            Some(want),
+            "{series}"
+        );
+    }
+    drop(control);
+    conn.close(proto::CloseCode::Normal, "done");
+}
