@@ -96,3 +96,141 @@ async fn init_site_add_client_add_then_run() {
     crate::assert_refused(&no_cert, &url).await;
     assert_eq!(ha.requests(), 2);
 }
+
+/// curl with issued certificates; `doorless-edge client revoke` on the running edge's state
+/// dir refuses the revoked certificate within 1 s and closes its WebSocket, while another
+/// device of the same site keeps working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_then_cli_revoke_cuts_one_device_and_spares_the_other() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut stack = e2e::Stack::start().await.unwrap();
+    let tablet = stack.pki.device("home", "tablet").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca = write("server-ca.pem", &stack.server_ca);
+    let phone = &stack.home().device;
+    let phone_files = (
+        write("phone.crt", phone.cert_pem.as_bytes()),
+        write("phone.key", phone.key_pem.as_bytes()),
+    );
+    let tablet_files = (
+        write("tablet.crt", tablet.cert_pem.as_bytes()),
+        write("tablet.key", tablet.key_pem.as_bytes()),
+    );
+    let port = stack.edge.https_addr().port();
+    let resolve = format!("{HOME_HOST}:{port}:127.0.0.1");
+    let url = format!("https://{HOME_HOST}:{port}/status/200");
+    // curl's exit status and the HTTP status it saw ("000" when there was no response).
+    let curl = |(cert, key): &(String, String)| {
+        let args = [
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.as_str(),
+            "--resolve",
+            resolve.as_str(),
+            "--cert",
+            cert.as_str(),
+            "--key",
+            key.as_str(),
+            url.as_str(),
+        ]
+        .map(str::to_owned);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (status, stdout, stderr) = run_to_exit(
+                std::path::Path::new("curl"),
+                &args,
+                &[],
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("curl (a test prerequisite, see README): {e:#}"));
+            (status.success(), format!("{stdout} {stderr}"))
+        }
+    };
+    assert_eq!(curl(&phone_files).await, (true, "200 ".into()));
+    assert_eq!(curl(&tablet_files).await, (true, "200 ".into()));
+
+    let mut phone_ws = stack.ws(0).await.unwrap();
+    let mut tablet_ws = e2e::ws_connect(
+        &stack.server_ca,
+        HOME_HOST,
+        stack.edge.https_addr(),
+        Some(&tablet),
+    )
+    .await
+    .unwrap();
+    for ws in [&mut phone_ws, &mut tablet_ws] {
+        ws.send(Message::text("before")).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        assert!(matches!(echo, Ok(Some(Ok(Message::Text(_))))), "{echo:?}");
+    }
+
+    let state = stack.pki.root().to_str().unwrap().to_owned();
+    edge_cli(&[
+        "client",
+        "revoke",
+        "phone",
+        "--site",
+        "home",
+        "--state-dir",
+        &state,
+    ])
+    .await;
+    let revoked = std::time::Instant::now();
+
+    // Poll with curl until the phone is refused; the attempt that was refused must have
+    // started within 1 s of the revoke.
+    let refused_at = e2e::poll_until("curl to be refused", Duration::from_secs(10), || async {
+        let started = revoked.elapsed();
+        let (ok, out) = curl(&phone_files).await;
+        (!ok).then_some((started, out))
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "revoked phone refused by an attempt started {:?} after `client revoke` exited ({})",
+        refused_at.0, refused_at.1
+    );
+    assert!(
+        refused_at.0 <= Duration::from_secs(1),
+        "the revoked certificate still worked {:?} after the revoke",
+        refused_at.0
+    );
+    assert!(refused_at.1.starts_with("000"), "{}", refused_at.1);
+
+    // The phone's WebSocket is closed; the tablet's still echoes, and curl still works for it.
+    let phone_closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match phone_ws.next().await {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        phone_closed.is_ok(),
+        "the revoked phone's WebSocket is open"
+    );
+    tablet_ws.send(Message::text("after")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), tablet_ws.next()).await;
+    assert!(
+        matches!(&echo, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "after"),
+        "{echo:?}"
+    );
+    assert_eq!(curl(&tablet_files).await, (true, "200 ".into()));
+    assert!(!curl(&phone_files).await.0);
+}
