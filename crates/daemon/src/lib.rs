@@ -117,17 +117,40 @@ pub fn env(keys: &'static [&'static str]) -> Env {
     })
 }
 
-/// Installs the global tracing subscriber (stderr).
-pub fn init_logging(format: LogFormat, filter: &str) {
+/// How many formatted log lines may wait for the writer thread. When it is full (stderr
+/// cannot keep up), logging waits: lines are never dropped, memory stays bounded (a few MB).
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
+/// Keeps the log writer thread alive; dropping it writes out what is queued. Hold it until
+/// the process is done logging.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+}
+
+/// Installs the global tracing subscriber, writing to stderr from a dedicated thread.
+///
+/// Formatting happens on the thread that logs; the write does not: lines go through a bounded
+/// queue to a writer thread that writes whatever has queued up in one `write` (through a
+/// `BufWriter`). With one access line per request, a write syscall per line on the request
+/// path cost the edge about 40% of its small-request throughput (measured with
+/// `bench/run.sh`, see docs/benchmarks.md).
+pub fn init_logging(format: LogFormat, filter: &str) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .thread_name("doorless-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.compact().init(),
     }
+    LogGuard { _worker: worker }
 }
 
 /// Resolves on SIGTERM or SIGINT (or never, if the handlers cannot be installed).
