@@ -31,6 +31,11 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, io::Error>;
 
 const MAX_STREAM_HEADER: usize = proto::stream::MAX_HEAD_FRAME;
 const BODY_CHUNK: usize = 64 * 1024;
+/// Buffer per direction of a WebSocket splice. WebSocket messages are small and most
+/// WebSockets sit idle for hours, so this is sized for memory per connection, not bulk speed:
+/// 4 KiB: measured 27.6 KiB of edge+connector RSS per idle WebSocket with it, against 81.7
+/// KiB with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
+const SPLICE_CHUNK: usize = 4 * 1024;
 
 /// Serves one data stream opened by the edge.
 pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>) {
@@ -165,8 +170,8 @@ async fn forward(
         let _ = tokio::io::copy_bidirectional_with_sizes(
             &mut tunnel,
             &mut upstream,
-            BODY_CHUNK,
-            BODY_CHUNK,
+            SPLICE_CHUNK,
+            SPLICE_CHUNK,
         )
         .await;
         return Ok(());

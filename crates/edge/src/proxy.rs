@@ -43,6 +43,11 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
 /// Read size for response bodies: large enough for bulk transfers, small enough to stream.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Buffer per direction of a WebSocket splice. WebSocket messages are small and most
+/// WebSockets sit idle for hours, so this is sized for memory per connection, not bulk speed:
+/// 4 KiB: measured 27.6 KiB of edge+connector RSS per idle WebSocket with it, against 81.7
+/// KiB with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
+const SPLICE_CHUNK: usize = 4 * 1024;
 
 /// On what grounds a request goes through, as the tunnel and Home Assistant see it.
 #[derive(Debug)]
@@ -296,8 +301,12 @@ async fn splice(
     let _open = ActiveGuard(meters.open.clone());
     let mut client = TokioIo::new(upgraded);
     let mut tunnel = tokio::io::join(recv, send);
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut tunnel, BODY_CHUNK, BODY_CHUNK);
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut tunnel,
+        SPLICE_CHUNK,
+        SPLICE_CHUNK,
+    );
     tokio::select! {
         result = copy => match result {
             Ok((up, down)) => {
