@@ -408,16 +408,20 @@ enum Kind {
     NginxClassic,
     Rathole,
     Composite,
+    /// The composite with rathole's Noise transport: the tunnel hop encrypted, as doorless's
+    /// always is (plain rathole sends the tunnel in clear text).
+    CompositeNoise,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Doorless,
         Kind::Nginx,
         Kind::NginxClassic,
         Kind::Rathole,
         Kind::Composite,
+        Kind::CompositeNoise,
     ];
     fn id(self) -> &'static str {
         match self {
@@ -427,6 +431,7 @@ impl Kind {
             Kind::NginxClassic => "nginx_classic",
             Kind::Rathole => "rathole",
             Kind::Composite => "composite",
+            Kind::CompositeNoise => "composite_noise",
         }
     }
     fn title(self) -> &'static str {
@@ -437,6 +442,7 @@ impl Kind {
             Kind::NginxClassic => "nginx classic",
             Kind::Rathole => "rathole",
             Kind::Composite => "nginx+rathole",
+            Kind::CompositeNoise => "nginx+rathole (noise)",
         }
     }
 }
@@ -875,16 +881,46 @@ http {{
 
     /// rathole server + client (TCP transport) exposing the backend; returns the service
     /// address and the two pids.
-    async fn rathole(&mut self, tools: &Tools, name: &str) -> Result<(SocketAddr, Vec<u32>)> {
+    async fn rathole(
+        &mut self,
+        tools: &Tools,
+        name: &str,
+        noise: bool,
+    ) -> Result<(SocketAddr, Vec<u32>)> {
         let control = free_port()?;
         let service = free_port()?;
+        let (server_transport, client_transport) = if noise {
+            // `rathole --genkey`: "Private Key:\n<b64>\n\nPublic Key:\n<b64>".
+            let out = Command::new(&tools.rathole).arg("--genkey").output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let keys: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.ends_with(':'))
+                .collect();
+            let [private, public] = keys[..] else {
+                bail!("rathole --genkey printed {text:?}");
+            };
+            (
+                format!(
+                    "[server.transport]\ntype = \"noise\"\n[server.transport.noise]\n\
+                     local_private_key = \"{private}\"\n"
+                ),
+                format!(
+                    "[client.transport]\ntype = \"noise\"\n[client.transport.noise]\n\
+                     remote_public_key = \"{public}\"\n"
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let server = format!(
             "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
-             [server.services.ha]\nbind_addr = \"127.0.0.1:{service}\"\n"
+             [server.services.ha]\nbind_addr = \"127.0.0.1:{service}\"\n{server_transport}"
         );
         let client = format!(
             "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
-             [client.services.ha]\nlocal_addr = \"{}\"\n",
+             [client.services.ha]\nlocal_addr = \"{}\"\n{client_transport}",
             self.backend
         );
         let sp = self.path(&format!("{name}-server.toml"));
@@ -1781,14 +1817,14 @@ async fn run(opts: Opts) -> Result<()> {
     wait_get_ok(&classic, &pki).await?;
     targets.push(classic);
     if tools.rathole.is_file() {
-        let (rat_addr, rat_pids) = fleet.rathole(&tools, "rathole").await?;
+        let (rat_addr, rat_pids) = fleet.rathole(&tools, "rathole", false).await?;
         targets.push(Target {
             kind: Kind::Rathole,
             addr: rat_addr,
             tls: false,
             roots: rat_pids,
         });
-        let (comp_rat, comp_rat_pids) = fleet.rathole(&tools, "composite-rathole").await?;
+        let (comp_rat, comp_rat_pids) = fleet.rathole(&tools, "composite-rathole", false).await?;
         let (mut comp, _) = fleet
             .nginx(&tools, &pki, "composite-nginx", comp_rat, true)
             .await?;
@@ -1796,6 +1832,16 @@ async fn run(opts: Opts) -> Result<()> {
         comp.roots.extend(comp_rat_pids);
         wait_get_ok(&comp, &pki).await?;
         targets.push(comp);
+        let (noise_rat, noise_rat_pids) = fleet
+            .rathole(&tools, "composite-noise-rathole", true)
+            .await?;
+        let (mut noise, _) = fleet
+            .nginx(&tools, &pki, "composite-noise-nginx", noise_rat, true)
+            .await?;
+        noise.kind = Kind::CompositeNoise;
+        noise.roots.extend(noise_rat_pids);
+        wait_get_ok(&noise, &pki).await?;
+        targets.push(noise);
     }
     if let Some(keep) = &opts.targets {
         targets.retain(|t| keep.iter().any(|k| k == t.kind.id()));
@@ -2147,12 +2193,15 @@ fn render(
     for k in Kind::ALL {
         let _ = write!(md, " {} |", k.title());
     }
-    let _ = writeln!(md, " ÷ nginx 1-hop | ÷ nginx+rathole | ÷ direct |");
+    let _ = writeln!(
+        md,
+        " ÷ nginx 1-hop | ÷ nginx+rathole | ÷ nginx+rathole (noise) | ÷ direct |"
+    );
     let _ = write!(md, "|---|---|");
     for _ in Kind::ALL {
         let _ = write!(md, "---:|");
     }
-    let _ = writeln!(md, "---:|---:|---:|");
+    let _ = writeln!(md, "---:|---:|---:|---:|");
     let mut metrics_json = Vec::new();
     for m in &res.metrics {
         let _ = write!(md, "| {} | {} |", m.label, m.unit);
@@ -2165,7 +2214,12 @@ fn render(
             let _ = write!(md, " {} |", v.map_or("—".into(), fmt_num));
         }
         let d = meds.get(&Kind::Doorless).copied();
-        for r in [Kind::Nginx, Kind::Composite, Kind::Direct] {
+        for r in [
+            Kind::Nginx,
+            Kind::Composite,
+            Kind::CompositeNoise,
+            Kind::Direct,
+        ] {
             let ratio = match (d, meds.get(&r)) {
                 (Some(d), Some(&x)) if x != 0.0 => format!("{:.2}×", d / x),
                 _ => "—".into(),
@@ -2309,6 +2363,27 @@ fn render(
             g("hs_x25519", d) >= g("hs_x25519", n),
         );
     }
+    // The same comparisons against the composite with an encrypted tunnel hop (rathole's
+    // Noise transport), which is what doorless's QUIC hop always is. Not issue targets.
+    let e = Kind::CompositeNoise;
+    let mut reference = Vec::new();
+    for (id, what, unit) in [
+        ("get_h1_c64_rps", "GET c=64 h1 req/s", "req/s"),
+        ("get_h1_c64_p99", "GET c=64 h1 p99", "ms"),
+        ("down_mbps", "download", "MB/s"),
+        ("up_mbps", "upload", "MB/s"),
+        ("down_cpu", "download CPU", "CPU-s/GiB"),
+        ("up_cpu", "upload CPU", "CPU-s/GiB"),
+    ] {
+        if let (Some(dv), Some(ev)) = (res.median(id, d), res.median(id, e)) {
+            reference.push(format!(
+                "- {what}: doorless {} vs {} {unit} ({:.2}×)",
+                fmt_num(dv),
+                fmt_num(ev),
+                dv / ev
+            ));
+        }
+    }
     if res.median("idle_ws_kib", d).is_some() {
         check(
             format!(
@@ -2353,6 +2428,14 @@ fn render(
         check(
             format!("flood: zero failed authenticated requests: {failed}"),
             failed == 0.0,
+        );
+    }
+    if !reference.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nAgainst nginx + rathole with its Noise transport (tunnel hop encrypted, like \
+             doorless's; for reference, not a target):\n\n{}\n",
+            reference.join("\n")
         );
     }
     if !res.notes.is_empty() {
