@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # doorless benchmark: installs what it needs, builds release binaries, runs the driver.
 #
-#   bench/run.sh                 # full run (~25 min on 2 cores): medians of 3
+#   bench/run.sh                 # full run (~40 min on 2 cores): medians of 3
 #   bench/run.sh --quick         # smoke run (~3 min): 1 run, short loads
-#   bench/run.sh --only get,bulk # a subset (get,bulk,handshake,ws,idle,flood,iperf)
+#   bench/run.sh --only get,bulk # a subset (get,bulk,handshake,ws,idle,flood,iperf); --targets doorless,composite_noise,...
 #
 # Everything runs on loopback (127.0.0.1, the flood from 127.0.0.2). Results:
 # bench/results/latest.md and latest.json (git-ignored; docs/benchmarks.md quotes them).
