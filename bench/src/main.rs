@@ -1774,6 +1774,80 @@ fn main() -> Result<()> {
         .block_on(run(opts))
 }
 
+/// Starts every target kind (those in `only`, if given) in `fleet`, process names prefixed
+/// with `prefix`.
+async fn start_targets(
+    fleet: &mut Fleet,
+    tools: &Tools,
+    pki: &Pki,
+    prefix: &str,
+    only: Option<&[String]>,
+) -> Result<Vec<Target>> {
+    let wanted = |k: Kind| only.is_none_or(|l| l.iter().any(|id| id == k.id()));
+    let backend = fleet.backend;
+    let mut targets: Vec<Target> = Vec::new();
+    if wanted(Kind::Direct) {
+        targets.push(Target {
+            kind: Kind::Direct,
+            addr: backend,
+            tls: false,
+            roots: vec![],
+        });
+    }
+    if wanted(Kind::Doorless) {
+        targets.push(
+            fleet
+                .doorless(tools, pki, &format!("{prefix}doorless"), true, false)
+                .await?,
+        );
+    }
+    for (kind, name, pool) in [
+        (Kind::Nginx, "nginx", true),
+        (Kind::NginxClassic, "nginx-classic", false),
+    ] {
+        if wanted(kind) {
+            let (mut t, _) = fleet
+                .nginx(tools, pki, &format!("{prefix}{name}"), backend, pool)
+                .await?;
+            t.kind = kind;
+            wait_get_ok(&t, pki).await?;
+            targets.push(t);
+        }
+    }
+    if !tools.rathole.is_file() {
+        return Ok(targets);
+    }
+    if wanted(Kind::Rathole) {
+        let (addr, roots) = fleet
+            .rathole(tools, &format!("{prefix}rathole"), false)
+            .await?;
+        targets.push(Target {
+            kind: Kind::Rathole,
+            addr,
+            tls: false,
+            roots,
+        });
+    }
+    for (kind, name, noise) in [
+        (Kind::Composite, "composite", false),
+        (Kind::CompositeNoise, "composite-noise", true),
+    ] {
+        if wanted(kind) {
+            let (rat, rat_pids) = fleet
+                .rathole(tools, &format!("{prefix}{name}-rathole"), noise)
+                .await?;
+            let (mut t, _) = fleet
+                .nginx(tools, pki, &format!("{prefix}{name}-nginx"), rat, true)
+                .await?;
+            t.kind = kind;
+            t.roots.extend(rat_pids);
+            wait_get_ok(&t, pki).await?;
+            targets.push(t);
+        }
+    }
+    Ok(targets)
+}
+
 async fn run(opts: Opts) -> Result<()> {
     let tools = Tools::find(&opts.root)?;
     let tck = clk_tck();
@@ -1784,18 +1858,7 @@ async fn run(opts: Opts) -> Result<()> {
     let backend = fleet.backend;
     eprintln!("== backend on {backend}");
 
-    let mut targets: Vec<Target> = Vec::new();
-    targets.push(Target {
-        kind: Kind::Direct,
-        addr: backend,
-        tls: false,
-        roots: vec![],
-    });
-    targets.push(
-        fleet
-            .doorless(&tools, &pki, "doorless", true, false)
-            .await?,
-    );
+    let mut targets = start_targets(&mut fleet, &tools, &pki, "", opts.targets.as_deref()).await?;
     // The same with the default log filter (one access line per request on stderr).
     let door_log = if opts.wants("get") {
         Some(
@@ -1806,46 +1869,7 @@ async fn run(opts: Opts) -> Result<()> {
     } else {
         None
     };
-    let (mut nginx, _) = fleet.nginx(&tools, &pki, "nginx", backend, true).await?;
-    wait_get_ok(&nginx, &pki).await?;
-    nginx.kind = Kind::Nginx;
-    targets.push(nginx);
-    let (mut classic, _) = fleet
-        .nginx(&tools, &pki, "nginx-classic", backend, false)
-        .await?;
-    classic.kind = Kind::NginxClassic;
-    wait_get_ok(&classic, &pki).await?;
-    targets.push(classic);
-    if tools.rathole.is_file() {
-        let (rat_addr, rat_pids) = fleet.rathole(&tools, "rathole", false).await?;
-        targets.push(Target {
-            kind: Kind::Rathole,
-            addr: rat_addr,
-            tls: false,
-            roots: rat_pids,
-        });
-        let (comp_rat, comp_rat_pids) = fleet.rathole(&tools, "composite-rathole", false).await?;
-        let (mut comp, _) = fleet
-            .nginx(&tools, &pki, "composite-nginx", comp_rat, true)
-            .await?;
-        comp.kind = Kind::Composite;
-        comp.roots.extend(comp_rat_pids);
-        wait_get_ok(&comp, &pki).await?;
-        targets.push(comp);
-        let (noise_rat, noise_rat_pids) = fleet
-            .rathole(&tools, "composite-noise-rathole", true)
-            .await?;
-        let (mut noise, _) = fleet
-            .nginx(&tools, &pki, "composite-noise-nginx", noise_rat, true)
-            .await?;
-        noise.kind = Kind::CompositeNoise;
-        noise.roots.extend(noise_rat_pids);
-        wait_get_ok(&noise, &pki).await?;
-        targets.push(noise);
-    }
-    if let Some(keep) = &opts.targets {
-        targets.retain(|t| keep.iter().any(|k| k == t.kind.id()));
-    }
+    targets.sort_by_key(|t| t.kind);
     for t in &targets {
         eprintln!(
             "== {:<16} {} pids {:?}",
@@ -2060,7 +2084,24 @@ async fn run(opts: Opts) -> Result<()> {
             if idle_n < opts.idle_ws && run == 0 {
                 res.note(format!("idle WebSockets: {idle_n} instead of {} (open-file limit {nofile}; a proxy needs 2 fds per WebSocket)", opts.idle_ws));
             }
-            for t in targets.iter().filter(|t| !t.roots.is_empty()) {
+            // On freshly started processes: the long-lived ones have run every other
+            // scenario, and what their allocators kept would pass for WebSocket memory.
+            let mut fresh_fleet = Fleet {
+                dir: tempfile::Builder::new()
+                    .prefix("doorless-bench-idle-")
+                    .tempdir()?,
+                procs: Vec::new(),
+                backend,
+            };
+            let fresh = start_targets(
+                &mut fresh_fleet,
+                &tools,
+                &pki,
+                &format!("idle{run}-"),
+                opts.targets.as_deref(),
+            )
+            .await?;
+            for t in fresh.iter().filter(|t| !t.roots.is_empty()) {
                 match ws_idle(t, &pki, idle_n).await {
                     Ok((opened, per)) => {
                         eprintln!(
@@ -2070,7 +2111,7 @@ async fn run(opts: Opts) -> Result<()> {
                         res.add(
                             "idle_ws_kib",
                             &format!(
-                                "idle WebSockets: proxy RSS per WebSocket (target {})",
+                                "idle WebSockets (fresh processes): proxy RSS per WebSocket (target {})",
                                 opts.idle_ws
                             ),
                             "KiB",
@@ -2090,6 +2131,7 @@ async fn run(opts: Opts) -> Result<()> {
                     Err(e) => res.note(format!("idle ws {}: {e:#}", t.kind.title())),
                 }
             }
+            drop(fresh_fleet);
         }
         if opts.wants("iperf") {
             match iperf(&tools, &mut fleet, opts.secs).await {
