@@ -1203,6 +1203,40 @@ impl RawResponse {
     }
 }
 
+/// Whether `ws` is closed (end, error or a Close frame) within `deadline`; messages that
+/// arrive before that are read and dropped.
+pub async fn ws_closed_within<S>(ws: &mut WebSocketStream<S>, deadline: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(deadline, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A client identity from PEM alone (what the CLI wrote), for [`client_builder`] and
+/// [`ws_connect`]; the other fields are unused placeholders.
+pub fn pem_identity(cert_pem: String, key_pem: String) -> pki::Issued {
+    pki::Issued {
+        cert_pem,
+        key_pem,
+        cert_der: Vec::new(),
+        key_der: Vec::new(),
+        serial: Vec::new(),
+        not_after: time::OffsetDateTime::now_utc(),
+        fingerprint: [0; 32],
+    }
+}
+
 /// A WebSocket to `wss://host/api/websocket` over tokio-rustls (ALPN http/1.1, SNI = host).
 pub async fn ws_connect(
     server_ca_pem: &[u8],

@@ -30,12 +30,6 @@ use crate::Shared;
 pub type UpstreamBody = UnsyncBoxBody<Bytes, io::Error>;
 
 const MAX_STREAM_HEADER: usize = proto::stream::MAX_HEAD_FRAME;
-const BODY_CHUNK: usize = 64 * 1024;
-/// Buffer per direction of a WebSocket splice. WebSocket messages are small and most
-/// WebSockets sit idle for hours, so this is sized for memory per connection, not bulk speed:
-/// 4 KiB: measured 27.6 KiB of edge+connector RSS per idle WebSocket with it, against 81.7
-/// KiB with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
-const SPLICE_CHUNK: usize = 4 * 1024;
 
 /// Serves one data stream opened by the edge.
 pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>) {
@@ -170,8 +164,8 @@ async fn forward(
         let _ = tokio::io::copy_bidirectional_with_sizes(
             &mut tunnel,
             &mut upstream,
-            SPLICE_CHUNK,
-            SPLICE_CHUNK,
+            transport::SPLICE_CHUNK,
+            transport::SPLICE_CHUNK,
         )
         .await;
         return Ok(());
@@ -210,7 +204,7 @@ fn empty() -> UpstreamBody {
 }
 
 fn tunnel_body(recv: RecvHalf) -> UpstreamBody {
-    let stream = ReaderStream::with_capacity(recv, BODY_CHUNK).map_ok(Frame::data);
+    let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(Frame::data);
     StreamBody::new(stream).boxed_unsync()
 }
 

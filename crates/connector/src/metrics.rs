@@ -30,11 +30,6 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
-}
-
 /// The connector's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -78,14 +73,8 @@ impl Metrics {
             upstream_duration: Histogram::new(exponential_buckets(0.002, 2.0, 16)),
             upstream_errors: Family::default(),
         };
-        let build: Family<VersionLabel, Gauge> = Family::default();
-        build
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
+        daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         let r = &mut registry;
-        r.register("build_info", "Build version", build);
         r.register(
             "edge_connections",
             "Registered edge connections now",

@@ -249,3 +249,19 @@ fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Adm
     );
     response
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// Registers `build_info{version}` = 1, the family both binaries export first.
+pub fn register_build_info(
+    registry: &mut prometheus_client::registry::Registry,
+    version: &'static str,
+) {
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    let build: Family<VersionLabel, Gauge> = Family::default();
+    build.get_or_create(&VersionLabel { version }).set(1);
+    registry.register("build_info", "Build version", build);
+}

@@ -91,11 +91,6 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The edge's metrics.
@@ -168,14 +163,8 @@ impl Metrics {
             revoked_connections_closed: Counter::default(),
             registry: Registry::default(),
         };
-        let build: Family<VersionLabel, Gauge> = Family::default();
-        build
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
+        daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         let r = &mut registry;
-        r.register("build_info", "Build version", build);
         r.register(
             "tls_handshakes",
             "Public TLS handshakes by result and reason",

@@ -41,13 +41,6 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
-/// Read size for response bodies: large enough for bulk transfers, small enough to stream.
-const BODY_CHUNK: usize = 64 * 1024;
-/// Buffer per direction of a WebSocket splice. WebSocket messages are small and most
-/// WebSockets sit idle for hours, so this is sized for memory per connection, not bulk speed:
-/// 4 KiB: measured 27.6 KiB of edge+connector RSS per idle WebSocket with it, against 81.7
-/// KiB with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
-const SPLICE_CHUNK: usize = 4 * 1024;
 
 /// On what grounds a request goes through, as the tunnel and Home Assistant see it.
 #[derive(Debug)]
@@ -274,7 +267,7 @@ type Keep = (OwnedSemaphorePermit, Option<Registration>);
 
 /// The response body read from the tunnel; holds `keep` until it is dropped.
 fn tunnel_body(recv: RecvHalf, keep: Keep) -> ResponseBody {
-    let stream = ReaderStream::with_capacity(recv, BODY_CHUNK).map_ok(move |chunk| {
+    let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(move |chunk| {
         let _ = &keep;
         Frame::data(chunk)
     });
@@ -304,8 +297,8 @@ async fn splice(
     let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut tunnel,
-        SPLICE_CHUNK,
-        SPLICE_CHUNK,
+        transport::SPLICE_CHUNK,
+        transport::SPLICE_CHUNK,
     );
     tokio::select! {
         result = copy => match result {
@@ -338,14 +331,19 @@ struct SpliceMeters {
 pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
 
 /// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
-/// `on_end` once when the body ends or is dropped.
-pub fn metered(body: ResponseBody, bytes: Counter, active: Gauge, on_end: OnEnd) -> ResponseBody {
+/// `on_end` (if any) once when the body ends or is dropped.
+pub fn metered(
+    body: ResponseBody,
+    bytes: Counter,
+    active: Gauge,
+    on_end: Option<OnEnd>,
+) -> ResponseBody {
     Metered {
         complete: hyper::body::Body::is_end_stream(&body),
         inner: body,
         bytes,
         sent: 0,
-        on_end: Some(on_end),
+        on_end,
         _active: ActiveGuard(active),
     }
     .boxed_unsync()

@@ -306,7 +306,8 @@ fn outcome_error(response: &Response<ResponseBody>) -> Option<ProxyError> {
 }
 
 /// The single finish point: counts the request and returns its access-log line, written
-/// once when the response body ends.
+/// once when the response body ends (`None` when the `access` target is filtered out, so a
+/// disabled access log costs nothing per request).
 fn finish(
     peer: &Peer,
     shared: &Shared,
@@ -315,7 +316,7 @@ fn finish(
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
     started: tokio::time::Instant,
-) -> proxy::OnEnd {
+) -> Option<proxy::OnEnd> {
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
     let metrics = &shared.metrics;
@@ -341,6 +342,9 @@ fn finish(
             })
             .inc();
     }
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return None;
+    }
     // The access line is written when the body is done, so it can say how many bytes went
     // out and whether all of them did.
     let site = site.clone();
@@ -349,7 +353,7 @@ fn finish(
     let client = peer.addr.ip();
     let method = method.clone();
     let head_ms = elapsed * 1000.0;
-    Box::new(move |bytes, complete| {
+    Some(Box::new(move |bytes, complete| {
         let total_ms = started.elapsed().as_secs_f64() * 1000.0;
         match error {
             None => info!(
@@ -379,5 +383,5 @@ fn finish(
                 "request failed"
             ),
         }
-    })
+    }))
 }

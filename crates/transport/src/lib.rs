@@ -25,5 +25,5 @@ pub use endpoint::{
     ClientEndpoint, ClientTls, Connection, Incoming, PathStats, ServerEndpoint, ServerTls,
 };
 pub use error::Error;
-pub use stream::{RecvHalf, SendHalf, reset_code};
+pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf, reset_code};
 pub use tuning::Tuning;

@@ -12,6 +12,16 @@ use bytes::Bytes;
 use proto::StreamError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Read size for request and response bodies on both ends: large enough for bulk transfers,
+/// small enough to stream.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// Buffer per direction of a WebSocket splice, on both ends. WebSocket messages are small and
+/// most WebSockets sit idle for hours, so this is sized for memory per connection, not bulk
+/// speed: 4 KiB measured 27.6 KiB of edge+connector RSS per idle WebSocket, against 81.7 KiB
+/// with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
+pub const SPLICE_CHUNK: usize = 4 * 1024;
+
 /// The sending side of a data stream.
 #[derive(Debug)]
 pub struct SendHalf {

@@ -67,15 +67,7 @@ async fn init_site_add_client_add_then_run() {
     let _connector = e2e::Connector::start(config).await.unwrap();
 
     let server_ca = std::fs::read(pki::StateDir::open(&state).unwrap().server_ca_path()).unwrap();
-    let device = pki::Issued {
-        cert_pem,
-        key_pem,
-        cert_der: Vec::new(),
-        key_der: Vec::new(),
-        serial: Vec::new(),
-        not_after: time::OffsetDateTime::now_utc(),
-        fingerprint: [0; 32],
-    };
+    let device = e2e::pem_identity(cert_pem, key_pem);
     let url = format!(
         "https://{HOME_HOST}:{}/status/200",
         edge.https_addr().port()
@@ -212,19 +204,8 @@ async fn curl_then_cli_revoke_cuts_one_device_and_spares_the_other() {
     assert!(refused_at.1.starts_with("000"), "{}", refused_at.1);
 
     // The phone's WebSocket is closed; the tablet's still echoes, and curl still works for it.
-    let phone_closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match phone_ws.next().await {
-                None | Some(Err(_) | Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(
-        phone_closed.is_ok(),
-        "the revoked phone's WebSocket is open"
-    );
+    let phone_closed = e2e::ws_closed_within(&mut phone_ws, Duration::from_secs(10)).await;
+    assert!(phone_closed, "the revoked phone's WebSocket is open");
     tablet_ws.send(Message::text("after")).await.unwrap();
     let echo = tokio::time::timeout(Duration::from_secs(10), tablet_ws.next()).await;
     assert!(

@@ -35,15 +35,7 @@ async fn demo_prints_working_commands_and_serves_the_page_and_websocket() {
     );
     assert!(!curl_refused.contains("--cert"), "{curl_refused}");
 
-    let device = pki::Issued {
-        cert_pem,
-        key_pem,
-        cert_der: Vec::new(),
-        key_der: Vec::new(),
-        serial: Vec::new(),
-        not_after: time::OffsetDateTime::now_utc(),
-        fingerprint: [0; 32],
-    };
+    let device = e2e::pem_identity(cert_pem, key_pem);
     let url = format!("https://{host}:{}/", https.port());
     for version in [HttpVersion::Http1, HttpVersion::Auto] {
         let mut builder = e2e::client_builder(&ca, &host, https, Some(&device)).unwrap();

@@ -196,25 +196,17 @@ async fn safari_like_flow_with_session_cookie() {
     .await
     .unwrap();
     let refused_after = started.elapsed();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+    let closed = e2e::ws_closed_within(&mut ws, Duration::from_secs(5)).await;
     eprintln!(
         "cookie refused {refused_after:?} after revoke; WebSocket closed: {}",
-        closed.is_ok()
+        closed
     );
     assert!(
         refused_after < Duration::from_secs(1),
         "took {refused_after:?}"
     );
     assert!(
-        closed.is_ok(),
+        closed,
         "the cookie's WebSocket stayed open after the revoke"
     );
 }
