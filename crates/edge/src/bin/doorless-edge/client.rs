@@ -1,0 +1,468 @@
+//! `doorless-edge client`: issue, sign, list, revoke and renew device certificates, and re-sign
+//! a site's CRL; writes the files a device imports (.p12, .mobileconfig, PEM).
+//!
+//! Not revocation on the running edge: that watches the state directory this writes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::StateArg;
+
+/// Where and how `client add` / `client renew` package a device certificate.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PackageArgs {
+    /// Validity in days.
+    #[arg(long, default_value_t = 730)]
+    days: u32,
+    /// Output directory (created if missing).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Password of the .p12 (printable ASCII). Default: a strong generated one, printed once.
+    #[arg(long, env = "DOORLESS_P12_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Write an AES-256/SHA-256 .p12 instead of the legacy 3DES/SHA-1 one that imports
+    /// everywhere (old iPhones and Android 13 and older refuse AES).
+    #[arg(long)]
+    modern: bool,
+    /// RSA-2048 key instead of ECDSA P-256 (for very old devices).
+    #[arg(long)]
+    rsa: bool,
+    /// Leave the edge's local server CA out of the .mobileconfig (when the edge has a publicly
+    /// trusted HTTPS certificate).
+    #[arg(long)]
+    no_server_ca: bool,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Issue a device certificate; writes NAME.p12, NAME.mobileconfig, NAME.crt and NAME.key.
+    Add {
+        /// Device name (lowercase letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// Site the device may open.
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        package: PackageArgs,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Sign a device's own certificate signing request (its key never leaves it); writes
+    /// NAME.crt.
+    SignCsr {
+        /// The CSR (PEM).
+        file: PathBuf,
+        /// Site the device may open.
+        #[arg(long)]
+        site: String,
+        /// Device name (the CSR's subject is ignored).
+        #[arg(long)]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 730)]
+        days: u32,
+        /// Output directory (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Overwrite an existing NAME.crt.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// List issued certificates (devices and connectors).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Revoke a certificate by device name or serial number; a running edge refuses it within
+    /// a second and closes its connections.
+    Revoke {
+        /// Device (or connector) name, or serial number in hex (colons optional).
+        target: String,
+        /// Site of the device (needed when the name exists in several sites).
+        #[arg(long)]
+        site: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Re-issue a device certificate (new key, new serial) and revoke the old one.
+    Renew {
+        /// Device name.
+        name: String,
+        /// Site of the device.
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        package: PackageArgs,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Re-sign the site's CRL (crl.pem, valid for 7 days); run it from cron if other tools read
+    /// the CRL.
+    Crl {
+        /// Site name.
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+impl ClientCommand {
+    /// Runs the verb.
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        match self {
+            ClientCommand::Add {
+                name,
+                site,
+                package,
+                state,
+            } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let plan = Package::prepare(&state, &name, &package)?;
+                let issued =
+                    state.add_client(&site, &name, pki::Validity::days(package.days), plan.key)?;
+                println!(
+                    "Issued device {name} for site {site}: serial {}, valid until {}.",
+                    hex(&issued.serial),
+                    issued.not_after.date()
+                );
+                plan.write(&state, &site, &name, &issued)
+            }
+            ClientCommand::Renew {
+                name,
+                site,
+                package,
+                state,
+            } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let plan = Package::prepare(&state, &name, &package)?;
+                let renewed =
+                    state.renew(&site, &name, pki::Validity::days(package.days), plan.key)?;
+                println!(
+                    "Renewed device {name} of site {site}: new serial {}, valid until {}.",
+                    hex(&renewed.issued.serial),
+                    renewed.issued.not_after.date()
+                );
+                println!(
+                    "Revoked the old certificate (serial {}); a running edge refuses it within a second.",
+                    renewed.revoked.serial
+                );
+                if let Some(e) = &renewed.crl_error {
+                    eprintln!(
+                        "doorless-edge: warning: the CRL of site {site} could not be rewritten: {e}; \
+                     run `doorless-edge client crl --site {site}`"
+                    );
+                }
+                plan.write(&state, &site, &name, &renewed.issued)
+            }
+            ClientCommand::SignCsr {
+                file,
+                site,
+                name,
+                days,
+                out,
+                force,
+                state,
+            } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let csr = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let cert = out.join(format!("{name}.crt"));
+                refuse_existing(&[&cert], force)?;
+                let certified = state
+                    .sign_client_csr(&site, &name, &csr, pki::Validity::days(days))
+                    .with_context(|| format!("{}", file.display()))?;
+                create_out_dir(&out)?;
+                write_file(&cert, certified.cert_pem.as_bytes(), 0o644, force)?;
+                println!(
+                    "Signed {} for device {name} of site {site}: serial {}, valid until {}.",
+                    file.display(),
+                    hex(&certified.serial),
+                    certified.not_after.date()
+                );
+                println!(
+                    "  {}  the certificate (PEM); the key stayed on the device",
+                    cert.display()
+                );
+                Ok(())
+            }
+            ClientCommand::List { json, site, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                if let Some(site) = &site {
+                    state.site(site)?;
+                }
+                let clients: Vec<pki::IndexEntry> = state
+                    .clients()?
+                    .into_iter()
+                    .filter(|c| site.as_ref().is_none_or(|s| &c.site == s))
+                    .collect();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&clients)?);
+                } else {
+                    println!(
+                        "{:<10} {:<16} {:<24} {:<32} {:<20} REVOKED",
+                        "KIND", "SITE", "NAME", "SERIAL", "NOT AFTER"
+                    );
+                    for c in clients {
+                        println!(
+                            "{:<10} {:<16} {:<24} {:<32} {:<20} {}",
+                            c.kind.as_str(),
+                            c.site,
+                            c.name,
+                            c.serial,
+                            c.not_after,
+                            c.revoked_at.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+                Ok(())
+            }
+            ClientCommand::Revoke {
+                target,
+                site,
+                state,
+            } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let entry = state.revoke_any(site.as_deref(), &target)?;
+                println!(
+                    "Revoked {} {} of site {} (serial {}, fingerprint {}).",
+                    entry.kind, entry.name, entry.site, entry.serial, entry.fingerprint
+                );
+                if entry.kind == pki::Kind::Device {
+                    println!(
+                        "A running edge refuses it within a second and closes its open connections; \
+                     no restart needed."
+                    );
+                    println!("CRL updated: {}", state.crl_path(&entry.site).display());
+                    println!(
+                        "To replace the device: doorless-edge client add NEW-NAME --site {} (or \
+                     `client add {}` again now that the old certificate is revoked).",
+                        entry.site, entry.name
+                    );
+                } else {
+                    println!("A running edge refuses it within a second; no restart needed.");
+                }
+                Ok(())
+            }
+            ClientCommand::Crl { site, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let path = state.write_crl(&site)?;
+                println!(
+                    "Re-signed the CRL of site {site}: {} (valid for {} days; re-run before then).",
+                    path.display(),
+                    pki::CRL_DAYS
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The output of `client add` / `client renew`, checked before anything is issued so that a
+/// bad password or an existing file never costs a recorded certificate.
+struct Package<'a> {
+    args: &'a PackageArgs,
+    key: pki::KeyType,
+    password: String,
+    generated: bool,
+    files: [PathBuf; 4],
+}
+
+impl<'a> Package<'a> {
+    fn prepare(state: &pki::StateDir, name: &str, args: &'a PackageArgs) -> anyhow::Result<Self> {
+        // Before touching the file system with it: the name becomes file names.
+        pki::validate_name(name)?;
+        let (password, generated) = match &args.password {
+            Some(p) => {
+                pki::check_password(p)?;
+                (p.clone(), false)
+            }
+            None => (pki::generate_password()?, true),
+        };
+        let files =
+            ["p12", "mobileconfig", "crt", "key"].map(|ext| args.out.join(format!("{name}.{ext}")));
+        refuse_existing(&files.iter().collect::<Vec<_>>(), args.force)?;
+        // Readable before issuing: the profile needs it.
+        if !args.no_server_ca {
+            read_cert_der(&state.server_ca_path())?;
+        }
+        Ok(Self {
+            args,
+            key: if args.rsa {
+                pki::KeyType::Rsa2048
+            } else {
+                pki::KeyType::EcdsaP256
+            },
+            password,
+            generated,
+            files,
+        })
+    }
+
+    fn write(
+        &self,
+        state: &pki::StateDir,
+        site: &str,
+        name: &str,
+        issued: &pki::Issued,
+    ) -> anyhow::Result<()> {
+        let result = self.write_files(state, site, name, issued);
+        if result.is_err() {
+            eprintln!(
+                "doorless-edge: the certificate is recorded but its files could not all be \
+                 written; its key exists nowhere else. Revoke it (doorless-edge client revoke \
+                 {name} --site {site}) and issue a new one."
+            );
+        }
+        result
+    }
+
+    fn write_files(
+        &self,
+        state: &pki::StateDir,
+        site: &str,
+        name: &str,
+        issued: &pki::Issued,
+    ) -> anyhow::Result<()> {
+        let profile = if self.args.modern {
+            pki::P12Profile::Modern
+        } else {
+            pki::P12Profile::Legacy
+        };
+        let ca_der = read_cert_der(&state.site(site)?.client_ca_path)?;
+        let p12 = pki::export_p12(
+            name,
+            &issued.cert_der,
+            &issued.key_der,
+            &ca_der,
+            &self.password,
+            profile,
+        )?;
+        let server_ca = match self.args.no_server_ca {
+            true => None,
+            false => Some(read_cert_der(&state.server_ca_path())?),
+        };
+        let mobileconfig = pki::MobileConfig {
+            site,
+            name,
+            cert_der: &issued.cert_der,
+            p12: &p12,
+            server_ca_der: server_ca.as_deref(),
+        }
+        .to_xml();
+
+        create_out_dir(&self.args.out)?;
+        let [p12_path, mc_path, crt_path, key_path] = &self.files;
+        let force = self.args.force;
+        write_file(key_path, issued.key_pem.as_bytes(), 0o600, force)?;
+        write_file(crt_path, issued.cert_pem.as_bytes(), 0o644, force)?;
+        write_file(p12_path, &p12, 0o600, force)?;
+        write_file(mc_path, mobileconfig.as_bytes(), 0o600, force)?;
+
+        println!(
+            "  {}  PKCS#12, {profile}: import on the device",
+            p12_path.display()
+        );
+        println!(
+            "  {}  iOS/macOS profile with the .p12{} (asks for the same password)",
+            mc_path.display(),
+            if server_ca.is_some() {
+                " and the edge's server CA"
+            } else {
+                ""
+            }
+        );
+        println!("  {}  certificate (PEM)", crt_path.display());
+        println!(
+            "  {}  private key (PEM, unencrypted, mode 0600) for curl and scripts",
+            key_path.display()
+        );
+        if self.generated {
+            println!();
+            println!(
+                "Password of {name}.p12 and {name}.mobileconfig (shown only now, stored nowhere):"
+            );
+            println!();
+            println!("    {}", self.password);
+            println!();
+        }
+        println!("How to install it on each kind of device: docs/devices.md");
+        Ok(())
+    }
+}
+
+fn refuse_existing(files: &[&PathBuf], force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    for file in files {
+        if file.exists() {
+            anyhow::bail!(
+                "{} already exists; choose another --out directory, or pass --force to overwrite",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create_out_dir(out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
+fn read_cert_der(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let certs = pki::load_certs(path)?;
+    let first = certs
+        .into_iter()
+        .next()
+        .with_context(|| format!("{}: no certificate", path.display()))?;
+    Ok(first.to_vec())
+}
+
+/// Writes `data` with `mode` from creation on. Without `force`, never replaces a file (even one
+/// that appeared since the check); with it, replaces atomically.
+fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let context = || format!("writing {}", path.display());
+    let target = if force {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        path.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.unwrap_or_default(),
+            std::process::id()
+        ))
+    } else {
+        path.to_owned()
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&target)
+        .with_context(context)?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .with_context(context)?;
+    if force {
+        std::fs::rename(&target, path).with_context(context)?;
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

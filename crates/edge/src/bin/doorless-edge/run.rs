@@ -1,0 +1,69 @@
+//! `doorless-edge run` and `check-config`: load the configuration, then serve until a signal.
+//!
+//! Not the server itself: `edge::Edge` is; this only binds it, writes the ready file and
+//! hands it the shutdown signal.
+
+use std::path::{Path, PathBuf};
+
+use edge::config::{Config, LogFormat};
+
+/// The arguments of `run` (its help text is on `Command::Run`, which clap prefers).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Run {
+    /// Configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Write the bound addresses as JSON here once ready.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log format (`text` or `json`), overriding `log.format`.
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+}
+
+impl Run {
+    /// Runs the edge until SIGTERM or Ctrl-C.
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        let config = load_config(&self.config)?;
+        let _log = daemon::init_logging(
+            self.log_format.unwrap_or(config.log.format),
+            &config.log.filter,
+        );
+        let rt = runtime()?;
+        rt.block_on(async {
+            let edge = edge::Edge::bind(config).await?;
+            if let Some(path) = &self.ready_file {
+                daemon::write_ready_file(path, &serde_json::to_value(edge.addrs())?)?;
+            }
+            edge.run(daemon::shutdown_on_signal()).await
+        })
+    }
+}
+
+/// The arguments of `check-config`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckConfig {
+    /// Configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+impl CheckConfig {
+    /// Loads and validates the file; prints `PATH: ok`.
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        load_config(&self.config)?;
+        println!("{}: ok", self.config.display());
+        Ok(())
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// The multi-threaded runtime of `run` and `demo`.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
