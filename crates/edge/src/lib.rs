@@ -24,7 +24,6 @@ pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod connectors;
-pub mod demo;
 pub mod error;
 pub mod limit;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! code. Nothing else happens here.
 
 mod client;
+mod demo;
 mod init;
 mod run;
 mod site;
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
             ready_file,
         } => run::runtime().and_then(|rt| {
             let _log = daemon::init_logging(LogFormat::Text, "info,access=off");
-            rt.block_on(edge::demo::run(port, dir, ready_file))
+            rt.block_on(demo::run(port, dir, ready_file))
         }),
     };
     match result {

@@ -13,15 +13,15 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::Edge;
-use crate::config::{Config, RawConfig, RawListen};
+use edge::Edge;
+use edge::config::{Config, RawConfig, RawListen};
 
 const SITE: &str = "demo";
 const HOST: &str = "home.localhost";
 const DEVICE: &str = "demo-phone";
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(
+pub(crate) async fn run(
     port: u16,
     dir: Option<PathBuf>,
     ready_file: Option<PathBuf>,
