@@ -80,6 +80,24 @@ pub struct RawConfig {
     pub log: RawLog,
 }
 
+impl Default for RawConfig {
+    /// What an empty file means: no token yet, every other key at its documented default.
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            edges: Vec::new(),
+            upstream: default_upstream(),
+            connections: default_connections(),
+            listen: RawListen::default(),
+            limits: RawLimits::default(),
+            tunnel: RawTunnel::default(),
+            reconnect: RawReconnect::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
 fn default_upstream() -> String {
     "http://homeassistant:8123".into()
 }
@@ -227,7 +245,23 @@ impl Config {
         Self::from_figment(figment.merge(daemon::env(ENV_KEYS)), &source)
     }
 
-    /// Validates an in-memory `RawConfig` (used by the demo and tests).
+    /// An in-process connector (the demo's): enrolled with `token`, forwarding to `upstream`
+    /// (`http://HOST:PORT`), its admin listener on `admin`, every other key at its default.
+    /// Validated exactly like a file.
+    pub fn new(
+        token: &pki::EnrollmentToken,
+        upstream: &str,
+        admin: SocketAddr,
+    ) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig {
+            token: Some(Secret(token.encode())),
+            upstream: upstream.to_owned(),
+            listen: RawListen { admin },
+            ..RawConfig::default()
+        })
+    }
+
+    /// Validates an in-memory `RawConfig` (used by tests).
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         Self::from_figment(Figment::from(Serialized::defaults(raw)), "built-in")
     }
@@ -343,6 +377,46 @@ mod tests {
             panic!("typo must be refused");
         };
         assert!(e.to_string().contains("tokn"), "{e}");
+    }
+
+    #[test]
+    fn raw_default_is_an_empty_file() {
+        let empty: RawConfig = match Figment::new().extract() {
+            Ok(raw) => raw,
+            Err(e) => panic!("an empty file must parse: {e}"),
+        };
+        let json = |raw: &RawConfig| serde_json::to_value(raw).map_err(|e| e.to_string());
+        assert_eq!(json(&RawConfig::default()), json(&empty));
+    }
+
+    #[test]
+    fn new_is_token_upstream_admin_and_defaults() {
+        let issue = || -> Result<_, Box<dyn std::error::Error>> {
+            let dir = tempfile::tempdir()?;
+            let state = pki::StateDir::init(dir.path(), &pki::InitOptions::default())?;
+            state.add_site("demo", &["home.localhost".to_owned()])?;
+            Ok(state.issue_connector("demo", None)?)
+        };
+        let token = match issue() {
+            Ok(token) => token,
+            Err(e) => panic!("issuing a token: {e}"),
+        };
+        let admin = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = match Config::new(&token, "http://127.0.0.1:8123", admin) {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.token, token);
+        assert_eq!(config.edges, token.edges);
+        assert_eq!(config.upstream, "http://127.0.0.1:8123/");
+        assert_eq!(config.listen.admin, admin);
+        assert_eq!(config.connections, default_connections());
+        assert_eq!(config.reconnect.max, RawReconnect::default().max);
+        // Validated like a file: a bad upstream is refused by name.
+        let Err(e) = Config::new(&token, "https://ha:8123", admin) else {
+            panic!("an https upstream must be refused");
+        };
+        assert!(e.to_string().contains("`upstream`"), "{e}");
     }
 
     #[test]

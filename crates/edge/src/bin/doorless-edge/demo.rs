@@ -89,20 +89,11 @@ pub(crate) async fn run(
     // Connector, enrolled with a fresh token.
     let mut token = state.issue_connector(SITE, None)?;
     token.edges = vec![addrs.tunnel.to_string()];
-    let connector_config = connector::config::Config::from_raw(connector::config::RawConfig {
-        token: Some(connector::config::Secret(token.encode())),
-        token_file: None,
-        edges: Vec::new(),
-        upstream: format!("http://{ha_addr}"),
-        connections: 2,
-        listen: connector::config::RawListen {
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-        },
-        limits: Default::default(),
-        tunnel: Default::default(),
-        reconnect: Default::default(),
-        log: Default::default(),
-    })?;
+    let connector_config = connector::config::Config::new(
+        &token,
+        &format!("http://{ha_addr}"),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )?;
     let connector = connector::Connector::bind(connector_config).await?;
     let mut ready = connector.ready();
     let connector_task = tokio::spawn(connector.run(shutdown.clone()));
