@@ -102,8 +102,19 @@ fn build_binaries() -> Result<Binaries> {
     let root = workspace_root();
     let release = !cfg!(debug_assertions);
     let mut cmd = Command::new(cargo());
-    cmd.args(["build", "--bins", "-p", "edge", "-p", "connector"])
-        .current_dir(&root);
+    // `edge/demo`: the `doorless-edge demo` verb (tests/e2e/demo.rs). The same features as the
+    // workspace build (this package depends on edge with it), so this build finds it up to date.
+    cmd.args([
+        "build",
+        "--bins",
+        "-p",
+        "edge",
+        "-p",
+        "connector",
+        "--features",
+        "edge/demo",
+    ])
+    .current_dir(&root);
     if release {
         cmd.arg("--release");
     }

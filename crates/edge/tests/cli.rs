@@ -397,3 +397,35 @@ fn renew_sign_csr_and_crl() {
     );
     cli.ok(&["client", "revoke", "laptop", "--site", "cabin"]);
 }
+
+/// A build without the `demo` feature (a release build) keeps the verb only to say, in one line
+/// on stderr, how to get it; exit code 2 as for a verb that does not exist. `cargo test -p edge`
+/// runs this; in `cargo test --workspace` the e2e package turns the feature on and
+/// tests/tests/e2e/demo.rs runs the demo itself.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_says_how_to_get_it() {
+    for args in [&["demo"][..], &["demo", "--port", "0"], &["demo", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cargo run -p edge --features demo -- demo"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&help.stdout).contains("demo"),
+        "a build without the demo must not offer it"
+    );
+}

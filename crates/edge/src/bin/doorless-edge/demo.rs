@@ -4,6 +4,10 @@
 //! certificate, a connector credential), starts a stand-in Home Assistant, the edge and a
 //! connector in this process, and prints the curl command that gets through and the one that
 //! is refused.
+//!
+//! Compiled only with the edge's `demo` feature (`cargo run -p edge --features demo -- demo`):
+//! it links a connector and the stand-in Home Assistant, which a release edge has no use for.
+//! Without the feature `main.rs` keeps a hidden `demo` verb that says how to get it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,18 +18,36 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use edge::Edge;
-use edge::config::{Config, RawConfig, RawListen};
+use edge::config::{Config, LogFormat, RawConfig, RawListen};
 
 const SITE: &str = "demo";
 const HOST: &str = "home.localhost";
 const DEVICE: &str = "demo-phone";
 
-/// Runs the demo until Ctrl-C.
-pub(crate) async fn run(
+/// The arguments of `demo` (its help text is on `Command::Demo`, which clap prefers).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Demo {
+    /// HTTPS port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8443)]
     port: u16,
+    /// Directory for the demo's throwaway PKI (default: a new temporary directory).
+    #[arg(long)]
     dir: Option<PathBuf>,
+    /// Write the demo's addresses and files as JSON here once ready.
+    #[arg(long)]
     ready_file: Option<PathBuf>,
-) -> anyhow::Result<()> {
+}
+
+impl Demo {
+    /// Runs the demo until Ctrl-C.
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        let rt = crate::run::runtime()?;
+        let _log = daemon::init_logging(LogFormat::Text, "info,access=off");
+        rt.block_on(run(self.port, self.dir, self.ready_file))
+    }
+}
+
+async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let (dir, _temp_guard) = match dir {
         Some(d) => (d, None),
         None => {

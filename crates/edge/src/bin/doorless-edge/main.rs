@@ -3,6 +3,7 @@
 //! code. Nothing else happens here.
 
 mod client;
+#[cfg(feature = "demo")]
 mod demo;
 mod init;
 mod run;
@@ -12,7 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge::config::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,16 +40,15 @@ enum Command {
     /// Check a configuration file and exit.
     CheckConfig(run::CheckConfig),
     /// Run a complete local demo: edge, connector and a stand-in Home Assistant.
+    #[cfg(feature = "demo")]
+    Demo(demo::Demo),
+    /// Built without the `demo` feature (release builds): the verb is hidden and takes any
+    /// arguments, only to say how to get it.
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true, disable_help_flag = true)]
     Demo {
-        /// HTTPS port on 127.0.0.1 (0 picks a free one).
-        #[arg(long, default_value_t = 8443)]
-        port: u16,
-        /// Directory for the demo's throwaway PKI (default: a new temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Write the demo's addresses and files as JSON here once ready.
-        #[arg(long)]
-        ready_file: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
     },
 }
 
@@ -77,14 +76,17 @@ fn main() -> ExitCode {
         Command::Client(client) => client.run(),
         Command::Run(run) => run.run(),
         Command::CheckConfig(check) => check.run(),
-        Command::Demo {
-            port,
-            dir,
-            ready_file,
-        } => run::runtime().and_then(|rt| {
-            let _log = daemon::init_logging(LogFormat::Text, "info,access=off");
-            rt.block_on(demo::run(port, dir, ready_file))
-        }),
+        #[cfg(feature = "demo")]
+        Command::Demo(demo) => demo.run(),
+        // Exit code 2, as clap gives for a verb that does not exist.
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "doorless-edge: this build has no demo (release builds leave it out); run it \
+                 from a source checkout with: cargo run -p edge --features demo -- demo"
+            );
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
