@@ -1009,7 +1009,7 @@ fn run_addon_script(jq: &Path, options: &Value, tmp: &Path) -> (Output, BTreeMap
         )
         .env("DOORLESS_OPTIONS_FILE", &options_file)
         .env("SHIM_ENV_OUT", &env_out)
-        .env("SHIM_REAL", env!("CARGO_BIN_EXE_doorless-connector")));
+        .env("SHIM_REAL", &e2e::binaries().connector));
     let env = std::fs::read_to_string(&env_out)
         .unwrap_or_default()
         .lines()
@@ -1441,7 +1441,7 @@ fn healthchecks_work_against_a_live_endpoint() {
                 .iter()
                 .map(|a| a.replace(":9471/", &format!(":{port}/")))
                 .collect();
-            let out = run(Command::new(env!("CARGO_BIN_EXE_doorless-connector"))
+            let out = run(Command::new(&e2e::binaries().connector)
                 .args(&args)
                 .args(["--timeout", "3"]));
             assert_eq!(
