@@ -1,0 +1,390 @@
+//! Starting the targets: every process of a run (backend, doorless, nginx, rathole, iperf3)
+//! lives in one `Fleet`; dropping it kills them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::clients::get_status;
+use crate::procs::{Proc, addr_of, free_port, wait_json_file};
+use crate::targets::{Kind, Pki, Target, Tools};
+
+/// All processes of the benchmark; dropping it kills them.
+pub(crate) struct Fleet {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) procs: Vec<Proc>,
+    pub(crate) backend: SocketAddr,
+}
+
+impl Fleet {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub(crate) fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<usize> {
+        let p = Proc::spawn(name, self.dir.path(), cmd)?;
+        self.procs.push(p);
+        Ok(self.procs.len() - 1)
+    }
+
+    pub(crate) async fn start_backend() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("doorless-bench-")
+            .tempdir()?;
+        let ready = dir.path().join("backend.ready");
+        let mut proc = Proc::spawn(
+            "backend",
+            dir.path(),
+            Command::new(std::env::current_exe()?)
+                .arg("backend")
+                .arg(&ready),
+        )?;
+        let v = wait_json_file(&mut proc, &ready, Duration::from_secs(10)).await?;
+        let backend = addr_of(&v, "addr")?;
+        Ok(Self {
+            dir,
+            procs: vec![proc],
+            backend,
+        })
+    }
+
+    /// Edge + connector. `bench_limits`: generous limits for load; else the defaults.
+    pub(crate) async fn doorless(
+        &mut self,
+        tools: &Tools,
+        pki: &Pki,
+        name: &str,
+        bench_limits: bool,
+        access_log: bool,
+    ) -> Result<Target> {
+        let limits = if bench_limits {
+            "\n[limits]\nmax_connections = 60000\nmax_connections_per_ip = 60000\n\
+             max_concurrent_handshakes = 4096\nhandshake_rate_per_ip = 1000000.0\n\
+             handshake_burst_per_ip = 1000000\nmax_streams_per_connector = 16384\n"
+        } else {
+            ""
+        };
+        let edge_toml = format!(
+            "state_dir = {state:?}\n\n[listen]\nhttps = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n\
+             admin = \"127.0.0.1:0\"\n{limits}\n[log]\nfilter = \"{filter}\"\n",
+            state = pki.state_root.to_string_lossy(),
+            filter = if access_log {
+                "info"
+            } else {
+                "info,access=off"
+            },
+        );
+        let edge_conf = self.path(&format!("{name}-edge.toml"));
+        let edge_ready = self.path(&format!("{name}-edge.ready"));
+        std::fs::write(&edge_conf, &edge_toml)?;
+        let i = self.spawn(
+            &format!("{name}-edge"),
+            Command::new(&tools.edge)
+                .arg("run")
+                .arg("--config")
+                .arg(&edge_conf)
+                .arg("--ready-file")
+                .arg(&edge_ready),
+        )?;
+        let v = wait_json_file(&mut self.procs[i], &edge_ready, Duration::from_secs(20)).await?;
+        let https = addr_of(&v, "https")?;
+        let tunnel = addr_of(&v, "tunnel")?;
+        let admin = addr_of(&v, "admin")?;
+        let edge_pid = self.procs[i].pid();
+
+        let token = pki.state.issue_connector("home", Some(name))?;
+        let conn_limits = if bench_limits {
+            "\n[limits]\nmax_streams = 16384\npool_max_idle = 256\n"
+        } else {
+            ""
+        };
+        let conn_toml = format!(
+            "token = {token:?}\nupstream = \"http://{backend}\"\nedges = [\"{tunnel}\"]\n\
+             connections = 2\n\n[listen]\nadmin = \"127.0.0.1:0\"\n{conn_limits}\n[log]\n\
+             filter = \"warn\"\n",
+            token = token.encode(),
+            backend = self.backend,
+        );
+        let conn_conf = self.path(&format!("{name}-connector.toml"));
+        let conn_ready = self.path(&format!("{name}-connector.ready"));
+        std::fs::write(&conn_conf, &conn_toml)?;
+        let j = self.spawn(
+            &format!("{name}-connector"),
+            Command::new(&tools.connector)
+                .arg("run")
+                .arg("--config")
+                .arg(&conn_conf)
+                .arg("--ready-file")
+                .arg(&conn_ready),
+        )?;
+        wait_json_file(&mut self.procs[j], &conn_ready, Duration::from_secs(20)).await?;
+        let conn_pid = self.procs[j].pid();
+        // Both QUIC connections registered.
+        let start = Instant::now();
+        loop {
+            let status = admin_status(admin).await.unwrap_or(Value::Null);
+            let n: u64 = status["sites"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["connectors"].as_array().cloned().unwrap_or_default())
+                .map(|c| c["connections"].as_u64().unwrap_or(1))
+                .sum();
+            if n >= 2 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("  note: {name}: only {n} tunnel connection(s) after 10 s: {status}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let t = Target {
+            kind: Kind::Doorless,
+            addr: https,
+            tls: true,
+            roots: vec![edge_pid, conn_pid],
+        };
+        wait_get_ok(&t, pki).await?;
+        Ok(t)
+    }
+
+    /// nginx with `ssl_verify_client on`, `worker_processes 1`, proxying to `upstream`.
+    pub(crate) async fn nginx(
+        &mut self,
+        tools: &Tools,
+        pki: &Pki,
+        name: &str,
+        upstream: SocketAddr,
+        keepalive: bool,
+    ) -> Result<(Target, usize)> {
+        let dir = self.path(name);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let port = free_port()?;
+        let root_user = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        let (pool, conn_default) = if keepalive {
+            (
+                "    keepalive 512;\n    keepalive_requests 1000000;\n    keepalive_timeout 60s;\n",
+                "\"\"",
+            )
+        } else {
+            ("", "close")
+        };
+        let conf = format!(
+            r#"# generated by doorless-bench
+{user}worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_max_body_size 0;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' {conn_default}; }}
+  upstream backend {{
+    server {upstream};
+{pool}  }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    server_name _;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {client_ca};
+    ssl_verify_client on;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Host $host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_request_buffering off;
+      proxy_buffering off;
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+{extra}    }}
+  }}
+}}
+"#,
+            user = if root_user { "user root;\n" } else { "" },
+            extra = std::env::var("BENCH_NGINX_EXTRA")
+                .map(|e| format!("      {e}\n"))
+                .unwrap_or_default(),
+            dir = dir.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            client_ca = pki.client_ca.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let i = self.spawn(
+            name,
+            Command::new(&tools.nginx)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-e")
+                .arg(dir.join("logs/error.log"))
+                .arg("-c")
+                .arg(&conf_path),
+        )?;
+        let t = Target {
+            kind: Kind::Nginx,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: true,
+            roots: vec![self.procs[i].pid()],
+        };
+        let start = Instant::now();
+        while TcpStream::connect(t.addr).await.is_err() {
+            self.procs[i].check_alive()?;
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((t, i))
+    }
+
+    /// rathole server + client (TCP transport) exposing the backend; returns the service
+    /// address and the two pids.
+    pub(crate) async fn rathole(
+        &mut self,
+        tools: &Tools,
+        name: &str,
+        noise: bool,
+    ) -> Result<(SocketAddr, Vec<u32>)> {
+        let control = free_port()?;
+        let service = free_port()?;
+        let (server_transport, client_transport) = if noise {
+            // `rathole --genkey`: "Private Key:\n<b64>\n\nPublic Key:\n<b64>".
+            let out = Command::new(&tools.rathole).arg("--genkey").output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let keys: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.ends_with(':'))
+                .collect();
+            let [private, public] = keys[..] else {
+                bail!("rathole --genkey printed {text:?}");
+            };
+            (
+                format!(
+                    "[server.transport]\ntype = \"noise\"\n[server.transport.noise]\n\
+                     local_private_key = \"{private}\"\n"
+                ),
+                format!(
+                    "[client.transport]\ntype = \"noise\"\n[client.transport.noise]\n\
+                     remote_public_key = \"{public}\"\n"
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let server = format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
+             [server.services.ha]\nbind_addr = \"127.0.0.1:{service}\"\n{server_transport}"
+        );
+        let client = format!(
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
+             [client.services.ha]\nlocal_addr = \"{}\"\n{client_transport}",
+            self.backend
+        );
+        let sp = self.path(&format!("{name}-server.toml"));
+        let cp = self.path(&format!("{name}-client.toml"));
+        std::fs::write(&sp, server)?;
+        std::fs::write(&cp, client)?;
+        let s = self.spawn(
+            &format!("{name}-server"),
+            Command::new(&tools.rathole).arg("--server").arg(&sp),
+        )?;
+        let s_pid = self.procs[s].pid();
+        // Let the server bind before the client dials (the client retries anyway).
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", control)).await.is_err() {
+            self.procs[s].check_alive()?;
+            ensure!(start.elapsed() < Duration::from_secs(10), "rathole server");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = self.spawn(
+            &format!("{name}-client"),
+            Command::new(&tools.rathole).arg("--client").arg(&cp),
+        )?;
+        let c_pid = self.procs[c].pid();
+        let addr = SocketAddr::from(([127, 0, 0, 1], service));
+        // Ready when a request goes through.
+        let probe = Target {
+            kind: Kind::Rathole,
+            addr,
+            tls: false,
+            roots: vec![],
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Ok(200)) =
+                tokio::time::timeout(Duration::from_secs(2), get_status(&probe, None, "/s")).await
+            {
+                break;
+            }
+            self.procs[s].check_alive()?;
+            self.procs[c].check_alive()?;
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "rathole {name} never forwarded a request"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((addr, vec![s_pid, c_pid]))
+    }
+}
+
+async fn admin_status(admin: SocketAddr) -> Result<Value> {
+    let mut s = TcpStream::connect(admin).await?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // The body may be chunked; take the JSON object inside.
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    Ok(serde_json::from_str(&body[start..end])?)
+}
+
+pub(crate) async fn wait_get_ok(t: &Target, pki: &Pki) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let r =
+            tokio::time::timeout(Duration::from_secs(3), get_status(t, Some(&pki.tls), "/s")).await;
+        match r {
+            Ok(Ok(200)) => return Ok(()),
+            other => {
+                if start.elapsed() > Duration::from_secs(15) {
+                    bail!("{}: GET /s never answered 200: {other:?}", t.kind.title());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
