@@ -601,7 +601,7 @@ async fn register(
     let rtt = conn.stats().rtt;
     // Leave at once: a check is no place for requests.
     control.state().go_away(GoAway {
-        code: u16::try_from(CloseCode::Normal.code()).unwrap_or(0),
+        code: CloseCode::Normal,
         text: "self-check done".into(),
     });
     let _ = control.flush(Duration::from_secs(1)).await;

@@ -184,7 +184,7 @@ async fn session(
         let grace = shared.config.limits.shutdown_grace;
         let _ = tokio::time::timeout(grace, streams.wait()).await;
         control.state().go_away(proto::GoAway {
-            code: CloseCode::Shutdown.code() as u16,
+            code: CloseCode::Shutdown,
             text: "connector shutting down".into(),
         });
         let _ = control.flush(Duration::from_secs(1)).await;
