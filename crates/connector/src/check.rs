@@ -415,7 +415,7 @@ pub fn proxy_advice(local: IpAddr) -> String {
 
 // === Edges ===
 
-/// Why an edge check failed, as far as the error text tells.
+/// Why an edge check failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeFailure {
     /// Nothing came back over UDP within the timeout.
@@ -432,23 +432,24 @@ pub enum EdgeFailure {
     Other(String),
 }
 
-/// Sorts a transport error or close reason (see `transport::Connection::close_reason`) into
-/// an [`EdgeFailure`].
-pub fn classify_edge_failure(text: &str) -> EdgeFailure {
-    let lower = text.to_ascii_lowercase();
-    let crypto = lower.contains("cryptographic handshake failed");
-    if lower.contains("peer refused the tls handshake")
-        || (crypto && lower.contains("aborted by peer"))
-    {
-        EdgeFailure::CertificateRefused(text.to_owned())
-    } else if crypto || lower.contains("invalid peer certificate") {
-        EdgeFailure::PinMismatch(text.to_owned())
-    } else if lower.contains("(rejected)") {
-        EdgeFailure::Rejected(text.to_owned())
-    } else if lower.contains("timed out") {
-        EdgeFailure::NoAnswer
-    } else {
-        EdgeFailure::Other(text.to_owned())
+/// Sorts a transport error (or a connection's close reason, see
+/// `transport::Connection::close_reason`) into an [`EdgeFailure`] by its kind. The strings
+/// kept are for the operator to read.
+pub fn classify_edge_failure(error: &transport::Error) -> EdgeFailure {
+    use transport::Error as E;
+    match error {
+        E::TimedOut(_) => EdgeFailure::NoAnswer,
+        E::HandshakeRefused(_) => EdgeFailure::CertificateRefused(error.to_string()),
+        // Any handshake we aborted ourselves: the edge's certificate, or something that is not
+        // a doorless edge answering on that port.
+        E::InvalidPeerCertificate(_) | E::HandshakeFailed(_) => {
+            EdgeFailure::PinMismatch(error.to_string())
+        }
+        E::ClosedByPeer {
+            code: CloseCode::Rejected,
+            ..
+        } => EdgeFailure::Rejected(error.to_string()),
+        _ => EdgeFailure::Other(error.to_string()),
     }
 }
 
@@ -553,8 +554,7 @@ async fn register(
 ) -> Result<Welcomed, EdgeFailure> {
     let conn = match endpoint.connect(addr, limit).await {
         Ok(c) => c,
-        Err(transport::Error::Timeout(_)) => return Err(EdgeFailure::NoAnswer),
-        Err(e) => return Err(classify_edge_failure(&e.to_string())),
+        Err(e) => return Err(classify_edge_failure(&e)),
     };
     // The edge may refuse our certificate only after our side considers the handshake done,
     // so from here on a failure asks the connection why it closed.
@@ -682,38 +682,42 @@ mod tests {
     #[test]
     fn edge_failures_are_classified() {
         use EdgeFailure as F;
+        use transport::{Alert, CertificateProblem, Error as E, Wait};
         assert_eq!(
-            classify_edge_failure("timed out: tunnel handshake"),
+            classify_edge_failure(&E::TimedOut(Wait::Handshake)),
             F::NoAnswer
         );
         assert_eq!(
-            classify_edge_failure("no answer from the peer (timed out)"),
+            classify_edge_failure(&E::TimedOut(Wait::PeerSilent)),
             F::NoAnswer
         );
         assert!(matches!(
-            classify_edge_failure("peer refused the TLS handshake: alert 48 (unknown_ca)"),
+            classify_edge_failure(&E::HandshakeRefused(Alert(48))),
             F::CertificateRefused(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "connection: aborted by peer: the cryptographic handshake failed: error 42"
-            ),
+            classify_edge_failure(&E::HandshakeRefused(Alert(42))),
             F::CertificateRefused(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "connection: the cryptographic handshake failed: error 48: invalid peer certificate: UnknownIssuer"
-            ),
+            classify_edge_failure(&E::InvalidPeerCertificate(
+                CertificateProblem::UnknownIssuer
+            )),
             F::PinMismatch(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "peer closed the connection (rejected): not a connector certificate"
-            ),
+            classify_edge_failure(&E::HandshakeFailed(Alert(120))),
+            F::PinMismatch(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(&E::ClosedByPeer {
+                code: CloseCode::Rejected,
+                reason: "not a connector certificate".into()
+            }),
             F::Rejected(_)
         ));
         assert!(matches!(
-            classify_edge_failure("the peer restarted (stateless reset)"),
+            classify_edge_failure(&E::ResetByPeer),
             F::Other(_)
         ));
     }

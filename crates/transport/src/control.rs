@@ -6,7 +6,7 @@ use bytes::{Buf, BytesMut};
 use proto::{Control, ControlEvent, ControlState, FrameBuffer};
 use tokio::time::Instant;
 
-use crate::{Error, RecvHalf, SendHalf};
+use crate::{Error, RecvHalf, SendHalf, Wait};
 
 /// Control frames are small; this bounds what a peer can make us buffer on the control stream.
 const MAX_CONTROL_BUFFER: usize = 64 * 1024;
@@ -59,7 +59,7 @@ impl ControlDriver {
                 }
                 chunk = self.recv.read_chunk(READ_CHUNK) => {
                     let Some(chunk) = chunk? else {
-                        return Err(Error::Control("peer closed the control stream".into()));
+                        return Err(Error::ControlStreamClosed);
                     };
                     self.inbox.push(&chunk)?;
                 }
@@ -85,7 +85,7 @@ impl ControlDriver {
         };
         tokio::time::timeout(limit, flush)
             .await
-            .map_err(|_| Error::Timeout("control flush"))?
+            .map_err(|_| Error::TimedOut(Wait::ControlFlush))?
     }
 
     /// The state machine, to accept, reject, drain or query it.
