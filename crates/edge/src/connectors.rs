@@ -133,7 +133,7 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
             code,
             text: text.into(),
         });
-        let _ = control.flush(Duration::from_secs(1)).await;
+        let _ = control.finish(Duration::from_secs(1)).await;
         conn.close(CloseCode::Rejected, text);
         return;
     }

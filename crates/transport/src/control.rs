@@ -88,6 +88,21 @@ impl ControlDriver {
             .map_err(|_| Error::TimedOut(Wait::ControlFlush))?
     }
 
+    /// Sends everything queued, ends our side of the control stream, and waits until the peer
+    /// acknowledged all of it, within `limit` in total. Used before closing a connection whose
+    /// last word must arrive (a `Reject`): closing at once discards stream data still in
+    /// flight, so the peer would see only the close.
+    pub async fn finish(&mut self, limit: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + limit;
+        self.flush(limit).await?;
+        self.send.finish();
+        match tokio::time::timeout_at(deadline, self.send.stopped()).await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(Error::StreamStopped(code)),
+            Err(_) => Err(Error::TimedOut(Wait::ControlFlush)),
+        }
+    }
+
     /// The state machine, to accept, reject, drain or query it.
     pub fn state(&mut self) -> &mut ControlState {
         &mut self.state

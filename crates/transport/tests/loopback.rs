@@ -284,3 +284,44 @@ async fn close_code_and_reason_reach_the_peer() {
         })
     ));
 }
+
+#[tokio::test]
+async fn reject_arrives_before_the_close() {
+    let pki = Pki::new();
+    let server = pki.server();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().accept(LIMIT).await.unwrap();
+        let (send, recv) = conn.accept().await.unwrap();
+        let mut control = ControlDriver::new(send, recv, ControlState::edge(now(), LIMIT));
+        let event = control.next_event().await.unwrap();
+        assert!(matches!(event, ControlEvent::HelloReceived(_)), "{event:?}");
+        control.state().reject(proto::Reject {
+            code: proto::RejectCode::UnknownSite,
+            text: "site is not configured on this edge".into(),
+        });
+        // Closing right after `finish` must not lose the Reject.
+        control.finish(LIMIT).await.unwrap();
+        conn.close(proto::CloseCode::Rejected, "rejected");
+        server.wait_idle(LIMIT).await;
+    });
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
+    let conn = client.connect(addr, LIMIT).await.unwrap();
+    let (send, recv) = conn.open(LIMIT).await.unwrap();
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: "c1".into(),
+        software: "test".into(),
+        purpose: proto::Purpose::Serve,
+    };
+    let mut control = ControlDriver::new(send, recv, ControlState::connector(hello, now(), LIMIT));
+    let event = control.next_event().await;
+    let Ok(ControlEvent::Rejected(reject)) = event else {
+        panic!("expected the Reject, got {event:?}");
+    };
+    assert_eq!(reject.code, proto::RejectCode::UnknownSite);
+}
