@@ -2,7 +2,6 @@
 //! `/status`, `/metrics`. Loopback by default.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use daemon::json_response;
 use http::StatusCode;
@@ -19,7 +18,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 }
 
 fn route(path: &str, shared: &Shared) -> daemon::AdminResponse {
-    let sessions = shared.sessions.load(Ordering::Relaxed);
+    let sessions = shared.connected.now();
     match path {
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/metrics" => daemon::metrics_response(shared.metrics.encode()),

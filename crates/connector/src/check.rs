@@ -9,9 +9,10 @@
 //! 3. For each edge: does it answer over QUIC, accept our certificate, and welcome us?
 //!    Timeouts, certificate refusals, pin mismatches and `Reject`s each get their own advice.
 //!
-//! The edge check registers for a moment like a real tunnel connection (there is no other way
-//! to see a `Welcome`), then says `GoAway` at once and closes with [`CloseCode::Normal`], so
-//! the edge logs an ordinary unregistration.
+//! The edge check registers for a moment like a real tunnel connection, with the same routine
+//! (`register`; there is no other way to see a `Welcome`), announcing [`Purpose::Check`] so the
+//! edge never routes a request to it; then it says `GoAway` at once and closes with
+//! [`CloseCode::Normal`], so the edge logs an ordinary unregistration.
 //!
 //! The wording helpers ([`trusted_network`], [`proxy_advice`], [`classify_edge_failure`],
 //! [`edge_advice`]) are pure and unit-tested; [`run`] does the I/O.
@@ -25,13 +26,14 @@ use http::header::{HOST, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use proto::{CloseCode, ControlEvent, ControlState, GoAway, Hello, Purpose};
+use proto::{CloseCode, GoAway, Hello, Purpose};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use transport::{ClientEndpoint, ClientTls, ControlDriver};
+use transport::ClientEndpoint;
 
 use crate::config::Config;
+use crate::register::{self, RegisterError, Registered};
 
 /// The client address sent in the probe's `X-Forwarded-For` (TEST-NET-3, RFC 5737: never a
 /// real client, never banned by anything that matters).
@@ -415,7 +417,7 @@ pub fn proxy_advice(local: IpAddr) -> String {
 
 // === Edges ===
 
-/// Why an edge check failed, as far as the error text tells.
+/// Why an edge check failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeFailure {
     /// Nothing came back over UDP within the timeout.
@@ -432,23 +434,25 @@ pub enum EdgeFailure {
     Other(String),
 }
 
-/// Sorts a transport error or close reason (see `transport::Connection::close_reason`) into
-/// an [`EdgeFailure`].
-pub fn classify_edge_failure(text: &str) -> EdgeFailure {
-    let lower = text.to_ascii_lowercase();
-    let crypto = lower.contains("cryptographic handshake failed");
-    if lower.contains("peer refused the tls handshake")
-        || (crypto && lower.contains("aborted by peer"))
-    {
-        EdgeFailure::CertificateRefused(text.to_owned())
-    } else if crypto || lower.contains("invalid peer certificate") {
-        EdgeFailure::PinMismatch(text.to_owned())
-    } else if lower.contains("(rejected)") {
-        EdgeFailure::Rejected(text.to_owned())
-    } else if lower.contains("timed out") {
-        EdgeFailure::NoAnswer
-    } else {
-        EdgeFailure::Other(text.to_owned())
+/// Sorts a transport error (or a connection's close reason, see
+/// `transport::Connection::close_reason`) into an [`EdgeFailure`] by its kind. The strings
+/// kept are for the operator to read.
+pub fn classify_edge_failure(error: &transport::Error) -> EdgeFailure {
+    use transport::{Error as E, Wait};
+    match error {
+        // Nothing came back at all; a slow stream credit or flush is something else.
+        E::TimedOut(Wait::Handshake | Wait::PeerSilent) => EdgeFailure::NoAnswer,
+        E::HandshakeRefused(_) => EdgeFailure::CertificateRefused(error.to_string()),
+        // Any handshake we aborted ourselves: the edge's certificate, or something that is not
+        // a doorless edge answering on that port.
+        E::InvalidPeerCertificate(_) | E::HandshakeFailed(_) => {
+            EdgeFailure::PinMismatch(error.to_string())
+        }
+        E::ClosedByPeer {
+            code: CloseCode::Rejected,
+            ..
+        } => EdgeFailure::Rejected(error.to_string()),
+        _ => EdgeFailure::Other(error.to_string()),
     }
 }
 
@@ -498,19 +502,11 @@ fn edge_name(edge: &str) -> String {
 
 async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
     let name = edge_name(edge);
-    let addr = match resolve(edge, limit).await {
+    let addr = match register::resolve(edge, limit).await {
         Ok(addr) => addr,
         Err(e) => return CheckItem::fail(name, format!("cannot resolve {edge}: {e}")),
     };
-    let token = &config.token;
-    let tls = match (|| -> Result<ClientTls, pki::Error> {
-        Ok(ClientTls {
-            cert_chain: pki::parse_certs(&token.cert_pem)?,
-            key: pki::parse_key(&token.key_pem)?,
-            tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem)?,
-            server_name: token.server_name.clone(),
-        })
-    })() {
+    let tls = match register::client_tls(&config.token) {
         Ok(tls) => tls,
         Err(e) => return CheckItem::fail(name, format!("the token's certificates: {e}")),
     };
@@ -518,7 +514,18 @@ async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
         Ok(ep) => ep,
         Err(e) => return CheckItem::fail(name, format!("cannot open a UDP socket: {e}")),
     };
-    let result = register(&endpoint, addr, config, limit).await;
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: config.token.connector_id.clone(),
+        software: SOFTWARE.to_owned(),
+        // The edge must never route a user's request to this short-lived connection.
+        purpose: Purpose::Check,
+    };
+    let idle = config.tuning.idle_timeout;
+    let result = match register::register(&endpoint, addr, hello, idle, limit).await {
+        Ok(registered) => Ok(leave(registered).await),
+        Err(e) => Err(EdgeFailure::from(e)),
+    };
     endpoint.close(CloseCode::Normal, "self-check done");
     if !matches!(result, Err(EdgeFailure::NoAnswer)) {
         // Let the close reach the edge, so it logs an ordinary end (nobody to tell otherwise).
@@ -538,93 +545,45 @@ async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
     }
 }
 
+impl From<RegisterError> for EdgeFailure {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Transport(e) => classify_edge_failure(&e),
+            RegisterError::Rejected(r) => Self::Rejected(format!("{} ({:?})", r.text, r.code)),
+            RegisterError::NoWelcome(_) => Self::NoWelcome,
+            unexpected @ RegisterError::Unexpected(_) => Self::Other(unexpected.to_string()),
+        }
+    }
+}
+
 struct Welcomed {
     site: String,
     connector_id: String,
     rtt: Duration,
 }
 
-/// Handshake, `Hello`, wait for `Welcome`; then `GoAway` and a normal close.
-async fn register(
-    endpoint: &ClientEndpoint,
-    addr: SocketAddr,
-    config: &Config,
-    limit: Duration,
-) -> Result<Welcomed, EdgeFailure> {
-    let conn = match endpoint.connect(addr, limit).await {
-        Ok(c) => c,
-        Err(transport::Error::Timeout(_)) => return Err(EdgeFailure::NoAnswer),
-        Err(e) => return Err(classify_edge_failure(&e.to_string())),
-    };
-    // The edge may refuse our certificate only after our side considers the handshake done,
-    // so from here on a failure asks the connection why it closed.
-    let why = |e: transport::Error| {
-        let conn = conn.clone();
-        async move {
-            match conn.close_reason(Duration::from_secs(2)).await {
-                Some(reason) => classify_edge_failure(&reason),
-                None => EdgeFailure::Other(e.to_string()),
-            }
-        }
-    };
-    let (send, recv) = match conn.open(limit).await {
-        Ok(s) => s,
-        Err(e) => return Err(why(e).await),
-    };
-    let hello = Hello {
-        version: proto::VERSION,
-        connector_id: config.token.connector_id.clone(),
-        software: SOFTWARE.to_owned(),
-        // The edge must never route a user's request to this short-lived connection.
-        purpose: Purpose::Check,
-    };
-    let state = ControlState::connector(hello, now(), config.tuning.idle_timeout);
-    let mut control = ControlDriver::new(send, recv, state);
-    let welcome = match tokio::time::timeout(limit, control.next_event()).await {
-        Ok(Ok(ControlEvent::Welcomed(w))) => w,
-        Ok(Ok(ControlEvent::Rejected(r))) => {
-            conn.close(CloseCode::Normal, "rejected");
-            return Err(EdgeFailure::Rejected(format!("{} ({:?})", r.text, r.code)));
-        }
-        Ok(Ok(other)) => {
-            conn.close(CloseCode::ProtocolError, "expected welcome");
-            return Err(EdgeFailure::Other(format!(
-                "unexpected control message before welcome: {other:?}"
-            )));
-        }
-        Ok(Err(e)) => return Err(why(e).await),
-        Err(_) => {
-            conn.close(CloseCode::Normal, "self-check: no welcome");
-            return Err(EdgeFailure::NoWelcome);
-        }
-    };
+/// Leaves a welcomed check connection at once: `GoAway`, then a normal close.
+async fn leave(registered: Registered) -> Welcomed {
+    let Registered {
+        conn,
+        mut control,
+        welcome,
+    } = registered;
     let rtt = conn.stats().rtt;
-    // Leave at once: a check is no place for requests.
+    // A check is no place for requests.
     control.state().go_away(GoAway {
-        code: u16::try_from(CloseCode::Normal.code()).unwrap_or(0),
+        code: CloseCode::Normal,
         text: "self-check done".into(),
     });
     let _ = control.flush(Duration::from_secs(1)).await;
     // The edge closes on GoAway; give it a moment so it sees our message first.
     let _ = conn.close_reason(Duration::from_secs(1)).await;
     conn.close(CloseCode::Normal, "self-check done");
-    Ok(Welcomed {
+    Welcomed {
         site: welcome.site,
         connector_id: welcome.connector_id,
         rtt,
-    })
-}
-
-async fn resolve(edge: &str, limit: Duration) -> Result<SocketAddr, String> {
-    let mut addrs = tokio::time::timeout(limit, tokio::net::lookup_host(edge))
-        .await
-        .map_err(|_| format!("no answer within {} s", limit.as_secs_f32()))?
-        .map_err(|e| e.to_string())?;
-    addrs.next().ok_or_else(|| "no address".to_owned())
-}
-
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
+    }
 }
 
 #[cfg(test)]
@@ -682,38 +641,47 @@ mod tests {
     #[test]
     fn edge_failures_are_classified() {
         use EdgeFailure as F;
+        use transport::{Alert, CertificateProblem, Error as E, Wait};
         assert_eq!(
-            classify_edge_failure("timed out: tunnel handshake"),
+            classify_edge_failure(&E::TimedOut(Wait::Handshake)),
             F::NoAnswer
         );
         assert_eq!(
-            classify_edge_failure("no answer from the peer (timed out)"),
+            classify_edge_failure(&E::TimedOut(Wait::PeerSilent)),
             F::NoAnswer
         );
+        // The edge answered, but gave no stream credit: not a UDP problem.
         assert!(matches!(
-            classify_edge_failure("peer refused the TLS handshake: alert 48 (unknown_ca)"),
+            classify_edge_failure(&E::TimedOut(Wait::StreamCredit)),
+            F::Other(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(&E::HandshakeRefused(Alert(48))),
             F::CertificateRefused(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "connection: aborted by peer: the cryptographic handshake failed: error 42"
-            ),
+            classify_edge_failure(&E::HandshakeRefused(Alert(42))),
             F::CertificateRefused(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "connection: the cryptographic handshake failed: error 48: invalid peer certificate: UnknownIssuer"
-            ),
+            classify_edge_failure(&E::InvalidPeerCertificate(
+                CertificateProblem::UnknownIssuer
+            )),
             F::PinMismatch(_)
         ));
         assert!(matches!(
-            classify_edge_failure(
-                "peer closed the connection (rejected): not a connector certificate"
-            ),
+            classify_edge_failure(&E::HandshakeFailed(Alert(120))),
+            F::PinMismatch(_)
+        ));
+        assert!(matches!(
+            classify_edge_failure(&E::ClosedByPeer {
+                code: CloseCode::Rejected,
+                reason: "not a connector certificate".into()
+            }),
             F::Rejected(_)
         ));
         assert!(matches!(
-            classify_edge_failure("the peer restarted (stateless reset)"),
+            classify_edge_failure(&E::ResetByPeer),
             F::Other(_)
         ));
     }

@@ -1,29 +1,30 @@
 //! Keeps tunnel connections to the edge up, forever.
 //!
-//! Each connection slot dials, registers (Hello → Welcome) and serves streams until the
-//! connection ends, then waits a backoff and dials again. The backoff is exponential with full
+//! Each connection slot dials and registers ([`crate::register`], `Hello` → `Welcome`) and
+//! serves streams until the connection ends, then waits a backoff and dials again. The backoff is exponential with full
 //! jitter (a random wait in `[0, min(max, initial × 2ⁿ))`, so a fleet of connectors does not
 //! reconnect in lockstep after an edge restart) and resets once a connection has stayed up
 //! for `reconnect.stable`. Each slot keeps its UDP socket across reconnects, so the home
 //! NAT sees a stable source port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use proto::{CloseCode, ControlEvent, ControlState, Hello, Purpose};
+use anyhow::Context as _;
+use proto::{CloseCode, ControlEvent, Hello, Purpose};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use transport::{ClientEndpoint, ClientTls, ControlDriver};
+use transport::{ClientEndpoint, ControlDriver};
 
 use crate::metrics::{ConnectionLabel, ResultLabel};
+use crate::register::{self, Registered};
 use crate::{Shared, forward};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds each step of registering: the QUIC handshake, the control stream, the `Welcome`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often QUIC path statistics are copied into the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -100,17 +101,13 @@ async fn session(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = resolve(edge).await?;
+    let addr = register::resolve(edge, RESOLVE_TIMEOUT)
+        .await
+        .with_context(|| format!("resolving {edge}"))?;
     let ep = match endpoint {
         Some((v4, ep)) if *v4 == addr.is_ipv4() => ep,
         _ => {
-            let token = &shared.config.token;
-            let tls = ClientTls {
-                cert_chain: pki::parse_certs(&token.cert_pem)?,
-                key: pki::parse_key(&token.key_pem)?,
-                tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem)?,
-                server_name: token.server_name.clone(),
-            };
+            let tls = register::client_tls(&shared.config.token)?;
             let ep = ClientEndpoint::new(addr, tls, &shared.config.tuning)?;
             &mut endpoint.insert((addr.is_ipv4(), ep)).1
         }
@@ -119,72 +116,37 @@ async fn session(
         connection: index.to_string(),
     };
     let metrics = &shared.metrics;
-    let attempt = |result| {
-        metrics
-            .connection_attempts
-            .get_or_create(&ResultLabel { result })
-            .inc();
-    };
-    let conn = match ep.connect(addr, HANDSHAKE_TIMEOUT).await {
-        Ok(c) => c,
-        Err(e) => {
-            attempt("error");
-            return Err(e.into());
-        }
-    };
-    let (send, recv) = match conn.open(HANDSHAKE_TIMEOUT).await {
-        Ok(stream) => stream,
-        Err(e) => match conn.close_reason(Duration::from_secs(2)).await {
-            Some(why) => anyhow::bail!("registration failed: {why}"),
-            None => return Err(e.into()),
-        },
-    };
     let hello = Hello {
         version: proto::VERSION,
         connector_id: shared.config.token.connector_id.clone(),
         software: concat!("doorless-connector/", env!("CARGO_PKG_VERSION")).to_owned(),
         purpose: Purpose::Serve,
     };
-    let state = ControlState::connector(hello, now(), shared.config.tuning.idle_timeout);
-    let mut control = ControlDriver::new(send, recv, state);
-    let welcomed = tokio::time::timeout(WELCOME_TIMEOUT, control.next_event()).await;
-    attempt(if matches!(welcomed, Ok(Ok(ControlEvent::Welcomed(_)))) {
-        "ok"
-    } else {
-        "error"
-    });
-    let welcome = match welcomed {
-        Ok(Ok(ControlEvent::Welcomed(w))) => w,
-        Ok(Ok(ControlEvent::Rejected(r))) => {
-            conn.close(CloseCode::Normal, "rejected");
-            anyhow::bail!("edge rejected this connector: {} ({:?})", r.text, r.code);
-        }
-        Ok(Ok(other)) => anyhow::bail!("unexpected control message before welcome: {other:?}"),
-        Ok(Err(e)) => {
-            // The control stream only says "connection lost"; the connection knows why.
-            match conn.close_reason(Duration::from_secs(2)).await {
-                Some(why) => anyhow::bail!("registration failed: {why}"),
-                None => anyhow::bail!("registration failed: {e}"),
-            }
-        }
-        Err(_) => anyhow::bail!("no welcome from the edge within {WELCOME_TIMEOUT:?}"),
-    };
+    let idle = shared.config.tuning.idle_timeout;
+    let registered = register::register(ep, addr, hello, idle, REGISTER_TIMEOUT).await;
+    metrics
+        .connection_attempts
+        .get_or_create(&ResultLabel {
+            result: if registered.is_ok() { "ok" } else { "error" },
+        })
+        .inc();
+    let Registered {
+        conn,
+        mut control,
+        welcome,
+    } = registered?;
     info!(%edge, %addr, site = %welcome.site, connector = %welcome.connector_id, "registered with edge");
-    shared.sessions.fetch_add(1, Ordering::Relaxed);
-    metrics.edge_connections.inc();
-    shared.registered.notify_waiters();
-    let _ = shared.ready.send(true);
+    let connected = shared.connected.enter();
     let streams = TaskTracker::new();
     let result = serve(&conn, &mut control, shared, shutdown, &streams, &slot).await;
-    shared.sessions.fetch_sub(1, Ordering::Relaxed);
-    metrics.edge_connections.dec();
+    drop(connected);
     if shutdown.is_cancelled() {
         // Graceful: the edge already knows we drain; let in-flight requests finish.
         streams.close();
         let grace = shared.config.limits.shutdown_grace;
         let _ = tokio::time::timeout(grace, streams.wait()).await;
         control.state().go_away(proto::GoAway {
-            code: CloseCode::Shutdown.code() as u16,
+            code: CloseCode::Shutdown,
             text: "connector shutting down".into(),
         });
         let _ = control.flush(Duration::from_secs(1)).await;
@@ -240,15 +202,6 @@ async fn serve(
     }
 }
 
-async fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {
-    let mut addrs = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(edge))
-        .await
-        .map_err(|_| anyhow::anyhow!("resolving {edge}: timed out"))??;
-    addrs
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("resolving {edge}: no address"))
-}
-
 fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
@@ -256,10 +209,6 @@ fn random_unit() -> f64 {
     }
     // 53 random bits → a uniform float in [0, 1).
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
 }
 
 #[cfg(test)]

@@ -16,17 +16,18 @@ pub mod config;
 pub mod dial;
 pub mod forward;
 pub mod metrics;
+mod register;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use anyhow::Context as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -41,13 +42,56 @@ pub struct Shared {
     pub config: Config,
     /// Pooled client to Home Assistant.
     pub client: Client<HttpConnector, UpstreamBody>,
-    /// Registered edge connections right now.
-    pub sessions: AtomicUsize,
-    /// Notified whenever a connection registers.
-    pub registered: Notify,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
-    ready: watch::Sender<bool>,
+    /// The edge connections registered right now.
+    pub(crate) connected: Connected,
+}
+
+/// How many edge connections are registered right now: the one notion of "connected".
+/// `/readyz`, `/status`, the ready file and the `edge_connections` gauge all read this.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    count: watch::Sender<usize>,
+    /// Mirrors `count`, set in the same place so the two cannot disagree.
+    gauge: Gauge,
+}
+
+impl Connected {
+    fn new(gauge: Gauge) -> Self {
+        Self {
+            count: watch::Sender::new(0),
+            gauge,
+        }
+    }
+
+    /// Registered connections right now.
+    pub(crate) fn now(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Counts one more registered connection until the returned guard is dropped.
+    pub(crate) fn enter(&self) -> ConnectedGuard<'_> {
+        self.add(1);
+        ConnectedGuard(self)
+    }
+
+    fn add(&self, delta: isize) {
+        self.count.send_modify(|n| {
+            *n = n.saturating_add_signed(delta);
+            self.gauge.set(i64::try_from(*n).unwrap_or(i64::MAX));
+        });
+    }
+}
+
+/// One registered connection, counted in [`Connected`] while it lives.
+#[derive(Debug)]
+pub(crate) struct ConnectedGuard<'a>(&'a Connected);
+
+impl Drop for ConnectedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
 }
 
 /// A connector with its admin listener bound, ready to run.
@@ -74,15 +118,14 @@ impl Connector {
             .pool_idle_timeout(config.limits.pool_idle_timeout)
             .pool_max_idle_per_host(config.limits.pool_max_idle)
             .build(http);
-        let (ready, _) = watch::channel(false);
+        let metrics = metrics::Metrics::new();
+        let connected = Connected::new(metrics.edge_connections.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 client,
-                sessions: AtomicUsize::new(0),
-                registered: Notify::new(),
-                metrics: metrics::Metrics::new(),
-                ready,
+                metrics,
+                connected,
             }),
             admin,
             admin_addr,
@@ -94,9 +137,9 @@ impl Connector {
         self.admin_addr
     }
 
-    /// Resolves to `true` once the first edge connection has registered.
-    pub fn ready(&self) -> watch::Receiver<bool> {
-        self.shared.ready.subscribe()
+    /// The number of registered edge connections, as it changes: ready once it is above 0.
+    pub fn ready(&self) -> watch::Receiver<usize> {
+        self.shared.connected.count.subscribe()
     }
 
     /// Runs until `shutdown`, then drains: tells the edge, lets in-flight requests finish

@@ -120,7 +120,7 @@ fn run(
             let admin = connector.admin_addr();
             let mut ready = connector.ready();
             tokio::spawn(async move {
-                if ready.wait_for(|r| *r).await.is_ok() {
+                if ready.wait_for(|connected| *connected > 0).await.is_ok() {
                     let body = serde_json::json!({ "admin": admin });
                     if let Err(e) = daemon::write_ready_file(&path, &body) {
                         tracing::error!(error = %e, "cannot write the ready file");

@@ -3,7 +3,8 @@
 //! A connector proves who it is with a certificate from the connector CA (checked in the QUIC
 //! handshake); its identity names the site it serves. It then opens the control stream and
 //! says `Hello`; we answer `Welcome` and register the connection as a [`Session`] until it
-//! goes away, drains, or we shut down. A `Hello` with [`Purpose::Check`] (the connector's
+//! goes away, drains, or we shut down. A `Hello` we cannot decode (a newer version) gets
+//! `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with [`Purpose::Check`] (the connector's
 //! self-check) gets the same checks and `Welcome`, but is never registered: no request can be
 //! routed to a connection that is about to close.
 
@@ -96,6 +97,26 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
     let mut control = ControlDriver::new(send, recv, state);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, control.next_event()).await {
         Ok(Ok(ControlEvent::HelloReceived(hello))) => hello,
+        Ok(Err(transport::Error::Decode(e))) => {
+            // docs/protocol.md: a Hello we cannot decode (a newer version, a purpose we do
+            // not know) is answered, so the connector can say why instead of retrying blind.
+            warn!(%addr, site = %identity.site, connector = %identity.name, error = %e, "connector rejected: undecodable hello");
+            shared
+                .metrics
+                .registrations
+                .get_or_create(&SiteResult {
+                    site: identity.site.clone(),
+                    result: "rejected",
+                })
+                .inc();
+            control.state().reject(Reject {
+                code: RejectCode::UnsupportedVersion,
+                text: format!("cannot decode hello: {e}"),
+            });
+            let _ = control.finish(Duration::from_secs(1)).await;
+            conn.close(CloseCode::Rejected, "unsupported hello");
+            return;
+        }
         _ => {
             info!(%addr, "tunnel closed: no valid hello");
             conn.close(CloseCode::ProtocolError, "expected hello");
@@ -133,7 +154,7 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
             code,
             text: text.into(),
         });
-        let _ = control.flush(Duration::from_secs(1)).await;
+        let _ = control.finish(Duration::from_secs(1)).await;
         conn.close(CloseCode::Rejected, text);
         return;
     }

@@ -139,9 +139,9 @@ pub async fn forward(
         }
     };
     let head = head.map_err(|e| match e {
-        transport::Error::Io(io) => transport::reset_code(&io)
-            .map_or(ProxyError::TunnelBroken, ProxyError::from_stream_error),
-        _ => ProxyError::BadResponseHead,
+        transport::Error::StreamReset(code) => ProxyError::from_stream_error(code),
+        transport::Error::Decode(_) => ProxyError::BadResponseHead,
+        _ => ProxyError::TunnelBroken,
     })?;
     let status = StatusCode::from_u16(head.status).map_err(|_| ProxyError::BadResponseHead)?;
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 
 use crate::codec::{DecodeError, EncodeError, Reader, atomically, put_bytes16};
+use crate::error::CloseCode;
 
 /// The largest control frame payload, in bytes. Bigger frames are refused by both
 /// [`Control::encode`] and [`Control::decode`].
@@ -112,8 +113,9 @@ pub enum RejectCode {
 /// Either way: the sender is about to close the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GoAway {
-    /// The connection close code that will follow ([`crate::CloseCode`]).
-    pub code: u16,
+    /// The connection close code that will follow. A `u16` on the wire (every named code fits):
+    /// encoding a code above `u16::MAX` fails with [`EncodeError::Invalid`].
+    pub code: CloseCode,
     /// Why, for humans.
     pub text: String,
 }
@@ -296,7 +298,7 @@ impl Control {
             },
             DRAIN => Self::Drain,
             GO_AWAY => Self::GoAway(GoAway {
-                code: r.u16("go away code")?,
+                code: CloseCode::from_code(u32::from(r.u16("go away code")?)),
                 text: r.string16("go away text")?,
             }),
             other => return Err(DecodeError::UnknownType(other)),
@@ -327,7 +329,9 @@ impl Control {
             Self::Ping { nonce } | Self::Pong { nonce } => out.put_u64(*nonce),
             Self::Drain => {}
             Self::GoAway(go_away) => {
-                out.put_u16(go_away.code);
+                let code = u16::try_from(go_away.code.code())
+                    .map_err(|_| EncodeError::Invalid("go away code (over u16)"))?;
+                out.put_u16(code);
                 put_bytes16(out, go_away.text.as_bytes(), "go away text")?;
             }
         }
@@ -933,7 +937,7 @@ mod tests {
         edge.drain();
         edge.drain();
         let go_away = GoAway {
-            code: 1,
+            code: CloseCode::Shutdown,
             text: "bye".into(),
         };
         edge.go_away(go_away.clone());
@@ -1110,7 +1114,7 @@ mod tests {
 
         let mut out = BytesMut::from(&b"keep"[..]);
         let huge = Control::GoAway(GoAway {
-            code: 0,
+            code: CloseCode::Normal,
             text: "x".repeat(MAX_CONTROL_PAYLOAD),
         });
         assert_eq!(
@@ -1120,6 +1124,17 @@ mod tests {
                 len: MAX_CONTROL_PAYLOAD + 4,
                 max: MAX_CONTROL_PAYLOAD
             })
+        );
+        assert_eq!(&out[..], b"keep");
+
+        // A close code is a u32, but GoAway carries a u16: a wider one does not encode.
+        let wide = Control::GoAway(GoAway {
+            code: CloseCode::Unknown(0x1_0000),
+            text: String::new(),
+        });
+        assert_eq!(
+            wide.encode(&mut out),
+            Err(EncodeError::Invalid("go away code (over u16)"))
         );
         assert_eq!(&out[..], b"keep");
     }

@@ -136,7 +136,7 @@ pub fn control_state(data: &[u8], start: Instant) {
             }
             2 => state.drain(),
             _ => state.go_away(GoAway {
-                code: 1,
+                code: crate::CloseCode::Shutdown,
                 text: "fuzz".into(),
             }),
         }

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use proto::{
-    BodyKind, ClientInfo, Control, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject, RejectCode,
-    ResponseHead, StreamHeader, StreamKind, Welcome,
+    BodyKind, ClientInfo, CloseCode, Control, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject,
+    RejectCode, ResponseHead, StreamHeader, StreamKind, Welcome,
 };
 
 const HELLO: &str = "01 001a  01 0006 686f6d652d31 000e 646f6f726c6573732f302e312e30 00";
@@ -105,7 +105,7 @@ fn control_vectors() -> Vec<(&'static str, Control)> {
         (
             GO_AWAY,
             Control::GoAway(GoAway {
-                code: 1,
+                code: CloseCode::Shutdown,
                 text: "restart".into(),
             }),
         ),

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proto::codec::MIN_CONTROL_BUFFER;
 use proto::{
-    BodyKind, ClientInfo, Control, FrameBuffer, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject,
-    RejectCode, ResponseHead, StreamHeader, StreamKind, Welcome,
+    BodyKind, ClientInfo, CloseCode, Control, FrameBuffer, GoAway, Hello, MAX_HEAD_FRAME, Purpose,
+    Reject, RejectCode, ResponseHead, StreamHeader, StreamKind, Welcome,
 };
 
 fn version() -> impl Strategy<Value = u8> {
@@ -60,7 +60,10 @@ fn control() -> impl Strategy<Value = Control> {
         any::<u64>().prop_map(|nonce| Control::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Control::Pong { nonce }),
         Just(Control::Drain),
-        (any::<u16>(), text()).prop_map(|(code, text)| Control::GoAway(GoAway { code, text })),
+        (any::<u16>(), text()).prop_map(|(code, text)| Control::GoAway(GoAway {
+            code: CloseCode::from_code(u32::from(code)),
+            text,
+        })),
     ]
 }
 

@@ -6,7 +6,7 @@ use bytes::{Buf, BytesMut};
 use proto::{Control, ControlEvent, ControlState, FrameBuffer};
 use tokio::time::Instant;
 
-use crate::{Error, RecvHalf, SendHalf};
+use crate::{Error, RecvHalf, SendHalf, Wait};
 
 /// Control frames are small; this bounds what a peer can make us buffer on the control stream.
 const MAX_CONTROL_BUFFER: usize = 64 * 1024;
@@ -59,7 +59,7 @@ impl ControlDriver {
                 }
                 chunk = self.recv.read_chunk(READ_CHUNK) => {
                     let Some(chunk) = chunk? else {
-                        return Err(Error::Control("peer closed the control stream".into()));
+                        return Err(Error::ControlStreamClosed);
                     };
                     self.inbox.push(&chunk)?;
                 }
@@ -85,7 +85,22 @@ impl ControlDriver {
         };
         tokio::time::timeout(limit, flush)
             .await
-            .map_err(|_| Error::Timeout("control flush"))?
+            .map_err(|_| Error::TimedOut(Wait::ControlFlush))?
+    }
+
+    /// Sends everything queued, ends our side of the control stream, and waits until the peer
+    /// acknowledged all of it, within `limit` in total. Used before closing a connection whose
+    /// last word must arrive (a `Reject`): closing at once discards stream data still in
+    /// flight, so the peer would see only the close.
+    pub async fn finish(&mut self, limit: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + limit;
+        self.flush(limit).await?;
+        self.send.finish();
+        match tokio::time::timeout_at(deadline, self.send.stopped()).await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(Error::StreamStopped(code)),
+            Err(_) => Err(Error::TimedOut(Wait::ControlFlush)),
+        }
     }
 
     /// The state machine, to accept, reject, drain or query it.

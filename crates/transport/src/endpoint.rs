@@ -12,7 +12,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::stream::varint;
-use crate::{Error, RecvHalf, SendHalf, Tuning};
+use crate::{CertificateProblem, Error, RecvHalf, SendHalf, Tuning, Wait};
+
+/// Only if the crypto provider offers no TLS 1.3 suite QUIC can use (never with aws-lc-rs).
+const NO_QUIC_SUITE: &str = "no TLS 1.3 cipher suite usable for QUIC";
 
 /// TLS material of the edge's tunnel listener.
 #[derive(Debug)]
@@ -58,15 +61,14 @@ impl ServerEndpoint {
         }
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| Error::Verifier(e.to_string()))?;
+                .build()?;
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
         crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-            .map_err(|e| Error::Verifier(e.to_string()))?;
+            .map_err(|_| Error::InvalidConfig(NO_QUIC_SUITE))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = tuning.transport_config()?;
         // Connectors open only the control stream; the edge opens the data streams.
@@ -91,7 +93,7 @@ impl ServerEndpoint {
                 });
                 config
             }
-            Some(_) => return Err(Error::Verifier("reset secret shorter than 32 bytes".into())),
+            Some(_) => return Err(Error::InvalidConfig("reset secret shorter than 32 bytes")),
             None => quinn::EndpointConfig::default(),
         };
         let endpoint = quinn::Endpoint::new(
@@ -147,7 +149,7 @@ impl Incoming {
         let connecting = self.inner.accept()?;
         let conn = tokio::time::timeout(limit, connecting)
             .await
-            .map_err(|_| Error::Timeout("tunnel handshake"))??;
+            .map_err(|_| Error::TimedOut(Wait::Handshake))??;
         Ok(Connection { inner: conn })
     }
 }
@@ -175,7 +177,7 @@ impl ClientEndpoint {
             .with_client_auth_cert(tls.cert_chain, tls.key)?;
         crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| Error::Verifier(e.to_string()))?;
+            .map_err(|_| Error::InvalidConfig(NO_QUIC_SUITE))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(tuning.transport_config()?));
         let bind: SocketAddr = if peer_family.is_ipv4() {
@@ -204,7 +206,7 @@ impl ClientEndpoint {
                 .connect_with(self.config.clone(), addr, &self.server_name)?;
         let conn = tokio::time::timeout(limit, connecting)
             .await
-            .map_err(|_| Error::Timeout("tunnel handshake"))??;
+            .map_err(|_| Error::TimedOut(Wait::Handshake))??;
         Ok(Connection { inner: conn })
     }
 
@@ -241,11 +243,15 @@ pub struct PathStats {
 impl Connection {
     /// The peer's leaf certificate (DER), verified during the handshake.
     pub fn peer_certificate(&self) -> Result<CertificateDer<'static>, Error> {
-        let identity: Box<dyn Any> = self.inner.peer_identity().ok_or(Error::NoPeerCertificate)?;
-        let chain = identity
-            .downcast::<Vec<CertificateDer<'static>>>()
-            .map_err(|_| Error::NoPeerCertificate)?;
-        chain.into_iter().next().ok_or(Error::NoPeerCertificate)
+        let missing = Error::InvalidPeerCertificate(CertificateProblem::Missing);
+        let Some(identity) = self.inner.peer_identity() else {
+            return Err(missing);
+        };
+        let identity: Box<dyn Any> = identity;
+        match identity.downcast::<Vec<CertificateDer<'static>>>() {
+            Ok(chain) => chain.into_iter().next().ok_or(missing),
+            Err(_) => Err(missing),
+        }
     }
 
     /// The peer's current address (changes when its NAT rebinds).
@@ -262,7 +268,7 @@ impl Connection {
     pub async fn open(&self, limit: Duration) -> Result<(SendHalf, RecvHalf), Error> {
         let (send, recv) = tokio::time::timeout(limit, self.inner.open_bi())
             .await
-            .map_err(|_| Error::Timeout("stream credit"))??;
+            .map_err(|_| Error::TimedOut(Wait::StreamCredit))??;
         Ok((SendHalf::new(send), RecvHalf::new(recv)))
     }
 
@@ -282,16 +288,17 @@ impl Connection {
         Error::from(self.inner.closed().await)
     }
 
-    /// Waits up to `limit` for the connection to close and says why, in words an operator
-    /// can act on (TLS alerts by name). `None` if it is still open.
-    pub async fn close_reason(&self, limit: Duration) -> Option<String> {
+    /// Waits up to `limit` for the connection to close and says why; `None` if it is still
+    /// open. With TLS 1.3 a peer refuses our certificate only after our side of the handshake
+    /// is done, so a failure on a fresh connection asks this for the real reason.
+    pub async fn close_reason(&self, limit: Duration) -> Option<Error> {
         let error = match self.inner.close_reason() {
             Some(e) => e,
             None => tokio::time::timeout(limit, self.inner.closed())
                 .await
                 .ok()?,
         };
-        Some(describe(&error))
+        Some(error.into())
     }
 
     /// Path statistics.
@@ -303,45 +310,6 @@ impl Connection {
             lost_packets: s.path.lost_packets,
             mtu: s.path.current_mtu,
         }
-    }
-}
-
-fn describe(error: &quinn::ConnectionError) -> String {
-    use quinn::ConnectionError as E;
-    match error {
-        E::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            // QUIC carries TLS alerts as CRYPTO_ERROR 0x100 + alert.
-            if (0x100..0x200).contains(&code) {
-                let alert = code - 0x100;
-                let name = match alert {
-                    40 => "handshake_failure",
-                    42 => "bad_certificate",
-                    43 => "unsupported_certificate",
-                    44 => "certificate_revoked",
-                    45 => "certificate_expired",
-                    46 => "certificate_unknown",
-                    48 => "unknown_ca",
-                    49 => "access_denied",
-                    116 => "certificate_required",
-                    120 => "no_application_protocol",
-                    _ => "other",
-                };
-                format!("peer refused the TLS handshake: alert {alert} ({name})")
-            } else {
-                format!("peer closed the connection: {close}")
-            }
-        }
-        E::ApplicationClosed(close) => {
-            let code = u32::try_from(close.error_code.into_inner())
-                .map(proto::CloseCode::from_code)
-                .map_or_else(|_| "unknown".to_owned(), |c| c.name().to_owned());
-            let reason = String::from_utf8_lossy(&close.reason);
-            format!("peer closed the connection ({code}): {reason}")
-        }
-        E::TimedOut => "no answer from the peer (timed out)".to_owned(),
-        E::Reset => "the peer restarted (stateless reset)".to_owned(),
-        other => other.to_string(),
     }
 }
 

@@ -24,6 +24,6 @@ pub use control::ControlDriver;
 pub use endpoint::{
     ClientEndpoint, ClientTls, Connection, Incoming, PathStats, ServerEndpoint, ServerTls,
 };
-pub use error::Error;
-pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf, reset_code};
+pub use error::{Alert, CertificateProblem, Error, Wait};
+pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf};
 pub use tuning::Tuning;

@@ -1,8 +1,9 @@
 //! One QUIC stream as two plain byte pipes.
 //!
 //! [`SendHalf`] is a tokio `AsyncWrite` (shutdown = FIN), [`RecvHalf`] a tokio `AsyncRead`
-//! (EOF = the peer's FIN). Aborting a stream carries a named [`proto::StreamError`] both ways;
-//! [`reset_code`] recovers it from the `io::Error` a reader or writer saw.
+//! (EOF = the peer's FIN). Aborting a stream carries a named [`proto::StreamError`] both ways:
+//! the inherent methods fail with [`Error::StreamReset`] / [`Error::StreamStopped`], and an
+//! `io::Error` from the tokio traits converts back into the same [`Error`] with `From`.
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +12,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use proto::StreamError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::Error;
+use crate::error::code_u32;
 
 /// Read size for request and response bodies on both ends: large enough for bulk transfers,
 /// small enough to stream.
@@ -34,19 +38,19 @@ impl SendHalf {
     }
 
     /// Writes all of `data`.
-    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.inner.write_all(data).await.map_err(io::Error::from)
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
+        Ok(self.inner.write_all(data).await?)
     }
 
     /// Writes as much of `data` as flow control allows right now (at least one byte, or an
     /// error). Cancel-safe: a dropped call has written nothing.
-    pub async fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.inner.write(data).await.map_err(io::Error::from)
+    pub async fn write_some(&mut self, data: &[u8]) -> Result<usize, Error> {
+        Ok(self.inner.write(data).await?)
     }
 
     /// Writes one chunk without copying it.
-    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        self.inner.write_chunk(data).await.map_err(io::Error::from)
+    pub async fn write_chunk(&mut self, data: Bytes) -> Result<(), Error> {
+        Ok(self.inner.write_chunk(data).await?)
     }
 
     /// Ends the stream cleanly (FIN) after everything written so far.
@@ -81,15 +85,18 @@ impl AsyncWrite for SendHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.inner), cx, buf)
+        Pin::new(&mut self.inner)
+            .poll_write(cx, buf)
+            .map_err(|e| Error::from(e).into_io())
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(&mut self.inner), cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here: written bytes are already the transport's to send.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_shutdown(Pin::new(&mut self.inner), cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.inner.finish().map_err(|e| Error::from(e).into_io()))
     }
 }
 
@@ -105,19 +112,21 @@ impl RecvHalf {
     }
 
     /// Reads the next chunk of at most `max` bytes without copying; `None` at the peer's FIN.
-    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
-        match self.inner.read_chunk(max, true).await {
-            Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(io::Error::from(e)),
-        }
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
+        Ok(self
+            .inner
+            .read_chunk(max, true)
+            .await?
+            .map(|chunk| chunk.bytes))
     }
 
-    /// Fills `buf` completely, or fails (an early FIN is `UnexpectedEof`).
-    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    /// Fills `buf` completely, or fails (an early FIN is [`Error::Io`] `UnexpectedEof`).
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         self.inner.read_exact(buf).await.map_err(|e| match e {
-            quinn::ReadExactError::FinishedEarly(_) => io::ErrorKind::UnexpectedEof.into(),
-            quinn::ReadExactError::ReadError(e) => io::Error::from(e),
+            quinn::ReadExactError::FinishedEarly(_) => {
+                Error::Io(io::ErrorKind::UnexpectedEof.into())
+            }
+            quinn::ReadExactError::ReadError(e) => e.into(),
         })
     }
 
@@ -133,31 +142,12 @@ impl AsyncRead for RecvHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf)
+        self.inner
+            .poll_read_buf(cx, buf)
+            .map_err(|e| Error::from(e).into_io())
     }
-}
-
-/// The [`StreamError`] a peer reset (or stopped) the stream with, if `err` came from that.
-pub fn reset_code(err: &io::Error) -> Option<StreamError> {
-    let inner = err.get_ref()?;
-    if let Some(e) = inner.downcast_ref::<quinn::ReadError>() {
-        if let quinn::ReadError::Reset(code) = e {
-            return Some(StreamError::from_code(code_u32(*code)));
-        }
-        return None;
-    }
-    if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
-        return Some(StreamError::from_code(code_u32(*code)));
-    }
-    None
 }
 
 pub(crate) fn varint(code: u32) -> quinn::VarInt {
     quinn::VarInt::from_u32(code)
-}
-
-fn code_u32(code: quinn::VarInt) -> u32 {
-    // Codes we send fit in u32; a larger one from a misbehaving peer maps to a value that
-    // `from_code` turns into `Unknown`.
-    u32::try_from(code.into_inner()).unwrap_or(u32::MAX)
 }

@@ -49,7 +49,7 @@ impl Default for Tuning {
 impl Tuning {
     pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, crate::Error> {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .map_err(|_| crate::Error::Connection("idle timeout out of range".into()))?;
+            .map_err(|_| crate::Error::InvalidConfig("idle timeout out of range"))?;
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(idle))

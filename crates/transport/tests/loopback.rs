@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use pki::{Ca, Identity, KeyType, Validity};
 use proto::{ControlEvent, ControlState, Hello, StreamError, Welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transport::{ClientEndpoint, ClientTls, ControlDriver, ServerEndpoint, ServerTls, Tuning};
+use transport::{
+    CertificateProblem, ClientEndpoint, ClientTls, ControlDriver, Error, ServerEndpoint, ServerTls,
+    Tuning, Wait,
+};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -125,10 +128,14 @@ async fn control_handshake_and_echo_stream() {
 
     let (_send, mut recv) = conn.accept().await.unwrap();
     let mut buf = Vec::new();
+    // Through tokio's AsyncRead the reset is an io::Error that converts back, typed.
     let err = recv.read_to_end(&mut buf).await.unwrap_err();
-    assert_eq!(
-        transport::reset_code(&err),
-        Some(StreamError::UpstreamTimeout)
+    assert!(
+        matches!(
+            transport::Error::from(err),
+            Error::StreamReset(StreamError::UpstreamTimeout)
+        ),
+        "reset code lost"
     );
     conn.close(proto::CloseCode::Normal, "done");
     edge.await.unwrap();
@@ -139,11 +146,11 @@ async fn device_certificate_cannot_open_a_tunnel() {
     let pki = Pki::new();
     let server = pki.server();
     let addr = server.local_addr().unwrap();
+    let (refused_tx, refused_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            // The handshake must fail: the certificate is not from the connector CA.
-            assert!(incoming.accept(LIMIT).await.is_err());
-        }
+        let incoming = server.accept().await.unwrap();
+        // The handshake must fail: the certificate is not from the connector CA.
+        let _ = refused_tx.send(incoming.accept(LIMIT).await.err());
     });
     // Signed by some other CA (e.g. a site's device CA).
     let device_ca = Ca::generate("a site's device CA", Validity::days(30)).unwrap();
@@ -167,6 +174,28 @@ async fn device_certificate_cannot_open_a_tunnel() {
         result.is_err(),
         "a device certificate must not open a tunnel"
     );
+    // Each side says why, typed: the edge refused an unknown issuer, and told the client
+    // with the matching TLS alert.
+    let refused = tokio::time::timeout(LIMIT, refused_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            Some(Error::InvalidPeerCertificate(
+                CertificateProblem::UnknownIssuer
+            ))
+        ),
+        "{refused:?}"
+    );
+    let Err(Error::HandshakeRefused(alert)) = result else {
+        panic!("expected a refused handshake, got {result:?}");
+    };
+    assert_eq!(
+        alert.certificate_problem(),
+        Some(CertificateProblem::UnknownIssuer)
+    );
 }
 
 #[tokio::test]
@@ -186,5 +215,113 @@ async fn connector_refuses_an_edge_outside_its_pinned_ca() {
         &Identity::connector("home", "c1").unwrap(),
         addr,
     );
-    assert!(client.connect(addr, LIMIT).await.is_err());
+    let result = client.connect(addr, LIMIT).await;
+    assert!(result.is_err());
+    // The impostor's CA has the same name as ours, so its certificate names a trusted issuer
+    // whose key did not sign it.
+    assert!(
+        matches!(
+            result,
+            Err(Error::InvalidPeerCertificate(
+                CertificateProblem::BadSignature
+            ))
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_peer_times_out_typed() {
+    let pki = Pki::new();
+    // A UDP port that swallows everything: the handshake never gets an answer.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
+    let result = client.connect(addr, Duration::from_millis(300)).await;
+    assert!(
+        matches!(result, Err(Error::TimedOut(Wait::Handshake))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn close_code_and_reason_reach_the_peer() {
+    let pki = Pki::new();
+    let server = pki.server();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().accept(LIMIT).await.unwrap();
+        let _ = conn.accept().await;
+        conn.close(proto::CloseCode::Revoked, "connector certificate revoked");
+        // Keep the endpoint until the close went out.
+        server.wait_idle(LIMIT).await;
+    });
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
+    let conn = client.connect(addr, LIMIT).await.unwrap();
+    let (mut send, _recv) = conn.open(LIMIT).await.unwrap();
+    // The server only sees the stream once data arrives on it.
+    send.write_all(b"x").await.unwrap();
+    let reason = conn.close_reason(LIMIT).await;
+    let Some(Error::ClosedByPeer { code, reason }) = reason else {
+        panic!("expected a close by the peer, got {reason:?}");
+    };
+    assert_eq!(code, proto::CloseCode::Revoked);
+    assert_eq!(reason, "connector certificate revoked");
+    // Using the connection now says the same.
+    assert!(matches!(
+        conn.open(LIMIT).await,
+        Err(Error::ClosedByPeer {
+            code: proto::CloseCode::Revoked,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn reject_arrives_before_the_close() {
+    let pki = Pki::new();
+    let server = pki.server();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().accept(LIMIT).await.unwrap();
+        let (send, recv) = conn.accept().await.unwrap();
+        let mut control = ControlDriver::new(send, recv, ControlState::edge(now(), LIMIT));
+        let event = control.next_event().await.unwrap();
+        assert!(matches!(event, ControlEvent::HelloReceived(_)), "{event:?}");
+        control.state().reject(proto::Reject {
+            code: proto::RejectCode::UnknownSite,
+            text: "site is not configured on this edge".into(),
+        });
+        // Closing right after `finish` must not lose the Reject.
+        control.finish(LIMIT).await.unwrap();
+        conn.close(proto::CloseCode::Rejected, "rejected");
+        server.wait_idle(LIMIT).await;
+    });
+    let client = pki.client(
+        &pki.connector_ca,
+        &Identity::connector("home", "c1").unwrap(),
+        addr,
+    );
+    let conn = client.connect(addr, LIMIT).await.unwrap();
+    let (send, recv) = conn.open(LIMIT).await.unwrap();
+    let hello = Hello {
+        version: proto::VERSION,
+        connector_id: "c1".into(),
+        software: "test".into(),
+        purpose: proto::Purpose::Serve,
+    };
+    let mut control = ControlDriver::new(send, recv, ControlState::connector(hello, now(), LIMIT));
+    let event = control.next_event().await;
+    let Ok(ControlEvent::Rejected(reject)) = event else {
+        panic!("expected the Reject, got {event:?}");
+    };
+    assert_eq!(reject.code, proto::RejectCode::UnknownSite);
 }

@@ -502,3 +502,85 @@ async fn self_check_session_never_carries_requests() {
     drop(control);
     conn.close(proto::CloseCode::Normal, "done");
 }
+
+/// A `Hello` the edge cannot decode (here: a newer protocol version) is answered with
+/// `Reject(UnsupportedVersion)` before the edge closes, as docs/protocol.md says, so a newer
+/// connector learns why; nothing is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_hello_gets_reject_unsupported_version() {
+    use bytes::BytesMut;
+    use proto::{Control, FrameBuffer, Hello, Purpose, RejectCode};
+    use transport::{ClientEndpoint, ClientTls, Tuning};
+
+    const LIMIT: Duration = Duration::from_secs(10);
+    let stack = Stack::start_with(StackOptions {
+        connectors: false,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let token = &stack.home().token;
+    let tls = ClientTls {
+        cert_chain: pki::parse_certs(&token.cert_pem).unwrap(),
+        key: pki::parse_key(&token.key_pem).unwrap(),
+        tunnel_ca: pki::parse_certs(&token.tunnel_ca_pem).unwrap(),
+        server_name: token.server_name.clone(),
+    };
+    let tunnel = stack.edge.tunnel_addr();
+    let endpoint = ClientEndpoint::new(tunnel, tls, &Tuning::default()).unwrap();
+    let conn = endpoint.connect(tunnel, LIMIT).await.unwrap();
+    let (mut send, mut recv) = conn.open(LIMIT).await.unwrap();
+    // The encoder writes fields as they are; the edge's decoder refuses the version.
+    let mut hello = BytesMut::new();
+    Control::Hello(Hello {
+        version: proto::VERSION + 1,
+        connector_id: token.connector_id.clone(),
+        software: "e2e (from the future)".into(),
+        purpose: Purpose::Serve,
+    })
+    .encode(&mut hello)
+    .unwrap();
+    send.write_all(&hello).await.unwrap();
+
+    let mut inbox = FrameBuffer::new(64 * 1024);
+    let answer = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(msg) = inbox.next_control().unwrap() {
+                return Some(msg);
+            }
+            let chunk = recv.read_chunk(16 * 1024).await.unwrap()?;
+            inbox.push(&chunk).unwrap();
+        }
+    })
+    .await
+    .expect("no answer to the hello");
+    let Some(Control::Reject(reject)) = answer else {
+        panic!("expected a Reject, got {answer:?}");
+    };
+    assert_eq!(reject.code, RejectCode::UnsupportedVersion, "{reject:?}");
+    // Then the edge closes the connection as rejected.
+    let closed = conn.close_reason(LIMIT).await;
+    assert!(
+        matches!(
+            closed,
+            Some(transport::Error::ClosedByPeer {
+                code: proto::CloseCode::Rejected,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
+    assert_eq!(stack.edge.site_connections("home").await.unwrap(), 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", stack.edge.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rejected = metrics.lines().find(|l| {
+        l.starts_with(
+            "doorless_edge_connector_registrations_total{site=\"home\",result=\"rejected\"}",
+        )
+    });
+    assert_eq!(rejected.and_then(|l| l.rsplit(' ').next()), Some("1"));
+}

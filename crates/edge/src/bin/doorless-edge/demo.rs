@@ -119,9 +119,12 @@ async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> an
     let connector = connector::Connector::bind(connector_config).await?;
     let mut ready = connector.ready();
     let connector_task = tokio::spawn(connector.run(shutdown.clone()));
-    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
-        .await
-        .context("the demo connector did not register within 10 s")??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ready.wait_for(|connected| *connected > 0),
+    )
+    .await
+    .context("the demo connector did not register within 10 s")??;
 
     let https_port = addrs.https.port();
     let url = format!("https://{HOST}:{https_port}/");
