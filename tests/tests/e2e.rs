@@ -22,6 +22,8 @@ mod http;
 mod metrics;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/security.rs"]
+mod security;
 #[path = "e2e/websocket.rs"]
 mod websocket;
 
