@@ -28,7 +28,10 @@
 //!
 //! - ECDSA P-256 keys by default ([`KeyType::Rsa2048`] for old devices).
 //! - Random 16-byte positive serials; validity always explicit, starting one hour in the past.
-//! - CAs: CA:true with path length 0, keyCertSign + cRLSign + digitalSignature, 10 years.
+//! - CAs: CA:true with path length 0, keyCertSign + cRLSign + digitalSignature, 10 years, and
+//!   a subject of one CN of 16 random hex digits: no product or site name, since anyone who
+//!   starts a TLS handshake sees the device CA's name (CertificateRequest) and the server CA's
+//!   (issuer of the HTTPS certificate). State dirs made before this keep their old names.
 //! - Device certificates are signed directly by their site's own client CA (the iOS app sends no
 //!   intermediates), so a certificate of site A never verifies against site B.
 //! - Identity lives in one place, a URI SAN `urn:doorless:device:<site>:<name>` or

@@ -128,7 +128,7 @@ impl StateDir {
                 created: rfc3339(now()),
             },
         };
-        let tunnel_ca = Ca::generate("doorless tunnel CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let tunnel_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&tunnel_ca, &dir.tunnel_ca_path(), &dir.tunnel_ca_key_path())?;
         // Both ends of the tunnel are ours and the connector pins the CA, so the tunnel
         // certificate can live as long as the CA.
@@ -137,13 +137,13 @@ impl StateDir {
             Validity::days(CA_VALIDITY_DAYS),
         )?;
         write_issued(&tunnel, &dir.tunnel_cert_path(), &dir.tunnel_key_path())?;
-        let connector_ca = Ca::generate("doorless connector CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let connector_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(
             &connector_ca,
             &dir.connector_ca_path(),
             &dir.connector_ca_key_path(),
         )?;
-        let server_ca = Ca::generate("doorless local server CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let server_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&server_ca, &dir.server_ca_path(), &dir.server_ca_key_path())?;
         sfs::write_atomic(&dir.session_key_path(), &random_bytes::<32>()?, SECRET)?;
         write_json(&dir.index_path(), &Vec::<IndexEntry>::new(), PUBLIC)?;
@@ -235,10 +235,7 @@ impl StateDir {
     }
 
     fn build_site(&self, dir: &Path, name: &str, hostnames: &[String]) -> Result<()> {
-        let client_ca = Ca::generate(
-            &format!("doorless {name} device CA"),
-            Validity::days(CA_VALIDITY_DAYS),
-        )?;
+        let client_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(
             &client_ca,
             &dir.join(CLIENT_CA_CRT),
@@ -885,6 +882,18 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T, mode: u32) -> Resul
 fn rfc3339(t: OffsetDateTime) -> String {
     // Our timestamps are UTC and within years 0..=9999, which RFC 3339 can always express.
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The subject CN of a new CA: 16 random hex digits, nothing else.
+///
+/// CA names are public: the TLS CertificateRequest lists the site's device CA to every client
+/// that connects, and the sites' HTTPS certificates name the server CA as their issuer. A name
+/// with the product or the site in it would tell a scanner what it is talking to. Random
+/// rather than fixed so it is no fingerprint either, and distinct per CA so a browser's
+/// certificate picker (which matches issuer DNs against the hinted names) still tells sites
+/// apart.
+fn neutral_ca_name() -> Result<String> {
+    Ok(hex(&random_bytes::<8>()?))
 }
 
 /// `host:443`, bracketing IPv6 addresses.

@@ -647,3 +647,95 @@ fn openssl_agrees() {
         pubkey(&["pkey", "-pubout", "-in"], &key)
     );
 }
+
+/// CA names are public (CertificateRequest hints, the HTTPS certificate's issuer): they name
+/// neither the product nor the site, differ per CA, and every certificate's issuer DN is its
+/// CA's subject DN byte for byte (Chromium picks a client certificate by comparing exactly
+/// these bytes with the hinted CA names).
+#[test]
+fn ca_names_are_neutral_and_issuers_match_exactly() {
+    let (_tmp, state) = init();
+    let site = state
+        .add_site("secretsite", &hosts(&["ha.example.com"]))
+        .unwrap();
+    let device = state
+        .add_client(
+            "secretsite",
+            "phone",
+            Validity::days(30),
+            KeyType::EcdsaP256,
+        )
+        .unwrap();
+    let token = state.issue_connector("secretsite", None).unwrap();
+    let connector = pki::parse_certs(&token.cert_pem)
+        .unwrap()
+        .remove(0)
+        .to_vec();
+
+    let cas = [
+        state.tunnel_ca_path(),
+        state.connector_ca_path(),
+        state.server_ca_path(),
+        site.client_ca_path.clone(),
+    ];
+    let mut names = std::collections::HashSet::new();
+    for path in &cas {
+        let der = cert_der(path);
+        let cert = parse(&der);
+        let subject = cert.subject().to_string();
+        let lower = subject.to_ascii_lowercase();
+        for word in [
+            "doorless",
+            "secretsite",
+            "device",
+            "server",
+            "tunnel",
+            "connector",
+        ] {
+            assert!(
+                !lower.contains(word),
+                "{}: CA subject {subject:?} contains {word:?}",
+                path.display()
+            );
+        }
+        // One CN of 16 hex digits, nothing else.
+        let cns: Vec<_> = cert.subject().iter_common_name().collect();
+        assert_eq!(cns.len(), 1, "{subject}");
+        assert_eq!(cert.subject().iter().count(), 1, "{subject}");
+        let cn = cns[0].as_str().unwrap();
+        assert!(
+            cn.len() == 16 && cn.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{cn:?}"
+        );
+        assert!(names.insert(cn.to_owned()), "two CAs share the name {cn}");
+        // Self-signed: issuer == subject, byte for byte.
+        assert_eq!(cert.issuer().as_raw(), cert.subject().as_raw());
+    }
+
+    let exactly = |leaf: &[u8], ca: &Path| {
+        let ca = cert_der(ca);
+        assert_eq!(
+            parse(leaf).issuer().as_raw(),
+            parse(&ca).subject().as_raw(),
+            "issuer DN differs from the CA's subject DN"
+        );
+    };
+    exactly(&device.cert_der, &site.client_ca_path);
+    exactly(&cert_der(&site.server_cert_path), &state.server_ca_path());
+    exactly(
+        &cert_der(&state.tunnel_cert_path()),
+        &state.tunnel_ca_path(),
+    );
+    exactly(&connector, &state.connector_ca_path());
+    // Also for a CSR-signed device certificate, signed by the CA as reloaded from disk.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let own = state
+        .sign_client_csr("secretsite", "own", &csr, Validity::days(30))
+        .unwrap();
+    exactly(&own.cert_der, &site.client_ca_path);
+}

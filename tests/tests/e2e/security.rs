@@ -303,3 +303,85 @@ async fn an_expired_certificate_cannot_resume_its_session() {
     assert_eq!(metric(&metrics, DENIED_EXPIRED), expired_before + 1.0);
     assert_eq!(metric(&metrics, DENIED_NO_CERT), no_cert_before + 1.0);
 }
+
+/// The bytes of every handshake message `openssl s_client -msg` dumped (its hex lines).
+fn msg_bytes(text: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("    ")) {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        if tokens
+            .iter()
+            .all(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bytes.extend(tokens.iter().filter_map(|t| u8::from_str_radix(t, 16).ok()));
+        }
+    }
+    bytes
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A scanner without a certificate, over TLS 1.2 and 1.3, with the right SNI, a wrong one and
+/// none, sees nothing that names the product or the site: not in the CertificateRequest's CA
+/// names, not in the server certificate's subject or issuer, not anywhere in the handshake.
+/// The CA hint list is still there (browsers pick the right certificate by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_handshake_names_neither_product_nor_site() {
+    const SITE: &str = "secretsite";
+    const HOST: &str = "ha.example.test";
+    let mut pki = e2e::Pki::new().unwrap();
+    let site = pki.add_site(SITE, HOST).unwrap();
+    let edge = e2e::Edge::start(pki.root()).await.unwrap();
+    // The device CA's subject as s_client prints it (`CN = ...`).
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(&site.client_ca_path)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8(subject.stdout).unwrap();
+    let hint = subject.trim().strip_prefix("subject=").unwrap().to_owned();
+    assert!(hint.starts_with("CN = "), "{hint}");
+
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    for version in ["-tls1_2", "-tls1_3"] {
+        for sni in [Some(HOST), Some("other.example.test"), None] {
+            let mut args = vec![version, "-msg", "-showcerts"];
+            if sni.is_none() {
+                args.push("-noservername");
+            }
+            let run = s_client(edge.https_addr(), sni.unwrap_or(HOST), &args, &request).await;
+            let wire = msg_bytes(&run.text);
+            for word in ["doorless", SITE] {
+                assert!(
+                    !contains_ignore_case(run.text.as_bytes(), word)
+                        && !contains_ignore_case(&wire, word),
+                    "{version} SNI {sni:?}: the handshake shows {word:?}:\n{}",
+                    run.text
+                );
+            }
+            assert!(!run.answered(), "{version}: answered:\n{}", run.text);
+            if sni == Some(HOST) {
+                assert!(
+                    wire.len() > 500,
+                    "{version}: -msg dumped no handshake:\n{}",
+                    run.text
+                );
+                // The device CA is hinted (TLS 1.3 completes the client's side of the handshake,
+                // so s_client prints the list).
+                if version == "-tls1_3" {
+                    assert!(
+                        run.text.contains("Acceptable client certificate CA names")
+                            && run.text.contains(&hint),
+                        "{version}: the device CA {hint:?} is not hinted:\n{}",
+                        run.text
+                    );
+                }
+            }
+        }
+    }
+}
