@@ -5,14 +5,16 @@
 //! a hidden directory renamed into place at the end, so a site is either complete or absent.
 
 use std::io::ErrorKind;
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
 
-use crate::ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity, now};
+use crate::ca::{
+    CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity, now,
+};
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
 use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
@@ -376,6 +378,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let index = self.read_index()?;
         self.issue_recorded(&ca, &identity, validity, key, index)
     }
@@ -392,6 +395,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let index = self.read_index()?;
         self.record(&identity, index, || {
             ca.issue_client_csr(csr_pem, &identity, validity)
@@ -554,6 +558,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let mut index = self.read_index()?;
         let old = index
             .iter()
@@ -884,6 +889,27 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// Checks the validity a user asked for a device certificate: at least [`MIN_VALIDITY_DAYS`]
+/// from now and ending inside the CA's life. (`Ca` would silently cap the end at the CA's; a
+/// user who typed `--days` deserves to hear that it was too much.)
+fn check_device_validity(validity: &Validity, ca: &Ca) -> Result<()> {
+    let now = now();
+    // Whole days, rounded: `Validity::days(1)` made a moment ago still counts as one day.
+    let days = (validity.not_after - now + Duration::hours(12)).whole_days();
+    if days < MIN_VALIDITY_DAYS {
+        return Err(Error::ValidityTooShort {
+            not_after: validity.not_after,
+        });
+    }
+    if validity.not_after > ca.not_after() {
+        return Err(Error::ValidityBeyondCa {
+            ca_not_after: ca.not_after(),
+            max_days: (ca.not_after() - now).whole_days(),
+        });
+    }
+    Ok(())
+}
+
 /// The subject CN of a new CA: 16 random hex digits, nothing else.
 ///
 /// CA names are public: the TLS CertificateRequest lists the site's device CA to every client
@@ -896,12 +922,9 @@ fn neutral_ca_name() -> Result<String> {
     Ok(hex(&random_bytes::<8>()?))
 }
 
-/// `host:443`, bracketing IPv6 addresses.
+/// `host:443`; site hostnames are DNS names, never IP addresses.
 fn default_edge(hostname: &str) -> String {
-    match hostname.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => format!("[{ip}]:443"),
-        _ => format!("{hostname}:443"),
-    }
+    format!("{hostname}:443")
 }
 
 fn validate_edge_addr(addr: &str) -> Result<()> {
@@ -918,9 +941,9 @@ fn validate_edge_addr(addr: &str) -> Result<()> {
         return invalid("port must be 1-65535");
     }
     let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
         // An unbracketed IPv6 address would make the port ambiguous.
-        None => !host.contains(':') && normalize_hostname(host).is_ok(),
+        None => host.parse::<Ipv4Addr>().is_ok() || normalize_hostname(host).is_ok(),
     };
     if !ok {
         return invalid("host must be a DNS name, an IPv4 address or a bracketed IPv6 address");
