@@ -16,6 +16,8 @@ mod demo;
 mod denials;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/hostile_upstream.rs"]
+mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
 #[path = "e2e/metrics.rs"]
