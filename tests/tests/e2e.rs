@@ -16,12 +16,16 @@ mod demo;
 mod denials;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/hostile_upstream.rs"]
+mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/security.rs"]
+mod security;
 #[path = "e2e/websocket.rs"]
 mod websocket;
 

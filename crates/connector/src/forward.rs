@@ -5,6 +5,11 @@
 //! client IP, one `X-Forwarded-Proto: https`, one `X-Forwarded-Host`), streams the body both
 //! ways, and splices WebSockets after a 101. Failures reset the stream with a named code the
 //! edge turns into 502/504.
+//!
+//! A response whose length the edge's client could read differently than we did is refused
+//! before its head is relayed (RFC 9112 §6.3, see [`Framing`]): hyper alone would prefer
+//! `Transfer-Encoding` and pass a conflicting `Content-Length` through, so the client would cut
+//! (or wait for) a body of the wrong length.
 
 use std::io;
 use std::sync::Arc;
@@ -58,8 +63,24 @@ pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>)
             return;
         }
     };
-    if let Err(code) = forward(header, send, recv, &shared).await {
-        debug!(code = code.name(), "stream failed");
+    if let Err(Failed { code, kind }) = forward(header, send, recv, &shared).await {
+        debug!(code = code.name(), kind, "stream failed");
+        if let Some(kind) = kind {
+            metrics.upstream_error(kind);
+        }
+    }
+}
+
+/// Why a stream failed: the code the edge sees (and turns into a status) and the
+/// `upstream_errors` kind it is counted as, if it is the upstream's or the request's fault.
+#[derive(Debug, Clone, Copy)]
+struct Failed {
+    code: StreamError,
+    kind: Option<&'static str>,
+}
+
+impl From<StreamError> for Failed {
+    fn from(code: StreamError) -> Self {
         let kind = match code {
             StreamError::UpstreamConnect => Some("connect"),
             StreamError::UpstreamTimeout => Some("timeout"),
@@ -67,8 +88,15 @@ pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>)
             StreamError::BadRequest => Some("bad_request"),
             _ => None,
         };
-        if let Some(kind) = kind {
-            metrics.upstream_error(kind);
+        Self { code, kind }
+    }
+}
+
+impl From<Framing> for Failed {
+    fn from(framing: Framing) -> Self {
+        Self {
+            code: StreamError::UpstreamProtocol,
+            kind: Some(framing.kind()),
         }
     }
 }
@@ -94,7 +122,7 @@ async fn forward(
     mut send: SendHalf,
     recv: RecvHalf,
     shared: &Shared,
-) -> Result<(), StreamError> {
+) -> Result<(), Failed> {
     let upgrade = header.kind == StreamKind::Upgrade;
     // For an upgrade the stream stays ours for the splice; otherwise it is the request body.
     let (body, mut recv): (UpstreamBody, Option<RecvHalf>) = match (upgrade, header.body) {
@@ -108,7 +136,7 @@ async fn forward(
             if let Some(r) = recv.as_mut() {
                 r.stop(code);
             }
-            return Err(code);
+            return Err(code.into());
         }
     };
     let started = tokio::time::Instant::now();
@@ -116,11 +144,11 @@ async fn forward(
         r = shared.client.request(request) => r,
         () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
             send.reset(StreamError::UpstreamTimeout);
-            return Err(StreamError::UpstreamTimeout);
+            return Err(StreamError::UpstreamTimeout.into());
         }
         code = send.stopped() => {
             // The client went away before HA answered: dropping the request aborts it.
-            return Err(code.unwrap_or(StreamError::Cancelled));
+            return Err(code.unwrap_or(StreamError::Cancelled).into());
         }
     };
     let mut response = match response {
@@ -133,7 +161,7 @@ async fn forward(
             };
             debug!(error = %e, "upstream request failed");
             send.reset(code);
-            return Err(code);
+            return Err(code.into());
         }
     };
     shared
@@ -141,22 +169,38 @@ async fn forward(
         .upstream_duration
         .observe(started.elapsed().as_secs_f64());
     let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let head = response_head(&response, switching);
+    let length = match Framing::check(response.status(), response.headers(), switching) {
+        Ok(length) => length,
+        Err(framing) => {
+            debug!(
+                status = response.status().as_u16(),
+                framing = framing.kind(),
+                "refusing an ambiguously framed upstream response"
+            );
+            // Dropping `response` closes that upstream connection: its bytes cannot be trusted.
+            send.reset(StreamError::UpstreamProtocol);
+            if let Some(r) = recv.as_mut() {
+                r.stop(StreamError::UpstreamProtocol);
+            }
+            return Err(framing.into());
+        }
+    };
+    let head = response_head(&response, switching, length);
     if transport::head::write_response_head(&mut send, &head)
         .await
         .is_err()
     {
-        return Err(StreamError::Cancelled);
+        return Err(StreamError::Cancelled.into());
     }
     if switching {
         let Some(recv) = recv else {
-            return Err(StreamError::Internal);
+            return Err(StreamError::Internal.into());
         };
         let upgraded = match hyper::upgrade::on(&mut response).await {
             Ok(u) => u,
             Err(_) => {
                 send.reset(StreamError::UpstreamProtocol);
-                return Err(StreamError::UpstreamProtocol);
+                return Err(StreamError::UpstreamProtocol.into());
             }
         };
         let mut upstream = TokioIo::new(upgraded);
@@ -174,7 +218,97 @@ async fn forward(
         // Nothing more to read from the edge for this request.
         r.stop(StreamError::Cancelled);
     }
-    pump_response(response.into_body(), send).await
+    pump_response(response.into_body(), send)
+        .await
+        .map_err(Failed::from)
+}
+
+/// A response whose framing is refused (RFC 9112 §6.3): hyper reads it one way, but the
+/// client behind the edge could read it another, so the only safe answer is a 502.
+///
+/// What hyper already refuses (differing or non-numeric `Content-Length` where it reads one,
+/// `Transfer-Encoding` in HTTP/1.0) fails the request inside hyper and counts as `protocol`.
+/// What hyper does on its own and is fine: it ignores interim 1xx responses, and reads no body
+/// for 1xx/204/304 and HEAD (bytes an upstream sends anyway make hyper close that connection,
+/// so they never prefix the next response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length` and `Transfer-Encoding` together (§6.3 point 3: "ought to be handled
+    /// as an error"; hyper would read chunked and pass the stale length on).
+    LengthAndTransferEncoding,
+    /// A transfer coding other than exactly one `chunked`: hyper would pass the coded bytes
+    /// on as if they were the content, and the coding header is hop-by-hop, so dropped.
+    TransferCoding,
+    /// `Content-Length` values that disagree or are no number, on a response hyper did not
+    /// read a length from (304, HEAD).
+    ContentLength,
+    /// A final 1xx status to a request that asked for no upgrade (hyper hands a 101 back).
+    Informational,
+}
+
+impl Framing {
+    /// The `upstream_errors` kind every framing refusal counts as.
+    fn kind(self) -> &'static str {
+        "framing"
+    }
+
+    /// Checks a response head; returns the one `Content-Length` to relay, if any.
+    fn check(
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        switching: bool,
+    ) -> Result<Option<u64>, Framing> {
+        if status.is_informational() && !switching {
+            return Err(Framing::Informational);
+        }
+        // 1xx and 204 have no body and must not carry a length (RFC 9110 §8.6): drop it.
+        if status.is_informational() || status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let mut codings = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        // A header present but empty counts as a coding too: hyper then reads until the
+        // connection closes, whatever `Content-Length` says.
+        let present = headers.contains_key(header::TRANSFER_ENCODING);
+        let chunked = match (codings.next(), codings.next()) {
+            (None, _) if !present => false,
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => true,
+            _ => return Err(Framing::TransferCoding),
+        };
+        let length = content_length(headers)?;
+        match (chunked, length) {
+            (true, Some(_)) => Err(Framing::LengthAndTransferEncoding),
+            (true, None) => Ok(None),
+            (false, length) => Ok(length),
+        }
+    }
+}
+
+/// The one length all `Content-Length` values (headers and comma-separated list members)
+/// agree on (§6.3 point 5 lets a recipient take identical duplicates as one); `None` without.
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, Framing> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
+                return Err(Framing::ContentLength);
+            }
+            let n = std::str::from_utf8(member)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Framing::ContentLength)?;
+            match length {
+                Some(seen) if seen != n => return Err(Framing::ContentLength),
+                _ => length = Some(n),
+            }
+        }
+    }
+    Ok(length)
 }
 
 async fn pump_response(mut body: Incoming, mut send: SendHalf) -> Result<(), StreamError> {
@@ -258,18 +392,31 @@ fn build_request(
     Ok(request)
 }
 
-fn response_head(response: &Response<Incoming>, switching: bool) -> ResponseHead {
+/// The head to relay: hop-by-hop headers dropped (but `Upgrade`/`Connection` of a 101), and
+/// `Content-Length` replaced by the single checked `length`, so the client reads exactly the
+/// length we read.
+fn response_head(
+    response: &Response<Incoming>,
+    switching: bool,
+    length: Option<u64>,
+) -> ResponseHead {
     use hyper::body::Body as _;
     let mut headers = Vec::with_capacity(response.headers().len());
     for (name, value) in response.headers() {
         let n = name.as_str();
         let keep_for_101 = switching && (name == header::UPGRADE || name == header::CONNECTION);
-        if is_hop_by_hop(n) && !keep_for_101 {
+        if (is_hop_by_hop(n) && !keep_for_101) || name == header::CONTENT_LENGTH {
             continue;
         }
         headers.push((
             Bytes::copy_from_slice(n.as_bytes()),
             Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+    if let Some(length) = length {
+        headers.push((
+            Bytes::from_static(b"content-length"),
+            Bytes::from(length.to_string()),
         ));
     }
     let body = if switching || response.body().is_end_stream() {
@@ -370,6 +517,75 @@ mod tests {
             panic!("request must build");
         };
         assert_eq!(req.headers()["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
+    fn framing_table() {
+        fn check(
+            status: u16,
+            headers: &[(&str, &str)],
+            switching: bool,
+        ) -> Result<Option<u64>, Framing> {
+            let mut map = http::HeaderMap::new();
+            for (n, v) in headers {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap_or(header::WARNING),
+                    HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+                );
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Framing::check(status, &map, switching)
+        }
+        let cl = "content-length";
+        let te = "transfer-encoding";
+        assert_eq!(check(200, &[], false), Ok(None));
+        assert_eq!(check(200, &[(cl, "5")], false), Ok(Some(5)));
+        assert_eq!(check(200, &[(cl, "5"), (cl, "5")], false), Ok(Some(5)));
+        assert_eq!(check(200, &[(cl, "5, 5")], false), Ok(Some(5)));
+        assert_eq!(check(200, &[(te, "chunked")], false), Ok(None));
+        assert_eq!(check(200, &[(te, "Chunked")], false), Ok(None));
+        assert_eq!(check(304, &[(cl, "42")], false), Ok(Some(42)));
+        assert_eq!(check(204, &[(cl, "42"), (te, "gzip")], false), Ok(None));
+        assert_eq!(check(101, &[(cl, "1")], true), Ok(None));
+        let refused = [
+            (
+                200,
+                vec![(cl, "3"), (te, "chunked")],
+                Framing::LengthAndTransferEncoding,
+            ),
+            (
+                304,
+                vec![(te, "chunked"), (cl, "3")],
+                Framing::LengthAndTransferEncoding,
+            ),
+            (200, vec![(te, "gzip")], Framing::TransferCoding),
+            (200, vec![(te, "gzip, chunked")], Framing::TransferCoding),
+            (
+                200,
+                vec![(te, "chunked"), (te, "chunked")],
+                Framing::TransferCoding,
+            ),
+            (200, vec![(te, "")], Framing::TransferCoding),
+            (200, vec![(te, " , ")], Framing::TransferCoding),
+            (304, vec![(cl, "five")], Framing::ContentLength),
+            (304, vec![(cl, "5"), (cl, "6")], Framing::ContentLength),
+            (304, vec![(cl, "5,")], Framing::ContentLength),
+            (304, vec![(cl, "+5")], Framing::ContentLength),
+            (
+                304,
+                vec![(cl, "99999999999999999999999")],
+                Framing::ContentLength,
+            ),
+            (101, vec![], Framing::Informational),
+            (103, vec![], Framing::Informational),
+        ];
+        for (status, headers, want) in refused {
+            assert_eq!(
+                check(status, &headers, false),
+                Err(want),
+                "{status} {headers:?}"
+            );
+        }
     }
 
     #[test]

@@ -321,8 +321,11 @@ fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // No session tickets: resumption would skip certificate checks that revocation relies on.
+    // No resumption at all (no TLS 1.3 tickets, no TLS 1.2 session IDs; the default ticketer
+    // makes no TLS 1.2 tickets): a resumed session skips the certificate check, so a revoked
+    // or expired certificate would keep working. Every handshake is a full one.
     config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

@@ -429,3 +429,94 @@ fn demo_without_the_feature_says_how_to_get_it() {
         "a build without the demo must not offer it"
     );
 }
+
+/// `--days` outside [1 day, the CA's life] and IP-address hostnames are refused with a message
+/// that says why, and nothing is issued or written.
+#[test]
+fn absurd_validity_and_ip_hostnames_are_refused() {
+    let cli = Cli::new();
+    for ip in ["203.0.113.7", "2001:db8::1", "[2001:db8::1]"] {
+        let err = cli.fails(&["site", "add", "home", "--hostname", ip]);
+        assert!(
+            err.contains("is an IP address") && err.contains("SNI"),
+            "{ip}: {err}"
+        );
+    }
+    assert_eq!(cli.ok(&["site", "list"]), "");
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.com"]);
+    // Nor as an extra hostname of an existing site.
+    let err = cli.fails(&["site", "add", "home", "--hostname", "203.0.113.7"]);
+    assert!(err.contains("is an IP address"), "{err}");
+
+    let key = cli.path("dev.key");
+    let csr = cli.path("dev.csr");
+    assert!(
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        openssl(&["req", "-new", "-key", &key, "-subj", "/CN=x", "-out", &csr])
+            .status
+            .success()
+    );
+    let out = cli.path("out");
+    for (days, want) in [
+        ("0", "at least 1 day"),
+        ("4294967295", "cannot be valid beyond its CA"),
+        ("3653", "cannot be valid beyond its CA"),
+    ] {
+        let err = cli.fails(&[
+            "client", "sign-csr", &csr, "--site", "home", "--name", "box", "--days", days, "--out",
+            &out,
+        ]);
+        assert!(err.contains(want), "sign-csr --days {days}: {err}");
+        let err = cli.fails(&[
+            "client", "add", "phone", "--site", "home", "--days", days, "--out", &out,
+        ]);
+        assert!(err.contains(want), "client add --days {days}: {err}");
+    }
+    assert_eq!(cli.list().len(), 1, "only the connector was issued");
+    assert!(!Path::new(&out).join("box.crt").exists());
+    assert!(!Path::new(&out).join("phone.p12").exists());
+    // The message says how long is possible, and that length works.
+    let err = cli.fails(&[
+        "client", "add", "phone", "--site", "home", "--days", "9999", "--out", &out,
+    ]);
+    let max: u32 = err
+        .split("at most ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no maximum in {err}"));
+    cli.ok(&[
+        "client",
+        "sign-csr",
+        &csr,
+        "--site",
+        "home",
+        "--name",
+        "box",
+        "--days",
+        &max.to_string(),
+        "--out",
+        &out,
+    ]);
+    let cert = Path::new(&out).join("box.crt");
+    let ca = cli.state.join("sites/home/client-ca.crt");
+    let verify = openssl(&[
+        "verify",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(verify.status.success());
+}

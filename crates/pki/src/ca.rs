@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
-use crate::identity::{Identity, fingerprint, normalize_hostname};
+use crate::identity::{Identity, fingerprint, normalize_server_name};
 use crate::pem::parse_certs;
 
 /// The key algorithm of a new certificate.
@@ -45,7 +45,8 @@ impl Validity {
         let now = now();
         Self {
             not_before: now - Duration::hours(1),
-            // Saturating: an absurd `days` means "as long as X.509 can say", not a panic.
+            // Saturating: an absurd `days` is refused by the checks of whoever issues (and
+            // capped at the CA's expiry by `Ca`), not a panic here.
             not_after: now.saturating_add(Duration::days(days.into())),
         }
     }
@@ -64,6 +65,10 @@ impl Validity {
     }
 }
 
+/// The shortest validity `StateDir` issues a device certificate for: one day. Shorter would be
+/// a certificate that dies before anyone has installed it (`--days 0`: already expired).
+pub const MIN_VALIDITY_DAYS: i64 = 1;
+
 /// Default lifetime of the CAs `StateDir::init` makes: ten years, as CAs live as long as the
 /// installation and rotating one means re-enrolling everything.
 pub const CA_VALIDITY_DAYS: u32 = 3652;
@@ -72,6 +77,8 @@ pub const CA_VALIDITY_DAYS: u32 = 3652;
 pub struct Ca {
     cert_pem: String,
     cert_der: Vec<u8>,
+    /// The CA's own `notAfter`: nothing it signs is valid for longer.
+    not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -136,10 +143,12 @@ impl Ca {
         if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
             return Err(Error::KeyMismatch { path: None });
         }
+        let not_after = cert.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), key)?;
         Ok(Ca {
             cert_pem,
             cert_der,
+            not_after,
             issuer,
         })
     }
@@ -152,6 +161,12 @@ impl Ca {
     /// The CA certificate in DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// When the CA itself expires. Certificates it issues never outlive it: a longer
+    /// validity is capped here (a chain is only valid while every certificate in it is).
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 
     /// The CA private key as PKCS#8 PEM. Secret: write it with mode 0600.
@@ -168,7 +183,7 @@ impl Ca {
         key: KeyType,
     ) -> Result<Issued> {
         let uri = identity.to_uri();
-        let mut params = leaf_params(&identity.name, validity)?;
+        let mut params = self.leaf_params(&identity.name, validity)?;
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, generate_key(key)?)
@@ -179,10 +194,10 @@ impl Ca {
     pub fn issue_server(&self, names: &[String], validity: Validity) -> Result<Issued> {
         let names = names
             .iter()
-            .map(|n| normalize_hostname(n))
+            .map(|n| normalize_server_name(n))
             .collect::<Result<Vec<_>>>()?;
         let first = names.first().ok_or(Error::NoHostnames)?;
-        let mut params = leaf_params(first, validity)?;
+        let mut params = self.leaf_params(first, validity)?;
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse() {
@@ -223,7 +238,7 @@ impl Ca {
             },
         })?;
         let uri = identity.to_uri();
-        let mut params = leaf_params(&identity.name, validity)?;
+        let mut params = self.leaf_params(&identity.name, validity)?;
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         // Only the public key is taken from the CSR, with the key algorithm read from the key
@@ -271,6 +286,31 @@ impl Ca {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// What every leaf shares: CN, not a CA, digitalSignature only, AKI, random serial, and the
+    /// validity, capped at the CA's own expiry.
+    fn leaf_params(&self, common_name: &str, validity: Validity) -> Result<CertificateParams> {
+        if self.not_after <= now() {
+            return Err(Error::CaExpired {
+                not_after: self.not_after,
+            });
+        }
+        let validity = Validity {
+            not_before: validity.not_before,
+            not_after: validity.not_after.min(self.not_after),
+        }
+        .checked()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name_dn(common_name);
+        // Explicit CA:false so no verifier can mistake a leaf for an issuer.
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        Ok(params)
     }
 
     fn issue(&self, params: CertificateParams, key: KeyPair) -> Result<Issued> {
@@ -356,21 +396,6 @@ pub struct Certified {
     pub not_after: OffsetDateTime,
     /// SHA-256 of `cert_der`.
     pub fingerprint: [u8; 32],
-}
-
-/// What every leaf shares: CN, not a CA, digitalSignature only, AKI, random serial, validity.
-fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParams> {
-    let validity = validity.checked()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = common_name_dn(common_name);
-    // Explicit CA:false so no verifier can mistake a leaf for an issuer.
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial()?);
-    params.not_before = validity.not_before;
-    params.not_after = validity.not_after;
-    Ok(params)
 }
 
 fn common_name_dn(common_name: &str) -> DistinguishedName {

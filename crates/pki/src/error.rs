@@ -6,6 +6,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use time::OffsetDateTime;
+
+use crate::ca::MIN_VALIDITY_DAYS;
 use crate::identity::Kind;
 
 /// Everything that can go wrong in this crate.
@@ -16,9 +19,17 @@ pub enum Error {
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
 
-    /// A hostname is neither a DNS name nor an IP address.
+    /// A hostname is not a DNS name.
     #[error("invalid hostname {name:?}: {reason}")]
     InvalidHostname { name: String, reason: &'static str },
+
+    /// A site hostname is an IP address, which no client would name in SNI.
+    #[error(
+        "hostname {name:?} is an IP address: TLS clients send no server name (SNI) for an IP \
+         address, so the edge could never tell which site they want; use a DNS name that \
+         points at the edge"
+    )]
+    IpHostname { name: String },
 
     /// The edge address for enrollment tokens is not `host:port`.
     #[error("invalid edge address {addr:?}: {reason}")]
@@ -61,6 +72,30 @@ pub enum Error {
     /// `not_after` is not after `not_before`.
     #[error("invalid validity: not_after must be after not_before")]
     InvalidValidity,
+
+    /// A requested certificate would expire within a day (or already has): `--days 0`.
+    #[error(
+        "a certificate must be valid for at least {MIN_VALIDITY_DAYS} day (this one would expire \
+         {})",
+        .not_after.date()
+    )]
+    ValidityTooShort { not_after: OffsetDateTime },
+
+    /// A requested certificate would outlive the CA that signs it (and stop verifying when the
+    /// CA expires anyway).
+    #[error(
+        "a certificate cannot be valid beyond its CA, which expires {}: at most {max_days} days \
+         are possible",
+        .ca_not_after.date()
+    )]
+    ValidityBeyondCa {
+        ca_not_after: OffsetDateTime,
+        max_days: i64,
+    },
+
+    /// The CA itself has expired; it can sign nothing that would verify.
+    #[error("the issuing CA expired {}; replace it before issuing", .not_after.date())]
+    CaExpired { not_after: OffsetDateTime },
 
     /// A server certificate was requested without any name.
     #[error("a server certificate needs at least one hostname")]

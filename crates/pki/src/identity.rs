@@ -164,28 +164,53 @@ pub fn validate_name(s: &str) -> Result<()> {
     Ok(())
 }
 
-/// Lowercases and checks a hostname: an IP address (returned in canonical form) or a DNS name
-/// of letter-digit-hyphen labels. Wildcards and trailing dots are refused: the edge routes on
-/// the exact SNI name.
+/// Lowercases and checks a site hostname: a DNS name (RFC 1123 letter-digit-hyphen labels of
+/// at most 63 characters, at most 253 in all, the last label not all digits). Refused, each
+/// with its own message:
+///
+/// - IP addresses (v4, v6, bracketed v6, and dotted numbers that merely look like one): TLS
+///   clients send no SNI for an IP address (RFC 6066), so the edge could never tell which
+///   site such a client wants ([`Error::IpHostname`]);
+/// - wildcards: the edge routes on the exact SNI name;
+/// - a trailing dot, non-ASCII (use the `xn--` form), `_`, empty labels.
 pub fn normalize_hostname(s: &str) -> Result<String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(ip.to_string());
-    }
-    let name = s.to_ascii_lowercase();
     let invalid = |reason| {
         Err(Error::InvalidHostname {
             name: clip(s),
             reason,
         })
     };
+    let unbracketed = s
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(s);
+    if unbracketed.parse::<IpAddr>().is_ok() {
+        return Err(Error::IpHostname { name: clip(s) });
+    }
+    let name = s.to_ascii_lowercase();
     if name.is_empty() {
         return invalid("empty");
     }
     if name.len() > 253 {
         return invalid("longer than 253 characters");
     }
-    let mut all_numeric = true;
-    for label in name.split('.') {
+    if !name.is_ascii() {
+        return invalid("not ASCII: write an internationalized name in its xn-- (punycode) form");
+    }
+    if name.starts_with("*.") || name.contains('*') {
+        return invalid(
+            "wildcards are not supported: the edge picks the site by the exact name the client \
+             asks for; list each hostname with its own --hostname",
+        );
+    }
+    if name.ends_with('.') && name.len() > 1 {
+        return invalid("trailing dot: write the name without it (ha.example.com)");
+    }
+    if name.contains(':') {
+        return invalid("contains ':' (a port, or a malformed IPv6 address?); give the bare name");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
         if label.is_empty() {
             return invalid("empty label (leading, trailing or double dot)");
         }
@@ -201,12 +226,26 @@ pub fn normalize_hostname(s: &str) -> Result<String> {
         if label.starts_with('-') || label.ends_with('-') {
             return invalid("a label starts or ends with '-'");
         }
-        all_numeric &= label.bytes().all(|b| b.is_ascii_digit());
     }
-    if all_numeric {
-        return invalid("looks like an IP address but is not one");
+    let all_digits = |label: &&str| label.bytes().all(|b| b.is_ascii_digit());
+    if labels.iter().all(all_digits) {
+        // `203.0.113` or `010.0.0.1`: not an address Rust parses, but resolvers and browsers
+        // may read it as one, and it is no DNS name either.
+        return Err(Error::IpHostname { name: clip(s) });
+    }
+    if labels.last().is_some_and(all_digits) {
+        return invalid("the last label is all digits, which no DNS name has");
     }
     Ok(name)
+}
+
+/// [`normalize_hostname`], or an IP address in canonical form: the names a server certificate
+/// may carry (IP SANs are fine for certificates, just not for choosing a site).
+pub(crate) fn normalize_server_name(s: &str) -> Result<String> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(ip.to_string()),
+        Err(_) => normalize_hostname(s),
+    }
 }
 
 /// SHA-256 of a certificate's DER: the fingerprint the edge logs and revokes by.

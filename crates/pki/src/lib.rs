@@ -27,8 +27,14 @@
 //! # Policy, fixed here so no caller forgets it
 //!
 //! - ECDSA P-256 keys by default ([`KeyType::Rsa2048`] for old devices).
-//! - Random 16-byte positive serials; validity always explicit, starting one hour in the past.
-//! - CAs: CA:true with path length 0, keyCertSign + cRLSign + digitalSignature, 10 years.
+//! - Random 16-byte positive serials; validity always explicit, starting one hour in the past,
+//!   and never beyond the signing CA's own expiry (capped by [`Ca`]). Device certificates
+//!   ([`StateDir::add_client`], [`StateDir::sign_client_csr`], [`StateDir::renew`]) are
+//!   refused unless valid for at least [`MIN_VALIDITY_DAYS`] and ending inside the CA's life.
+//! - CAs: CA:true with path length 0, keyCertSign + cRLSign + digitalSignature, 10 years, and
+//!   a subject of one CN of 16 random hex digits: no product or site name, since anyone who
+//!   starts a TLS handshake sees the device CA's name (CertificateRequest) and the server CA's
+//!   (issuer of the HTTPS certificate). State dirs made before this keep their old names.
 //! - Device certificates are signed directly by their site's own client CA (the iOS app sends no
 //!   intermediates), so a certificate of site A never verifies against site B.
 //! - Identity lives in one place, a URI SAN `urn:doorless:device:<site>:<name>` or
@@ -77,7 +83,7 @@ mod pem;
 mod state;
 mod token;
 
-pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity};
+pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity};
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use error::{Error, Result};
 pub use export::{P12Profile, check_password, export_p12, generate_password};

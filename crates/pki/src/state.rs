@@ -5,14 +5,16 @@
 //! a hidden directory renamed into place at the end, so a site is either complete or absent.
 
 use std::io::ErrorKind;
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
 
-use crate::ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, Validity, now};
+use crate::ca::{
+    CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity, now,
+};
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
 use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
@@ -128,7 +130,7 @@ impl StateDir {
                 created: rfc3339(now()),
             },
         };
-        let tunnel_ca = Ca::generate("doorless tunnel CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let tunnel_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&tunnel_ca, &dir.tunnel_ca_path(), &dir.tunnel_ca_key_path())?;
         // Both ends of the tunnel are ours and the connector pins the CA, so the tunnel
         // certificate can live as long as the CA.
@@ -137,13 +139,13 @@ impl StateDir {
             Validity::days(CA_VALIDITY_DAYS),
         )?;
         write_issued(&tunnel, &dir.tunnel_cert_path(), &dir.tunnel_key_path())?;
-        let connector_ca = Ca::generate("doorless connector CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let connector_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(
             &connector_ca,
             &dir.connector_ca_path(),
             &dir.connector_ca_key_path(),
         )?;
-        let server_ca = Ca::generate("doorless local server CA", Validity::days(CA_VALIDITY_DAYS))?;
+        let server_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(&server_ca, &dir.server_ca_path(), &dir.server_ca_key_path())?;
         sfs::write_atomic(&dir.session_key_path(), &random_bytes::<32>()?, SECRET)?;
         write_json(&dir.index_path(), &Vec::<IndexEntry>::new(), PUBLIC)?;
@@ -235,10 +237,7 @@ impl StateDir {
     }
 
     fn build_site(&self, dir: &Path, name: &str, hostnames: &[String]) -> Result<()> {
-        let client_ca = Ca::generate(
-            &format!("doorless {name} device CA"),
-            Validity::days(CA_VALIDITY_DAYS),
-        )?;
+        let client_ca = Ca::generate(&neutral_ca_name()?, Validity::days(CA_VALIDITY_DAYS))?;
         write_ca(
             &client_ca,
             &dir.join(CLIENT_CA_CRT),
@@ -379,6 +378,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let index = self.read_index()?;
         self.issue_recorded(&ca, &identity, validity, key, index)
     }
@@ -395,6 +395,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let index = self.read_index()?;
         self.record(&identity, index, || {
             ca.issue_client_csr(csr_pem, &identity, validity)
@@ -557,6 +558,7 @@ impl StateDir {
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
+        check_device_validity(&validity, &ca)?;
         let mut index = self.read_index()?;
         let old = index
             .iter()
@@ -887,12 +889,42 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// `host:443`, bracketing IPv6 addresses.
-fn default_edge(hostname: &str) -> String {
-    match hostname.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => format!("[{ip}]:443"),
-        _ => format!("{hostname}:443"),
+/// Checks the validity a user asked for a device certificate: at least [`MIN_VALIDITY_DAYS`]
+/// from now and ending inside the CA's life. (`Ca` would silently cap the end at the CA's; a
+/// user who typed `--days` deserves to hear that it was too much.)
+fn check_device_validity(validity: &Validity, ca: &Ca) -> Result<()> {
+    let now = now();
+    // Whole days, rounded: `Validity::days(1)` made a moment ago still counts as one day.
+    let days = (validity.not_after - now + Duration::hours(12)).whole_days();
+    if days < MIN_VALIDITY_DAYS {
+        return Err(Error::ValidityTooShort {
+            not_after: validity.not_after,
+        });
     }
+    if validity.not_after > ca.not_after() {
+        return Err(Error::ValidityBeyondCa {
+            ca_not_after: ca.not_after(),
+            max_days: (ca.not_after() - now).whole_days(),
+        });
+    }
+    Ok(())
+}
+
+/// The subject CN of a new CA: 16 random hex digits, nothing else.
+///
+/// CA names are public: the TLS CertificateRequest lists the site's device CA to every client
+/// that connects, and the sites' HTTPS certificates name the server CA as their issuer. A name
+/// with the product or the site in it would tell a scanner what it is talking to. Random
+/// rather than fixed so it is no fingerprint either, and distinct per CA so a browser's
+/// certificate picker (which matches issuer DNs against the hinted names) still tells sites
+/// apart.
+fn neutral_ca_name() -> Result<String> {
+    Ok(hex(&random_bytes::<8>()?))
+}
+
+/// `host:443`; site hostnames are DNS names, never IP addresses.
+fn default_edge(hostname: &str) -> String {
+    format!("{hostname}:443")
 }
 
 fn validate_edge_addr(addr: &str) -> Result<()> {
@@ -909,9 +941,9 @@ fn validate_edge_addr(addr: &str) -> Result<()> {
         return invalid("port must be 1-65535");
     }
     let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
         // An unbracketed IPv6 address would make the port ambiguous.
-        None => !host.contains(':') && normalize_hostname(host).is_ok(),
+        None => host.parse::<Ipv4Addr>().is_ok() || normalize_hostname(host).is_ok(),
     };
     if !ok {
         return invalid("host must be a DNS name, an IPv4 address or a bracketed IPv6 address");

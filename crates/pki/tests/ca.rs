@@ -155,7 +155,8 @@ fn identity_requires_exactly_one_doorless_uri() {
 
 #[test]
 fn client_cert_has_exactly_the_policy_fields() {
-    let ca = test_ca();
+    // Long-lived, so the 400 days asked for below fit inside the CA's life.
+    let ca = Ca::generate("test CA", Validity::days(3652)).unwrap();
     let ca_cert = parse(ca.cert_der());
     let identity = Identity::device("home", "phone").unwrap();
     let not_before = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - Duration::days(2);
@@ -234,15 +235,53 @@ fn validity_days_starts_an_hour_ago() {
     assert!(skew > Duration::minutes(59) && skew < Duration::minutes(61));
     let ahead = v.not_after - now;
     assert!(ahead > Duration::days(10) - Duration::minutes(1) && ahead <= Duration::days(10));
-    // Absurd lengths saturate instead of panicking, and still issue.
+    // Absurd lengths saturate instead of panicking; the CA caps them at its own expiry.
     let forever = Validity::days(u32::MAX);
-    test_ca()
+    let ca = test_ca();
+    let issued = ca
         .issue_client(
             &Identity::device("a", "b").unwrap(),
             forever,
             KeyType::EcdsaP256,
         )
         .unwrap();
+    assert_eq!(issued.not_after, ca.not_after());
+}
+
+#[test]
+fn nothing_outlives_its_ca() {
+    let ca = test_ca();
+    let ca_cert = parse(ca.cert_der());
+    assert_eq!(
+        ca.not_after().unix_timestamp(),
+        ca_cert.validity().not_after.timestamp()
+    );
+    let identity = Identity::device("a", "b").unwrap();
+    let long = Validity::days(400);
+    let client = ca
+        .issue_client(&identity, long, KeyType::EcdsaP256)
+        .unwrap();
+    let server = ca.issue_server(&["example.com".into()], long).unwrap();
+    for der in [&client.cert_der, &server.cert_der] {
+        assert_eq!(
+            parse(der).validity().not_after.timestamp(),
+            ca_cert.validity().not_after.timestamp()
+        );
+    }
+    // A CA that has expired signs nothing.
+    let now = OffsetDateTime::now_utc();
+    let old = Ca::generate(
+        "old",
+        Validity {
+            not_before: now - Duration::days(10),
+            not_after: now - Duration::days(1),
+        },
+    )
+    .unwrap();
+    let err = old
+        .issue_client(&identity, Validity::days(1), KeyType::EcdsaP256)
+        .unwrap_err();
+    assert!(matches!(err, Error::CaExpired { .. }), "{err}");
 }
 
 #[test]
@@ -431,8 +470,44 @@ fn hostnames_are_normalized() {
         "home.example.com"
     );
     assert_eq!(normalize_hostname("localhost").unwrap(), "localhost");
-    assert_eq!(normalize_hostname("0:0::1").unwrap(), "::1");
+    assert_eq!(
+        normalize_hostname("xn--bcher-kva.example").unwrap(),
+        "xn--bcher-kva.example"
+    );
+    assert_eq!(
+        normalize_hostname("1a.example.com").unwrap(),
+        "1a.example.com"
+    );
+    let longest = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+    assert_eq!(longest.len(), 253);
+    assert_eq!(normalize_hostname(&longest).unwrap(), longest);
+    // IP addresses cannot name a site (no SNI for them), however they are written.
+    for ip in [
+        "203.0.113.7",
+        "0:0::1",
+        "::1",
+        "2001:DB8::1",
+        "[2001:db8::1]",
+        "::ffff:1.2.3.4",
+        "010.0.0.1",
+        "1.2.3",
+        "127.1",
+    ] {
+        assert!(
+            matches!(normalize_hostname(ip), Err(Error::IpHostname { .. })),
+            "{ip:?}: {:?}",
+            normalize_hostname(ip)
+        );
+    }
+    let too_long = format!("{longest}a");
     for bad in [
+        "a.123",
+        "ha.example.com:443",
+        "hä.example.com",
+        "*",
+        "ha.*.example.com",
+        "[ha.example.com]",
+        &too_long,
         "",
         "a..b",
         ".a",

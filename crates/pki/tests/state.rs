@@ -197,11 +197,14 @@ fn sites() {
     let home = state
         .add_site(
             "home",
-            &hosts(&["HA.Example.com", "ha.example.com", "10.0.0.5"]),
+            &hosts(&["HA.Example.com", "ha.example.com", "home.example.net"]),
         )
         .unwrap();
     assert_eq!(home.name, "home");
-    assert_eq!(home.hostnames, hosts(&["ha.example.com", "10.0.0.5"]));
+    assert_eq!(
+        home.hostnames,
+        hosts(&["ha.example.com", "home.example.net"])
+    );
     assert_eq!(state.site("home").unwrap(), home);
     assert_eq!(mode(&home.server_key_path), 0o600);
     assert_eq!(mode(&home.client_ca_path.with_extension("key")), 0o600);
@@ -246,6 +249,20 @@ fn sites() {
         state.add_site("Barn", &hosts(&["barn.example.com"])),
         Err(Error::InvalidName { .. })
     ));
+    // Clients send no SNI for IP addresses: such a site could never be reached.
+    for ip in [
+        "203.0.113.7",
+        "10.0.0.5",
+        "2001:db8::1",
+        "[2001:db8::1]",
+        "::ffff:203.0.113.7",
+    ] {
+        let err = state
+            .add_site("barn", &hosts(&["barn.example.com", ip]))
+            .unwrap_err();
+        assert!(matches!(err, Error::IpHostname { .. }), "{ip}: {err}");
+        assert!(err.to_string().contains("SNI"), "{err}");
+    }
     // Refused attempts leave nothing behind.
     assert_eq!(state.sites().unwrap().len(), 2);
     assert_eq!(
@@ -391,18 +408,29 @@ fn tokens_use_the_edge_addr_from_init() {
         edge_addr: Some("edge.example.net:7443".into()),
     };
     let state = StateDir::init(tmp.path(), &options).unwrap();
-    state.add_site("v6", &hosts(&["2001:db8::1"])).unwrap();
-    let token = state.issue_connector("v6", None).unwrap();
+    state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
+    let token = state.issue_connector("home", None).unwrap();
     assert_eq!(token.edges, vec!["edge.example.net:7443".to_string()]);
 
     let reopened = StateDir::open(tmp.path()).unwrap();
     assert_eq!(reopened.edge_addr(), Some("edge.example.net:7443"));
 
+    // An IPv6 edge address stays bracketed.
     let tmp = tempfile::tempdir().unwrap();
-    let state = StateDir::init(tmp.path(), &InitOptions::default()).unwrap();
-    state.add_site("v6", &hosts(&["2001:db8::1"])).unwrap();
+    let options = InitOptions {
+        edge_addr: Some("[2001:db8::1]:443".into()),
+    };
+    let state = StateDir::init(tmp.path(), &options).unwrap();
+    state.add_site("v6", &hosts(&["ha.example.com"])).unwrap();
     let token = state.issue_connector("v6", None).unwrap();
     assert_eq!(token.edges, vec!["[2001:db8::1]:443".to_string()]);
+
+    // Without one, the site's first hostname on 443.
+    let tmp = tempfile::tempdir().unwrap();
+    let state = StateDir::init(tmp.path(), &InitOptions::default()).unwrap();
+    state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
+    let token = state.issue_connector("home", None).unwrap();
+    assert_eq!(token.edges, vec!["ha.example.com:443".to_string()]);
 }
 
 #[test]
@@ -645,5 +673,184 @@ fn openssl_agrees() {
     assert_eq!(
         pubkey(&["x509", "-noout", "-pubkey", "-in"], &connector),
         pubkey(&["pkey", "-pubout", "-in"], &key)
+    );
+}
+
+/// CA names are public (CertificateRequest hints, the HTTPS certificate's issuer): they name
+/// neither the product nor the site, differ per CA, and every certificate's issuer DN is its
+/// CA's subject DN byte for byte (Chromium picks a client certificate by comparing exactly
+/// these bytes with the hinted CA names).
+#[test]
+fn ca_names_are_neutral_and_issuers_match_exactly() {
+    let (_tmp, state) = init();
+    let site = state
+        .add_site("secretsite", &hosts(&["ha.example.com"]))
+        .unwrap();
+    let device = state
+        .add_client(
+            "secretsite",
+            "phone",
+            Validity::days(30),
+            KeyType::EcdsaP256,
+        )
+        .unwrap();
+    let token = state.issue_connector("secretsite", None).unwrap();
+    let connector = pki::parse_certs(&token.cert_pem)
+        .unwrap()
+        .remove(0)
+        .to_vec();
+
+    let cas = [
+        state.tunnel_ca_path(),
+        state.connector_ca_path(),
+        state.server_ca_path(),
+        site.client_ca_path.clone(),
+    ];
+    let mut names = std::collections::HashSet::new();
+    for path in &cas {
+        let der = cert_der(path);
+        let cert = parse(&der);
+        let subject = cert.subject().to_string();
+        let lower = subject.to_ascii_lowercase();
+        for word in [
+            "doorless",
+            "secretsite",
+            "device",
+            "server",
+            "tunnel",
+            "connector",
+        ] {
+            assert!(
+                !lower.contains(word),
+                "{}: CA subject {subject:?} contains {word:?}",
+                path.display()
+            );
+        }
+        // One CN of 16 hex digits, nothing else.
+        let cns: Vec<_> = cert.subject().iter_common_name().collect();
+        assert_eq!(cns.len(), 1, "{subject}");
+        assert_eq!(cert.subject().iter().count(), 1, "{subject}");
+        let cn = cns[0].as_str().unwrap();
+        assert!(
+            cn.len() == 16 && cn.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{cn:?}"
+        );
+        assert!(names.insert(cn.to_owned()), "two CAs share the name {cn}");
+        // Self-signed: issuer == subject, byte for byte.
+        assert_eq!(cert.issuer().as_raw(), cert.subject().as_raw());
+    }
+
+    let exactly = |leaf: &[u8], ca: &Path| {
+        let ca = cert_der(ca);
+        assert_eq!(
+            parse(leaf).issuer().as_raw(),
+            parse(&ca).subject().as_raw(),
+            "issuer DN differs from the CA's subject DN"
+        );
+    };
+    exactly(&device.cert_der, &site.client_ca_path);
+    exactly(&cert_der(&site.server_cert_path), &state.server_ca_path());
+    exactly(
+        &cert_der(&state.tunnel_cert_path()),
+        &state.tunnel_ca_path(),
+    );
+    exactly(&connector, &state.connector_ca_path());
+    // Also for a CSR-signed device certificate, signed by the CA as reloaded from disk.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let own = state
+        .sign_client_csr("secretsite", "own", &csr, Validity::days(30))
+        .unwrap();
+    exactly(&own.cert_der, &site.client_ca_path);
+}
+
+/// Device certificates are valid for at least a day and never beyond their CA, on every path
+/// that issues one (add, CSR, renew); a refusal records and writes nothing.
+#[test]
+fn device_validity_is_bounded() {
+    let (_tmp, state) = init();
+    state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
+    let ca_not_after = state.client_ca("home").unwrap().not_after();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let expired = Validity {
+        not_before: time::OffsetDateTime::now_utc() - time::Duration::days(2),
+        not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
+    };
+
+    let too_short = [Validity::days(0), expired];
+    let too_long = [
+        Validity::days(u32::MAX),
+        Validity::days(pki::CA_VALIDITY_DAYS + 1),
+    ];
+    for validity in too_short.into_iter().chain(too_long) {
+        let results = [
+            state
+                .add_client("home", "phone", validity, KeyType::EcdsaP256)
+                .map(|_| ()),
+            state
+                .sign_client_csr("home", "own", &csr, validity)
+                .map(|_| ()),
+        ];
+        for result in results {
+            let err = result.unwrap_err();
+            match err {
+                Error::ValidityTooShort { .. } => {
+                    assert!(err.to_string().contains("at least 1 day"), "{err}");
+                }
+                Error::ValidityBeyondCa { max_days, .. } => {
+                    assert!((3650..=3652).contains(&max_days), "{max_days}");
+                    assert!(
+                        err.to_string()
+                            .contains(&format!("at most {max_days} days"))
+                    );
+                    assert!(err.to_string().contains(&ca_not_after.date().to_string()));
+                }
+                other => panic!("{validity:?}: {other}"),
+            }
+        }
+    }
+    assert_eq!(state.clients().unwrap(), vec![]);
+    assert!(!state.cert_path(Kind::Device, "home", "phone").exists());
+
+    // The bounds themselves are fine.
+    let one_day = state
+        .add_client("home", "phone", Validity::days(1), KeyType::EcdsaP256)
+        .unwrap();
+    let lifetime = one_day.not_after - time::OffsetDateTime::now_utc();
+    assert!(lifetime > time::Duration::hours(23), "{lifetime}");
+    let longest = state
+        .sign_client_csr(
+            "home",
+            "own",
+            &csr,
+            Validity::days(pki::CA_VALIDITY_DAYS - 1),
+        )
+        .unwrap();
+    assert!(longest.not_after <= ca_not_after);
+    for validity in [Validity::days(0), Validity::days(u32::MAX)] {
+        assert!(
+            state
+                .renew("home", "phone", validity, KeyType::EcdsaP256)
+                .is_err()
+        );
+    }
+    // The refused renewals revoked nothing.
+    assert_eq!(
+        state
+            .clients()
+            .unwrap()
+            .iter()
+            .filter(|e| e.revoked_at.is_none())
+            .count(),
+        2
     );
 }
