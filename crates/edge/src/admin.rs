@@ -44,7 +44,7 @@ fn status(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": site.name,
                 "hostnames": site.hostnames,
-                "connectors": shared.registry.status(&site.name),
+                "connectors": shared.tunnels.status(&site.name),
             })
         })
         .collect();

@@ -12,7 +12,7 @@
 //! 1. [`accept`] — TCP accept loop, connection limit.
 //! 2. [`tls`] — handshake: SNI → site, client certificate → [`tls::Peer`].
 //! 3. [`serve`] — HTTP/1.1 and HTTP/2; `handle_request` asks [`policy::decide`].
-//! 4. [`route`] — site → live connector [`route::Session`].
+//! 4. [`tunnels`] — site → live connector [`tunnels::Tunnel`].
 //! 5. [`proxy`] — request and response through a tunnel stream; WebSocket splice.
 //! 6. [`serve`]'s `finish` — one access-log line per request. Errors and their status codes
 //!    live in [`error`].
@@ -24,6 +24,7 @@ pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod connectors;
+pub mod cookie;
 pub mod demo;
 pub mod error;
 pub mod limit;
@@ -31,10 +32,9 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
-pub mod route;
 pub mod serve;
-pub mod session;
 pub mod tls;
+pub mod tunnels;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,8 +49,8 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Config;
-use crate::route::Registry;
 use crate::tls::Sites;
+use crate::tunnels::Tunnels;
 
 /// State shared by every task of one edge.
 #[derive(Debug)]
@@ -59,14 +59,14 @@ pub struct Shared {
     pub config: Config,
     /// Sites; swapped whole on reload.
     pub sites: ArcSwap<Sites>,
-    /// Registered connector sessions.
-    pub registry: Registry,
+    /// Registered connector connections.
+    pub tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
     pub live: reload::LiveClients,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
     /// Signs and checks session cookies.
-    pub session_key: session::SessionKey,
+    pub session_key: cookie::SessionKey,
     /// Per-address budget of unauthenticated handshakes.
     pub budget: limit::HandshakeBudget,
     /// Per-address connection caps.
@@ -111,7 +111,7 @@ impl Edge {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let sites = Sites::load(&config)?;
         let state = pki::StateDir::open(&config.state)?;
-        let session_key = session::SessionKey::load(&state.session_key_path())?;
+        let session_key = cookie::SessionKey::load(&state.session_key_path())?;
         let tunnel_tls = transport::ServerTls {
             cert_chain: pki::load_certs(&state.tunnel_cert_path())?,
             key: pki::load_key(&state.tunnel_key_path())?,
@@ -139,7 +139,7 @@ impl Edge {
         }
         let shared = Arc::new(Shared {
             sites: ArcSwap::from_pointee(sites),
-            registry: Registry::default(),
+            tunnels: Tunnels::default(),
             live: reload::LiveClients::default(),
             metrics,
             session_key,

@@ -29,12 +29,12 @@ use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
+use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, SiteReason};
 use crate::reload::Registration;
-use crate::route::Session;
-use crate::session;
 use crate::tls::Peer;
+use crate::tunnels::Tunnel;
 
 /// Body type of every response the edge sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -61,7 +61,7 @@ pub async fn forward(
     host: &str,
     peer: &Peer,
     auth: Auth,
-    candidates: Vec<Arc<Session>>,
+    candidates: Vec<Arc<Tunnel>>,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upgrade = is_upgrade(&req);
@@ -132,7 +132,7 @@ pub async fn forward(
             // Close the connection so no other request waits on it, and check the rest of
             // the site's connections the same way.
             session.conn.close(proto::CloseCode::Timeout, "no answer to liveness probe");
-            for other in shared.registry.candidates(&peer.site.name) {
+            for other in shared.tunnels.candidates(&peer.site.name) {
                 tokio::spawn(crate::connectors::reap_if_dead(other));
             }
             return Err(ProxyError::ConnectorUnresponsive);
@@ -182,11 +182,11 @@ const PROBE_AFTER: Duration = Duration::from_millis(500);
 /// While still waiting, re-check this often (long polls can legitimately take minutes).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
-/// Resolves only if `session` stops answering pings while we wait for its response.
-async fn until_unresponsive(session: &Session) {
+/// Resolves only if `tunnel` stops answering pings while we wait for its response.
+async fn until_unresponsive(tunnel: &Tunnel) {
     tokio::time::sleep(PROBE_AFTER).await;
     loop {
-        if !session.alive().await {
+        if !tunnel.alive().await {
             return;
         }
         tokio::time::sleep(PROBE_EVERY).await;
@@ -199,10 +199,10 @@ pub fn empty() -> ResponseBody {
 }
 
 async fn open_stream(
-    candidates: &[Arc<Session>],
+    candidates: &[Arc<Tunnel>],
     site: &str,
     shared: &Shared,
-) -> Result<(Arc<Session>, OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
+) -> Result<(Arc<Tunnel>, OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
     let failed = |reason| {
         shared
             .metrics
@@ -485,7 +485,7 @@ fn request_headers(
         }
         if name == header::COOKIE {
             // Our session cookie is for the edge only; never forward it.
-            if let Some(kept) = session::strip(value.as_bytes()) {
+            if let Some(kept) = cookie::strip(value.as_bytes()) {
                 out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
             }
             continue;

@@ -189,9 +189,9 @@ pub fn reload(shared: &Shared) -> bool {
     for fp in &newly_revoked {
         closed += shared.live.revoke(fp);
     }
-    for session in shared.registry.all() {
-        if connectors_revoked.contains(&session.fingerprint) {
-            session
+    for tunnel in shared.tunnels.all() {
+        if connectors_revoked.contains(&tunnel.fingerprint) {
+            tunnel
                 .conn
                 .close(proto::CloseCode::Revoked, "connector certificate revoked");
             closed += 1;

@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Shared;
+use crate::cookie::{self, Verdict};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
 use crate::policy::{self, Certificate, ClientAuth, Decision, DenyReason, Facts, Grant, Session};
 use crate::proxy::Auth;
 use crate::proxy::{self, ResponseBody};
 use crate::reload::LiveClients;
-use crate::session::{self, Verdict};
 use crate::tls::Peer;
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
@@ -156,7 +156,7 @@ async fn proxy_request(
     // The session cookie matters only in session mode; elsewhere it is just stripped.
     let verdict = (site.policy.client_auth == ClientAuth::RequiredOrSession)
         .then(|| {
-            session::find(
+            cookie::find(
                 req.headers()
                     .get_all(header::COOKIE)
                     .iter()
@@ -165,7 +165,7 @@ async fn proxy_request(
         })
         .flatten()
         .map(|value| {
-            session::check(
+            cookie::check(
                 &shared.session_key,
                 &value,
                 &site.name,
@@ -230,7 +230,7 @@ async fn proxy_request(
         },
     };
     who.device = auth.device.clone();
-    let candidates = shared.registry.candidates(&site.name);
+    let candidates = shared.tunnels.candidates(&site.name);
     if candidates.is_empty() {
         return Err(ProxyError::NoConnector);
     }
@@ -265,14 +265,14 @@ fn refresh_session(
     if expires <= now {
         return;
     }
-    let claims = session::Claims {
+    let claims = cookie::Claims {
         site: site.name.clone(),
         fingerprint: cert.fingerprint,
         device: cert.device.clone(),
         expires,
     };
-    if let Some(value) = session::issue(&shared.session_key, &claims)
-        && let Some(header) = session::set_cookie(&value, expires - now)
+    if let Some(value) = cookie::issue(&shared.session_key, &claims)
+        && let Some(header) = cookie::set_cookie(&value, expires - now)
     {
         response.headers_mut().append(header::SET_COOKIE, header);
     }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::*;
-use crate::session::{self, Claims, SessionKey, Verdict};
+use crate::cookie::{self, Claims, SessionKey, Verdict};
 
 const NOW: u64 = 1_000_000;
 const SITE: &str = "home";
@@ -47,14 +47,14 @@ fn cookie_value(kind: Cookie) -> Option<String> {
     let good = claims(SITE, FP, NOW + 3600);
     match kind {
         Cookie::None => None,
-        Cookie::Valid | Cookie::RevokedCert => session::issue(&key(), &good),
-        Cookie::Expired => session::issue(&key(), &claims(SITE, FP, NOW - 1)),
+        Cookie::Valid | Cookie::RevokedCert => cookie::issue(&key(), &good),
+        Cookie::Expired => cookie::issue(&key(), &claims(SITE, FP, NOW - 1)),
         Cookie::Forged => {
             let other = SessionKey::from_bytes(&[3; 32]).unwrap_or_else(|| panic!("key"));
-            session::issue(&other, &good)
+            cookie::issue(&other, &good)
         }
-        Cookie::OtherSite => session::issue(&key(), &claims("cabin", FP, NOW + 3600)),
-        Cookie::OtherCert => session::issue(&key(), &claims(SITE, OTHER_FP, NOW + 3600)),
+        Cookie::OtherSite => cookie::issue(&key(), &claims("cabin", FP, NOW + 3600)),
+        Cookie::OtherCert => cookie::issue(&key(), &claims(SITE, OTHER_FP, NOW + 3600)),
     }
 }
 
@@ -66,7 +66,7 @@ fn session_state(kind: Cookie) -> Session {
     };
     match cookie_value(kind) {
         None => Session::Absent,
-        Some(v) => match session::check(&key(), &v, SITE, NOW, &revoked) {
+        Some(v) => match cookie::check(&key(), &v, SITE, NOW, &revoked) {
             Verdict::Valid(_) => Session::Valid,
             _ => Session::Invalid,
         },

@@ -1,9 +1,8 @@
-//! Step 4 of the request path: site → a live connector session.
+//! The registered connector connections: each is a [`Tunnel`], [`Tunnels`] holds them by site.
 //!
-//! Each registered connector connection is a [`Session`]. A site can have several (a
-//! connector keeps two or more connections, and a site can have several connectors). We pick
-//! the non-draining session with the most free stream slots, which spreads load and steers
-//! around a connector that is busy or going away.
+//! A site can have several tunnels (a connector keeps two or more connections, and a site can
+//! have several connectors). Choosing one for a request is the routing step's job, not this
+//! module's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +15,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// One registered connector connection.
 #[derive(Debug)]
-pub struct Session {
-    /// Edge-unique id of this session.
+pub struct Tunnel {
+    /// Edge-unique id of this tunnel.
     pub id: u64,
     /// Site it serves.
     pub site: String,
@@ -35,7 +34,7 @@ pub struct Session {
     pub since: SystemTime,
     /// Last control-stream RTT in microseconds.
     pub rtt_us: AtomicU64,
-    /// Asks the session's control task for a ping right now.
+    /// Asks the tunnel's control task for a ping right now.
     pub probe: Notify,
     /// Counts messages received on the control stream: proof of life.
     heard: AtomicU64,
@@ -44,8 +43,8 @@ pub struct Session {
     max_streams: usize,
 }
 
-impl Session {
-    /// A new session allowing `max_streams` concurrent streams.
+impl Tunnel {
+    /// A new tunnel allowing `max_streams` concurrent streams.
     pub fn new(
         id: u64,
         site: String,
@@ -120,10 +119,10 @@ impl Session {
     }
 }
 
-/// Live sessions by site.
+/// Live tunnels by site.
 #[derive(Debug, Default)]
-pub struct Registry {
-    sessions: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+pub struct Tunnels {
+    by_site: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
     next_id: AtomicU64,
 }
 
@@ -135,12 +134,13 @@ pub struct ConnectorStatus {
     /// Registered connections.
     pub connections: usize,
     /// Per connection detail.
-    pub sessions: Vec<SessionStatus>,
+    #[serde(rename = "sessions")]
+    pub tunnels: Vec<TunnelStatus>,
 }
 
-/// Status view of one session.
+/// Status view of one tunnel.
 #[derive(Debug, Serialize)]
-pub struct SessionStatus {
+pub struct TunnelStatus {
     /// Connector address.
     pub addr: String,
     /// Registered since (Unix seconds).
@@ -153,31 +153,31 @@ pub struct SessionStatus {
     pub draining: bool,
 }
 
-impl Registry {
-    /// A fresh session id.
+impl Tunnels {
+    /// A fresh tunnel id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Registers a session.
-    pub fn insert(&self, session: Arc<Session>) {
+    /// Registers a tunnel.
+    pub fn insert(&self, tunnel: Arc<Tunnel>) {
         let mut map = self.lock();
-        map.entry(session.site.clone()).or_default().push(session);
+        map.entry(tunnel.site.clone()).or_default().push(tunnel);
     }
 
-    /// Removes a session.
-    pub fn remove(&self, session: &Session) {
+    /// Removes a tunnel.
+    pub fn remove(&self, tunnel: &Tunnel) {
         let mut map = self.lock();
-        if let Some(list) = map.get_mut(&session.site) {
-            list.retain(|s| s.id != session.id);
+        if let Some(list) = map.get_mut(&tunnel.site) {
+            list.retain(|s| s.id != tunnel.id);
             if list.is_empty() {
-                map.remove(&session.site);
+                map.remove(&tunnel.site);
             }
         }
     }
 
-    /// Usable sessions of `site`, best first (most free slots).
-    pub fn candidates(&self, site: &str) -> Vec<Arc<Session>> {
+    /// Usable tunnels of `site`, best first (most free slots).
+    pub fn candidates(&self, site: &str) -> Vec<Arc<Tunnel>> {
         let map = self.lock();
         let mut list: Vec<_> = map
             .get(site)
@@ -187,7 +187,7 @@ impl Registry {
         list
     }
 
-    /// Number of registered sessions of `site`.
+    /// Number of registered tunnels of `site`.
     pub fn count(&self, site: &str) -> usize {
         self.lock().get(site).map_or(0, Vec::len)
     }
@@ -195,12 +195,12 @@ impl Registry {
     /// Status of `site`'s connectors, sorted by id.
     pub fn status(&self, site: &str) -> Vec<ConnectorStatus> {
         let map = self.lock();
-        let mut by_id: HashMap<&str, Vec<SessionStatus>> = HashMap::new();
+        let mut by_id: HashMap<&str, Vec<TunnelStatus>> = HashMap::new();
         for s in map.get(site).into_iter().flatten() {
             by_id
                 .entry(&s.connector_id)
                 .or_default()
-                .push(SessionStatus {
+                .push(TunnelStatus {
                     addr: s.addr.to_string(),
                     since: s
                         .since
@@ -213,18 +213,18 @@ impl Registry {
         }
         let mut out: Vec<_> = by_id
             .into_iter()
-            .map(|(id, sessions)| ConnectorStatus {
+            .map(|(id, tunnels)| ConnectorStatus {
                 id: id.to_owned(),
-                connections: sessions.len(),
-                sessions,
+                connections: tunnels.len(),
+                tunnels,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
-    /// Registered sessions of one connector of `site` (dead ones included).
-    pub fn of_connector(&self, site: &str, connector_id: &str) -> Vec<Arc<Session>> {
+    /// Registered tunnels of one connector of `site` (dead ones included).
+    pub fn of_connector(&self, site: &str, connector_id: &str) -> Vec<Arc<Tunnel>> {
         let map = self.lock();
         map.get(site)
             .map(|l| {
@@ -236,14 +236,14 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// Every session (for shutdown).
-    pub fn all(&self) -> Vec<Arc<Session>> {
+    /// Every tunnel (for shutdown and revocation).
+    pub fn all(&self) -> Vec<Arc<Tunnel>> {
         self.lock().values().flatten().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Session>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Tunnel>>>> {
         // A panic while holding this lock cannot leave the map inconsistent (every update is
         // a single push/retain), so a poisoned lock is still usable.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        self.by_site.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
