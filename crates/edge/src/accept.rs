@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::metrics::{HandshakeLabels, ReasonLabel};
-use crate::reload::LiveClients;
+use crate::revocation::LiveClients;
 use crate::{Shared, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most

@@ -28,7 +28,7 @@ fn route(path: &str, shared: &Shared) -> daemon::AdminResponse {
         }
         "/status" => json_response(StatusCode::OK, &status(shared)),
         "/metrics" => {
-            crate::reload::export_expiry(shared);
+            crate::site::export_expiry(shared);
             daemon::metrics_response(shared.metrics.encode())
         }
         _ => daemon::not_found(),

@@ -22,6 +22,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod connectors;
 pub mod cookie;
@@ -32,7 +33,9 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod revocation;
 pub mod serve;
+pub mod site;
 pub mod tls;
 pub mod tunnels;
 
@@ -49,7 +52,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Config;
-use crate::tls::Sites;
+use crate::site::Sites;
 use crate::tunnels::Tunnels;
 
 /// State shared by every task of one edge.
@@ -62,7 +65,7 @@ pub struct Shared {
     /// Registered connector connections.
     pub tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
-    pub live: reload::LiveClients,
+    pub live: revocation::LiveClients,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
     /// Signs and checks session cookies.
@@ -140,7 +143,7 @@ impl Edge {
         let shared = Arc::new(Shared {
             sites: ArcSwap::from_pointee(sites),
             tunnels: Tunnels::default(),
-            live: reload::LiveClients::default(),
+            live: revocation::LiveClients::default(),
             metrics,
             session_key,
             budget: limit::HandshakeBudget::new(
@@ -179,7 +182,7 @@ impl Edge {
         let http = TaskTracker::new();
         let tunnel = TaskTracker::new();
         let shared = self.shared;
-        reload::warn_expiring(&shared.sites.load());
+        site::warn_expiring(&shared.sites.load());
         for site in shared.sites.load().all() {
             info!(site = %site.name, hostnames = ?site.hostnames, client_auth = ?site.policy.client_auth, "serving site");
             for path in &site.policy.public_paths {

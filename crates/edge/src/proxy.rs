@@ -6,7 +6,6 @@
 //! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
 //! splice between the client's upgraded connection and the tunnel.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Empty, StreamBody};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
@@ -29,15 +27,13 @@ use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
+use crate::body::{ActiveGuard, ResponseBody, empty};
 use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, SiteReason};
-use crate::reload::Registration;
+use crate::revocation::Registration;
 use crate::tls::Peer;
 use crate::tunnels::Tunnel;
-
-/// Body type of every response the edge sends.
-pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
@@ -193,11 +189,6 @@ async fn until_unresponsive(tunnel: &Tunnel) {
     }
 }
 
-/// A body that is empty.
-pub fn empty() -> ResponseBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
 async fn open_stream(
     candidates: &[Arc<Tunnel>],
     site: &str,
@@ -324,86 +315,6 @@ struct SpliceMeters {
     open: Gauge,
     up: Counter,
     down: Counter,
-}
-
-/// What runs when a response body is done: with the bytes sent and whether it was sent to
-/// the end (`false`: the client left or the tunnel broke mid-body).
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
-
-/// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
-/// `on_end` (if any) once when the body ends or is dropped.
-pub fn metered(
-    body: ResponseBody,
-    bytes: Counter,
-    active: Gauge,
-    on_end: Option<OnEnd>,
-) -> ResponseBody {
-    Metered {
-        complete: hyper::body::Body::is_end_stream(&body),
-        inner: body,
-        bytes,
-        sent: 0,
-        on_end,
-        _active: ActiveGuard(active),
-    }
-    .boxed_unsync()
-}
-
-struct ActiveGuard(Gauge);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-struct Metered {
-    inner: ResponseBody,
-    bytes: Counter,
-    sent: u64,
-    complete: bool,
-    on_end: Option<OnEnd>,
-    _active: ActiveGuard,
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(self.sent, self.complete);
-        }
-    }
-}
-
-impl hyper::body::Body for Metered {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    self.bytes.inc_by(n);
-                    self.sent += n;
-                }
-            }
-            std::task::Poll::Ready(None) => self.complete = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// An HTTP/1.1 upgrade request (WebSocket) with no body. HTTP/2 extended CONNECT is not

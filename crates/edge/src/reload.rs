@@ -7,11 +7,10 @@
 //! to load, the old one stays and the error is logged. Connections of certificates that the
 //! new state revokes are closed, WebSockets included.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,81 +18,12 @@ use tracing::{info, warn};
 
 use crate::Shared;
 use crate::metrics::ResultLabel;
-use crate::tls::Sites;
+use crate::site::{Sites, warn_expiring};
 
 const POLL: Duration = Duration::from_millis(250);
 
-/// Live connections of one certificate: (registration id, kill switch).
-type ByFingerprint = HashMap<[u8; 32], Vec<(u64, CancellationToken)>>;
 /// Modification time (s, ns), inode and length of a file, or `None` if it is missing.
 type FileStamp = Option<(i64, i64, u64, u64)>;
-
-/// Live client connections by certificate fingerprint, so a revocation can end them.
-#[derive(Debug, Default)]
-pub struct LiveClients {
-    map: Mutex<ByFingerprint>,
-    next_id: AtomicU64,
-}
-
-/// Removes a connection from [`LiveClients`] when dropped.
-#[derive(Debug)]
-pub struct Registration {
-    shared: Arc<Shared>,
-    fingerprint: [u8; 32],
-    id: u64,
-}
-
-impl LiveClients {
-    /// Records a connection; it stays recorded while the returned guard lives.
-    pub fn register(
-        shared: &Arc<Shared>,
-        fingerprint: [u8; 32],
-        token: CancellationToken,
-    ) -> Registration {
-        let live = &shared.live;
-        let id = live.next_id.fetch_add(1, Ordering::Relaxed);
-        live.lock()
-            .entry(fingerprint)
-            .or_default()
-            .push((id, token));
-        Registration {
-            shared: shared.clone(),
-            fingerprint,
-            id,
-        }
-    }
-
-    /// Ends every connection of `fingerprint`; returns how many.
-    pub fn revoke(&self, fingerprint: &[u8; 32]) -> usize {
-        let tokens = self.lock().remove(fingerprint).unwrap_or_default();
-        for (_, token) in &tokens {
-            token.cancel();
-        }
-        tokens.len()
-    }
-
-    /// Number of live authenticated connections.
-    pub fn count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ByFingerprint> {
-        // Every update is a single insert/remove, so a poisoned map is still consistent.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut map = self.shared.live.lock();
-        if let Some(list) = map.get_mut(&self.fingerprint) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                map.remove(&self.fingerprint);
-            }
-        }
-    }
-}
 
 /// Watches the state dir until `shutdown`.
 pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -121,38 +51,6 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
         Some(s) => s.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Logs a warning for every certificate that expires within 30 days (or has expired).
-pub fn warn_expiring(sites: &Sites) {
-    let now = unix_now();
-    for e in sites.expiries() {
-        let days = (e.not_after - now) as f64 / 86_400.0;
-        if days < 30.0 {
-            warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
-        }
-    }
-}
-
-/// Copies days-until-expiry into the metrics (called on every scrape).
-pub fn export_expiry(shared: &Shared) {
-    let now = unix_now();
-    for e in shared.sites.load().expiries() {
-        shared
-            .metrics
-            .certificate_days_left
-            .get_or_create(&crate::metrics::CertLabels {
-                site: e.site.clone(),
-                kind: e.kind,
-            })
-            .set((e.not_after - now) as f64 / 86_400.0);
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Reloads the state now. Returns whether the new state was taken.

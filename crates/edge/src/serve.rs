@@ -18,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Shared;
+use crate::body::{self, ResponseBody};
 use crate::cookie::{self, Verdict};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
 use crate::policy::{self, Certificate, ClientAuth, Decision, DenyReason, Facts, Grant, Session};
+use crate::proxy;
 use crate::proxy::Auth;
-use crate::proxy::{self, ResponseBody};
-use crate::reload::LiveClients;
+use crate::revocation::LiveClients;
 use crate::tls::Peer;
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
@@ -106,7 +107,7 @@ pub async fn handle_request(
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
-    response.map(|body| proxy::metered(body, bytes, active, access_log))
+    response.map(|body| body::metered(body, bytes, active, access_log))
 }
 
 /// Who a request was let in as, for the access log and revocation.
@@ -249,7 +250,7 @@ async fn proxy_request(
 fn refresh_session(
     response: &mut Response<ResponseBody>,
     shared: &Shared,
-    site: &crate::tls::Site,
+    site: &crate::site::Site,
     cert: &crate::tls::PeerCertificate,
     verdict: Option<&Verdict>,
     now: u64,
@@ -295,7 +296,7 @@ fn unix_now() -> u64 {
 /// The bare answer for a failed request: status only, no body, nothing that names doorless or
 /// Home Assistant.
 fn denial(e: ProxyError) -> Response<ResponseBody> {
-    let mut response = Response::new(proxy::empty());
+    let mut response = Response::new(body::empty());
     *response.status_mut() = e.status();
     response.extensions_mut().insert(e);
     response
@@ -316,7 +317,7 @@ fn finish(
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
     started: tokio::time::Instant,
-) -> Option<proxy::OnEnd> {
+) -> Option<body::OnEnd> {
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
     let metrics = &shared.metrics;
