@@ -98,7 +98,7 @@ async fn connection(
                 .as_ref()
                 .map(|cert| LiveClients::register(&shared, cert.fingerprint, peer.revoked.clone()));
             if let Some(cert) = &peer.certificate
-                && shared.sites.load().revoked().contains(&cert.fingerprint)
+                && shared.sites.load().revoked().device(&cert.fingerprint)
             {
                 count_handshake(metrics, &peer.site.name, tls::HandshakeDenial::Revoked);
                 log_denial(&shared, ip, &peer.site.name, "revoked");

@@ -60,13 +60,8 @@ async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationT
             return;
         }
     };
-    let fingerprint = pki::fingerprint(&leaf);
-    if shared
-        .sites
-        .load()
-        .revoked_connectors()
-        .contains(&fingerprint)
-    {
+    let fingerprint = pki::Fingerprint::of(&leaf);
+    if shared.sites.load().revoked().connector(&fingerprint) {
         warn!(%addr, "tunnel refused: connector certificate revoked");
         conn.close(CloseCode::Revoked, "connector certificate revoked");
         return;

@@ -21,6 +21,7 @@ use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
+use pki::Fingerprint;
 
 /// The cookie's name. The `__Host-` prefix makes browsers refuse it unless it is Secure,
 /// has `Path=/` and no `Domain`: it cannot be planted by a sibling subdomain.
@@ -68,7 +69,7 @@ pub struct Claims {
     /// Site it opens.
     pub site: String,
     /// Fingerprint of the certificate it was issued on.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
     /// Device name of that certificate.
     pub device: String,
     /// Expiry, Unix seconds.
@@ -99,7 +100,7 @@ pub fn issue(key: &SessionKey, claims: &Claims) -> Option<String> {
     let mut raw = Vec::with_capacity(1 + 8 + 32 + 2 + site.len() + device.len() + MAC_LEN);
     raw.push(VERSION);
     raw.extend_from_slice(&claims.expires.to_be_bytes());
-    raw.extend_from_slice(&claims.fingerprint);
+    raw.extend_from_slice(claims.fingerprint.as_bytes());
     raw.push(site_len);
     raw.extend_from_slice(site);
     raw.push(device_len);
@@ -115,7 +116,7 @@ pub fn check(
     value: &str,
     site: &str,
     now: u64,
-    revoked: &HashSet<[u8; 32]>,
+    revoked: &HashSet<Fingerprint>,
 ) -> Verdict {
     let Some(claims) = verify(key, value) else {
         return Verdict::Forged;
@@ -156,7 +157,7 @@ fn verify(key: &SessionKey, value: &str) -> Option<Claims> {
     }
     Some(Claims {
         site: String::from_utf8(site.to_vec()).ok()?,
-        fingerprint: fingerprint.try_into().ok()?,
+        fingerprint: Fingerprint::from_bytes(<[u8; 32]>::try_from(fingerprint).ok()?),
         device: String::from_utf8(device.to_vec()).ok()?,
         expires: u64::from_be_bytes(expires.try_into().ok()?),
     })
@@ -213,7 +214,7 @@ mod tests {
     fn claims() -> Claims {
         Claims {
             site: "home".into(),
-            fingerprint: [1u8; 32],
+            fingerprint: Fingerprint::from_bytes([1u8; 32]),
             device: "phone".into(),
             expires: 2_000,
         }
@@ -239,7 +240,7 @@ mod tests {
             check(&key(), &value, "cabin", 1_000, &none),
             Verdict::OtherSite
         );
-        let revoked: HashSet<_> = [[1u8; 32]].into();
+        let revoked: HashSet<_> = [Fingerprint::from_bytes([1u8; 32])].into();
         assert_eq!(
             check(&key(), &value, "home", 1_000, &revoked),
             Verdict::Revoked

@@ -60,6 +60,8 @@ use crate::tunnels::Tunnels;
 pub struct Shared {
     /// Validated configuration.
     pub config: Config,
+    /// The state dir.
+    pub state: pki::StateDir,
     /// Sites; swapped whole on reload.
     pub sites: ArcSwap<Sites>,
     /// Registered connector connections.
@@ -141,6 +143,7 @@ impl Edge {
             metrics.init_site(&site.name);
         }
         let shared = Arc::new(Shared {
+            state,
             sites: ArcSwap::from_pointee(sites),
             tunnels: Tunnels::default(),
             live: revocation::LiveClients::default(),

@@ -42,7 +42,7 @@ const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
 #[derive(Debug)]
 pub struct Auth {
     /// Fingerprint of the certificate (presented, or behind the session cookie).
-    pub fingerprint: Option<[u8; 32]>,
+    pub fingerprint: Option<pki::Fingerprint>,
     /// Device name; empty for public-path requests.
     pub device: String,
     /// Cancelled when that certificate is revoked.
@@ -82,7 +82,7 @@ pub async fn forward(
         body,
         client: ClientInfo {
             addr: peer.addr,
-            cert_fingerprint: auth.fingerprint,
+            cert_fingerprint: auth.fingerprint.map(|f| *f.as_bytes()),
             device: auth.device.clone(),
         },
     };

@@ -7,7 +7,6 @@
 //! to load, the old one stays and the error is logged. Connections of certificates that the
 //! new state revokes are closed, WebSockets included.
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,9 +15,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::Shared;
 use crate::metrics::ResultLabel;
 use crate::site::{Sites, warn_expiring};
+use crate::{Shared, revocation};
 
 const POLL: Duration = Duration::from_millis(250);
 
@@ -67,34 +66,13 @@ pub fn reload(shared: &Shared) -> bool {
             return false;
         }
     };
-    let (newly_revoked, connectors_revoked): (HashSet<[u8; 32]>, HashSet<[u8; 32]>) = {
-        let old = shared.sites.load();
-        (
-            sites.revoked().difference(old.revoked()).copied().collect(),
-            sites
-                .revoked_connectors()
-                .difference(old.revoked_connectors())
-                .copied()
-                .collect(),
-        )
-    };
+    let newly_revoked = sites.revoked().since(shared.sites.load().revoked());
     warn_expiring(&sites);
     for site in sites.all() {
         shared.metrics.init_site(&site.name);
     }
     shared.sites.store(Arc::new(sites));
-    let mut closed = 0;
-    for fp in &newly_revoked {
-        closed += shared.live.revoke(fp);
-    }
-    for tunnel in shared.tunnels.all() {
-        if connectors_revoked.contains(&tunnel.fingerprint) {
-            tunnel
-                .conn
-                .close(proto::CloseCode::Revoked, "connector certificate revoked");
-            closed += 1;
-        }
-    }
+    let closed = revocation::enforce(shared, &newly_revoked);
     let metrics = &shared.metrics;
     metrics
         .reloads
@@ -102,7 +80,7 @@ pub fn reload(shared: &Shared) -> bool {
         .inc();
     metrics.revoked_connections_closed.inc_by(closed as u64);
     info!(
-        newly_revoked = newly_revoked.len(),
+        newly_revoked = newly_revoked.devices(),
         connections_closed = closed,
         "state reloaded"
     );
@@ -111,16 +89,7 @@ pub fn reload(shared: &Shared) -> bool {
 
 /// What identifies the state's current version: the files a change goes through.
 fn stamp(shared: &Shared) -> Vec<(PathBuf, FileStamp)> {
-    let root = &shared.config.state;
-    let mut paths = vec![root.join("index.json"), root.join("sites")];
-    if let Ok(entries) = std::fs::read_dir(root.join("sites")) {
-        let mut sites: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        sites.sort();
-        for site in sites {
-            paths.push(site.join("site.json"));
-            paths.push(site.join("server.crt"));
-        }
-    }
+    let mut paths = shared.state.watched_paths();
     for site in shared.config.sites.values() {
         paths.extend(site.tls_cert.iter().cloned());
         paths.extend(site.tls_key.iter().cloned());

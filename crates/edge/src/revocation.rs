@@ -1,9 +1,21 @@
 //! Everything revoked, and what a revocation ends.
+//!
+//! The source of truth is the state dir's index (what `client revoke` writes), read into
+//! [`Revoked`] on every (re)load. It is enforced in four places, all here or calling here:
+//! - the TLS handshake refuses a revoked device certificate ([`RevocationCheck`]);
+//! - a session cookie of a revoked certificate is dead (`cookie` checks [`Revoked::devices`]);
+//! - a revoked connector cannot register (`connectors` checks [`Revoked::connector`]);
+//! - a reload that revokes something ends what is already open ([`enforce`]): client
+//!   connections and WebSockets found through [`LiveClients`], connector tunnels.
+//!
+//! (The standard `crl.pem` is kept for other tools; the index is the source.) What this module
+//! is not: the watcher that notices a change (that is `reload`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pki::Fingerprint;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -12,6 +24,105 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
+/// Every revoked certificate, from the state dir's index. Immutable; a reload reads a new one.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    devices: HashSet<Fingerprint>,
+    devices_by_site: HashMap<String, Arc<HashSet<Fingerprint>>>,
+    connectors: HashSet<Fingerprint>,
+}
+
+/// What a reload revoked that the previous state did not.
+#[derive(Debug, Default)]
+pub struct NewlyRevoked {
+    devices: Vec<Fingerprint>,
+    connectors: HashSet<Fingerprint>,
+}
+
+impl Revoked {
+    /// Reads the index of `state`.
+    pub fn load(state: &pki::StateDir) -> pki::Result<Self> {
+        let mut revoked = Self::default();
+        let mut by_site: HashMap<String, HashSet<Fingerprint>> = HashMap::new();
+        for entry in state.revoked()? {
+            match entry.kind {
+                pki::Kind::Connector => {
+                    revoked.connectors.insert(entry.fingerprint);
+                }
+                pki::Kind::Device => {
+                    revoked.devices.insert(entry.fingerprint);
+                    by_site
+                        .entry(entry.site)
+                        .or_default()
+                        .insert(entry.fingerprint);
+                }
+            }
+        }
+        revoked.devices_by_site = by_site
+            .into_iter()
+            .map(|(site, set)| (site, Arc::new(set)))
+            .collect();
+        Ok(revoked)
+    }
+
+    /// Revoked device certificates of every site.
+    pub fn devices(&self) -> &HashSet<Fingerprint> {
+        &self.devices
+    }
+
+    /// Revoked device certificates of `site`, for its handshake's [`RevocationCheck`].
+    pub fn devices_of(&self, site: &str) -> Arc<HashSet<Fingerprint>> {
+        self.devices_by_site.get(site).cloned().unwrap_or_default()
+    }
+
+    /// Whether a device certificate is revoked.
+    pub fn device(&self, fingerprint: &Fingerprint) -> bool {
+        self.devices.contains(fingerprint)
+    }
+
+    /// Whether a connector certificate is revoked.
+    pub fn connector(&self, fingerprint: &Fingerprint) -> bool {
+        self.connectors.contains(fingerprint)
+    }
+
+    /// What `self` revokes that `old` did not.
+    pub fn since(&self, old: &Self) -> NewlyRevoked {
+        NewlyRevoked {
+            devices: self.devices.difference(&old.devices).copied().collect(),
+            connectors: self
+                .connectors
+                .difference(&old.connectors)
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+impl NewlyRevoked {
+    /// Newly revoked device certificates.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+}
+
+/// Ends everything open under a newly revoked certificate: client connections and their
+/// WebSockets, and connector tunnels. Returns how many were ended.
+pub fn enforce(shared: &Shared, newly: &NewlyRevoked) -> usize {
+    let mut closed = 0;
+    for fp in &newly.devices {
+        closed += shared.live.revoke(fp);
+    }
+    for tunnel in shared.tunnels.all() {
+        if newly.connectors.contains(&tunnel.fingerprint) {
+            tunnel
+                .conn
+                .close(proto::CloseCode::Revoked, "connector certificate revoked");
+            closed += 1;
+        }
+    }
+    closed
+}
+
 /// The site CA's verifier plus the state dir's revocation list, checked on every handshake.
 ///
 /// The list is the index of issued certificates (what `client revoke` writes), keyed by
@@ -19,8 +130,15 @@ use crate::Shared;
 /// next handshake. (The standard `crl.pem` is kept for other tools; the index is the source.)
 #[derive(Debug)]
 pub struct RevocationCheck {
-    pub inner: Arc<dyn ClientCertVerifier>,
-    pub revoked: Arc<HashSet<[u8; 32]>>,
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<HashSet<Fingerprint>>,
+}
+
+impl RevocationCheck {
+    /// `inner`, refusing also every certificate in `revoked`.
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, revoked: Arc<HashSet<Fingerprint>>) -> Self {
+        Self { inner, revoked }
+    }
 }
 
 impl ClientCertVerifier for RevocationCheck {
@@ -45,7 +163,7 @@ impl ClientCertVerifier for RevocationCheck {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.revoked.contains(&pki::fingerprint(end_entity)) {
+        if self.revoked.contains(&Fingerprint::of(end_entity)) {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,
             ));
@@ -76,21 +194,8 @@ impl ClientCertVerifier for RevocationCheck {
     }
 }
 
-pub fn parse_fingerprint(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Live connections of one certificate: (registration id, kill switch).
-type ByFingerprint = HashMap<[u8; 32], Vec<(u64, CancellationToken)>>;
+type ByFingerprint = HashMap<Fingerprint, Vec<(u64, CancellationToken)>>;
 
 /// Live client connections by certificate fingerprint, so a revocation can end them.
 #[derive(Debug, Default)]
@@ -103,7 +208,7 @@ pub struct LiveClients {
 #[derive(Debug)]
 pub struct Registration {
     shared: Arc<Shared>,
-    fingerprint: [u8; 32],
+    fingerprint: Fingerprint,
     id: u64,
 }
 
@@ -111,7 +216,7 @@ impl LiveClients {
     /// Records a connection; it stays recorded while the returned guard lives.
     pub fn register(
         shared: &Arc<Shared>,
-        fingerprint: [u8; 32],
+        fingerprint: Fingerprint,
         token: CancellationToken,
     ) -> Registration {
         let live = &shared.live;
@@ -128,7 +233,7 @@ impl LiveClients {
     }
 
     /// Ends every connection of `fingerprint`; returns how many.
-    pub fn revoke(&self, fingerprint: &[u8; 32]) -> usize {
+    pub fn revoke(&self, fingerprint: &Fingerprint) -> usize {
         let tokens = self.lock().remove(fingerprint).unwrap_or_default();
         for (_, token) in &tokens {
             token.cancel();

@@ -171,7 +171,7 @@ async fn proxy_request(
                 &value,
                 &site.name,
                 now,
-                sites.revoked(),
+                sites.revoked().devices(),
             )
         });
     let facts = Facts {

@@ -4,7 +4,7 @@
 //! Built whole from the state dir and the config ([`Sites::load`]), immutable, and swapped whole
 //! on reload. It does not run handshakes (that is `tls`) nor decide requests (`policy`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::Shared;
 use crate::config::Config;
 use crate::policy::SitePolicy;
-use crate::revocation::parse_fingerprint;
+use crate::revocation::Revoked;
 use crate::tls::server_config;
 
 /// One site as the edge serves it.
@@ -39,8 +39,7 @@ pub struct Site {
 pub struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
-    revoked: HashSet<[u8; 32]>,
-    revoked_connectors: HashSet<[u8; 32]>,
+    revoked: Revoked,
     expiries: Vec<CertExpiry>,
 }
 
@@ -70,27 +69,7 @@ impl Sites {
             let certs = pki::load_certs(&path)?;
             sites.note_expiry("", kind, certs.first())?;
         }
-        // Revoked device certificates, per site, from the state dir's index.
-        let mut revoked_by_site: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
-        for entry in state.clients()? {
-            if entry.revoked_at.is_none() {
-                continue;
-            }
-            let Some(fp) = parse_fingerprint(&entry.fingerprint) else {
-                anyhow::bail!(
-                    "{}: index entry {}/{} has a malformed fingerprint",
-                    state.root().display(),
-                    entry.site,
-                    entry.name
-                );
-            };
-            if entry.kind == pki::Kind::Connector {
-                sites.revoked_connectors.insert(fp);
-                continue;
-            }
-            sites.revoked.insert(fp);
-            revoked_by_site.entry(entry.site).or_default().insert(fp);
-        }
+        sites.revoked = Revoked::load(&state)?;
         for name in config.sites.keys() {
             state.site(name).with_context(|| {
                 format!(
@@ -110,7 +89,7 @@ impl Sites {
             let client_ca = pki::load_certs(&site.client_ca_path)?;
             sites.note_expiry(&site.name, "server", chain.first())?;
             sites.note_expiry(&site.name, "client_ca", client_ca.first())?;
-            let revoked = Arc::new(revoked_by_site.remove(&site.name).unwrap_or_default());
+            let revoked = sites.revoked.devices_of(&site.name);
             let policy = SitePolicy {
                 client_auth: overrides.client_auth,
                 public_paths: overrides.public_paths.clone(),
@@ -161,11 +140,6 @@ impl Sites {
         self.by_name.get(name)
     }
 
-    /// Fingerprints of every revoked connector certificate.
-    pub fn revoked_connectors(&self) -> &HashSet<[u8; 32]> {
-        &self.revoked_connectors
-    }
-
     /// Every certificate's expiry.
     pub fn expiries(&self) -> &[CertExpiry] {
         &self.expiries
@@ -188,8 +162,8 @@ impl Sites {
         Ok(())
     }
 
-    /// Fingerprints of every revoked device certificate.
-    pub fn revoked(&self) -> &HashSet<[u8; 32]> {
+    /// Every revoked certificate.
+    pub fn revoked(&self) -> &Revoked {
         &self.revoked
     }
 

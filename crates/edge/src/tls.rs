@@ -99,7 +99,7 @@ pub struct PeerCertificate {
     /// Device name from the certificate identity.
     pub device: String,
     /// SHA-256 of the certificate.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: pki::Fingerprint,
     /// Its expiry, Unix seconds (session cookies never outlive it).
     pub not_after: u64,
 }
@@ -108,7 +108,7 @@ pub fn server_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
-    revoked: Arc<HashSet<[u8; 32]>>,
+    revoked: Arc<HashSet<pki::Fingerprint>>,
     certificate_optional: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -125,10 +125,7 @@ pub fn server_config(
         builder = builder.allow_unauthenticated();
     }
     let webpki = builder.build()?;
-    let verifier = Arc::new(RevocationCheck {
-        inner: webpki,
-        revoked,
-    });
+    let verifier = Arc::new(RevocationCheck::new(webpki, revoked));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
@@ -202,7 +199,7 @@ fn peer_certificate(
         .unix_timestamp();
     Ok(PeerCertificate {
         device: identity.name,
-        fingerprint: pki::fingerprint(leaf),
+        fingerprint: pki::Fingerprint::of(leaf),
         not_after: u64::try_from(not_after).unwrap_or(0),
     })
 }

@@ -25,7 +25,7 @@ pub struct Tunnel {
     /// Connector address as seen by the edge.
     pub addr: SocketAddr,
     /// SHA-256 of the connector's certificate (for revocation).
-    pub fingerprint: [u8; 32],
+    pub fingerprint: pki::Fingerprint,
     /// The QUIC connection.
     pub conn: transport::Connection,
     /// Set when the connector announced Drain: no new streams.
@@ -49,7 +49,7 @@ impl Tunnel {
         id: u64,
         site: String,
         connector_id: String,
-        fingerprint: [u8; 32],
+        fingerprint: pki::Fingerprint,
         conn: transport::Connection,
         max_streams: usize,
     ) -> Self {

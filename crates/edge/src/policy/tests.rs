@@ -3,13 +3,15 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use pki::Fingerprint;
+
 use super::*;
 use crate::cookie::{self, Claims, SessionKey, Verdict};
 
 const NOW: u64 = 1_000_000;
 const SITE: &str = "home";
-const FP: [u8; 32] = [1; 32];
-const OTHER_FP: [u8; 32] = [2; 32];
+const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
+const OTHER_FP: Fingerprint = Fingerprint::from_bytes([2; 32]);
 
 /// Certificate states a client may arrive with. Only `Valid` and `Absent` survive the TLS
 /// handshake; the others must be denied by the policy too (defence in depth).
@@ -60,7 +62,7 @@ fn cookie_value(kind: Cookie) -> Option<String> {
 
 /// The session state the edge derives from a cookie (what `serve` does).
 fn session_state(kind: Cookie) -> Session {
-    let revoked: HashSet<[u8; 32]> = match kind {
+    let revoked: HashSet<Fingerprint> = match kind {
         Cookie::RevokedCert => [FP].into(),
         _ => HashSet::new(),
     };
