@@ -90,9 +90,14 @@ pub fn reload(shared: &Shared) -> bool {
 /// What identifies the state's current version: the files a change goes through.
 fn stamp(shared: &Shared) -> Vec<(PathBuf, FileStamp)> {
     let mut paths = shared.state.watched_paths();
-    for site in shared.config.sites.values() {
-        paths.extend(site.tls_cert.iter().cloned());
-        paths.extend(site.tls_key.iter().cloned());
+    for files in shared
+        .config
+        .sites
+        .values()
+        .filter_map(|s| s.certificate.as_ref())
+    {
+        paths.push(files.cert.clone());
+        paths.push(files.key.clone());
     }
     paths
         .into_iter()

@@ -79,10 +79,10 @@ impl Sites {
             })?;
         }
         for site in state.sites()? {
-            let overrides = config.sites.get(&site.name).cloned().unwrap_or_default();
-            let (cert, key) = match (overrides.tls_cert.clone(), overrides.tls_key.clone()) {
-                (Some(c), Some(k)) => (c, k),
-                _ => (site.server_cert_path.clone(), site.server_key_path.clone()),
+            let settings = config.sites.get(&site.name).cloned().unwrap_or_default();
+            let (cert, key) = match &settings.certificate {
+                Some(files) => (files.cert.clone(), files.key.clone()),
+                None => (site.server_cert_path.clone(), site.server_key_path.clone()),
             };
             let chain = pki::load_certs(&cert)?;
             let key = pki::load_key(&key)?;
@@ -90,34 +90,20 @@ impl Sites {
             sites.note_expiry(&site.name, "server", chain.first())?;
             sites.note_expiry(&site.name, "client_ca", client_ca.first())?;
             let revoked = sites.revoked.devices_of(&site.name);
-            let policy = SitePolicy {
-                client_auth: overrides.client_auth,
-                public_paths: overrides.public_paths.clone(),
-                allow_cidrs: overrides.allow_cidrs.clone(),
-                deny_cidrs: overrides.deny_cidrs.clone(),
-            };
-            let identity_header = overrides
-                .identity_header
-                .as_deref()
-                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
-                .transpose()
-                .with_context(|| format!("sites.{}.identity_header", site.name))?;
             let tls = server_config(
                 chain,
                 key,
                 client_ca,
                 revoked,
-                policy.certificate_optional(),
+                settings.policy.certificate_optional(),
             )
             .with_context(|| format!("TLS setup of site {}", site.name))?;
             let entry = Arc::new(Site {
                 name: site.name.clone(),
                 hostnames: site.hostnames.clone(),
-                session_lifetime: overrides
-                    .session_lifetime
-                    .unwrap_or(Duration::from_secs(3600)),
-                policy,
-                identity_header,
+                policy: settings.policy,
+                session_lifetime: settings.session_lifetime,
+                identity_header: settings.identity_header,
                 tls,
             });
             for host in &site.hostnames {
