@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use transport::{ControlDriver, Incoming, ServerEndpoint};
 
-use crate::Shared;
 use crate::metrics::{Metrics, SiteResult};
 use crate::tunnels::Tunnel;
+use crate::{Shared, route};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,7 +187,7 @@ async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationT
     // than let requests find out.
     for other in shared.tunnels.of_connector(&identity.site, &identity.name) {
         if other.id != tunnel.id {
-            tokio::spawn(reap_if_dead(other));
+            tokio::spawn(route::reap_if_dead(other));
         }
     }
 
@@ -233,16 +233,6 @@ async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationT
     metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
     info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
-}
-
-/// Closes `tunnel` if its connector does not answer a ping: its process is gone.
-pub async fn reap_if_dead(tunnel: Arc<Tunnel>) {
-    if !tunnel.alive().await {
-        info!(addr = %tunnel.addr, connector = %tunnel.connector_id, "connector connection unresponsive; closing it");
-        tunnel
-            .conn
-            .close(CloseCode::Timeout, "no answer to liveness probe");
-    }
 }
 
 fn now() -> std::time::Instant {

@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::policy::DenyReason;
+
 /// Who caused a failure; decides the status code and the log/metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
@@ -144,6 +146,16 @@ impl ProxyError {
             Self::ConnectorRefused => "connector_refused",
             Self::ResponseTimeout => "response_timeout",
             Self::ConnectorUnresponsive => "connector_unresponsive",
+        }
+    }
+
+    /// Maps a refusal of the access policy to the failure the client sees.
+    pub fn from_denial(reason: DenyReason) -> Self {
+        match reason {
+            DenyReason::MissingHost => Self::MissingHost,
+            DenyReason::HostMismatch => Self::MisdirectedRequest,
+            DenyReason::Address => Self::AddressDenied,
+            DenyReason::NoCredentials => Self::NoCredentials,
         }
     }
 

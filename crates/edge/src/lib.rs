@@ -34,6 +34,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod revocation;
+pub mod route;
 pub mod serve;
 pub mod site;
 pub mod tls;

@@ -18,6 +18,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::cookie::{Claims, Verdict};
+use crate::tls::PeerCertificate;
+
 /// How a site authenticates clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,29 +54,10 @@ impl SitePolicy {
     }
 }
 
-/// What the handshake established about the client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Certificate {
-    /// A valid device certificate of the connection's site.
-    Valid,
-    /// No certificate (only possible where the site allows that).
-    Absent,
-}
-
-/// What the request's session cookie turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Session {
-    /// No cookie.
-    Absent,
-    /// Valid: our MAC, this site, unexpired, certificate not revoked.
-    Valid,
-    /// Present but unusable (forged, expired, other site, revoked certificate).
-    Invalid,
-}
-
-/// The facts about one request that the policy decides on.
+/// The facts about one request that the policy decides on. `'e` is the lifetime of the
+/// evidence a grant carries (certificate, cookie claims), `'a` that of the rest.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
+pub struct Facts<'a, 'e> {
     /// The site the connection's SNI selected.
     pub conn_site: &'a str,
     /// The Host header / :authority, if any.
@@ -82,32 +66,44 @@ pub struct Facts<'a> {
     pub host_site: Option<&'a str>,
     /// Client address.
     pub client_ip: IpAddr,
-    /// Certificate state.
-    pub certificate: Certificate,
-    /// Session cookie state.
-    pub session: Session,
+    /// The verified device certificate of the connection, if the client presented one (the
+    /// handshake refuses any other).
+    pub certificate: Option<&'e PeerCertificate>,
+    /// The verdict on the request's session cookie, if it carried one.
+    pub cookie: Option<&'e Verdict>,
     /// The raw request target.
     pub target: &'a str,
 }
 
 /// What the policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<'e> {
     /// Proxy; the value says on what grounds.
-    Allow(Grant),
+    Allow(Grant<'e>),
     /// Refuse, with the reason.
     Deny(DenyReason),
 }
 
-/// Why a request was allowed.
+/// Why a request was allowed, with the evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant {
-    /// A client certificate.
-    Certificate,
-    /// A session cookie.
-    Session,
+pub enum Grant<'e> {
+    /// This client certificate.
+    Certificate(&'e PeerCertificate),
+    /// A valid session cookie with these claims.
+    Session(&'e Claims),
     /// A public path prefix.
     PublicPath,
+}
+
+impl Grant<'_> {
+    /// Log value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Certificate(_) => "certificate",
+            Self::Session(_) => "session",
+            Self::PublicPath => "public_path",
+        }
+    }
 }
 
 /// Why a request is refused at the HTTP layer.
@@ -136,7 +132,7 @@ impl DenyReason {
 }
 
 /// Decides one request.
-pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
+pub fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision<'e> {
     if facts.host.is_none() {
         return Decision::Deny(DenyReason::MissingHost);
     }
@@ -155,11 +151,13 @@ pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
     {
         return Decision::Deny(DenyReason::Address);
     }
-    if facts.certificate == Certificate::Valid {
-        return Decision::Allow(Grant::Certificate);
+    if let Some(certificate) = facts.certificate {
+        return Decision::Allow(Grant::Certificate(certificate));
     }
-    if policy.client_auth == ClientAuth::RequiredOrSession && facts.session == Session::Valid {
-        return Decision::Allow(Grant::Session);
+    if policy.client_auth == ClientAuth::RequiredOrSession
+        && let Some(Verdict::Valid(claims)) = facts.cookie
+    {
+        return Decision::Allow(Grant::Session(claims));
     }
     if is_public(&policy.public_paths, facts.target) {
         return Decision::Allow(Grant::PublicPath);

@@ -1,13 +1,10 @@
-//! Steps 5–6 of the request path: carry one request through a tunnel stream.
+//! Step 6 of the request path: carry one request through a stream of its routed tunnel.
 //!
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
 //! FIN. Bodies stream both ways through bounded QUIC flow-control windows, never buffered
 //! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
 //! splice between the client's upgraded connection and the tunnel.
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -20,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -30,10 +26,10 @@ use crate::Shared;
 use crate::body::{ActiveGuard, ResponseBody, empty};
 use crate::cookie;
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, SiteReason};
+use crate::metrics::Metrics;
 use crate::revocation::Registration;
+use crate::route::Route;
 use crate::tls::Peer;
-use crate::tunnels::Tunnel;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
@@ -51,13 +47,13 @@ pub struct Auth {
     pub registration: Option<Registration>,
 }
 
-/// Proxies `req` over one of `candidates` (best first).
+/// Proxies `req` through a new stream on `route`'s tunnel.
 pub async fn forward(
     mut req: Request<Incoming>,
     host: &str,
     peer: &Peer,
     auth: Auth,
-    candidates: Vec<Arc<Tunnel>>,
+    route: Route,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upgrade = is_upgrade(&req);
@@ -92,8 +88,7 @@ pub async fn forward(
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
 
-    let (session, slot, mut send, mut recv) =
-        open_stream(&candidates, &peer.site.name, shared).await?;
+    let (mut send, mut recv) = route.open_stream(shared).await?;
     send.write_chunk(encoded)
         .await
         .map_err(|_| ProxyError::TunnelBroken)?;
@@ -123,14 +118,8 @@ pub async fn forward(
             if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
             return Err(ProxyError::ResponseTimeout);
         }
-        () = until_unresponsive(&session) => {
-            // The connector's process is gone (crash, power cut): it cannot have answered.
-            // Close the connection so no other request waits on it, and check the rest of
-            // the site's connections the same way.
-            session.conn.close(proto::CloseCode::Timeout, "no answer to liveness probe");
-            for other in shared.tunnels.candidates(&peer.site.name) {
-                tokio::spawn(crate::connectors::reap_if_dead(other));
-            }
+        () = route.until_unresponsive() => {
+            route.abandon(shared);
             return Err(ProxyError::ConnectorUnresponsive);
         }
     };
@@ -157,8 +146,11 @@ pub async fn forward(
                 up: shared.metrics.request_bytes.get_or_create_owned(&site),
                 down: shared.metrics.response_bytes.get_or_create_owned(&site),
             };
-            let keep = (slot, auth.registration);
-            tokio::spawn(splice(on_upgrade, send, recv, keep, auth.revoked, meters));
+            let hold = Hold {
+                _route: route,
+                _registration: auth.registration,
+            };
+            tokio::spawn(splice(on_upgrade, send, recv, hold, auth.revoked, meters));
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -166,65 +158,15 @@ pub async fn forward(
                 s.finish();
             }
             if head.body != BodyKind::Empty {
-                *response.body_mut() = tunnel_body(recv, (slot, auth.registration));
+                let hold = Hold {
+                    _route: route,
+                    _registration: auth.registration,
+                };
+                *response.body_mut() = tunnel_body(recv, hold);
             }
         }
     }
     Ok(response)
-}
-
-/// How long a response head may take before we check that the connector is still there.
-const PROBE_AFTER: Duration = Duration::from_millis(500);
-/// While still waiting, re-check this often (long polls can legitimately take minutes).
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-
-/// Resolves only if `tunnel` stops answering pings while we wait for its response.
-async fn until_unresponsive(tunnel: &Tunnel) {
-    tokio::time::sleep(PROBE_AFTER).await;
-    loop {
-        if !tunnel.alive().await {
-            return;
-        }
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-}
-
-async fn open_stream(
-    candidates: &[Arc<Tunnel>],
-    site: &str,
-    shared: &Shared,
-) -> Result<(Arc<Tunnel>, OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
-    let failed = |reason| {
-        shared
-            .metrics
-            .stream_failures
-            .get_or_create(&SiteReason {
-                site: site.to_owned(),
-                reason,
-            })
-            .inc();
-        ProxyError::TunnelUnavailable
-    };
-    let limit = shared.config.limits.stream_open_timeout;
-    // First pass: any session with a free slot right now; second: wait on the best one.
-    let mut picked = candidates
-        .iter()
-        .find_map(|s| s.try_slot().map(|slot| (s.clone(), slot)));
-    if picked.is_none()
-        && let Some(best) = candidates.first()
-    {
-        picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
-    }
-    let Some((session, slot)) = picked else {
-        return Err(failed("no_slot"));
-    };
-    match session.conn.open(limit).await {
-        Ok((send, recv)) => Ok((session, slot, send, recv)),
-        Err(e) => {
-            debug!(error = %e, connector = %session.connector_id, "opening tunnel stream failed");
-            Err(failed("open_failed"))
-        }
-    }
 }
 
 /// Copies the client's request body into the tunnel as it arrives.
@@ -252,14 +194,17 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
     send.finish();
 }
 
-/// What a live stream holds until it ends: its stream slot, and for session-authenticated
-/// requests the registration that lets a revocation find it.
-type Keep = (OwnedSemaphorePermit, Option<Registration>);
+/// What a live stream holds until it ends: its route (and so its stream slot), and for
+/// session-authenticated requests the registration that lets a revocation find it.
+struct Hold {
+    _route: Route,
+    _registration: Option<Registration>,
+}
 
-/// The response body read from the tunnel; holds `keep` until it is dropped.
-fn tunnel_body(recv: RecvHalf, keep: Keep) -> ResponseBody {
+/// The response body read from the tunnel; holds `hold` until it is dropped.
+fn tunnel_body(recv: RecvHalf, hold: Hold) -> ResponseBody {
     let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(move |chunk| {
-        let _ = &keep;
+        let _ = &hold;
         Frame::data(chunk)
     });
     StreamBody::new(stream).boxed_unsync()
@@ -270,7 +215,7 @@ async fn splice(
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
     recv: RecvHalf,
-    _keep: Keep,
+    _hold: Hold,
     revoked: CancellationToken,
     meters: SpliceMeters,
 ) {

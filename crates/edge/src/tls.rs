@@ -94,7 +94,7 @@ pub struct Peer {
 }
 
 /// A verified device certificate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCertificate {
     /// Device name from the certificate identity.
     pub device: String,
