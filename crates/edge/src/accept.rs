@@ -16,7 +16,7 @@ use crate::{Shared, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,

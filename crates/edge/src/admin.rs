@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 
 /// Serves the admin endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let routes: daemon::AdminRoutes = Arc::new(move |path| route(path, &shared));
     daemon::serve_admin(listener, routes, shutdown).await;
 }

@@ -10,20 +10,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Body type of every response the edge sends.
-pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// A body that is empty.
-pub fn empty() -> ResponseBody {
+pub(crate) fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// What runs when a response body is done: with the bytes sent and whether it was sent to
 /// the end (`false`: the client left or the tunnel broke mid-body).
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+pub(crate) type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
 
 /// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
 /// `on_end` (if any) once when the body ends or is dropped.
-pub fn metered(
+pub(crate) fn metered(
     body: ResponseBody,
     bytes: Counter,
     active: Gauge,
@@ -41,7 +41,7 @@ pub fn metered(
 }
 
 /// Decrements a gauge when dropped.
-pub struct ActiveGuard(pub Gauge);
+pub(crate) struct ActiveGuard(pub Gauge);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use daemon::{ConfigError, LogFormat, RawLog};
 
-use crate::policy::{ClientAuth, SitePolicy};
+pub use crate::policy::{ClientAuth, SitePolicy};
 
 /// Top-level keys that `DOORLESS_*` variables may set. Limiting env to these keeps a stray
 /// variable meant for the connector (e.g. `DOORLESS_TOKEN`) from breaking the edge.

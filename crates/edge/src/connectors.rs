@@ -27,7 +27,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connector connections until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     endpoint: Arc<ServerEndpoint>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,

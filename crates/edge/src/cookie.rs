@@ -28,7 +28,7 @@ use crate::tls::PeerCertificate;
 
 /// The cookie's name. The `__Host-` prefix makes browsers refuse it unless it is Secure,
 /// has `Path=/` and no `Domain`: it cannot be planted by a sibling subdomain.
-pub const COOKIE_NAME: &str = "__Host-doorless";
+pub(crate) const COOKIE_NAME: &str = "__Host-doorless";
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 32;
@@ -36,7 +36,7 @@ const MAC_LEN: usize = 32;
 const MAX_ENCODED: usize = 512;
 
 /// The HMAC key, from the state dir's `session.key`.
-pub struct SessionKey(hmac::Key);
+pub(crate) struct SessionKey(hmac::Key);
 
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for SessionKey {
 
 impl SessionKey {
     /// Loads the key file (at least 32 bytes).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("reading session key {}: {e}", path.display()))?;
         Self::from_bytes(&bytes).ok_or_else(|| {
@@ -56,17 +56,17 @@ impl SessionKey {
 
     /// A separate secret for another purpose, derived from this key (HMAC of `label`), so
     /// the state dir needs only one secret file.
-    pub fn derive(&self, label: &str) -> Vec<u8> {
+    pub(crate) fn derive(&self, label: &str) -> Vec<u8> {
         hmac::sign(&self.0, label.as_bytes()).as_ref().to_vec()
     }
 
     /// A key from raw bytes (≥ 32).
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         (bytes.len() >= 32).then(|| Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
     }
 
     /// Encodes and signs `claims` into a cookie value.
-    pub fn issue(&self, claims: &Claims) -> Option<String> {
+    pub(crate) fn issue(&self, claims: &Claims) -> Option<String> {
         let site = claims.site.as_bytes();
         let device = claims.device.as_bytes();
         let site_len = u8::try_from(site.len()).ok()?;
@@ -85,7 +85,7 @@ impl SessionKey {
     }
 
     /// Checks a cookie value for `site` at time `now` against the revoked fingerprints.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         value: &str,
         site: &str,
@@ -139,7 +139,7 @@ impl SessionKey {
     }
 
     /// The verdict on the request's session cookie for `site`, if it carries one.
-    pub fn read(
+    pub(crate) fn read(
         &self,
         headers: &HeaderMap,
         site: &str,
@@ -153,7 +153,7 @@ impl SessionKey {
     /// The `Set-Cookie` for a response to a request that `cert` authenticated on `site`:
     /// a fresh cookie unless the request already carried a valid one for this certificate with
     /// more than half its life left. Never outlives the certificate.
-    pub fn refresh(
+    pub(crate) fn refresh(
         &self,
         site: &Site,
         cert: &PeerCertificate,
@@ -183,20 +183,20 @@ impl SessionKey {
 
 /// What a cookie asserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// Site it opens.
-    pub site: String,
+    pub(crate) site: String,
     /// Fingerprint of the certificate it was issued on.
-    pub fingerprint: Fingerprint,
+    pub(crate) fingerprint: Fingerprint,
     /// Device name of that certificate.
-    pub device: String,
+    pub(crate) device: String,
     /// Expiry, Unix seconds.
-    pub expires: u64,
+    pub(crate) expires: u64,
 }
 
 /// The result of checking a cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Good for this site, now.
     Valid(Claims),
     /// Signed by us, but past its expiry.
@@ -210,7 +210,7 @@ pub enum Verdict {
 }
 
 /// The `Set-Cookie` header for `value`, living `max_age` seconds.
-pub fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
+pub(crate) fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))
@@ -218,7 +218,7 @@ pub fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
 }
 
 /// Our cookie's value among the request's `Cookie` header values, if present.
-pub fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+pub(crate) fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     for header in cookie_headers {
         let Ok(text) = std::str::from_utf8(header) else {
             continue;
@@ -235,7 +235,7 @@ pub fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String
 }
 
 /// A `Cookie` header value without our cookie; `None` if nothing else is left.
-pub fn strip(header: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn strip(header: &[u8]) -> Option<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(header) else {
         // Not text: not something we set; pass it on untouched.
         return Some(header.to_vec());

@@ -20,25 +20,25 @@
 //! Connectors register through [`connectors`]. [`Edge::bind`] then [`Edge::run`] is the
 //! whole server; `main.rs` adds the CLI.
 
-pub mod accept;
-pub mod admin;
-pub mod body;
+mod accept;
+mod admin;
+mod body;
 pub mod config;
-pub mod connectors;
-pub mod cookie;
+mod connectors;
+mod cookie;
 pub mod demo;
-pub mod error;
-pub mod limit;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
-pub mod reload;
-pub mod revocation;
-pub mod route;
-pub mod serve;
-pub mod site;
-pub mod tls;
-pub mod tunnels;
+mod error;
+mod limit;
+mod metrics;
+mod policy;
+mod proxy;
+mod reload;
+mod revocation;
+mod route;
+mod serve;
+mod site;
+mod tls;
+mod tunnels;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,35 +58,35 @@ use crate::tunnels::Tunnels;
 
 /// State shared by every task of one edge.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Validated configuration.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The state dir.
-    pub state: pki::StateDir,
+    pub(crate) state: pki::StateDir,
     /// Sites; swapped whole on reload.
-    pub sites: ArcSwap<Sites>,
+    pub(crate) sites: ArcSwap<Sites>,
     /// Registered connector connections.
-    pub tunnels: Tunnels,
+    pub(crate) tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
-    pub live: revocation::LiveClients,
+    pub(crate) live: revocation::LiveClients,
     /// Every exported metric.
-    pub metrics: metrics::Metrics,
+    pub(crate) metrics: metrics::Metrics,
     /// Signs and checks session cookies.
-    pub session_key: cookie::SessionKey,
+    pub(crate) session_key: cookie::SessionKey,
     /// Per-address budget of unauthenticated handshakes.
-    pub budget: limit::HandshakeBudget,
+    pub(crate) budget: limit::HandshakeBudget,
     /// Per-address connection caps.
-    pub per_address: limit::PerAddress,
+    pub(crate) per_address: limit::PerAddress,
     /// Handshakes in progress, all clients together.
-    pub handshakes: tokio::sync::Semaphore,
+    pub(crate) handshakes: tokio::sync::Semaphore,
     /// Keeps denial logging bounded under a flood.
-    pub denial_log: limit::LogLimiter,
+    pub(crate) denial_log: limit::LogLimiter,
     request_ids: AtomicU64,
 }
 
 impl Shared {
     /// A new request id, unique in this process.
-    pub fn next_request_id(&self) -> u64 {
+    pub(crate) fn next_request_id(&self) -> u64 {
         self.request_ids.fetch_add(1, Ordering::Relaxed)
     }
 }

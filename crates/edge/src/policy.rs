@@ -57,27 +57,27 @@ impl SitePolicy {
 /// The facts about one request that the policy decides on. `'e` is the lifetime of the
 /// evidence a grant carries (certificate, cookie claims), `'a` that of the rest.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a, 'e> {
+pub(crate) struct Facts<'a, 'e> {
     /// The site the connection's SNI selected.
-    pub conn_site: &'a str,
+    pub(crate) conn_site: &'a str,
     /// The Host header / :authority, if any.
-    pub host: Option<&'a str>,
+    pub(crate) host: Option<&'a str>,
     /// The site the Host selects, if any.
-    pub host_site: Option<&'a str>,
+    pub(crate) host_site: Option<&'a str>,
     /// Client address.
-    pub client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
     /// The verified device certificate of the connection, if the client presented one (the
     /// handshake refuses any other).
-    pub certificate: Option<&'e PeerCertificate>,
+    pub(crate) certificate: Option<&'e PeerCertificate>,
     /// The verdict on the request's session cookie, if it carried one.
-    pub cookie: Option<&'e Verdict>,
+    pub(crate) cookie: Option<&'e Verdict>,
     /// The raw request target.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
 }
 
 /// What the policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision<'e> {
+pub(crate) enum Decision<'e> {
     /// Proxy; the value says on what grounds.
     Allow(Grant<'e>),
     /// Refuse, with the reason.
@@ -86,7 +86,7 @@ pub enum Decision<'e> {
 
 /// Why a request was allowed, with the evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant<'e> {
+pub(crate) enum Grant<'e> {
     /// This client certificate.
     Certificate(&'e PeerCertificate),
     /// A valid session cookie with these claims.
@@ -97,7 +97,7 @@ pub enum Grant<'e> {
 
 impl Grant<'_> {
     /// Log value.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Certificate(_) => "certificate",
             Self::Session(_) => "session",
@@ -108,7 +108,7 @@ impl Grant<'_> {
 
 /// Why a request is refused at the HTTP layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
+pub(crate) enum DenyReason {
     /// No Host at all.
     MissingHost,
     /// Host names another site, or none.
@@ -119,20 +119,8 @@ pub enum DenyReason {
     NoCredentials,
 }
 
-impl DenyReason {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MissingHost => "missing_host",
-            Self::HostMismatch => "misdirected",
-            Self::Address => "address_denied",
-            Self::NoCredentials => "no_credentials",
-        }
-    }
-}
-
 /// Decides one request.
-pub fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision<'e> {
+pub(crate) fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision<'e> {
     if facts.host.is_none() {
         return Decision::Deny(DenyReason::MissingHost);
     }
@@ -167,7 +155,7 @@ pub fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision<'e> {
 
 /// Whether `target`'s path falls under one of `prefixes`, judged on a fail-closed
 /// normalisation (see the module docs).
-pub fn is_public(prefixes: &[String], target: &str) -> bool {
+pub(crate) fn is_public(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
@@ -233,7 +221,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The hostname part of a Host header value: lowercase, without port; IPv6 literals keep
 /// their brackets stripped. `None` if it is empty or malformed.
-pub fn host_name(host: &str) -> Option<String> {
+pub(crate) fn host_name(host: &str) -> Option<String> {
     let host = host.trim();
     if host.is_empty() {
         return None;

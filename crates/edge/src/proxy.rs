@@ -36,19 +36,19 @@ const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
 
 /// On what grounds a request goes through, as the tunnel and Home Assistant see it.
 #[derive(Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// Fingerprint of the certificate (presented, or behind the session cookie).
-    pub fingerprint: Option<pki::Fingerprint>,
+    pub(crate) fingerprint: Option<pki::Fingerprint>,
     /// Device name; empty for public-path requests.
-    pub device: String,
+    pub(crate) device: String,
     /// Cancelled when that certificate is revoked.
-    pub revoked: CancellationToken,
+    pub(crate) revoked: CancellationToken,
     /// Keeps a session-authenticated request revocable while it lives.
-    pub registration: Option<Registration>,
+    pub(crate) registration: Option<Registration>,
 }
 
 /// Proxies `req` through a new stream on `route`'s tunnel.
-pub async fn forward(
+pub(crate) async fn forward(
     mut req: Request<Incoming>,
     host: &str,
     peer: &Peer,

@@ -25,7 +25,7 @@ const POLL: Duration = Duration::from_millis(250);
 type FileStamp = Option<(i64, i64, u64, u64)>;
 
 /// Watches the state dir until `shutdown`.
-pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last = stamp(&shared);
     let mut tick = tokio::time::interval(POLL);
@@ -53,7 +53,7 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 }
 
 /// Reloads the state now. Returns whether the new state was taken.
-pub fn reload(shared: &Shared) -> bool {
+pub(crate) fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config) {
         Ok(s) => s,
         Err(e) => {

@@ -26,7 +26,7 @@ use crate::Shared;
 
 /// Every revoked certificate, from the state dir's index. Immutable; a reload reads a new one.
 #[derive(Debug, Default)]
-pub struct Revoked {
+pub(crate) struct Revoked {
     devices: HashSet<Fingerprint>,
     devices_by_site: HashMap<String, Arc<HashSet<Fingerprint>>>,
     connectors: HashSet<Fingerprint>,
@@ -34,14 +34,14 @@ pub struct Revoked {
 
 /// What a reload revoked that the previous state did not.
 #[derive(Debug, Default)]
-pub struct NewlyRevoked {
+pub(crate) struct NewlyRevoked {
     devices: Vec<Fingerprint>,
     connectors: HashSet<Fingerprint>,
 }
 
 impl Revoked {
     /// Reads the index of `state`.
-    pub fn load(state: &pki::StateDir) -> pki::Result<Self> {
+    pub(crate) fn load(state: &pki::StateDir) -> pki::Result<Self> {
         let mut revoked = Self::default();
         let mut by_site: HashMap<String, HashSet<Fingerprint>> = HashMap::new();
         for entry in state.revoked()? {
@@ -66,27 +66,27 @@ impl Revoked {
     }
 
     /// Revoked device certificates of every site.
-    pub fn devices(&self) -> &HashSet<Fingerprint> {
+    pub(crate) fn devices(&self) -> &HashSet<Fingerprint> {
         &self.devices
     }
 
     /// Revoked device certificates of `site`, for its handshake's [`RevocationCheck`].
-    pub fn devices_of(&self, site: &str) -> Arc<HashSet<Fingerprint>> {
+    pub(crate) fn devices_of(&self, site: &str) -> Arc<HashSet<Fingerprint>> {
         self.devices_by_site.get(site).cloned().unwrap_or_default()
     }
 
     /// Whether a device certificate is revoked.
-    pub fn device(&self, fingerprint: &Fingerprint) -> bool {
+    pub(crate) fn device(&self, fingerprint: &Fingerprint) -> bool {
         self.devices.contains(fingerprint)
     }
 
     /// Whether a connector certificate is revoked.
-    pub fn connector(&self, fingerprint: &Fingerprint) -> bool {
+    pub(crate) fn connector(&self, fingerprint: &Fingerprint) -> bool {
         self.connectors.contains(fingerprint)
     }
 
     /// What `self` revokes that `old` did not.
-    pub fn since(&self, old: &Self) -> NewlyRevoked {
+    pub(crate) fn since(&self, old: &Self) -> NewlyRevoked {
         NewlyRevoked {
             devices: self.devices.difference(&old.devices).copied().collect(),
             connectors: self
@@ -100,14 +100,14 @@ impl Revoked {
 
 impl NewlyRevoked {
     /// Newly revoked device certificates.
-    pub fn devices(&self) -> usize {
+    pub(crate) fn devices(&self) -> usize {
         self.devices.len()
     }
 }
 
 /// Ends everything open under a newly revoked certificate: client connections and their
 /// WebSockets, and connector tunnels. Returns how many were ended.
-pub fn enforce(shared: &Shared, newly: &NewlyRevoked) -> usize {
+pub(crate) fn enforce(shared: &Shared, newly: &NewlyRevoked) -> usize {
     let mut closed = 0;
     for fp in &newly.devices {
         closed += shared.live.revoke(fp);
@@ -129,14 +129,17 @@ pub fn enforce(shared: &Shared, newly: &NewlyRevoked) -> usize {
 /// certificate fingerprint; a reload builds a new verifier, so a revocation applies to the
 /// next handshake. (The standard `crl.pem` is kept for other tools; the index is the source.)
 #[derive(Debug)]
-pub struct RevocationCheck {
+pub(crate) struct RevocationCheck {
     inner: Arc<dyn ClientCertVerifier>,
     revoked: Arc<HashSet<Fingerprint>>,
 }
 
 impl RevocationCheck {
     /// `inner`, refusing also every certificate in `revoked`.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, revoked: Arc<HashSet<Fingerprint>>) -> Self {
+    pub(crate) fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        revoked: Arc<HashSet<Fingerprint>>,
+    ) -> Self {
         Self { inner, revoked }
     }
 }
@@ -199,14 +202,14 @@ type ByFingerprint = HashMap<Fingerprint, Vec<(u64, CancellationToken)>>;
 
 /// Live client connections by certificate fingerprint, so a revocation can end them.
 #[derive(Debug, Default)]
-pub struct LiveClients {
+pub(crate) struct LiveClients {
     map: Mutex<ByFingerprint>,
     next_id: AtomicU64,
 }
 
 /// Removes a connection from [`LiveClients`] when dropped.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     id: u64,
@@ -214,7 +217,7 @@ pub struct Registration {
 
 impl LiveClients {
     /// Records a connection; it stays recorded while the returned guard lives.
-    pub fn register(
+    pub(crate) fn register(
         shared: &Arc<Shared>,
         fingerprint: Fingerprint,
         token: CancellationToken,
@@ -233,17 +236,12 @@ impl LiveClients {
     }
 
     /// Ends every connection of `fingerprint`; returns how many.
-    pub fn revoke(&self, fingerprint: &Fingerprint) -> usize {
+    pub(crate) fn revoke(&self, fingerprint: &Fingerprint) -> usize {
         let tokens = self.lock().remove(fingerprint).unwrap_or_default();
         for (_, token) in &tokens {
             token.cancel();
         }
         tokens.len()
-    }
-
-    /// Number of live authenticated connections.
-    pub fn count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ByFingerprint> {

@@ -28,15 +28,15 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// The tunnel chosen for one request, with the stream slot it holds there.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The chosen tunnel.
-    pub tunnel: Arc<Tunnel>,
+    pub(crate) tunnel: Arc<Tunnel>,
     /// One of its stream slots, held until the request's stream ends.
     _permit: OwnedSemaphorePermit,
 }
 
 /// Chooses a tunnel of `site` with a free stream slot.
-pub async fn route(shared: &Shared, site: &str) -> Result<Route, ProxyError> {
+pub(crate) async fn route(shared: &Shared, site: &str) -> Result<Route, ProxyError> {
     let candidates = shared.tunnels.candidates(site);
     if candidates.is_empty() {
         return Err(ProxyError::NoConnector);
@@ -62,7 +62,10 @@ pub async fn route(shared: &Shared, site: &str) -> Result<Route, ProxyError> {
 
 impl Route {
     /// Opens the request's stream on the chosen tunnel.
-    pub async fn open_stream(&self, shared: &Shared) -> Result<(SendHalf, RecvHalf), ProxyError> {
+    pub(crate) async fn open_stream(
+        &self,
+        shared: &Shared,
+    ) -> Result<(SendHalf, RecvHalf), ProxyError> {
         let limit = shared.config.limits.stream_open_timeout;
         self.tunnel.conn.open(limit).await.map_err(|e| {
             debug!(error = %e, connector = %self.tunnel.connector_id, "opening tunnel stream failed");
@@ -71,7 +74,7 @@ impl Route {
     }
 
     /// Resolves only if the tunnel stops answering pings while a response is awaited.
-    pub async fn until_unresponsive(&self) {
+    pub(crate) async fn until_unresponsive(&self) {
         tokio::time::sleep(PROBE_AFTER).await;
         loop {
             if !self.tunnel.alive().await {
@@ -84,7 +87,7 @@ impl Route {
     /// The tunnel stopped answering: its connector's process is gone (crash, power cut) and
     /// cannot have answered. Closes it so no other request waits on it, and checks the rest of
     /// the site's tunnels the same way.
-    pub fn abandon(&self, shared: &Shared) {
+    pub(crate) fn abandon(&self, shared: &Shared) {
         self.tunnel
             .conn
             .close(proto::CloseCode::Timeout, "no answer to liveness probe");
@@ -95,7 +98,7 @@ impl Route {
 }
 
 /// Closes `tunnel` if its connector does not answer a ping: its process is gone.
-pub async fn reap_if_dead(tunnel: Arc<Tunnel>) {
+pub(crate) async fn reap_if_dead(tunnel: Arc<Tunnel>) {
     if !tunnel.alive().await {
         info!(addr = %tunnel.addr, connector = %tunnel.connector_id, "connector connection unresponsive; closing it");
         tunnel

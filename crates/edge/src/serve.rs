@@ -29,7 +29,7 @@ use crate::{proxy, route};
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
 /// leaves or `shutdown` asks for a graceful close.
-pub async fn connection(
+pub(crate) async fn connection(
     tls: TlsStream<TcpStream>,
     peer: Peer,
     shared: Arc<Shared>,
@@ -78,7 +78,7 @@ pub async fn connection(
 }
 
 /// One request, from policy to response; every outcome passes [`finish`].
-pub async fn handle_request(
+pub(crate) async fn handle_request(
     req: Request<Incoming>,
     peer: &Peer,
     shared: &Arc<Shared>,

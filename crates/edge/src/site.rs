@@ -19,24 +19,24 @@ use crate::tls::server_config;
 
 /// One site as the edge serves it.
 #[derive(Debug)]
-pub struct Site {
+pub(crate) struct Site {
     /// Site name (from the state dir).
-    pub name: String,
+    pub(crate) name: String,
     /// Hostnames that select it, lowercase.
-    pub hostnames: Vec<String>,
+    pub(crate) hostnames: Vec<String>,
     /// Access policy.
-    pub policy: SitePolicy,
+    pub(crate) policy: SitePolicy,
     /// Session cookie lifetime (`required_or_session`).
-    pub session_lifetime: Duration,
+    pub(crate) session_lifetime: Duration,
     /// Header carrying the device name upstream, if configured.
-    pub identity_header: Option<http::HeaderName>,
+    pub(crate) identity_header: Option<http::HeaderName>,
     /// The site's TLS configuration, used by the handshake once SNI chose the site.
-    pub tls: Arc<rustls::ServerConfig>,
+    pub(crate) tls: Arc<rustls::ServerConfig>,
 }
 
 /// All sites, by hostname and by name. Immutable; a reload builds a new one.
 #[derive(Debug, Default)]
-pub struct Sites {
+pub(crate) struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
     revoked: Revoked,
@@ -45,18 +45,18 @@ pub struct Sites {
 
 /// When one of the edge's certificates expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertExpiry {
+pub(crate) struct CertExpiry {
     /// Site, or empty for edge-wide certificates.
-    pub site: String,
+    pub(crate) site: String,
     /// `client_ca`, `server`, `tunnel`, `tunnel_ca` or `connector_ca`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// `notAfter`, Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 impl Sites {
     /// Loads every site of the state dir and builds its TLS configuration.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let state = pki::StateDir::open(&config.state)
             .with_context(|| format!("opening state dir {}", config.state.display()))?;
@@ -117,17 +117,17 @@ impl Sites {
     }
 
     /// The site serving `host` (no port, any case).
-    pub fn by_host(&self, host: &str) -> Option<&Arc<Site>> {
+    pub(crate) fn by_host(&self, host: &str) -> Option<&Arc<Site>> {
         self.by_host.get(&host.to_ascii_lowercase())
     }
 
     /// The site called `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<&Arc<Site>> {
         self.by_name.get(name)
     }
 
     /// Every certificate's expiry.
-    pub fn expiries(&self) -> &[CertExpiry] {
+    pub(crate) fn expiries(&self) -> &[CertExpiry] {
         &self.expiries
     }
 
@@ -149,12 +149,12 @@ impl Sites {
     }
 
     /// Every revoked certificate.
-    pub fn revoked(&self) -> &Revoked {
+    pub(crate) fn revoked(&self) -> &Revoked {
         &self.revoked
     }
 
     /// All sites, sorted by name.
-    pub fn all(&self) -> Vec<Arc<Site>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Site>> {
         let mut all: Vec<_> = self.by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -162,7 +162,7 @@ impl Sites {
 }
 
 /// Logs a warning for every certificate that expires within 30 days (or has expired).
-pub fn warn_expiring(sites: &Sites) {
+pub(crate) fn warn_expiring(sites: &Sites) {
     let now = unix_now();
     for e in sites.expiries() {
         let days = (e.not_after - now) as f64 / 86_400.0;
@@ -173,7 +173,7 @@ pub fn warn_expiring(sites: &Sites) {
 }
 
 /// Copies days-until-expiry into the metrics (called on every scrape).
-pub fn export_expiry(shared: &Shared) {
+pub(crate) fn export_expiry(shared: &Shared) {
     let now = unix_now();
     for e in shared.sites.load().expiries() {
         shared

@@ -23,7 +23,7 @@ use crate::revocation::RevocationCheck;
 use crate::site::{Site, Sites};
 /// Why a connection was refused before HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeDenial {
+pub(crate) enum HandshakeDenial {
     /// No SNI, or SNI naming no site.
     UnknownSite,
     /// The client sent no certificate where one is required.
@@ -44,7 +44,7 @@ pub enum HandshakeDenial {
 
 impl HandshakeDenial {
     /// Every variant, for pre-creating metric series.
-    pub const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::UnknownSite,
         Self::NoCertificate,
         Self::UnknownCa,
@@ -56,7 +56,7 @@ impl HandshakeDenial {
     ];
 
     /// Metric label and log value.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::UnknownSite => "unknown_site",
             Self::NoCertificate => "no_cert",
@@ -72,39 +72,39 @@ impl HandshakeDenial {
 
 /// A refused handshake: why, and for which site if SNI named one.
 #[derive(Debug)]
-pub struct HandshakeFailure {
+pub(crate) struct HandshakeFailure {
     /// Why.
-    pub denial: HandshakeDenial,
+    pub(crate) denial: HandshakeDenial,
     /// The SNI's site, if any.
-    pub site: Option<String>,
+    pub(crate) site: Option<String>,
 }
 
 /// The client of one TLS connection.
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// Client address (TCP peer).
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The site chosen by SNI (and proven by the certificate, if any).
-    pub site: Arc<Site>,
+    pub(crate) site: Arc<Site>,
     /// The verified device certificate; `None` only where the site's policy lets a
     /// handshake complete without one (session mode, public paths).
-    pub certificate: Option<PeerCertificate>,
+    pub(crate) certificate: Option<PeerCertificate>,
     /// Cancelled when the certificate is revoked: ends this connection and its WebSockets.
-    pub revoked: CancellationToken,
+    pub(crate) revoked: CancellationToken,
 }
 
 /// A verified device certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCertificate {
+pub(crate) struct PeerCertificate {
     /// Device name from the certificate identity.
-    pub device: String,
+    pub(crate) device: String,
     /// SHA-256 of the certificate.
-    pub fingerprint: pki::Fingerprint,
+    pub(crate) fingerprint: pki::Fingerprint,
     /// Its expiry, Unix seconds (session cookies never outlive it).
-    pub not_after: u64,
+    pub(crate) not_after: u64,
 }
 
-pub fn server_config(
+pub(crate) fn server_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
@@ -137,7 +137,7 @@ pub fn server_config(
 }
 
 /// Runs the handshake for one TCP connection.
-pub async fn handshake(
+pub(crate) async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     sites: &Sites,

@@ -15,27 +15,27 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// One registered connector connection.
 #[derive(Debug)]
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     /// Edge-unique id of this tunnel.
-    pub id: u64,
+    pub(crate) id: u64,
     /// Site it serves.
-    pub site: String,
+    pub(crate) site: String,
     /// Connector id from its certificate.
-    pub connector_id: String,
+    pub(crate) connector_id: String,
     /// Connector address as seen by the edge.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// SHA-256 of the connector's certificate (for revocation).
-    pub fingerprint: pki::Fingerprint,
+    pub(crate) fingerprint: pki::Fingerprint,
     /// The QUIC connection.
-    pub conn: transport::Connection,
+    pub(crate) conn: transport::Connection,
     /// Set when the connector announced Drain: no new streams.
-    pub draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
     /// When it registered.
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
     /// Last control-stream RTT in microseconds.
-    pub rtt_us: AtomicU64,
+    pub(crate) rtt_us: AtomicU64,
     /// Asks the tunnel's control task for a ping right now.
-    pub probe: Notify,
+    pub(crate) probe: Notify,
     /// Counts messages received on the control stream: proof of life.
     heard: AtomicU64,
     heard_changed: Notify,
@@ -45,7 +45,7 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// A new tunnel allowing `max_streams` concurrent streams.
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         site: String,
         connector_id: String,
@@ -72,12 +72,12 @@ impl Tunnel {
     }
 
     /// A stream slot, if one is free right now.
-    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.streams.clone().try_acquire_owned().ok()
     }
 
     /// Waits up to `limit` for a stream slot.
-    pub async fn slot(&self, limit: Duration) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn slot(&self, limit: Duration) -> Option<OwnedSemaphorePermit> {
         tokio::time::timeout(limit, self.streams.clone().acquire_owned())
             .await
             .ok()?
@@ -85,14 +85,14 @@ impl Tunnel {
     }
 
     /// Records that the connector said something on the control stream.
-    pub fn heard(&self) {
+    pub(crate) fn heard(&self) {
         self.heard.fetch_add(1, Ordering::Relaxed);
         self.heard_changed.notify_waiters();
     }
 
     /// Pings the connector and waits for any answer: `false` if none came within the limit
     /// (max of 1 s and 4 RTTs). Concurrent probes share one ping and one answer.
-    pub async fn alive(&self) -> bool {
+    pub(crate) async fn alive(&self) -> bool {
         let rtt = Duration::from_micros(self.rtt_us.load(Ordering::Relaxed));
         let limit = Duration::from_secs(1).max(rtt * 4);
         let before = self.heard.load(Ordering::Relaxed);
@@ -110,7 +110,7 @@ impl Tunnel {
     }
 
     /// Streams in use.
-    pub fn active_streams(&self) -> usize {
+    pub(crate) fn active_streams(&self) -> usize {
         self.max_streams - self.streams.available_permits()
     }
 
@@ -121,52 +121,52 @@ impl Tunnel {
 
 /// Live tunnels by site.
 #[derive(Debug, Default)]
-pub struct Tunnels {
+pub(crate) struct Tunnels {
     by_site: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
     next_id: AtomicU64,
 }
 
 /// Status view of one site's connectors.
 #[derive(Debug, Serialize)]
-pub struct ConnectorStatus {
+pub(crate) struct ConnectorStatus {
     /// Connector id.
-    pub id: String,
+    pub(crate) id: String,
     /// Registered connections.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Per connection detail.
     #[serde(rename = "sessions")]
-    pub tunnels: Vec<TunnelStatus>,
+    pub(crate) tunnels: Vec<TunnelStatus>,
 }
 
 /// Status view of one tunnel.
 #[derive(Debug, Serialize)]
-pub struct TunnelStatus {
+pub(crate) struct TunnelStatus {
     /// Connector address.
-    pub addr: String,
+    pub(crate) addr: String,
     /// Registered since (Unix seconds).
-    pub since: u64,
+    pub(crate) since: u64,
     /// Last RTT in milliseconds.
-    pub rtt_ms: f64,
+    pub(crate) rtt_ms: f64,
     /// Streams in use.
-    pub active_streams: usize,
+    pub(crate) active_streams: usize,
     /// Draining.
-    pub draining: bool,
+    pub(crate) draining: bool,
 }
 
 impl Tunnels {
     /// A fresh tunnel id.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Registers a tunnel.
-    pub fn insert(&self, tunnel: Arc<Tunnel>) {
+    pub(crate) fn insert(&self, tunnel: Arc<Tunnel>) {
         let mut map = self.lock();
         map.entry(tunnel.site.clone()).or_default().push(tunnel);
     }
 
     /// Removes a tunnel.
-    pub fn remove(&self, tunnel: &Tunnel) {
+    pub(crate) fn remove(&self, tunnel: &Tunnel) {
         let mut map = self.lock();
         if let Some(list) = map.get_mut(&tunnel.site) {
             list.retain(|s| s.id != tunnel.id);
@@ -177,7 +177,7 @@ impl Tunnels {
     }
 
     /// Usable tunnels of `site`, best first (most free slots).
-    pub fn candidates(&self, site: &str) -> Vec<Arc<Tunnel>> {
+    pub(crate) fn candidates(&self, site: &str) -> Vec<Arc<Tunnel>> {
         let map = self.lock();
         let mut list: Vec<_> = map
             .get(site)
@@ -187,13 +187,8 @@ impl Tunnels {
         list
     }
 
-    /// Number of registered tunnels of `site`.
-    pub fn count(&self, site: &str) -> usize {
-        self.lock().get(site).map_or(0, Vec::len)
-    }
-
     /// Status of `site`'s connectors, sorted by id.
-    pub fn status(&self, site: &str) -> Vec<ConnectorStatus> {
+    pub(crate) fn status(&self, site: &str) -> Vec<ConnectorStatus> {
         let map = self.lock();
         let mut by_id: HashMap<&str, Vec<TunnelStatus>> = HashMap::new();
         for s in map.get(site).into_iter().flatten() {
@@ -224,7 +219,7 @@ impl Tunnels {
     }
 
     /// Registered tunnels of one connector of `site` (dead ones included).
-    pub fn of_connector(&self, site: &str, connector_id: &str) -> Vec<Arc<Tunnel>> {
+    pub(crate) fn of_connector(&self, site: &str, connector_id: &str) -> Vec<Arc<Tunnel>> {
         let map = self.lock();
         map.get(site)
             .map(|l| {
@@ -237,7 +232,7 @@ impl Tunnels {
     }
 
     /// Every tunnel (for shutdown and revocation).
-    pub fn all(&self) -> Vec<Arc<Tunnel>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Tunnel>> {
         self.lock().values().flatten().cloned().collect()
     }
 
