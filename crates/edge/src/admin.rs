@@ -28,7 +28,7 @@ fn route(path: &str, shared: &Shared) -> daemon::AdminResponse {
         }
         "/status" => json_response(StatusCode::OK, &status(shared)),
         "/metrics" => {
-            crate::site::export_expiry(shared);
+            shared.sites.load().export_expiry(&shared.metrics);
             daemon::metrics_response(shared.metrics.encode())
         }
         _ => daemon::not_found(),

@@ -1,4 +1,5 @@
-//! The response body as the client receives it: counted, and logged once when it ends.
+//! Step 8 of the request path: the response body as the client receives it, counted, and
+//! logged once when it ends (the log line itself is `serve`'s `finish`).
 
 use std::io;
 

@@ -1,4 +1,4 @@
-//! The session cookie of the `required_or_session` mode.
+//! Step 4 of the request path: the session cookie of the `required_or_session` mode.
 //!
 //! After a request authenticated by a client certificate, the edge sets a short-lived cookie
 //! that lets the same browser through on requests where it omits the certificate (WebSocket

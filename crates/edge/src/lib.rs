@@ -9,16 +9,20 @@
 //! connectors) and no path routing.
 //!
 //! The request path, one module per step, in order:
-//! 1. [`accept`] — TCP accept loop, connection limit.
-//! 2. [`tls`] — handshake: SNI → site, client certificate → [`tls::Peer`].
-//! 3. [`serve`] — HTTP/1.1 and HTTP/2; `handle_request` asks [`policy::decide`].
-//! 4. [`tunnels`] — site → live connector [`tunnels::Tunnel`].
-//! 5. [`proxy`] — request and response through a tunnel stream; WebSocket splice.
-//! 6. [`serve`]'s `finish` — one access-log line per request. Errors and their status codes
-//!    live in [`error`].
+//! 1. `accept` — TCP accept loop, connection limits.
+//! 2. `tls` — handshake: SNI → `site::Site`, client certificate → `tls::Peer`.
+//! 3. `serve` — HTTP/1.1 and HTTP/2; `handle_request` runs steps 4–8 for each request:
+//! 4. `cookie` — the session cookie's verdict (`required_or_session` sites only).
+//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial.
+//! 6. `route` — site → `route::Route`: a tunnel and a stream slot on it.
+//! 7. `proxy` — request and response through a stream of that tunnel; WebSocket splice.
+//! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
+//!    access-log line. Every failure and its status code is in `error`.
 //!
-//! Connectors register through [`connectors`]. [`Edge::bind`] then [`Edge::run`] is the
-//! whole server; `main.rs` adds the CLI.
+//! Beside the path: `connectors` registers connectors as `tunnels::Tunnel`s; `site` is
+//! the site registry, `revocation` everything revoked, `reload` watches the state dir;
+//! `limit`, `metrics`, `admin`. `Edge::bind` then `Edge::run` is the whole server;
+//! `main.rs` adds the CLI.
 
 mod accept;
 mod admin;
@@ -186,7 +190,7 @@ impl Edge {
         let http = TaskTracker::new();
         let tunnel = TaskTracker::new();
         let shared = self.shared;
-        site::warn_expiring(&shared.sites.load());
+        shared.sites.load().warn_expiring();
         for site in shared.sites.load().all() {
             info!(site = %site.name, hostnames = ?site.hostnames, client_auth = ?site.policy.client_auth, "serving site");
             for path in &site.policy.public_paths {

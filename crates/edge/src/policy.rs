@@ -1,4 +1,4 @@
-//! Step 3 of the request path: may this request go to this site? A pure function.
+//! Step 5 of the request path: may this request go to this site? A pure function.
 //!
 //! The TLS handshake already proved any certificate belongs to the SNI's site. The policy adds
 //! the HTTP layer's say:

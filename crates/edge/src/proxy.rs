@@ -1,4 +1,4 @@
-//! Step 6 of the request path: carry one request through a stream of its routed tunnel.
+//! Step 7 of the request path: carry one request through a stream of its routed tunnel.
 //!
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until

@@ -5,7 +5,9 @@
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
 //! once on SIGHUP. A reload builds a complete new [`Sites`] and swaps it in; if anything fails
 //! to load, the old one stays and the error is logged. Connections of certificates that the
-//! new state revokes are closed, WebSockets included.
+//! new state revokes are closed, WebSockets included (`revocation::enforce`). Which files to
+//! watch is the state dir's to say (`pki::StateDir::watched_paths`), plus any `tls_cert` /
+//! `tls_key` the config names.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::ResultLabel;
-use crate::site::{Sites, warn_expiring};
+use crate::site::Sites;
 use crate::{Shared, revocation};
 
 const POLL: Duration = Duration::from_millis(250);
@@ -67,7 +69,7 @@ pub(crate) fn reload(shared: &Shared) -> bool {
         }
     };
     let newly_revoked = sites.revoked().since(shared.sites.load().revoked());
-    warn_expiring(&sites);
+    sites.warn_expiring();
     for site in sites.all() {
         shared.metrics.init_site(&site.name);
     }

@@ -1,4 +1,4 @@
-//! Step 5 of the request path: site → the tunnel that carries the request, and its stream slot.
+//! Step 6 of the request path: site → the tunnel that carries the request, and its stream slot.
 //!
 //! [`route`] picks among the site's usable tunnels (registered, not draining) the first with a
 //! free stream slot, best first (most free slots), else waits up to

@@ -1,7 +1,8 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
-//! [`handle_request`] is the whole path for one request, top to bottom: policy, route,
-//! proxy, and one finish point that logs every outcome exactly once.
+//! [`handle_request`] is the whole path for one request, top to bottom: host, cookie, policy,
+//! route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
+//! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use tracing::warn;
 
-use crate::Shared;
 use crate::config::Config;
+use crate::metrics::{CertLabels, Metrics};
 use crate::policy::SitePolicy;
 use crate::revocation::Revoked;
 use crate::tls::server_config;
@@ -126,11 +126,6 @@ impl Sites {
         self.by_name.get(name)
     }
 
-    /// Every certificate's expiry.
-    pub(crate) fn expiries(&self) -> &[CertExpiry] {
-        &self.expiries
-    }
-
     fn note_expiry(
         &mut self,
         site: &str,
@@ -159,31 +154,30 @@ impl Sites {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
-}
 
-/// Logs a warning for every certificate that expires within 30 days (or has expired).
-pub(crate) fn warn_expiring(sites: &Sites) {
-    let now = unix_now();
-    for e in sites.expiries() {
-        let days = (e.not_after - now) as f64 / 86_400.0;
-        if days < 30.0 {
-            warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
+    /// Logs a warning for every certificate that expires within 30 days (or has expired).
+    pub(crate) fn warn_expiring(&self) {
+        let now = unix_now();
+        for e in &self.expiries {
+            let days = (e.not_after - now) as f64 / 86_400.0;
+            if days < 30.0 {
+                warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
+            }
         }
     }
-}
 
-/// Copies days-until-expiry into the metrics (called on every scrape).
-pub(crate) fn export_expiry(shared: &Shared) {
-    let now = unix_now();
-    for e in shared.sites.load().expiries() {
-        shared
-            .metrics
-            .certificate_days_left
-            .get_or_create(&crate::metrics::CertLabels {
-                site: e.site.clone(),
-                kind: e.kind,
-            })
-            .set((e.not_after - now) as f64 / 86_400.0);
+    /// Copies days-until-expiry into the metrics (called on every scrape).
+    pub(crate) fn export_expiry(&self, metrics: &Metrics) {
+        let now = unix_now();
+        for e in &self.expiries {
+            metrics
+                .certificate_days_left
+                .get_or_create(&CertLabels {
+                    site: e.site.clone(),
+                    kind: e.kind,
+                })
+                .set((e.not_after - now) as f64 / 86_400.0);
+        }
     }
 }
 

@@ -4,6 +4,10 @@
 //! certificate issued by that site's client CA. A client without one, or with one from another
 //! CA, expired, or otherwise invalid, fails the handshake: it never reaches HTTP, let alone a
 //! connector. A verified certificate becomes a [`Peer`].
+//!
+//! What this module is not: the site registry (`site`, which builds each site's
+//! `ServerConfig` through [`server_config`] here) or the revocation list (`revocation`, whose
+//! [`RevocationCheck`] wraps the site CA's verifier).
 
 use std::collections::HashSet;
 use std::io;
