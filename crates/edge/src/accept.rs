@@ -11,12 +11,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::metrics::{HandshakeLabels, ReasonLabel};
-use crate::reload::LiveClients;
+use crate::revocation::LiveClients;
 use crate::{Shared, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -98,7 +98,7 @@ async fn connection(
                 .as_ref()
                 .map(|cert| LiveClients::register(&shared, cert.fingerprint, peer.revoked.clone()));
             if let Some(cert) = &peer.certificate
-                && shared.sites.load().revoked().contains(&cert.fingerprint)
+                && shared.sites.load().revoked().device(&cert.fingerprint)
             {
                 count_handshake(metrics, &peer.site.name, tls::HandshakeDenial::Revoked);
                 log_denial(&shared, ip, &peer.site.name, "revoked");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 
 /// Serves the admin endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let routes: daemon::AdminRoutes = Arc::new(move |path| route(path, &shared));
     daemon::serve_admin(listener, routes, shutdown).await;
 }
@@ -28,7 +28,7 @@ fn route(path: &str, shared: &Shared) -> daemon::AdminResponse {
         }
         "/status" => json_response(StatusCode::OK, &status(shared)),
         "/metrics" => {
-            crate::reload::export_expiry(shared);
+            shared.sites.load().export_expiry(&shared.metrics);
             daemon::metrics_response(shared.metrics.encode())
         }
         _ => daemon::not_found(),
@@ -44,7 +44,7 @@ fn status(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": site.name,
                 "hostnames": site.hostnames,
-                "connectors": shared.registry.status(&site.name),
+                "connectors": shared.tunnels.status(&site.name),
             })
         })
         .collect();

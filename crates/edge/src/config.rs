@@ -1,4 +1,6 @@
-//! Edge configuration: `RawConfig` mirrors the TOML file; [`Config`] is the validated form.
+//! Edge configuration: `RawConfig` mirrors the TOML file; [`Config`] is the finished form,
+//! checked and typed once at load (per-site settings become [`SiteSettings`], defaults applied),
+//! so nothing downstream re-parses or re-defaults a setting.
 //!
 //! Layers, later wins: built-in defaults, the TOML file, then `DOORLESS_*` environment
 //! variables (nested keys joined with `__`, e.g. `DOORLESS_LISTEN__HTTPS=0.0.0.0:8443`).
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use daemon::{ConfigError, LogFormat, RawLog};
 
-use crate::policy::ClientAuth;
+pub use crate::policy::{ClientAuth, SitePolicy};
 
 /// Top-level keys that `DOORLESS_*` variables may set. Limiting env to these keeps a stray
 /// variable meant for the connector (e.g. `DOORLESS_TOKEN`) from breaking the edge.
@@ -182,7 +184,44 @@ pub struct RawSite {
     pub identity_header: Option<String>,
 }
 
-/// The validated configuration.
+/// How long a session cookie lives unless `session_lifetime` says otherwise.
+const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// One site's settings, finished: `[sites.NAME]` with defaults applied and names parsed. A
+/// site the file does not mention gets [`SiteSettings::default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSettings {
+    /// The public certificate to serve instead of the state dir's own, if configured.
+    pub certificate: Option<CertificateFiles>,
+    /// Access policy.
+    pub policy: SitePolicy,
+    /// Session cookie lifetime (used in `required_or_session` mode).
+    pub session_lifetime: Duration,
+    /// Header carrying the device name upstream, if configured.
+    pub identity_header: Option<http::HeaderName>,
+}
+
+impl Default for SiteSettings {
+    fn default() -> Self {
+        Self {
+            certificate: None,
+            policy: SitePolicy::default(),
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
+            identity_header: None,
+        }
+    }
+}
+
+/// A PEM certificate chain and its key (`tls_cert` and `tls_key`, set together).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The finished configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the config came from, for messages.
@@ -199,8 +238,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Logging.
     pub log: RawLog,
-    /// Per-site overrides.
-    pub sites: BTreeMap<String, RawSite>,
+    /// Per-site settings of the sites the file mentions.
+    pub sites: BTreeMap<String, SiteSettings>,
 }
 
 impl Config {
@@ -271,66 +310,12 @@ impl Config {
                 "rate and burst must be greater than zero",
             ));
         }
-        for (name, site) in &raw.sites {
-            let key = |k: &str| format!("sites.{name}.{k}");
-            if site.tls_cert.is_some() != site.tls_key.is_some() {
-                return Err(invalid(
-                    &key("tls_cert"),
-                    "tls_cert and tls_key must be set together",
-                ));
-            }
-            for path in &site.public_paths {
-                if !path.starts_with('/') || !path.ends_with('/') || path.len() < 2 {
-                    return Err(invalid(
-                        &key("public_paths"),
-                        &format!("`{path}` must start and end with `/`, e.g. \"/api/webhook/\""),
-                    ));
-                }
-                if !crate::policy::is_public(std::slice::from_ref(path), path) {
-                    return Err(invalid(
-                        &key("public_paths"),
-                        &format!(
-                            "`{path}` must be a plain path: no dot segments, `;`, `%`, `//` or `\\`"
-                        ),
-                    ));
-                }
-            }
-            if let Some(d) = site.session_lifetime
-                && !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&d)
-            {
-                return Err(invalid(
-                    &key("session_lifetime"),
-                    "must be between 1m and 24h",
-                ));
-            }
-            if site.session_lifetime.is_some() && site.client_auth != ClientAuth::RequiredOrSession
-            {
-                return Err(invalid(
-                    &key("session_lifetime"),
-                    "only meaningful with client_auth = \"required_or_session\"",
-                ));
-            }
-            if let Some(h) = &site.identity_header {
-                let lower = h.to_ascii_lowercase();
-                let reserved = [
-                    "host",
-                    "cookie",
-                    "connection",
-                    "upgrade",
-                    "content-length",
-                    "transfer-encoding",
-                    "forwarded",
-                ];
-                if http::HeaderName::from_bytes(h.as_bytes()).is_err()
-                    || reserved.contains(&lower.as_str())
-                    || lower.starts_with("x-forwarded-")
-                {
-                    return Err(invalid(
-                        &key("identity_header"),
-                        "must be a valid header name that is not a standard or forwarding header, e.g. \"X-Doorless-Device\"",
-                    ));
-                }
-            }
+        let mut sites = BTreeMap::new();
+        for (name, site) in raw.sites {
+            let settings = SiteSettings::from_raw(site, |k, problem| {
+                invalid(&format!("sites.{name}.{k}"), problem)
+            })?;
+            sites.insert(name, settings);
         }
         let tuning = transport::Tuning {
             keep_alive: raw.tunnel.keep_alive,
@@ -346,9 +331,92 @@ impl Config {
             tuning,
             ping_interval: raw.tunnel.ping_interval,
             log: raw.log,
-            sites: raw.sites,
+            sites,
         })
     }
+}
+
+impl SiteSettings {
+    /// Checks `[sites.NAME]` and finishes it; `invalid(key, problem)` names the offending key.
+    fn from_raw(
+        site: RawSite,
+        invalid: impl Fn(&str, &str) -> ConfigError,
+    ) -> Result<Self, ConfigError> {
+        if site.tls_cert.is_some() != site.tls_key.is_some() {
+            return Err(invalid(
+                "tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        for path in &site.public_paths {
+            if !path.starts_with('/') || !path.ends_with('/') || path.len() < 2 {
+                return Err(invalid(
+                    "public_paths",
+                    &format!("`{path}` must start and end with `/`, e.g. \"/api/webhook/\""),
+                ));
+            }
+            if !crate::policy::is_public(std::slice::from_ref(path), path) {
+                return Err(invalid(
+                    "public_paths",
+                    &format!(
+                        "`{path}` must be a plain path: no dot segments, `;`, `%`, `//` or `\\`"
+                    ),
+                ));
+            }
+        }
+        if let Some(d) = site.session_lifetime
+            && !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&d)
+        {
+            return Err(invalid("session_lifetime", "must be between 1m and 24h"));
+        }
+        if site.session_lifetime.is_some() && site.client_auth != ClientAuth::RequiredOrSession {
+            return Err(invalid(
+                "session_lifetime",
+                "only meaningful with client_auth = \"required_or_session\"",
+            ));
+        }
+        let identity_header = match &site.identity_header {
+            Some(h) => Some(identity_header(h).ok_or_else(|| {
+                invalid(
+                    "identity_header",
+                    "must be a valid header name that is not a standard or forwarding header, e.g. \"X-Doorless-Device\"",
+                )
+            })?),
+            None => None,
+        };
+        let certificate = match (site.tls_cert, site.tls_key) {
+            (Some(cert), Some(key)) => Some(CertificateFiles { cert, key }),
+            _ => None,
+        };
+        Ok(Self {
+            certificate,
+            policy: SitePolicy {
+                client_auth: site.client_auth,
+                public_paths: site.public_paths,
+                allow_cidrs: site.allow_cidrs,
+                deny_cidrs: site.deny_cidrs,
+            },
+            session_lifetime: site.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME),
+            identity_header,
+        })
+    }
+}
+
+/// `name` as a header name, unless it is a standard or forwarding header that the identity
+/// header must not replace.
+fn identity_header(name: &str) -> Option<http::HeaderName> {
+    const RESERVED: [&str; 7] = [
+        "host",
+        "cookie",
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "forwarded",
+    ];
+    let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let lower = name.to_ascii_lowercase();
+    (!RESERVED.contains(&lower.as_str()) && !lower.starts_with("x-forwarded-")).then_some(parsed)
 }
 
 #[cfg(test)]

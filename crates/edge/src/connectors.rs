@@ -2,11 +2,11 @@
 //!
 //! A connector proves who it is with a certificate from the connector CA (checked in the QUIC
 //! handshake); its identity names the site it serves. It then opens the control stream and
-//! says `Hello`; we answer `Welcome` and register the connection as a [`Session`] until it
-//! goes away, drains, or we shut down. A `Hello` we cannot decode (a newer version) gets
-//! `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with [`Purpose::Check`] (the connector's
-//! self-check) gets the same checks and `Welcome`, but is never registered: no request can be
-//! routed to a connection that is about to close.
+//! says `Hello`; we answer `Welcome` and register the connection as a [`Tunnel`] until it
+//! goes away, drains, or we shut down. A `Hello` we cannot decode (a newer version)
+//! gets `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with
+//! [`Purpose::Check`] (the connector's self-check) gets the same checks and `Welcome`, but is
+//! never registered: no request can be routed to a connection that is about to close.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,9 +18,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use transport::{ControlDriver, Incoming, ServerEndpoint};
 
-use crate::Shared;
 use crate::metrics::{Metrics, SiteResult};
-use crate::route::Session;
+use crate::tunnels::Tunnel;
+use crate::{Shared, route};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connector connections until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     endpoint: Arc<ServerEndpoint>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -40,11 +40,11 @@ pub async fn serve(
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
-        tracker.spawn(session(incoming, shared.clone(), shutdown.clone()));
+        tracker.spawn(tunnel(incoming, shared.clone(), shutdown.clone()));
     }
 }
 
-async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
     let addr = incoming.remote_addr();
     let conn = match incoming.accept(HANDSHAKE_TIMEOUT).await {
         Ok(conn) => conn,
@@ -61,13 +61,8 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
             return;
         }
     };
-    let fingerprint = pki::fingerprint(&leaf);
-    if shared
-        .sites
-        .load()
-        .revoked_connectors()
-        .contains(&fingerprint)
-    {
+    let fingerprint = pki::Fingerprint::of(&leaf);
+    if shared.sites.load().revoked().connector(&fingerprint) {
         warn!(%addr, "tunnel refused: connector certificate revoked");
         conn.close(CloseCode::Revoked, "connector certificate revoked");
         return;
@@ -188,15 +183,15 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         conn.close(CloseCode::Normal, "self-check done");
         return;
     }
-    let session = Arc::new(Session::new(
-        shared.registry.next_id(),
+    let tunnel = Arc::new(Tunnel::new(
+        shared.tunnels.next_id(),
         identity.site.clone(),
         identity.name.clone(),
         fingerprint,
         conn.clone(),
         max_streams as usize,
     ));
-    shared.registry.insert(session.clone());
+    shared.tunnels.insert(tunnel.clone());
     let metrics = &shared.metrics;
     metrics
         .registrations
@@ -209,11 +204,11 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
     info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
 
     // A connector that registers again (say, restarted after a crash) may have left dead
-    // connections behind that still look registered: check its other sessions now rather
+    // connections behind that still look registered: check its other tunnels now rather
     // than let requests find out.
-    for other in shared.registry.of_connector(&identity.site, &identity.name) {
-        if other.id != session.id {
-            tokio::spawn(reap_if_dead(other));
+    for other in shared.tunnels.of_connector(&identity.site, &identity.name) {
+        if other.id != tunnel.id {
+            tokio::spawn(route::reap_if_dead(other));
         }
     }
 
@@ -221,25 +216,25 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
         tokio::select! {
             event = control.next_event() => {
                 if event.is_ok() {
-                    session.heard();
+                    tunnel.heard();
                 }
                 match event {
                     Ok(ControlEvent::PeerDraining) => {
                         info!(%addr, connector = %identity.name, "connector draining");
-                        session.draining.store(true, Ordering::Relaxed);
+                        tunnel.draining.store(true, Ordering::Relaxed);
                     }
                     Ok(ControlEvent::PeerGoingAway(go)) => {
-                        session.draining.store(true, Ordering::Relaxed);
+                        tunnel.draining.store(true, Ordering::Relaxed);
                         break format!("connector going away: {}", go.text);
                     }
                     Ok(ControlEvent::Rtt(rtt)) => {
-                        session.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                        tunnel.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
                     }
                     Ok(other) => debug!(?other, "control event"),
                     Err(e) => break e.to_string(),
                 }
             }
-            () = session.probe.notified() => {
+            () = tunnel.probe.notified() => {
                 if let Err(e) = control.state().ping_now(now()) {
                     break e.to_string();
                 }
@@ -254,21 +249,11 @@ async fn session(incoming: Incoming, shared: Arc<Shared>, shutdown: Cancellation
             }
         }
     };
-    shared.registry.remove(&session);
+    shared.tunnels.remove(&tunnel);
     metrics.connectors.get_or_create(&site_label).dec();
     metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
     info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
-}
-
-/// Closes `session` if its connector does not answer a ping: its process is gone.
-pub async fn reap_if_dead(session: Arc<Session>) {
-    if !session.alive().await {
-        info!(addr = %session.addr, connector = %session.connector_id, "connector connection unresponsive; closing it");
-        session
-            .conn
-            .close(CloseCode::Timeout, "no answer to liveness probe");
-    }
 }
 
 fn now() -> std::time::Instant {

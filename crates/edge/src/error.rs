@@ -2,34 +2,33 @@
 
 use http::StatusCode;
 
+use crate::policy::DenyReason;
+
 /// Who caused a failure; decides the status code and the log/metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
+pub(crate) enum Blame {
     /// The client sent something wrong or went away.
     Client,
     /// No usable connector, or the connector misbehaved.
     Connector,
     /// Home Assistant (behind the connector) failed or was too slow.
     Upstream,
-    /// The edge itself.
-    Edge,
 }
 
 impl Blame {
     /// Label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Connector => "connector",
             Self::Upstream => "upstream",
-            Self::Edge => "edge",
         }
     }
 }
 
 /// A request that could not be proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No Host / :authority, or an unparsable one.
     MissingHost,
     /// Two Host headers, or a Host that disagrees with :authority.
@@ -66,7 +65,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Every variant, for pre-creating metric series.
-    pub const ALL: [Self; 16] = [
+    pub(crate) const ALL: [Self; 16] = [
         Self::MissingHost,
         Self::HostConflict,
         Self::MisdirectedRequest,
@@ -85,7 +84,7 @@ impl ProxyError {
         Self::RequestTooLarge,
     ];
     /// The status code the client receives.
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::MissingHost | Self::HostConflict => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
@@ -104,7 +103,7 @@ impl ProxyError {
     }
 
     /// Who is to blame.
-    pub fn blame(self) -> Blame {
+    pub(crate) fn blame(self) -> Blame {
         match self {
             Self::MissingHost
             | Self::HostConflict
@@ -126,7 +125,7 @@ impl ProxyError {
     }
 
     /// Reason label for logs and metrics (bounded set).
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::MissingHost => "missing_host",
             Self::HostConflict => "host_conflict",
@@ -147,8 +146,18 @@ impl ProxyError {
         }
     }
 
+    /// Maps a refusal of the access policy to the failure the client sees.
+    pub(crate) fn from_denial(reason: DenyReason) -> Self {
+        match reason {
+            DenyReason::MissingHost => Self::MissingHost,
+            DenyReason::HostMismatch => Self::MisdirectedRequest,
+            DenyReason::Address => Self::AddressDenied,
+            DenyReason::NoCredentials => Self::NoCredentials,
+        }
+    }
+
     /// Maps a stream reset from the connector to the failure it reports.
-    pub fn from_stream_error(e: proto::StreamError) -> Self {
+    pub(crate) fn from_stream_error(e: proto::StreamError) -> Self {
         use proto::StreamError as S;
         match e {
             S::UpstreamConnect => Self::UpstreamConnect,

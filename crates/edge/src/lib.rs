@@ -9,31 +9,39 @@
 //! connectors) and no path routing.
 //!
 //! The request path, one module per step, in order:
-//! 1. [`accept`] — TCP accept loop, connection limit.
-//! 2. [`tls`] — handshake: SNI → site, client certificate → [`tls::Peer`].
-//! 3. [`serve`] — HTTP/1.1 and HTTP/2; `handle_request` asks [`policy::decide`].
-//! 4. [`route`] — site → live connector [`route::Session`].
-//! 5. [`proxy`] — request and response through a tunnel stream; WebSocket splice.
-//! 6. [`serve`]'s `finish` — one access-log line per request. Errors and their status codes
-//!    live in [`error`].
+//! 1. `accept` — TCP accept loop, connection limits.
+//! 2. `tls` — handshake: SNI → `site::Site`, client certificate → `tls::Peer`.
+//! 3. `serve` — HTTP/1.1 and HTTP/2; `handle_request` runs steps 4–8 for each request:
+//! 4. `cookie` — the session cookie's verdict (`required_or_session` sites only).
+//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial.
+//! 6. `route` — site → `route::Route`: a tunnel and a stream slot on it.
+//! 7. `proxy` — request and response through a stream of that tunnel; WebSocket splice.
+//! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
+//!    access-log line. Every failure and its status code is in `error`.
 //!
-//! Connectors register through [`connectors`]. [`Edge::bind`] then [`Edge::run`] is the
-//! whole server; `main.rs` adds the CLI.
+//! Beside the path: `connectors` registers connectors as `tunnels::Tunnel`s; `site` is
+//! the site registry, `revocation` everything revoked, `reload` watches the state dir;
+//! `limit`, `metrics`, `admin`. `Edge::bind` then `Edge::run` is the whole server;
+//! `main.rs` adds the CLI.
 
-pub mod accept;
-pub mod admin;
+mod accept;
+mod admin;
+mod body;
 pub mod config;
-pub mod connectors;
-pub mod error;
-pub mod limit;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
-pub mod reload;
-pub mod route;
-pub mod serve;
-pub mod session;
-pub mod tls;
+mod connectors;
+mod cookie;
+mod error;
+mod limit;
+mod metrics;
+mod policy;
+mod proxy;
+mod reload;
+mod revocation;
+mod route;
+mod serve;
+mod site;
+mod tls;
+mod tunnels;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,38 +56,40 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Config;
-use crate::route::Registry;
-use crate::tls::Sites;
+use crate::site::Sites;
+use crate::tunnels::Tunnels;
 
 /// State shared by every task of one edge.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Validated configuration.
-    pub config: Config,
+    pub(crate) config: Config,
+    /// The state dir.
+    pub(crate) state: pki::StateDir,
     /// Sites; swapped whole on reload.
-    pub sites: ArcSwap<Sites>,
-    /// Registered connector sessions.
-    pub registry: Registry,
+    pub(crate) sites: ArcSwap<Sites>,
+    /// Registered connector connections.
+    pub(crate) tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
-    pub live: reload::LiveClients,
+    pub(crate) live: revocation::LiveClients,
     /// Every exported metric.
-    pub metrics: metrics::Metrics,
+    pub(crate) metrics: metrics::Metrics,
     /// Signs and checks session cookies.
-    pub session_key: session::SessionKey,
+    pub(crate) session_key: cookie::SessionKey,
     /// Per-address budget of unauthenticated handshakes.
-    pub budget: limit::HandshakeBudget,
+    pub(crate) budget: limit::HandshakeBudget,
     /// Per-address connection caps.
-    pub per_address: limit::PerAddress,
+    pub(crate) per_address: limit::PerAddress,
     /// Handshakes in progress, all clients together.
-    pub handshakes: tokio::sync::Semaphore,
+    pub(crate) handshakes: tokio::sync::Semaphore,
     /// Keeps denial logging bounded under a flood.
-    pub denial_log: limit::LogLimiter,
+    pub(crate) denial_log: limit::LogLimiter,
     request_ids: AtomicU64,
 }
 
 impl Shared {
     /// A new request id, unique in this process.
-    pub fn next_request_id(&self) -> u64 {
+    pub(crate) fn next_request_id(&self) -> u64 {
         self.request_ids.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -110,7 +120,7 @@ impl Edge {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let sites = Sites::load(&config)?;
         let state = pki::StateDir::open(&config.state)?;
-        let session_key = session::SessionKey::load(&state.session_key_path())?;
+        let session_key = cookie::SessionKey::load(&state.session_key_path())?;
         let tunnel_tls = transport::ServerTls {
             cert_chain: pki::load_certs(&state.tunnel_cert_path())?,
             key: pki::load_key(&state.tunnel_key_path())?,
@@ -137,9 +147,10 @@ impl Edge {
             metrics.init_site(&site.name);
         }
         let shared = Arc::new(Shared {
+            state,
             sites: ArcSwap::from_pointee(sites),
-            registry: Registry::default(),
-            live: reload::LiveClients::default(),
+            tunnels: Tunnels::default(),
+            live: revocation::LiveClients::default(),
             metrics,
             session_key,
             budget: limit::HandshakeBudget::new(
@@ -178,7 +189,7 @@ impl Edge {
         let http = TaskTracker::new();
         let tunnel = TaskTracker::new();
         let shared = self.shared;
-        reload::warn_expiring(&shared.sites.load());
+        shared.sites.load().warn_expiring();
         for site in shared.sites.load().all() {
             info!(site = %site.name, hostnames = ?site.hostnames, client_auth = ?site.policy.client_auth, "serving site");
             for path in &site.policy.public_paths {

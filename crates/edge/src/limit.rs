@@ -17,7 +17,7 @@ const MAX_TRACKED: usize = 65_536;
 
 /// Per-address token buckets.
 #[derive(Debug)]
-pub struct HandshakeBudget {
+pub(crate) struct HandshakeBudget {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
@@ -31,7 +31,7 @@ struct Bucket {
 
 impl HandshakeBudget {
     /// `rate` tokens per second, up to `burst`.
-    pub fn new(rate: f64, burst: u32) -> Self {
+    pub(crate) fn new(rate: f64, burst: u32) -> Self {
         Self {
             rate,
             burst: f64::from(burst),
@@ -40,7 +40,7 @@ impl HandshakeBudget {
     }
 
     /// Takes a token for a handshake from `ip`; `false` means over budget.
-    pub fn take(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn take(&self, ip: IpAddr, now: Instant) -> bool {
         let mut map = self.lock();
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
             self.prune(&mut map, now);
@@ -59,14 +59,15 @@ impl HandshakeBudget {
     }
 
     /// Returns the token of a handshake that authenticated.
-    pub fn refund(&self, ip: IpAddr) {
+    pub(crate) fn refund(&self, ip: IpAddr) {
         if let Some(bucket) = self.lock().get_mut(&ip) {
             bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
         }
     }
 
     /// Addresses tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.lock().len()
     }
 
@@ -102,21 +103,21 @@ impl HandshakeBudget {
 
 /// Connections open per client address.
 #[derive(Debug)]
-pub struct PerAddress {
+pub(crate) struct PerAddress {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Holds one connection slot of an address; frees it on drop.
 #[derive(Debug)]
-pub struct AddressSlot<'a> {
+pub(crate) struct AddressSlot<'a> {
     owner: &'a PerAddress,
     ip: IpAddr,
 }
 
 impl PerAddress {
     /// At most `max` connections per address.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
             open: Mutex::new(HashMap::new()),
@@ -124,7 +125,7 @@ impl PerAddress {
     }
 
     /// A slot for `ip`, or `None` if it has `max` open already.
-    pub fn acquire(&self, ip: IpAddr) -> Option<AddressSlot<'_>> {
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot<'_>> {
         let mut map = self.lock();
         let count = map.entry(ip).or_insert(0);
         if *count >= self.max {
@@ -154,7 +155,7 @@ impl Drop for AddressSlot<'_> {
 /// Lets at most `per_window` log lines through per window and counts the rest, so a flood
 /// of denials cannot flood the log (or the disk) too.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     per_window: u32,
     window: Duration,
     state: Mutex<(Instant, u32, u64)>,
@@ -162,7 +163,7 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     /// `per_window` lines per `window`.
-    pub fn new(per_window: u32, window: Duration, now: Instant) -> Self {
+    pub(crate) fn new(per_window: u32, window: Duration, now: Instant) -> Self {
         Self {
             per_window,
             window,
@@ -172,7 +173,7 @@ impl LogLimiter {
 
     /// `Some(suppressed)` if a line may be logged now (with how many were suppressed since
     /// the last one that was), `None` if this one must be dropped.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (start, used, suppressed) = &mut *state;
         if now.saturating_duration_since(*start) >= self.window {

@@ -14,123 +14,123 @@ use prometheus_client::registry::Registry;
 
 /// `site`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct SiteLabel {
+pub(crate) struct SiteLabel {
     /// Site name.
-    pub site: String,
+    pub(crate) site: String,
 }
 
 /// `site`, `result`, `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HandshakeLabels {
+pub(crate) struct HandshakeLabels {
     /// Site name, or empty when SNI named none.
-    pub site: String,
+    pub(crate) site: String,
     /// `ok` or `denied`.
-    pub result: &'static str,
+    pub(crate) result: &'static str,
     /// Why.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// Why.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// `site`, `class`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ClassLabels {
+pub(crate) struct ClassLabels {
     /// Site name.
-    pub site: String,
+    pub(crate) site: String,
     /// Status class, `2xx` etc.
-    pub class: &'static str,
+    pub(crate) class: &'static str,
 }
 
 /// `site`, `blame`, `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     /// Site name.
-    pub site: String,
+    pub(crate) site: String,
     /// Who is to blame.
-    pub blame: &'static str,
+    pub(crate) blame: &'static str,
     /// Why.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// `site`, `result`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct SiteResult {
+pub(crate) struct SiteResult {
     /// Site name.
-    pub site: String,
+    pub(crate) site: String,
     /// Outcome.
-    pub result: &'static str,
+    pub(crate) result: &'static str,
 }
 
 /// `site`, `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct SiteReason {
+pub(crate) struct SiteReason {
     /// Site name.
-    pub site: String,
+    pub(crate) site: String,
     /// Why.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// `site`, `kind`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct CertLabels {
+pub(crate) struct CertLabels {
     /// Site name, empty for edge-wide certificates.
-    pub site: String,
+    pub(crate) site: String,
     /// Which certificate.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
 }
 
 /// `result`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     /// Outcome.
-    pub result: &'static str,
+    pub(crate) result: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The edge's metrics.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Public TLS handshakes.
-    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub(crate) handshakes: Family<HandshakeLabels, Counter>,
     /// TCP connections closed at accept.
-    pub connections_rejected: Family<ReasonLabel, Counter>,
+    pub(crate) connections_rejected: Family<ReasonLabel, Counter>,
     /// Authenticated client connections open now.
-    pub client_connections: Gauge,
+    pub(crate) client_connections: Gauge,
     /// Requests by status class.
-    pub requests: Family<ClassLabels, Counter>,
+    pub(crate) requests: Family<ClassLabels, Counter>,
     /// Failed requests by blame and reason.
-    pub request_errors: Family<ErrorLabels, Counter>,
+    pub(crate) request_errors: Family<ErrorLabels, Counter>,
     /// Request head to response head.
-    pub request_duration: HistogramFamily<SiteLabel>,
+    pub(crate) request_duration: HistogramFamily<SiteLabel>,
     /// Request body bytes into the tunnel.
-    pub request_bytes: Family<SiteLabel, Counter>,
+    pub(crate) request_bytes: Family<SiteLabel, Counter>,
     /// Response body bytes out of the tunnel.
-    pub response_bytes: Family<SiteLabel, Counter>,
+    pub(crate) response_bytes: Family<SiteLabel, Counter>,
     /// Requests in flight.
-    pub active_requests: Family<SiteLabel, Gauge>,
+    pub(crate) active_requests: Family<SiteLabel, Gauge>,
     /// WebSockets open.
-    pub active_websockets: Family<SiteLabel, Gauge>,
+    pub(crate) active_websockets: Family<SiteLabel, Gauge>,
     /// Registered connector connections.
-    pub connectors: Family<SiteLabel, Gauge>,
+    pub(crate) connectors: Family<SiteLabel, Gauge>,
     /// Connector registrations.
-    pub registrations: Family<SiteResult, Counter>,
+    pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
-    pub disconnects: Family<SiteLabel, Counter>,
+    pub(crate) disconnects: Family<SiteLabel, Counter>,
     /// Tunnel streams that could not be opened.
-    pub stream_failures: Family<SiteReason, Counter>,
+    pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Days until certificates expire.
-    pub certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
     /// State reloads.
-    pub reloads: Family<ResultLabel, Counter>,
+    pub(crate) reloads: Family<ResultLabel, Counter>,
     /// Connections closed by a revocation.
-    pub revoked_connections_closed: Counter,
+    pub(crate) revoked_connections_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -141,7 +141,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every family under the `doorless_edge` prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("doorless_edge");
         let m = Self {
             handshakes: Family::default(),
@@ -254,7 +254,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every family.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -263,7 +263,7 @@ impl Metrics {
 
     /// Creates every bounded series of `site` at zero, so dashboards and `rate()` see the
     /// families before the first event (an empty family is not exported at all).
-    pub fn init_site(&self, site: &str) {
+    pub(crate) fn init_site(&self, site: &str) {
         let s = || site.to_owned();
         let label = Self::site(site);
         let _ = self.handshakes.get_or_create(&HandshakeLabels {
@@ -312,7 +312,7 @@ impl Metrics {
     }
 
     /// Creates the edge-wide bounded series at zero.
-    pub fn init_edge(&self) {
+    pub(crate) fn init_edge(&self) {
         for reason in [
             "max_connections",
             "per_ip_limit",
@@ -340,7 +340,7 @@ impl Metrics {
     }
 
     /// Shorthand for a site label.
-    pub fn site(site: &str) -> SiteLabel {
+    pub(crate) fn site(site: &str) -> SiteLabel {
         SiteLabel {
             site: site.to_owned(),
         }
@@ -353,7 +353,7 @@ fn duration_histogram() -> Histogram {
 }
 
 /// `2xx` etc. for a status code.
-pub fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status / 100 {
         1 => "1xx",
         2 => "2xx",

@@ -1,4 +1,4 @@
-//! Step 3 of the request path: may this request go to this site? A pure function.
+//! Step 5 of the request path: may this request go to this site? A pure function.
 //!
 //! The TLS handshake already proved any certificate belongs to the SNI's site. The policy adds
 //! the HTTP layer's say:
@@ -17,6 +17,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::cookie::{Claims, Verdict};
+use crate::tls::PeerCertificate;
 
 /// How a site authenticates clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -51,68 +54,61 @@ impl SitePolicy {
     }
 }
 
-/// What the handshake established about the client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Certificate {
-    /// A valid device certificate of the connection's site.
-    Valid,
-    /// No certificate (only possible where the site allows that).
-    Absent,
-}
-
-/// What the request's session cookie turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Session {
-    /// No cookie.
-    Absent,
-    /// Valid: our MAC, this site, unexpired, certificate not revoked.
-    Valid,
-    /// Present but unusable (forged, expired, other site, revoked certificate).
-    Invalid,
-}
-
-/// The facts about one request that the policy decides on.
+/// The facts about one request that the policy decides on. `'e` is the lifetime of the
+/// evidence a grant carries (certificate, cookie claims), `'a` that of the rest.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a, 'e> {
     /// The site the connection's SNI selected.
-    pub conn_site: &'a str,
+    pub(crate) conn_site: &'a str,
     /// The Host header / :authority, if any.
-    pub host: Option<&'a str>,
+    pub(crate) host: Option<&'a str>,
     /// The site the Host selects, if any.
-    pub host_site: Option<&'a str>,
+    pub(crate) host_site: Option<&'a str>,
     /// Client address.
-    pub client_ip: IpAddr,
-    /// Certificate state.
-    pub certificate: Certificate,
-    /// Session cookie state.
-    pub session: Session,
+    pub(crate) client_ip: IpAddr,
+    /// The verified device certificate of the connection, if the client presented one (the
+    /// handshake refuses any other).
+    pub(crate) certificate: Option<&'e PeerCertificate>,
+    /// The verdict on the request's session cookie, if it carried one.
+    pub(crate) cookie: Option<&'e Verdict>,
     /// The raw request target.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
 }
 
 /// What the policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision<'e> {
     /// Proxy; the value says on what grounds.
-    Allow(Grant),
+    Allow(Grant<'e>),
     /// Refuse, with the reason.
     Deny(DenyReason),
 }
 
-/// Why a request was allowed.
+/// Why a request was allowed, with the evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant {
-    /// A client certificate.
-    Certificate,
-    /// A session cookie.
-    Session,
+pub(crate) enum Grant<'e> {
+    /// This client certificate.
+    Certificate(&'e PeerCertificate),
+    /// A valid session cookie with these claims.
+    Session(&'e Claims),
     /// A public path prefix.
     PublicPath,
 }
 
+impl Grant<'_> {
+    /// Log value.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Self::Certificate(_) => "certificate",
+            Self::Session(_) => "session",
+            Self::PublicPath => "public_path",
+        }
+    }
+}
+
 /// Why a request is refused at the HTTP layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
+pub(crate) enum DenyReason {
     /// No Host at all.
     MissingHost,
     /// Host names another site, or none.
@@ -123,20 +119,8 @@ pub enum DenyReason {
     NoCredentials,
 }
 
-impl DenyReason {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MissingHost => "missing_host",
-            Self::HostMismatch => "misdirected",
-            Self::Address => "address_denied",
-            Self::NoCredentials => "no_credentials",
-        }
-    }
-}
-
 /// Decides one request.
-pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
+pub(crate) fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision<'e> {
     if facts.host.is_none() {
         return Decision::Deny(DenyReason::MissingHost);
     }
@@ -155,11 +139,13 @@ pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
     {
         return Decision::Deny(DenyReason::Address);
     }
-    if facts.certificate == Certificate::Valid {
-        return Decision::Allow(Grant::Certificate);
+    if let Some(certificate) = facts.certificate {
+        return Decision::Allow(Grant::Certificate(certificate));
     }
-    if policy.client_auth == ClientAuth::RequiredOrSession && facts.session == Session::Valid {
-        return Decision::Allow(Grant::Session);
+    if policy.client_auth == ClientAuth::RequiredOrSession
+        && let Some(Verdict::Valid(claims)) = facts.cookie
+    {
+        return Decision::Allow(Grant::Session(claims));
     }
     if is_public(&policy.public_paths, facts.target) {
         return Decision::Allow(Grant::PublicPath);
@@ -169,7 +155,7 @@ pub fn decide(policy: &SitePolicy, facts: &Facts<'_>) -> Decision {
 
 /// Whether `target`'s path falls under one of `prefixes`, judged on a fail-closed
 /// normalisation (see the module docs).
-pub fn is_public(prefixes: &[String], target: &str) -> bool {
+pub(crate) fn is_public(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
@@ -235,7 +221,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The hostname part of a Host header value: lowercase, without port; IPv6 literals keep
 /// their brackets stripped. `None` if it is empty or malformed.
-pub fn host_name(host: &str) -> Option<String> {
+pub(crate) fn host_name(host: &str) -> Option<String> {
     let host = host.trim();
     if host.is_empty() {
         return None;

@@ -1,4 +1,4 @@
-//! Steps 5–6 of the request path: carry one request through a tunnel stream.
+//! Step 7 of the request path: carry one request through a stream of its routed tunnel.
 //!
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
@@ -6,62 +6,54 @@
 //! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
 //! splice between the client's upgraded connection and the tunnel.
 
-use std::io;
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Empty, StreamBody};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
+use crate::body::{ActiveGuard, ResponseBody, empty};
+use crate::cookie;
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, SiteReason};
-use crate::reload::Registration;
-use crate::route::Session;
-use crate::session;
+use crate::metrics::Metrics;
+use crate::revocation::Registration;
+use crate::route::Route;
 use crate::tls::Peer;
-
-/// Body type of every response the edge sends.
-pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
 
 /// On what grounds a request goes through, as the tunnel and Home Assistant see it.
 #[derive(Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// Fingerprint of the certificate (presented, or behind the session cookie).
-    pub fingerprint: Option<[u8; 32]>,
+    pub(crate) fingerprint: Option<pki::Fingerprint>,
     /// Device name; empty for public-path requests.
-    pub device: String,
+    pub(crate) device: String,
     /// Cancelled when that certificate is revoked.
-    pub revoked: CancellationToken,
+    pub(crate) revoked: CancellationToken,
     /// Keeps a session-authenticated request revocable while it lives.
-    pub registration: Option<Registration>,
+    pub(crate) registration: Option<Registration>,
 }
 
-/// Proxies `req` over one of `candidates` (best first).
-pub async fn forward(
+/// Proxies `req` through a new stream on `route`'s tunnel.
+pub(crate) async fn forward(
     mut req: Request<Incoming>,
     host: &str,
     peer: &Peer,
     auth: Auth,
-    candidates: Vec<Arc<Session>>,
+    route: Route,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upgrade = is_upgrade(&req);
@@ -86,7 +78,7 @@ pub async fn forward(
         body,
         client: ClientInfo {
             addr: peer.addr,
-            cert_fingerprint: auth.fingerprint,
+            cert_fingerprint: auth.fingerprint.map(|f| *f.as_bytes()),
             device: auth.device.clone(),
         },
     };
@@ -96,8 +88,7 @@ pub async fn forward(
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
 
-    let (session, slot, mut send, mut recv) =
-        open_stream(&candidates, &peer.site.name, shared).await?;
+    let (mut send, mut recv) = route.open_stream(shared).await?;
     send.write_chunk(encoded)
         .await
         .map_err(|_| ProxyError::TunnelBroken)?;
@@ -127,14 +118,8 @@ pub async fn forward(
             if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
             return Err(ProxyError::ResponseTimeout);
         }
-        () = until_unresponsive(&session) => {
-            // The connector's process is gone (crash, power cut): it cannot have answered.
-            // Close the connection so no other request waits on it, and check the rest of
-            // the site's connections the same way.
-            session.conn.close(proto::CloseCode::Timeout, "no answer to liveness probe");
-            for other in shared.registry.candidates(&peer.site.name) {
-                tokio::spawn(crate::connectors::reap_if_dead(other));
-            }
+        () = route.until_unresponsive() => {
+            route.abandon(shared);
             return Err(ProxyError::ConnectorUnresponsive);
         }
     };
@@ -161,8 +146,11 @@ pub async fn forward(
                 up: shared.metrics.request_bytes.get_or_create_owned(&site),
                 down: shared.metrics.response_bytes.get_or_create_owned(&site),
             };
-            let keep = (slot, auth.registration);
-            tokio::spawn(splice(on_upgrade, send, recv, keep, auth.revoked, meters));
+            let hold = Hold {
+                _route: route,
+                _registration: auth.registration,
+            };
+            tokio::spawn(splice(on_upgrade, send, recv, hold, auth.revoked, meters));
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -170,70 +158,15 @@ pub async fn forward(
                 s.finish();
             }
             if head.body != BodyKind::Empty {
-                *response.body_mut() = tunnel_body(recv, (slot, auth.registration));
+                let hold = Hold {
+                    _route: route,
+                    _registration: auth.registration,
+                };
+                *response.body_mut() = tunnel_body(recv, hold);
             }
         }
     }
     Ok(response)
-}
-
-/// How long a response head may take before we check that the connector is still there.
-const PROBE_AFTER: Duration = Duration::from_millis(500);
-/// While still waiting, re-check this often (long polls can legitimately take minutes).
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-
-/// Resolves only if `session` stops answering pings while we wait for its response.
-async fn until_unresponsive(session: &Session) {
-    tokio::time::sleep(PROBE_AFTER).await;
-    loop {
-        if !session.alive().await {
-            return;
-        }
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-}
-
-/// A body that is empty.
-pub fn empty() -> ResponseBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-async fn open_stream(
-    candidates: &[Arc<Session>],
-    site: &str,
-    shared: &Shared,
-) -> Result<(Arc<Session>, OwnedSemaphorePermit, SendHalf, RecvHalf), ProxyError> {
-    let failed = |reason| {
-        shared
-            .metrics
-            .stream_failures
-            .get_or_create(&SiteReason {
-                site: site.to_owned(),
-                reason,
-            })
-            .inc();
-        ProxyError::TunnelUnavailable
-    };
-    let limit = shared.config.limits.stream_open_timeout;
-    // First pass: any session with a free slot right now; second: wait on the best one.
-    let mut picked = candidates
-        .iter()
-        .find_map(|s| s.try_slot().map(|slot| (s.clone(), slot)));
-    if picked.is_none()
-        && let Some(best) = candidates.first()
-    {
-        picked = best.slot(limit).await.map(|slot| (best.clone(), slot));
-    }
-    let Some((session, slot)) = picked else {
-        return Err(failed("no_slot"));
-    };
-    match session.conn.open(limit).await {
-        Ok((send, recv)) => Ok((session, slot, send, recv)),
-        Err(e) => {
-            debug!(error = %e, connector = %session.connector_id, "opening tunnel stream failed");
-            Err(failed("open_failed"))
-        }
-    }
 }
 
 /// Copies the client's request body into the tunnel as it arrives.
@@ -261,14 +194,17 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
     send.finish();
 }
 
-/// What a live stream holds until it ends: its stream slot, and for session-authenticated
-/// requests the registration that lets a revocation find it.
-type Keep = (OwnedSemaphorePermit, Option<Registration>);
+/// What a live stream holds until it ends: its route (and so its stream slot), and for
+/// session-authenticated requests the registration that lets a revocation find it.
+struct Hold {
+    _route: Route,
+    _registration: Option<Registration>,
+}
 
-/// The response body read from the tunnel; holds `keep` until it is dropped.
-fn tunnel_body(recv: RecvHalf, keep: Keep) -> ResponseBody {
+/// The response body read from the tunnel; holds `hold` until it is dropped.
+fn tunnel_body(recv: RecvHalf, hold: Hold) -> ResponseBody {
     let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(move |chunk| {
-        let _ = &keep;
+        let _ = &hold;
         Frame::data(chunk)
     });
     StreamBody::new(stream).boxed_unsync()
@@ -279,7 +215,7 @@ async fn splice(
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
     recv: RecvHalf,
-    _keep: Keep,
+    _hold: Hold,
     revoked: CancellationToken,
     meters: SpliceMeters,
 ) {
@@ -324,86 +260,6 @@ struct SpliceMeters {
     open: Gauge,
     up: Counter,
     down: Counter,
-}
-
-/// What runs when a response body is done: with the bytes sent and whether it was sent to
-/// the end (`false`: the client left or the tunnel broke mid-body).
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
-
-/// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
-/// `on_end` (if any) once when the body ends or is dropped.
-pub fn metered(
-    body: ResponseBody,
-    bytes: Counter,
-    active: Gauge,
-    on_end: Option<OnEnd>,
-) -> ResponseBody {
-    Metered {
-        complete: hyper::body::Body::is_end_stream(&body),
-        inner: body,
-        bytes,
-        sent: 0,
-        on_end,
-        _active: ActiveGuard(active),
-    }
-    .boxed_unsync()
-}
-
-struct ActiveGuard(Gauge);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-struct Metered {
-    inner: ResponseBody,
-    bytes: Counter,
-    sent: u64,
-    complete: bool,
-    on_end: Option<OnEnd>,
-    _active: ActiveGuard,
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(self.sent, self.complete);
-        }
-    }
-}
-
-impl hyper::body::Body for Metered {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    self.bytes.inc_by(n);
-                    self.sent += n;
-                }
-            }
-            std::task::Poll::Ready(None) => self.complete = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// An HTTP/1.1 upgrade request (WebSocket) with no body. HTTP/2 extended CONNECT is not
@@ -485,7 +341,7 @@ fn request_headers(
         }
         if name == header::COOKIE {
             // Our session cookie is for the edge only; never forward it.
-            if let Some(kept) = session::strip(value.as_bytes()) {
+            if let Some(kept) = cookie::strip(value.as_bytes()) {
                 out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
             }
             continue;

@@ -5,98 +5,29 @@
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
 //! once on SIGHUP. A reload builds a complete new [`Sites`] and swaps it in; if anything fails
 //! to load, the old one stays and the error is logged. Connections of certificates that the
-//! new state revokes are closed, WebSockets included.
+//! new state revokes are closed, WebSockets included (`revocation::enforce`). Which files to
+//! watch is the state dir's to say (`pki::StateDir::watched_paths`), plus any `tls_cert` /
+//! `tls_key` the config names.
 
-use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::Shared;
 use crate::metrics::ResultLabel;
-use crate::tls::Sites;
+use crate::site::Sites;
+use crate::{Shared, revocation};
 
 const POLL: Duration = Duration::from_millis(250);
 
-/// Live connections of one certificate: (registration id, kill switch).
-type ByFingerprint = HashMap<[u8; 32], Vec<(u64, CancellationToken)>>;
 /// Modification time (s, ns), inode and length of a file, or `None` if it is missing.
 type FileStamp = Option<(i64, i64, u64, u64)>;
 
-/// Live client connections by certificate fingerprint, so a revocation can end them.
-#[derive(Debug, Default)]
-pub struct LiveClients {
-    map: Mutex<ByFingerprint>,
-    next_id: AtomicU64,
-}
-
-/// Removes a connection from [`LiveClients`] when dropped.
-#[derive(Debug)]
-pub struct Registration {
-    shared: Arc<Shared>,
-    fingerprint: [u8; 32],
-    id: u64,
-}
-
-impl LiveClients {
-    /// Records a connection; it stays recorded while the returned guard lives.
-    pub fn register(
-        shared: &Arc<Shared>,
-        fingerprint: [u8; 32],
-        token: CancellationToken,
-    ) -> Registration {
-        let live = &shared.live;
-        let id = live.next_id.fetch_add(1, Ordering::Relaxed);
-        live.lock()
-            .entry(fingerprint)
-            .or_default()
-            .push((id, token));
-        Registration {
-            shared: shared.clone(),
-            fingerprint,
-            id,
-        }
-    }
-
-    /// Ends every connection of `fingerprint`; returns how many.
-    pub fn revoke(&self, fingerprint: &[u8; 32]) -> usize {
-        let tokens = self.lock().remove(fingerprint).unwrap_or_default();
-        for (_, token) in &tokens {
-            token.cancel();
-        }
-        tokens.len()
-    }
-
-    /// Number of live authenticated connections.
-    pub fn count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ByFingerprint> {
-        // Every update is a single insert/remove, so a poisoned map is still consistent.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut map = self.shared.live.lock();
-        if let Some(list) = map.get_mut(&self.fingerprint) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                map.remove(&self.fingerprint);
-            }
-        }
-    }
-}
-
 /// Watches the state dir until `shutdown`.
-pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last = stamp(&shared);
     let mut tick = tokio::time::interval(POLL);
@@ -123,40 +54,8 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
-/// Logs a warning for every certificate that expires within 30 days (or has expired).
-pub fn warn_expiring(sites: &Sites) {
-    let now = unix_now();
-    for e in sites.expiries() {
-        let days = (e.not_after - now) as f64 / 86_400.0;
-        if days < 30.0 {
-            warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
-        }
-    }
-}
-
-/// Copies days-until-expiry into the metrics (called on every scrape).
-pub fn export_expiry(shared: &Shared) {
-    let now = unix_now();
-    for e in shared.sites.load().expiries() {
-        shared
-            .metrics
-            .certificate_days_left
-            .get_or_create(&crate::metrics::CertLabels {
-                site: e.site.clone(),
-                kind: e.kind,
-            })
-            .set((e.not_after - now) as f64 / 86_400.0);
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Reloads the state now. Returns whether the new state was taken.
-pub fn reload(shared: &Shared) -> bool {
+pub(crate) fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config) {
         Ok(s) => s,
         Err(e) => {
@@ -169,34 +68,13 @@ pub fn reload(shared: &Shared) -> bool {
             return false;
         }
     };
-    let (newly_revoked, connectors_revoked): (HashSet<[u8; 32]>, HashSet<[u8; 32]>) = {
-        let old = shared.sites.load();
-        (
-            sites.revoked().difference(old.revoked()).copied().collect(),
-            sites
-                .revoked_connectors()
-                .difference(old.revoked_connectors())
-                .copied()
-                .collect(),
-        )
-    };
-    warn_expiring(&sites);
+    let newly_revoked = sites.revoked().since(shared.sites.load().revoked());
+    sites.warn_expiring();
     for site in sites.all() {
         shared.metrics.init_site(&site.name);
     }
     shared.sites.store(Arc::new(sites));
-    let mut closed = 0;
-    for fp in &newly_revoked {
-        closed += shared.live.revoke(fp);
-    }
-    for session in shared.registry.all() {
-        if connectors_revoked.contains(&session.fingerprint) {
-            session
-                .conn
-                .close(proto::CloseCode::Revoked, "connector certificate revoked");
-            closed += 1;
-        }
-    }
+    let closed = revocation::enforce(shared, &newly_revoked);
     let metrics = &shared.metrics;
     metrics
         .reloads
@@ -204,7 +82,7 @@ pub fn reload(shared: &Shared) -> bool {
         .inc();
     metrics.revoked_connections_closed.inc_by(closed as u64);
     info!(
-        newly_revoked = newly_revoked.len(),
+        newly_revoked = newly_revoked.devices(),
         connections_closed = closed,
         "state reloaded"
     );
@@ -213,19 +91,15 @@ pub fn reload(shared: &Shared) -> bool {
 
 /// What identifies the state's current version: the files a change goes through.
 fn stamp(shared: &Shared) -> Vec<(PathBuf, FileStamp)> {
-    let root = &shared.config.state;
-    let mut paths = vec![root.join("index.json"), root.join("sites")];
-    if let Ok(entries) = std::fs::read_dir(root.join("sites")) {
-        let mut sites: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        sites.sort();
-        for site in sites {
-            paths.push(site.join("site.json"));
-            paths.push(site.join("server.crt"));
-        }
-    }
-    for site in shared.config.sites.values() {
-        paths.extend(site.tls_cert.iter().cloned());
-        paths.extend(site.tls_key.iter().cloned());
+    let mut paths = shared.state.watched_paths();
+    for files in shared
+        .config
+        .sites
+        .values()
+        .filter_map(|s| s.certificate.as_ref())
+    {
+        paths.push(files.cert.clone());
+        paths.push(files.key.clone());
     }
     paths
         .into_iter()

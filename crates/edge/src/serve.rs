@@ -1,7 +1,8 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
-//! [`handle_request`] is the whole path for one request, top to bottom: policy, route,
-//! proxy, and one finish point that logs every outcome exactly once.
+//! [`handle_request`] is the whole path for one request, top to bottom: host, cookie, policy,
+//! route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
+//! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,18 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Shared;
+use crate::body::{self, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
-use crate::policy::{self, Certificate, ClientAuth, Decision, DenyReason, Facts, Grant, Session};
+use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
 use crate::proxy::Auth;
-use crate::proxy::{self, ResponseBody};
-use crate::reload::LiveClients;
-use crate::session::{self, Verdict};
+use crate::revocation::LiveClients;
 use crate::tls::Peer;
+use crate::{proxy, route};
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
 /// leaves or `shutdown` asks for a graceful close.
-pub async fn connection(
+pub(crate) async fn connection(
     tls: TlsStream<TcpStream>,
     peer: Peer,
     shared: Arc<Shared>,
@@ -78,7 +79,7 @@ pub async fn connection(
 }
 
 /// One request, from policy to response; every outcome passes [`finish`].
-pub async fn handle_request(
+pub(crate) async fn handle_request(
     req: Request<Incoming>,
     peer: &Peer,
     shared: &Arc<Shared>,
@@ -106,13 +107,13 @@ pub async fn handle_request(
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
-    response.map(|body| proxy::metered(body, bytes, active, access_log))
+    response.map(|body| body::metered(body, bytes, active, access_log))
 }
 
-/// Who a request was let in as, for the access log and revocation.
+/// Who a request was let in as, for the access log.
 #[derive(Debug, Default)]
 struct Who {
-    grant: Option<Grant>,
+    grant: Option<&'static str>,
     device: String,
 }
 
@@ -123,8 +124,56 @@ async fn proxy_request(
     who: &mut Who,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let site = &peer.site;
-    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host. When both are present they
-    // must agree (RFC 9113 §8.3.1), or the policy would judge one name and HA see the other.
+    let host = request_host(&req)?;
+    let host_name = host.as_deref().and_then(policy::host_name);
+    let sites = shared.sites.load();
+    let host_site = host_name
+        .as_deref()
+        .and_then(|h| sites.by_host(h))
+        .map(|s| s.name.clone());
+    let now = unix_now();
+    // The session cookie matters only in session mode; elsewhere it is just stripped.
+    let session_mode = site.policy.client_auth == ClientAuth::RequiredOrSession;
+    let cookie = session_mode
+        .then(|| {
+            shared
+                .session_key
+                .read(req.headers(), &site.name, now, sites.revoked().devices())
+        })
+        .flatten();
+    let facts = Facts {
+        conn_site: &site.name,
+        host: host_name.as_deref(),
+        host_site: host_site.as_deref(),
+        client_ip: peer.addr.ip().to_canonical(),
+        certificate: peer.certificate.as_ref(),
+        cookie: cookie.as_ref(),
+        target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+    };
+    let grant = match policy::decide(&site.policy, &facts) {
+        Decision::Allow(grant) => grant,
+        Decision::Deny(reason) => return Err(ProxyError::from_denial(reason)),
+    };
+    who.grant = Some(grant.as_str());
+    let auth = authenticate(grant, &req, peer, shared);
+    who.device = auth.device.clone();
+    let route = route::route(shared, &site.name).await?;
+    let host = host.unwrap_or_default();
+    let mut response = proxy::forward(req, &host, peer, auth, route, shared).await?;
+    if let Grant::Certificate(cert) = grant
+        && session_mode
+        && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
+    {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, set_cookie);
+    }
+    Ok(response)
+}
+
+/// The request's host: `:authority` (HTTP/2) or `Host` (HTTP/1.1). When both are present they
+/// must agree (RFC 9113 §8.3.1), or the policy would judge one name and HA see the other.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     let host_header = match req
         .headers()
@@ -145,61 +194,19 @@ async fn proxy_request(
     {
         return Err(ProxyError::HostConflict);
     }
-    let host = authority.or(host_header);
-    let host_name = host.as_deref().and_then(policy::host_name);
-    let sites = shared.sites.load();
-    let host_site = host_name
-        .as_deref()
-        .and_then(|h| sites.by_host(h))
-        .map(|s| s.name.clone());
-    let now = unix_now();
-    // The session cookie matters only in session mode; elsewhere it is just stripped.
-    let verdict = (site.policy.client_auth == ClientAuth::RequiredOrSession)
-        .then(|| {
-            session::find(
-                req.headers()
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            )
-        })
-        .flatten()
-        .map(|value| {
-            session::check(
-                &shared.session_key,
-                &value,
-                &site.name,
-                now,
-                sites.revoked(),
-            )
-        });
-    let facts = Facts {
-        conn_site: &site.name,
-        host: host_name.as_deref(),
-        host_site: host_site.as_deref(),
-        client_ip: peer.addr.ip().to_canonical(),
-        certificate: if peer.certificate.is_some() {
-            Certificate::Valid
-        } else {
-            Certificate::Absent
-        },
-        session: match &verdict {
-            None => Session::Absent,
-            Some(Verdict::Valid(_)) => Session::Valid,
-            Some(_) => Session::Invalid,
-        },
-        target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-    };
-    let grant = match policy::decide(&site.policy, &facts) {
-        Decision::Allow(grant) => grant,
-        Decision::Deny(DenyReason::MissingHost) => return Err(ProxyError::MissingHost),
-        Decision::Deny(DenyReason::HostMismatch) => return Err(ProxyError::MisdirectedRequest),
-        Decision::Deny(DenyReason::Address) => return Err(ProxyError::AddressDenied),
-        Decision::Deny(DenyReason::NoCredentials) => return Err(ProxyError::NoCredentials),
-    };
-    who.grant = Some(grant);
-    let auth = match (grant, &peer.certificate, &verdict) {
-        (Grant::Certificate, Some(cert), _) => Auth {
+    Ok(authority.or(host_header))
+}
+
+/// What the tunnel and Home Assistant learn of the client on the grounds of `grant`, and how
+/// a revocation finds the request.
+fn authenticate(
+    grant: Grant<'_>,
+    req: &Request<Incoming>,
+    peer: &Peer,
+    shared: &Arc<Shared>,
+) -> Auth {
+    match grant {
+        Grant::Certificate(cert) => Auth {
             fingerprint: Some(cert.fingerprint),
             device: cert.device.clone(),
             revoked: peer.revoked.clone(),
@@ -210,7 +217,7 @@ async fn proxy_request(
                 .contains_key(header::UPGRADE)
                 .then(|| LiveClients::register(shared, cert.fingerprint, peer.revoked.clone())),
         },
-        (Grant::Session, _, Some(Verdict::Valid(claims))) => {
+        Grant::Session(claims) => {
             // Make this request findable by its certificate, so a revocation ends it (and
             // its WebSocket) like it ends certificate-authenticated connections.
             let revoked = CancellationToken::new();
@@ -222,67 +229,12 @@ async fn proxy_request(
                 registration: Some(registration),
             }
         }
-        _ => Auth {
+        Grant::PublicPath => Auth {
             fingerprint: None,
             device: String::new(),
             revoked: peer.revoked.clone(),
             registration: None,
         },
-    };
-    who.device = auth.device.clone();
-    let candidates = shared.registry.candidates(&site.name);
-    if candidates.is_empty() {
-        return Err(ProxyError::NoConnector);
-    }
-    let host = host.unwrap_or_default();
-    let mut response = proxy::forward(req, &host, peer, auth, candidates, shared).await?;
-    if let (Grant::Certificate, Some(cert)) = (grant, &peer.certificate)
-        && site.policy.client_auth == ClientAuth::RequiredOrSession
-    {
-        refresh_session(&mut response, shared, site, cert, verdict.as_ref(), now);
-    }
-    Ok(response)
-}
-
-/// Sets a fresh session cookie on a certificate-authenticated response unless the request
-/// already carried a valid one for this certificate with more than half its life left.
-fn refresh_session(
-    response: &mut Response<ResponseBody>,
-    shared: &Shared,
-    site: &crate::tls::Site,
-    cert: &crate::tls::PeerCertificate,
-    verdict: Option<&Verdict>,
-    now: u64,
-) {
-    let lifetime = site.session_lifetime.as_secs();
-    if let Some(Verdict::Valid(claims)) = verdict
-        && claims.fingerprint == cert.fingerprint
-        && claims.expires.saturating_sub(now) > lifetime / 2
-    {
-        return;
-    }
-    let expires = (now + lifetime).min(cert.not_after);
-    if expires <= now {
-        return;
-    }
-    let claims = session::Claims {
-        site: site.name.clone(),
-        fingerprint: cert.fingerprint,
-        device: cert.device.clone(),
-        expires,
-    };
-    if let Some(value) = session::issue(&shared.session_key, &claims)
-        && let Some(header) = session::set_cookie(&value, expires - now)
-    {
-        response.headers_mut().append(header::SET_COOKIE, header);
-    }
-}
-
-fn grant_name(grant: Grant) -> &'static str {
-    match grant {
-        Grant::Certificate => "certificate",
-        Grant::Session => "session",
-        Grant::PublicPath => "public_path",
     }
 }
 
@@ -295,7 +247,7 @@ fn unix_now() -> u64 {
 /// The bare answer for a failed request: status only, no body, nothing that names doorless or
 /// Home Assistant.
 fn denial(e: ProxyError) -> Response<ResponseBody> {
-    let mut response = Response::new(proxy::empty());
+    let mut response = Response::new(body::empty());
     *response.status_mut() = e.status();
     response.extensions_mut().insert(e);
     response
@@ -316,7 +268,7 @@ fn finish(
     response: &Response<ResponseBody>,
     error: Option<ProxyError>,
     started: tokio::time::Instant,
-) -> Option<proxy::OnEnd> {
+) -> Option<body::OnEnd> {
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
     let metrics = &shared.metrics;
@@ -349,7 +301,7 @@ fn finish(
     // out and whether all of them did.
     let site = site.clone();
     let device = who.device.clone();
-    let grant = who.grant.map_or("-", grant_name);
+    let grant = who.grant.unwrap_or("-");
     let client = peer.addr.ip();
     let method = method.clone();
     let head_ms = elapsed * 1000.0;

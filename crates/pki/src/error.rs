@@ -113,6 +113,10 @@ pub enum Error {
     #[error("{}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 
+    /// `index.json` parses but records something impossible.
+    #[error("{}: {reason}", .path.display())]
+    Index { path: PathBuf, reason: String },
+
     /// A JSON state file is malformed.
     #[error("{}: invalid JSON: {source}", .path.display())]
     Json {

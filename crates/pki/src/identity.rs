@@ -248,7 +248,67 @@ pub(crate) fn normalize_server_name(s: &str) -> Result<String> {
     }
 }
 
-/// SHA-256 of a certificate's DER: the fingerprint the edge logs and revokes by.
+/// SHA-256 of a certificate's DER: what the edge revokes by and the index records (as
+/// lowercase hex, which is also its `Display` form and what [`str::parse`] reads).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a certificate (DER).
+    pub fn of(cert_der: &[u8]) -> Self {
+        Self(fingerprint(cert_der))
+    }
+
+    /// A fingerprint from its raw digest (as carried on the wire or in a cookie).
+    pub const fn from_bytes(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A string that is not 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a fingerprint is 64 hex digits")]
+pub struct InvalidFingerprint;
+
+impl std::str::FromStr for Fingerprint {
+    type Err = InvalidFingerprint;
+
+    fn from_str(hex: &str) -> std::result::Result<Self, InvalidFingerprint> {
+        let hex = hex.as_bytes();
+        // `from_str_radix` alone would also take a sign (`+0`).
+        if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(InvalidFingerprint);
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let text = std::str::from_utf8(pair).map_err(|_| InvalidFingerprint)?;
+            *byte = u8::from_str_radix(text, 16).map_err(|_| InvalidFingerprint)?;
+        }
+        Ok(Self(out))
+    }
+}
+
+/// SHA-256 of a certificate's DER (the bytes of its [`Fingerprint`]).
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
     let mut out = [0u8; 32];
@@ -269,4 +329,25 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_hex_round_trip() {
+        let fp = Fingerprint::of(b"not really a certificate");
+        let text = fp.to_string();
+        assert_eq!(text, fingerprint_hex(b"not really a certificate"));
+        assert_eq!(text.parse::<Fingerprint>(), Ok(fp));
+        assert_eq!(text.to_uppercase().parse::<Fingerprint>(), Ok(fp));
+        for bad in ["", "00", &"0".repeat(63), &"g".repeat(64), &"+0".repeat(32)] {
+            assert_eq!(
+                bad.parse::<Fingerprint>(),
+                Err(InvalidFingerprint),
+                "{bad:?}"
+            );
+        }
+    }
 }

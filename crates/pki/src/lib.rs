@@ -19,7 +19,9 @@
 //!   key the device keeps), [`StateDir::clients`], [`StateDir::revoke_any`] (by name or
 //!   serial), [`StateDir::renew`] and [`StateDir::write_crl`].
 //! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
-//!   [`load_key`], [`Identity::from_cert_der`] on verified peer certificates.
+//!   [`load_key`], [`StateDir::revoked`] and [`StateDir::watched_paths`] (what to enforce and
+//!   what to watch), [`Identity::from_cert_der`] and [`Fingerprint::of`] on verified peer
+//!   certificates.
 //! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
 //!   [`parse_key`] on its fields, pinning `tunnel_ca_pem` and verifying [`TUNNEL_SERVER_NAME`].
 //! - Tests and the demo: [`Ca`] directly.
@@ -88,12 +90,13 @@ pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use error::{Error, Result};
 pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{
-    Identity, Kind, fingerprint, fingerprint_hex, normalize_hostname, validate_name,
+    Fingerprint, Identity, InvalidFingerprint, Kind, fingerprint, fingerprint_hex,
+    normalize_hostname, validate_name,
 };
 pub use inspect::cert_not_after;
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
-pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Site, StateDir};
+pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};
 pub use token::EnrollmentToken;
 
 /// The DNS name in the edge's tunnel certificate. Connectors verify it against the pinned tunnel

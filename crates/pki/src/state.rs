@@ -17,7 +17,7 @@ use crate::ca::{
 };
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
-use crate::identity::{Identity, Kind, hex, normalize_hostname, validate_name};
+use crate::identity::{Fingerprint, Identity, Kind, hex, normalize_hostname, validate_name};
 use crate::token::EnrollmentToken;
 use crate::{TUNNEL_SERVER_NAME, random_bytes};
 
@@ -70,6 +70,14 @@ pub struct IndexEntry {
     pub issued_at: String,
     /// RFC 3339; `None` while the certificate is valid.
     pub revoked_at: Option<String>,
+}
+
+/// A revoked certificate, as the edge enforces it (see [`StateDir::revoked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub kind: Kind,
+    pub site: String,
+    pub fingerprint: Fingerprint,
 }
 
 impl IndexEntry {
@@ -628,6 +636,50 @@ impl StateDir {
     /// clients), in issue order, revoked ones included.
     pub fn clients(&self) -> Result<Vec<IndexEntry>> {
         self.read_index()
+    }
+
+    /// Every revoked certificate of the index, devices and connectors, with its fingerprint
+    /// parsed. A revoked entry whose fingerprint is malformed is an error: it could not be
+    /// enforced.
+    pub fn revoked(&self) -> Result<Vec<Revocation>> {
+        let mut out = Vec::new();
+        for entry in self.read_index()? {
+            if entry.revoked_at.is_none() {
+                continue;
+            }
+            let Ok(fingerprint) = entry.fingerprint.parse() else {
+                return Err(Error::Index {
+                    path: self.index_path(),
+                    reason: format!(
+                        "entry {}/{} has a malformed fingerprint",
+                        entry.site, entry.name
+                    ),
+                });
+            };
+            out.push(Revocation {
+                kind: entry.kind,
+                site: entry.site,
+                fingerprint,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The files a change of the state goes through, for a process that serves from it and
+    /// reloads on change: the index, the sites directory, and each site's `site.json` and
+    /// server certificate. Sorted, so two calls compare equal when nothing changed.
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let sites = self.sites_path();
+        let mut paths = vec![self.index_path(), sites.clone()];
+        if let Ok(entries) = std::fs::read_dir(&sites) {
+            let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            dirs.sort();
+            for dir in dirs {
+                paths.push(dir.join(SITE_FILE));
+                paths.push(dir.join(SERVER_CRT));
+            }
+        }
+        paths
     }
 
     /// The device CA of `site`, with its key, for signing.

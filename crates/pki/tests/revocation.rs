@@ -293,3 +293,42 @@ fn crl_numbers_increase_and_revoke_by_kind_still_works() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn revoked_lists_typed_fingerprints_of_revoked_entries_only() {
+    let (tmp, state) = state_with_site();
+    let (phone, _) = issue(&state, "home", "phone", tmp.path());
+    issue(&state, "home", "laptop", tmp.path());
+    state.issue_connector("home", Some("pi")).unwrap();
+    assert_eq!(state.revoked().unwrap(), vec![]);
+
+    state.revoke(Kind::Device, "home", "phone").unwrap();
+    state.revoke(Kind::Connector, "home", "pi").unwrap();
+    let revoked = state.revoked().unwrap();
+    assert_eq!(revoked.len(), 2, "{revoked:?}");
+    let device = revoked.iter().find(|r| r.kind == Kind::Device).unwrap();
+    assert_eq!(device.site, "home");
+    assert_eq!(device.fingerprint, pki::Fingerprint::of(&phone.cert_der));
+    assert!(revoked.iter().any(|r| r.kind == Kind::Connector));
+
+    // A revoked entry whose fingerprint cannot be enforced is an error, not a silent skip.
+    let index = state.index_path();
+    let text = std::fs::read_to_string(&index).unwrap();
+    let hex = device.fingerprint.to_string();
+    std::fs::write(&index, text.replace(&hex, "not-a-fingerprint")).unwrap();
+    assert!(matches!(state.revoked(), Err(Error::Index { .. })));
+}
+
+#[test]
+fn watched_paths_name_the_index_and_each_site() {
+    let (_tmp, state) = state_with_site();
+    let paths = state.watched_paths();
+    assert_eq!(paths[0], state.index_path());
+    let site = state.site("home").unwrap();
+    assert!(paths.contains(&site.server_cert_path), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.ends_with("sites/home/site.json")),
+        "{paths:?}"
+    );
+    assert_eq!(paths, state.watched_paths(), "stable while nothing changes");
+}

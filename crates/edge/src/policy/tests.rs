@@ -3,13 +3,16 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use pki::Fingerprint;
+
 use super::*;
-use crate::session::{self, Claims, SessionKey, Verdict};
+use crate::cookie::{Claims, SessionKey, Verdict};
+use crate::tls::PeerCertificate;
 
 const NOW: u64 = 1_000_000;
 const SITE: &str = "home";
-const FP: [u8; 32] = [1; 32];
-const OTHER_FP: [u8; 32] = [2; 32];
+const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
+const OTHER_FP: Fingerprint = Fingerprint::from_bytes([2; 32]);
 
 /// Certificate states a client may arrive with. Only `Valid` and `Absent` survive the TLS
 /// handshake; the others must be denied by the policy too (defence in depth).
@@ -47,36 +50,42 @@ fn cookie_value(kind: Cookie) -> Option<String> {
     let good = claims(SITE, FP, NOW + 3600);
     match kind {
         Cookie::None => None,
-        Cookie::Valid | Cookie::RevokedCert => session::issue(&key(), &good),
-        Cookie::Expired => session::issue(&key(), &claims(SITE, FP, NOW - 1)),
+        Cookie::Valid | Cookie::RevokedCert => key().issue(&good),
+        Cookie::Expired => key().issue(&claims(SITE, FP, NOW - 1)),
         Cookie::Forged => {
             let other = SessionKey::from_bytes(&[3; 32]).unwrap_or_else(|| panic!("key"));
-            session::issue(&other, &good)
+            other.issue(&good)
         }
-        Cookie::OtherSite => session::issue(&key(), &claims("cabin", FP, NOW + 3600)),
-        Cookie::OtherCert => session::issue(&key(), &claims(SITE, OTHER_FP, NOW + 3600)),
+        Cookie::OtherSite => key().issue(&claims("cabin", FP, NOW + 3600)),
+        Cookie::OtherCert => key().issue(&claims(SITE, OTHER_FP, NOW + 3600)),
     }
 }
 
-/// The session state the edge derives from a cookie (what `serve` does).
-fn session_state(kind: Cookie) -> Session {
-    let revoked: HashSet<[u8; 32]> = match kind {
+/// The cookie verdict the edge derives from a cookie (what `serve` does).
+fn session_state(kind: Cookie) -> Option<Verdict> {
+    let revoked: HashSet<Fingerprint> = match kind {
         Cookie::RevokedCert => [FP].into(),
         _ => HashSet::new(),
     };
-    match cookie_value(kind) {
-        None => Session::Absent,
-        Some(v) => match session::check(&key(), &v, SITE, NOW, &revoked) {
-            Verdict::Valid(_) => Session::Valid,
-            _ => Session::Invalid,
-        },
-    }
+    cookie_value(kind).map(|v| key().verify(&v, SITE, NOW, &revoked))
 }
 
-fn certificate_state(cert: Cert) -> Option<Certificate> {
+/// The device certificate a `Cert::Valid` client presents.
+fn device_certificate() -> &'static PeerCertificate {
+    static CERT: std::sync::OnceLock<PeerCertificate> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| PeerCertificate {
+        device: "phone".into(),
+        fingerprint: FP,
+        not_after: NOW + 86_400,
+    })
+}
+
+/// What the handshake hands the policy: `Some(None)` for no certificate, `None` where no
+/// request can exist.
+fn certificate_state(cert: Cert) -> Option<Option<&'static PeerCertificate>> {
     match cert {
-        Cert::Valid => Some(Certificate::Valid),
-        Cert::Absent => Some(Certificate::Absent),
+        Cert::Valid => Some(Some(device_certificate())),
+        Cert::Absent => Some(None),
         // The handshake refuses these; no request ever exists.
         Cert::Revoked | Cert::OtherSite | Cert::Expired => None,
     }
@@ -118,14 +127,18 @@ fn policy(mode: ClientAuth, public: bool) -> SitePolicy {
     }
 }
 
-fn facts<'a>(certificate: Certificate, session: Session, target: &'a str) -> Facts<'a> {
+fn facts<'a, 'e>(
+    certificate: Option<&'e PeerCertificate>,
+    cookie: Option<&'e Verdict>,
+    target: &'a str,
+) -> Facts<'a, 'e> {
     Facts {
         conn_site: SITE,
         host: Some("ha.example.com"),
         host_site: Some(SITE),
         client_ip: IpAddr::from([203, 0, 113, 7]),
         certificate,
-        session,
+        cookie,
         target,
     }
 }
@@ -160,11 +173,13 @@ fn every_mode_certificate_cookie_and_path() {
                             continue; // refused in the TLS handshake: nothing to decide
                         };
                         let session = session_state(cookie);
-                        let got = decide(&policy, &facts(certificate, session, target));
-                        let want = match (certificate, session) {
-                            (Certificate::Valid, _) => Decision::Allow(Grant::Certificate),
-                            (_, Session::Valid) if mode == ClientAuth::RequiredOrSession => {
-                                Decision::Allow(Grant::Session)
+                        let got = decide(&policy, &facts(certificate, session.as_ref(), target));
+                        let want = match (certificate, &session) {
+                            (Some(cert), _) => Decision::Allow(Grant::Certificate(cert)),
+                            (_, Some(Verdict::Valid(claims)))
+                                if mode == ClientAuth::RequiredOrSession =>
+                            {
+                                Decision::Allow(Grant::Session(claims))
                             }
                             _ if public && exempt => Decision::Allow(Grant::PublicPath),
                             _ => Decision::Deny(DenyReason::NoCredentials),
@@ -183,24 +198,33 @@ fn every_mode_certificate_cookie_and_path() {
 
 #[test]
 fn cookie_states_map_as_documented() {
-    assert_eq!(session_state(Cookie::Valid), Session::Valid);
+    assert!(matches!(
+        session_state(Cookie::Valid),
+        Some(Verdict::Valid(_))
+    ));
     // "Other cert" is still a valid cookie of this site: with no certificate it opens the
     // site; with a certificate the certificate decides.
-    assert_eq!(session_state(Cookie::OtherCert), Session::Valid);
+    assert!(matches!(
+        session_state(Cookie::OtherCert),
+        Some(Verdict::Valid(_))
+    ));
     for bad in [
         Cookie::Expired,
         Cookie::Forged,
         Cookie::OtherSite,
         Cookie::RevokedCert,
     ] {
-        assert_eq!(session_state(bad), Session::Invalid, "{bad:?}");
+        assert!(
+            matches!(session_state(bad), Some(v) if !matches!(v, Verdict::Valid(_))),
+            "{bad:?}"
+        );
     }
 }
 
 #[test]
 fn host_must_select_the_connection_site() {
     let p = SitePolicy::default();
-    let mut f = facts(Certificate::Valid, Session::Absent, "/");
+    let mut f = facts(Some(device_certificate()), None, "/");
     f.host = None;
     assert_eq!(decide(&p, &f), Decision::Deny(DenyReason::MissingHost));
     f.host = Some("cabin.example.com");
@@ -218,8 +242,11 @@ fn cidr_lists() {
         deny_cidrs: vec![net("203.0.113.66/32")],
         ..SitePolicy::default()
     };
-    let mut f = facts(Certificate::Valid, Session::Absent, "/");
-    assert_eq!(decide(&p, &f), Decision::Allow(Grant::Certificate));
+    let mut f = facts(Some(device_certificate()), None, "/");
+    assert_eq!(
+        decide(&p, &f),
+        Decision::Allow(Grant::Certificate(device_certificate()))
+    );
     f.client_ip = IpAddr::from([203, 0, 113, 66]);
     assert_eq!(decide(&p, &f), Decision::Deny(DenyReason::Address));
     f.client_ip = IpAddr::from([198, 51, 100, 1]);
@@ -230,7 +257,7 @@ fn cidr_lists() {
         deny_cidrs: vec![net("0.0.0.0/0")],
         ..SitePolicy::default()
     };
-    let f = facts(Certificate::Absent, Session::Absent, "/api/webhook/x");
+    let f = facts(None, None, "/api/webhook/x");
     assert_eq!(decide(&p, &f), Decision::Deny(DenyReason::Address));
 }
 

@@ -1,4 +1,4 @@
-//! Session cookies for the `required_or_session` mode.
+//! Step 4 of the request path: the session cookie of the `required_or_session` mode.
 //!
 //! After a request authenticated by a client certificate, the edge sets a short-lived cookie
 //! that lets the same browser through on requests where it omits the certificate (WebSocket
@@ -20,11 +20,15 @@ use std::path::Path;
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, header};
+use pki::Fingerprint;
+
+use crate::site::Site;
+use crate::tls::PeerCertificate;
 
 /// The cookie's name. The `__Host-` prefix makes browsers refuse it unless it is Secure,
 /// has `Path=/` and no `Domain`: it cannot be planted by a sibling subdomain.
-pub const COOKIE_NAME: &str = "__Host-doorless";
+pub(crate) const COOKIE_NAME: &str = "__Host-doorless";
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 32;
@@ -32,7 +36,7 @@ const MAC_LEN: usize = 32;
 const MAX_ENCODED: usize = 512;
 
 /// The HMAC key, from the state dir's `session.key`.
-pub struct SessionKey(hmac::Key);
+pub(crate) struct SessionKey(hmac::Key);
 
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +46,7 @@ impl std::fmt::Debug for SessionKey {
 
 impl SessionKey {
     /// Loads the key file (at least 32 bytes).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("reading session key {}: {e}", path.display()))?;
         Self::from_bytes(&bytes).ok_or_else(|| {
@@ -52,32 +56,147 @@ impl SessionKey {
 
     /// A separate secret for another purpose, derived from this key (HMAC of `label`), so
     /// the state dir needs only one secret file.
-    pub fn derive(&self, label: &str) -> Vec<u8> {
+    pub(crate) fn derive(&self, label: &str) -> Vec<u8> {
         hmac::sign(&self.0, label.as_bytes()).as_ref().to_vec()
     }
 
     /// A key from raw bytes (≥ 32).
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         (bytes.len() >= 32).then(|| Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// Encodes and signs `claims` into a cookie value.
+    pub(crate) fn issue(&self, claims: &Claims) -> Option<String> {
+        let site = claims.site.as_bytes();
+        let device = claims.device.as_bytes();
+        let site_len = u8::try_from(site.len()).ok()?;
+        let device_len = u8::try_from(device.len()).ok()?;
+        let mut raw = Vec::with_capacity(1 + 8 + 32 + 2 + site.len() + device.len() + MAC_LEN);
+        raw.push(VERSION);
+        raw.extend_from_slice(&claims.expires.to_be_bytes());
+        raw.extend_from_slice(claims.fingerprint.as_bytes());
+        raw.push(site_len);
+        raw.extend_from_slice(site);
+        raw.push(device_len);
+        raw.extend_from_slice(device);
+        let tag = hmac::sign(&self.0, &raw);
+        raw.extend_from_slice(tag.as_ref());
+        Some(URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// Checks a cookie value for `site` at time `now` against the revoked fingerprints.
+    pub(crate) fn verify(
+        &self,
+        value: &str,
+        site: &str,
+        now: u64,
+        revoked: &HashSet<Fingerprint>,
+    ) -> Verdict {
+        let Some(claims) = self.open(value) else {
+            return Verdict::Forged;
+        };
+        if claims.site != site {
+            return Verdict::OtherSite;
+        }
+        if revoked.contains(&claims.fingerprint) {
+            return Verdict::Revoked;
+        }
+        if claims.expires <= now {
+            return Verdict::Expired;
+        }
+        Verdict::Valid(claims)
+    }
+
+    /// The claims of a cookie value that carries our MAC, whatever they say.
+    fn open(&self, value: &str) -> Option<Claims> {
+        if value.len() > MAX_ENCODED {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        let body_len = raw.len().checked_sub(MAC_LEN)?;
+        let (body, tag) = raw.split_at(body_len);
+        // Constant-time comparison inside aws-lc.
+        hmac::verify(&self.0, body, tag).ok()?;
+        let (&version, rest) = body.split_first()?;
+        if version != VERSION {
+            return None;
+        }
+        let (expires, rest) = rest.split_at_checked(8)?;
+        let (fingerprint, rest) = rest.split_at_checked(32)?;
+        let (&site_len, rest) = rest.split_first()?;
+        let (site, rest) = rest.split_at_checked(usize::from(site_len))?;
+        let (&device_len, rest) = rest.split_first()?;
+        let (device, rest) = rest.split_at_checked(usize::from(device_len))?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Claims {
+            site: String::from_utf8(site.to_vec()).ok()?,
+            fingerprint: Fingerprint::from_bytes(<[u8; 32]>::try_from(fingerprint).ok()?),
+            device: String::from_utf8(device.to_vec()).ok()?,
+            expires: u64::from_be_bytes(expires.try_into().ok()?),
+        })
+    }
+
+    /// The verdict on the request's session cookie for `site`, if it carries one.
+    pub(crate) fn read(
+        &self,
+        headers: &HeaderMap,
+        site: &str,
+        now: u64,
+        revoked: &HashSet<Fingerprint>,
+    ) -> Option<Verdict> {
+        let value = find(headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))?;
+        Some(self.verify(&value, site, now, revoked))
+    }
+
+    /// The `Set-Cookie` for a response to a request that `cert` authenticated on `site`:
+    /// a fresh cookie unless the request already carried a valid one for this certificate with
+    /// more than half its life left. Never outlives the certificate.
+    pub(crate) fn refresh(
+        &self,
+        site: &Site,
+        cert: &PeerCertificate,
+        current: Option<&Verdict>,
+        now: u64,
+    ) -> Option<HeaderValue> {
+        let lifetime = site.session_lifetime.as_secs();
+        if let Some(Verdict::Valid(claims)) = current
+            && claims.fingerprint == cert.fingerprint
+            && claims.expires.saturating_sub(now) > lifetime / 2
+        {
+            return None;
+        }
+        let expires = (now + lifetime).min(cert.not_after);
+        if expires <= now {
+            return None;
+        }
+        let claims = Claims {
+            site: site.name.clone(),
+            fingerprint: cert.fingerprint,
+            device: cert.device.clone(),
+            expires,
+        };
+        set_cookie(&self.issue(&claims)?, expires - now)
     }
 }
 
 /// What a cookie asserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// Site it opens.
-    pub site: String,
+    pub(crate) site: String,
     /// Fingerprint of the certificate it was issued on.
-    pub fingerprint: [u8; 32],
+    pub(crate) fingerprint: Fingerprint,
     /// Device name of that certificate.
-    pub device: String,
+    pub(crate) device: String,
     /// Expiry, Unix seconds.
-    pub expires: u64,
+    pub(crate) expires: u64,
 }
 
 /// The result of checking a cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Good for this site, now.
     Valid(Claims),
     /// Signed by us, but past its expiry.
@@ -90,80 +209,8 @@ pub enum Verdict {
     Revoked,
 }
 
-/// Encodes and signs `claims` into a cookie value.
-pub fn issue(key: &SessionKey, claims: &Claims) -> Option<String> {
-    let site = claims.site.as_bytes();
-    let device = claims.device.as_bytes();
-    let site_len = u8::try_from(site.len()).ok()?;
-    let device_len = u8::try_from(device.len()).ok()?;
-    let mut raw = Vec::with_capacity(1 + 8 + 32 + 2 + site.len() + device.len() + MAC_LEN);
-    raw.push(VERSION);
-    raw.extend_from_slice(&claims.expires.to_be_bytes());
-    raw.extend_from_slice(&claims.fingerprint);
-    raw.push(site_len);
-    raw.extend_from_slice(site);
-    raw.push(device_len);
-    raw.extend_from_slice(device);
-    let tag = hmac::sign(&key.0, &raw);
-    raw.extend_from_slice(tag.as_ref());
-    Some(URL_SAFE_NO_PAD.encode(raw))
-}
-
-/// Checks a cookie value for `site` at time `now` against the revoked fingerprints.
-pub fn check(
-    key: &SessionKey,
-    value: &str,
-    site: &str,
-    now: u64,
-    revoked: &HashSet<[u8; 32]>,
-) -> Verdict {
-    let Some(claims) = verify(key, value) else {
-        return Verdict::Forged;
-    };
-    if claims.site != site {
-        return Verdict::OtherSite;
-    }
-    if revoked.contains(&claims.fingerprint) {
-        return Verdict::Revoked;
-    }
-    if claims.expires <= now {
-        return Verdict::Expired;
-    }
-    Verdict::Valid(claims)
-}
-
-fn verify(key: &SessionKey, value: &str) -> Option<Claims> {
-    if value.len() > MAX_ENCODED {
-        return None;
-    }
-    let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
-    let body_len = raw.len().checked_sub(MAC_LEN)?;
-    let (body, tag) = raw.split_at(body_len);
-    // Constant-time comparison inside aws-lc.
-    hmac::verify(&key.0, body, tag).ok()?;
-    let (&version, rest) = body.split_first()?;
-    if version != VERSION {
-        return None;
-    }
-    let (expires, rest) = rest.split_at_checked(8)?;
-    let (fingerprint, rest) = rest.split_at_checked(32)?;
-    let (&site_len, rest) = rest.split_first()?;
-    let (site, rest) = rest.split_at_checked(usize::from(site_len))?;
-    let (&device_len, rest) = rest.split_first()?;
-    let (device, rest) = rest.split_at_checked(usize::from(device_len))?;
-    if !rest.is_empty() {
-        return None;
-    }
-    Some(Claims {
-        site: String::from_utf8(site.to_vec()).ok()?,
-        fingerprint: fingerprint.try_into().ok()?,
-        device: String::from_utf8(device.to_vec()).ok()?,
-        expires: u64::from_be_bytes(expires.try_into().ok()?),
-    })
-}
-
 /// The `Set-Cookie` header for `value`, living `max_age` seconds.
-pub fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
+pub(crate) fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))
@@ -171,7 +218,7 @@ pub fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
 }
 
 /// Our cookie's value among the request's `Cookie` header values, if present.
-pub fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+pub(crate) fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     for header in cookie_headers {
         let Ok(text) = std::str::from_utf8(header) else {
             continue;
@@ -188,7 +235,7 @@ pub fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String
 }
 
 /// A `Cookie` header value without our cookie; `None` if nothing else is left.
-pub fn strip(header: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn strip(header: &[u8]) -> Option<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(header) else {
         // Not text: not something we set; pass it on untouched.
         return Some(header.to_vec());
@@ -213,14 +260,14 @@ mod tests {
     fn claims() -> Claims {
         Claims {
             site: "home".into(),
-            fingerprint: [1u8; 32],
+            fingerprint: Fingerprint::from_bytes([1u8; 32]),
             device: "phone".into(),
             expires: 2_000,
         }
     }
 
     fn cookie() -> String {
-        issue(&key(), &claims()).unwrap_or_default()
+        key().issue(&claims()).unwrap_or_default()
     }
 
     #[test]
@@ -228,25 +275,22 @@ mod tests {
         let none = HashSet::new();
         let value = cookie();
         assert_eq!(
-            check(&key(), &value, "home", 1_000, &none),
+            key().verify(&value, "home", 1_000, &none),
             Verdict::Valid(claims())
         );
+        assert_eq!(key().verify(&value, "home", 2_000, &none), Verdict::Expired);
         assert_eq!(
-            check(&key(), &value, "home", 2_000, &none),
-            Verdict::Expired
-        );
-        assert_eq!(
-            check(&key(), &value, "cabin", 1_000, &none),
+            key().verify(&value, "cabin", 1_000, &none),
             Verdict::OtherSite
         );
-        let revoked: HashSet<_> = [[1u8; 32]].into();
+        let revoked: HashSet<_> = [Fingerprint::from_bytes([1u8; 32])].into();
         assert_eq!(
-            check(&key(), &value, "home", 1_000, &revoked),
+            key().verify(&value, "home", 1_000, &revoked),
             Verdict::Revoked
         );
         let other_key = SessionKey::from_bytes(&[8u8; 32]).unwrap_or_else(|| panic!("key"));
         assert_eq!(
-            check(&other_key, &value, "home", 1_000, &none),
+            other_key.verify(&value, "home", 1_000, &none),
             Verdict::Forged
         );
         // Flip one bit anywhere: forged.
@@ -254,11 +298,11 @@ mod tests {
         raw[3] ^= 1;
         let tampered = URL_SAFE_NO_PAD.encode(raw);
         assert_eq!(
-            check(&key(), &tampered, "home", 1_000, &none),
+            key().verify(&tampered, "home", 1_000, &none),
             Verdict::Forged
         );
         for junk in ["", "x", "!!!!", &"A".repeat(600)] {
-            assert_eq!(check(&key(), junk, "home", 1_000, &none), Verdict::Forged);
+            assert_eq!(key().verify(junk, "home", 1_000, &none), Verdict::Forged);
         }
     }
 
