@@ -22,7 +22,7 @@ use crate::challenge::Challenges;
 use crate::error::OrderResult;
 use crate::order::{Client, blocking};
 use crate::schedule::{self, OrderReason};
-use crate::store::{Store, StoredCert};
+use crate::store::{Store, StoredCert, check_site_name};
 use crate::{AcmeConfig, Error};
 
 /// The longest sleep before the loop looks again (clock jumps, suspend, ARI updates).
@@ -64,15 +64,7 @@ impl Manager {
     /// tokio runtime. The task stops when the returned handle is dropped.
     pub fn start_site(&self, site: &str, hostnames: &[String]) -> Result<SiteHandle, Error> {
         let hostnames = parse_hostnames(hostnames)?;
-        // Fails early on a bad site name, before a task exists.
-        self.client
-            .store
-            .load_site(site)
-            .map(drop)
-            .or_else(|e| match e {
-                Error::SiteName(_) => Err(e),
-                _ => Ok(()),
-            })?;
+        check_site_name(site)?;
         let (cert_tx, cert_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(SiteStatus::new(site, &hostnames));
         let task = SiteTask {
@@ -395,11 +387,15 @@ impl SiteTask {
         let id = cert_id(cert)?;
         let limit = self.client.config.renewal_policy().request_timeout * 3;
         let ask = async {
-            let account = self.client.account().await?;
-            Ok::<_, Error>(account.renewal_info(&id).await)
+            // Never create an account just to ask: no stored account, no question.
+            let Some(account) = self.client.existing_account().await? else {
+                return Ok(None);
+            };
+            Ok::<_, Error>(Some(account.renewal_info(&id).await))
         };
         let answer = match tokio::time::timeout(limit, ask).await {
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(Some(answer))) => answer,
+            Ok(Ok(None)) => return None,
             Ok(Err(err)) => {
                 tracing::debug!(site = %self.site, error = %err, "ARI check skipped");
                 return None;

@@ -40,23 +40,34 @@ impl Client {
     /// The account, from memory, from the store, or newly created (and stored) at the CA.
     pub(crate) async fn account(&self) -> Result<Account, Error> {
         let mut slot = self.account.lock().await;
-        if let Some(account) = slot.as_ref() {
-            return Ok(account.clone());
+        if let Some(account) = self.cached_or_stored(&mut slot).await? {
+            return Ok(account);
         }
-        let directory = self.config.directory_url().to_owned();
-        let store = self.store.clone();
-        let dir = directory.clone();
-        let stored = blocking(move || store.load_account(&dir)).await?;
-        let account = match stored {
-            Some(stored) => {
-                Account::builder_with_http(self.http()?)
-                    .from_credentials(stored.credentials)
-                    .await?
-            }
-            None => self.create_account(&directory).await?,
-        };
+        let account = self.create_account(self.config.directory_url()).await?;
         *slot = Some(account.clone());
         Ok(account)
+    }
+
+    /// The account if one exists in memory or in the store; never creates one.
+    pub(crate) async fn existing_account(&self) -> Result<Option<Account>, Error> {
+        let mut slot = self.account.lock().await;
+        self.cached_or_stored(&mut slot).await
+    }
+
+    async fn cached_or_stored(&self, slot: &mut Option<Account>) -> Result<Option<Account>, Error> {
+        if let Some(account) = slot.as_ref() {
+            return Ok(Some(account.clone()));
+        }
+        let store = self.store.clone();
+        let directory = self.config.directory_url().to_owned();
+        let Some(stored) = blocking(move || store.load_account(&directory)).await? else {
+            return Ok(None);
+        };
+        let account = Account::builder_with_http(self.http()?)
+            .from_credentials(stored.credentials)
+            .await?;
+        *slot = Some(account.clone());
+        Ok(Some(account))
     }
 
     async fn create_account(&self, directory: &str) -> Result<Account, Error> {

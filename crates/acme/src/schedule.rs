@@ -153,6 +153,45 @@ mod tests {
     }
 
     #[test]
+    fn orders_only_for_a_reason() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let store = crate::Store::open(tmp.path())?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["a.example".to_owned()])?.self_signed(&key)?;
+        let ours = "https://ca.example/dir";
+        let stored = store.save_site("s", &cert.pem(), &key.serialize_pem(), Some(ours), None)?;
+        let imported = store.import("t", &cert.pem(), &key.serialize_pem())?;
+        let names = vec!["a.example".to_owned()];
+        let now = SystemTime::now();
+        let later = Some(now + DAY);
+        let earlier = Some(now - DAY);
+        let other = "https://other.example/dir";
+        let cases = [
+            (None, ours, later, Some(OrderReason::Missing)),
+            (Some(&stored), ours, later, None),
+            (Some(&stored), ours, earlier, Some(OrderReason::Due)),
+            (Some(&stored), ours, None, Some(OrderReason::Due)),
+            (Some(&stored), other, later, Some(OrderReason::Directory)),
+            // An imported certificate is not from "another" CA: renewed when due, not at once.
+            (Some(&imported), ours, later, None),
+        ];
+        for (i, (cert, directory, renew, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                order_reason(now, cert, &names, directory, renew),
+                want,
+                "case {i}"
+            );
+        }
+        let more = vec!["a.example".to_owned(), "b.example".to_owned()];
+        assert_eq!(
+            order_reason(now, Some(&stored), &more, ours, later),
+            Some(OrderReason::Hostnames)
+        );
+        Ok(())
+    }
+
+    #[test]
     fn random_is_a_fraction() {
         for _ in 0..1000 {
             let r = random();

@@ -233,17 +233,23 @@ impl Store {
     }
 
     fn site_dir(&self, site: &str) -> Result<PathBuf, Error> {
-        let usable = !site.is_empty()
-            && site.len() <= 64
-            && !site.starts_with('.')
-            && site
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !usable {
-            return Err(Error::SiteName(site.to_owned()));
-        }
+        check_site_name(site)?;
         Ok(self.dir.join("sites").join(site))
     }
+}
+
+/// A site name is a directory name: `[A-Za-z0-9._-]{1,64}`, not starting with `.`.
+pub(crate) fn check_site_name(site: &str) -> Result<(), Error> {
+    let usable = !site.is_empty()
+        && site.len() <= 64
+        && !site.starts_with('.')
+        && site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !usable {
+        return Err(Error::SiteName(site.to_owned()));
+    }
+    Ok(())
 }
 
 /// Parses `cert.pem`: certificates (leaf first) and one private key matching the leaf.
