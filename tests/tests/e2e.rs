@@ -14,6 +14,8 @@ mod config;
 mod demo;
 #[path = "e2e/denials.rs"]
 mod denials;
+#[path = "e2e/enroll.rs"]
+mod enroll;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/hostile_upstream.rs"]

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod dial;
+pub mod enroll;
 pub mod forward;
 pub mod metrics;
 mod register;

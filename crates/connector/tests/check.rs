@@ -66,6 +66,7 @@ fn config(token: &str, upstream: &str, edges: Vec<String>) -> Config {
         tunnel: RawTunnel::default(),
         reconnect: RawReconnect::default(),
         log: RawLog::default(),
+        ..RawConfig::default()
     })
     .unwrap()
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::revocation::LiveClients;
-use crate::{Shared, serve, tls};
+use crate::{Shared, enroll, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
@@ -90,7 +90,11 @@ async fn connection(
     let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
     drop(handshake_slot);
     match handshake {
-        Ok((stream, peer)) => {
+        Ok(tls::Accepted::Enroll(stream)) => {
+            // No certificate, no site, no tunnel: only the enrollment exchange.
+            enroll::serve(stream, addr, shared.clone()).await;
+        }
+        Ok(tls::Accepted::Client(stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check
             // the current state once more now that the connection is findable.
             let _registration = peer

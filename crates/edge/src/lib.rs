@@ -19,7 +19,8 @@
 //! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
 //!    access-log line. Every failure and its status code is in `error`.
 //!
-//! Beside the path: `connectors` registers connectors as `tunnels::Tunnel`s; `site` is
+//! Beside the path: `enroll` answers the enrollment ALPN (connector codes); `connectors`
+//! registers connectors as `tunnels::Tunnel`s; `site` is
 //! the site registry, `revocation` everything revoked, `reload` watches the state dir;
 //! `limit`, `metrics`, `admin`. `Edge::bind` then `Edge::run` is the whole server;
 //! `main.rs` adds the CLI.
@@ -30,6 +31,7 @@ mod body;
 pub mod config;
 mod connectors;
 mod cookie;
+mod enroll;
 mod error;
 mod limit;
 mod metrics;
@@ -84,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// Keeps denial logging bounded under a flood.
     pub(crate) denial_log: limit::LogLimiter,
+    /// Connector enrollment: its rate limits and the lock that serialises redemptions.
+    pub(crate) enrollment: enroll::Enrollment,
     request_ids: AtomicU64,
 }
 
@@ -165,6 +169,7 @@ impl Edge {
                 tokio::time::Instant::now().into_std(),
             ),
             request_ids: AtomicU64::new(1),
+            enrollment: enroll::Enrollment::new(addrs.tunnel.port()),
             config,
         });
         Ok(Self {

@@ -84,6 +84,15 @@ pub(crate) struct CertLabels {
     pub(crate) kind: &'static str,
 }
 
+/// `kind`, `result`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct EnrollLabels {
+    /// `connector` (a code) or `device` (a link).
+    pub(crate) kind: &'static str,
+    /// Outcome.
+    pub(crate) result: &'static str,
+}
+
 /// `result`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct ResultLabel {
@@ -131,6 +140,8 @@ pub(crate) struct Metrics {
     pub(crate) reloads: Family<ResultLabel, Counter>,
     /// Connections closed by a revocation.
     pub(crate) revoked_connections_closed: Counter,
+    /// Enrollment attempts (connector codes, device links) by result.
+    pub(crate) enrollments: Family<EnrollLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -161,6 +172,7 @@ impl Metrics {
             certificate_days_left: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
+            enrollments: Family::default(),
             registry: Registry::default(),
         };
         daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
@@ -250,6 +262,11 @@ impl Metrics {
             "Open connections closed because their certificate was revoked",
             m.revoked_connections_closed.clone(),
         );
+        r.register(
+            "enrollments",
+            "Enrollment attempts: connector codes and device links, by result",
+            m.enrollments.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -325,6 +342,12 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
+        for result in crate::enroll::CODE_RESULTS {
+            let _ = self.enrollments.get_or_create(&EnrollLabels {
+                kind: "connector",
+                result,
+            });
         }
         for denial in [
             crate::tls::HandshakeDenial::UnknownSite,

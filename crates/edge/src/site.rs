@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::metrics::{CertLabels, Metrics};
 use crate::policy::SitePolicy;
 use crate::revocation::Revoked;
-use crate::tls::server_config;
+use crate::tls::{enroll_config, server_config};
 
 /// One site as the edge serves it.
 #[derive(Debug)]
@@ -32,15 +32,20 @@ pub(crate) struct Site {
     pub(crate) identity_header: Option<http::HeaderName>,
     /// The site's TLS configuration, used by the handshake once SNI chose the site.
     pub(crate) tls: Arc<rustls::ServerConfig>,
+    /// The enrollment ALPN's configuration for this SNI: the site's certificate, no client
+    /// authentication.
+    pub(crate) enroll_tls: Arc<rustls::ServerConfig>,
 }
 
 /// All sites, by hostname and by name. Immutable; a reload builds a new one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
     revoked: Revoked,
     expiries: Vec<CertExpiry>,
+    /// The enrollment ALPN's configuration without a site's SNI: the tunnel certificate.
+    enroll_tls: Arc<rustls::ServerConfig>,
 }
 
 /// When one of the edge's certificates expires.
@@ -60,7 +65,16 @@ impl Sites {
         use anyhow::Context as _;
         let state = pki::StateDir::open(&config.state)
             .with_context(|| format!("opening state dir {}", config.state.display()))?;
-        let mut sites = Self::default();
+        let mut sites = Self {
+            by_host: HashMap::new(),
+            by_name: HashMap::new(),
+            revoked: Revoked::load(&state)?,
+            expiries: Vec::new(),
+            enroll_tls: enroll_config(
+                pki::load_certs(&state.tunnel_cert_path())?,
+                pki::load_key(&state.tunnel_key_path())?,
+            )?,
+        };
         for (kind, path) in [
             ("tunnel", state.tunnel_cert_path()),
             ("tunnel_ca", state.tunnel_ca_path()),
@@ -69,7 +83,6 @@ impl Sites {
             let certs = pki::load_certs(&path)?;
             sites.note_expiry("", kind, certs.first())?;
         }
-        sites.revoked = Revoked::load(&state)?;
         for name in config.sites.keys() {
             state.site(name).with_context(|| {
                 format!(
@@ -90,6 +103,8 @@ impl Sites {
             sites.note_expiry(&site.name, "server", chain.first())?;
             sites.note_expiry(&site.name, "client_ca", client_ca.first())?;
             let revoked = sites.revoked.devices_of(&site.name);
+            let enroll_tls = enroll_config(chain.clone(), key.clone_key())
+                .with_context(|| format!("enrollment TLS setup of site {}", site.name))?;
             let tls = server_config(
                 chain,
                 key,
@@ -105,6 +120,7 @@ impl Sites {
                 session_lifetime: settings.session_lifetime,
                 identity_header: settings.identity_header,
                 tls,
+                enroll_tls,
             });
             for host in &site.hostnames {
                 sites
@@ -119,6 +135,11 @@ impl Sites {
     /// The site serving `host` (no port, any case).
     pub(crate) fn by_host(&self, host: &str) -> Option<&Arc<Site>> {
         self.by_host.get(&host.to_ascii_lowercase())
+    }
+
+    /// The enrollment ALPN's configuration for a ClientHello whose SNI names no site.
+    pub(crate) fn enroll_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.enroll_tls.clone()
     }
 
     /// The site called `name`.

@@ -143,18 +143,64 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
+/// What a completed handshake is for, chosen by the ClientHello's ALPN.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// A browser or app (`h2`/`http/1.1`): HTTP for the SNI's site.
+    Client(TlsStream<TcpStream>, Peer),
+    /// A connector enrolling with a code ([`proto::enroll::ENROLL_ALPN`]): no client
+    /// certificate, and the stream reaches nothing but `enroll`.
+    Enroll(TlsStream<TcpStream>),
+}
+
+/// Whether the ClientHello offers `protocol` among its ALPN tokens.
+fn offers(hello: &rustls::server::ClientHello<'_>, protocol: &[u8]) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == protocol))
+}
+
+/// The TLS configuration of the enrollment ALPN: the given certificate, no client
+/// authentication, only [`proto::enroll::ENROLL_ALPN`], no resumption.
+pub(crate) fn enroll_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![proto::enroll::ENROLL_ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(Arc::new(config))
+}
+
 /// Runs the handshake for one TCP connection.
 pub(crate) async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     sites: &Sites,
     limit: Duration,
-) -> Result<(TlsStream<TcpStream>, Peer), HandshakeFailure> {
+) -> Result<Accepted, HandshakeFailure> {
     let mut site_name = None;
     let run = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
             .await
             .map_err(|e| classify(&e))?;
+        if offers(&start.client_hello(), proto::enroll::ENROLL_ALPN) {
+            // Enrollment: the site's certificate if SNI names one (a publicly trusted one
+            // then verifies), else the tunnel certificate; either way the code's MAC is what
+            // authenticates the edge to the connector.
+            let config = start
+                .client_hello()
+                .server_name()
+                .and_then(|name| sites.by_host(name))
+                .map_or_else(|| sites.enroll_tls(), |site| site.enroll_tls.clone());
+            let stream = start.into_stream(config).await.map_err(|e| classify(&e))?;
+            return Ok(Accepted::Enroll(stream));
+        }
         let site = start
             .client_hello()
             .server_name()
@@ -179,7 +225,7 @@ pub(crate) async fn handshake(
             certificate,
             revoked: CancellationToken::new(),
         };
-        Ok((stream, peer))
+        Ok(Accepted::Client(stream, peer))
     };
     let result = match tokio::time::timeout(limit, run).await {
         Ok(result) => result,

@@ -75,6 +75,7 @@
 
 mod ca;
 mod csr;
+mod enroll;
 mod error;
 mod export;
 mod fs;
@@ -87,6 +88,10 @@ mod token;
 
 pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity};
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
+pub use enroll::{
+    CODE_ID_LEN, CodeKeys, CodeRecord, CodeState, DEFAULT_CODE_LIFETIME, EnrollmentCode,
+    RedeemError, Redeemed, connector_csr, load_enrolled, save_enrolled,
+};
 pub use error::{Error, Result};
 pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{

@@ -9,6 +9,7 @@
 //! - [`ControlState`]: the control-stream state machine for either role.
 //! - [`StreamHeader`]: the first bytes of every data stream (the edge opens one bidirectional
 //!   stream per HTTP request), and [`ResponseHead`], the connector's answer.
+//! - [`enroll`]: the connector enrollment exchange (its own ALPN on the edge's HTTPS port).
 //! - [`StreamError`] and [`CloseCode`]: the named QUIC stream-reset and connection-close codes.
 //!
 //! What it is not: it knows nothing of QUIC, TLS, HTTP semantics beyond carrying heads, or
@@ -23,6 +24,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod enroll;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -36,6 +36,7 @@ async fn init_site_add_client_add_then_run() {
         "home",
         "--hostname",
         HOME_HOST,
+        "--token",
         "--state-dir",
         state_s,
     ])
