@@ -13,7 +13,8 @@
 //! 2. `tls` — handshake: SNI → `site::Site`, client certificate → `tls::Peer`.
 //! 3. `serve` — HTTP/1.1 and HTTP/2; `handle_request` runs steps 4–8 for each request:
 //! 4. `cookie` — the session cookie's verdict (`required_or_session` sites only).
-//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial.
+//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial; then
+//!    `upgrade::classify`: a valid WebSocket handshake, plain HTTP, or a refusal.
 //! 6. `route` — site → `route::Route`: a tunnel and a stream slot on it.
 //! 7. `proxy` — request and response through a stream of that tunnel; WebSocket splice.
 //! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
@@ -42,6 +43,7 @@ mod serve;
 mod site;
 mod tls;
 mod tunnels;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

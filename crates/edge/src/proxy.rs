@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::revocation::Registration;
 use crate::route::Route;
 use crate::tls::Peer;
+use crate::upgrade::WebSocketKey;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
@@ -47,17 +48,23 @@ pub(crate) struct Auth {
     pub(crate) registration: Option<Registration>,
 }
 
-/// Proxies `req` through a new stream on `route`'s tunnel.
+/// Proxies `req` through a new stream on `route`'s tunnel. `websocket` is the key of a
+/// validated WebSocket handshake (`upgrade::classify`); only then may a 101 be spliced.
 pub(crate) async fn forward(
     mut req: Request<Incoming>,
+    websocket: Option<WebSocketKey>,
     host: &str,
     peer: &Peer,
     auth: Auth,
     route: Route,
     shared: &Shared,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrade = is_upgrade(&req);
-    let body = body_kind(&req);
+    let upgrade = websocket.is_some();
+    let body = if upgrade {
+        BodyKind::Empty
+    } else {
+        body_kind(&req)
+    };
     let header = StreamHeader {
         version: proto::VERSION,
         kind: if upgrade {
@@ -95,7 +102,7 @@ pub(crate) async fn forward(
 
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut send = if upgrade {
-        // The request body of an upgrade is empty (see `is_upgrade`); the send half stays open
+        // The request body of an upgrade is empty (`upgrade::classify`); the send half stays open
         // for the splice after a 101.
         Some(send)
     } else {
@@ -133,10 +140,23 @@ pub(crate) async fn forward(
     let mut response = Response::new(empty());
     *response.status_mut() = status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && !upgrade {
-        return Err(ProxyError::BadResponseHead);
+    let checked = copy_response_headers(&head.headers, response.headers_mut(), switching).and_then(
+        |()| match (switching, &websocket) {
+            (false, _) => Ok(()),
+            // The connector refuses a 101 nobody asked for; a connector that relays one anyway
+            // is at fault.
+            (true, None) => Err(ProxyError::BadResponseHead),
+            // A 101 that does not answer this WebSocket handshake is never spliced.
+            (true, Some(key)) => key.check_101(response.headers()),
+        },
+    );
+    if let Err(e) = checked {
+        recv.stop(StreamError::Cancelled);
+        if let Some(s) = send.as_mut() {
+            s.reset(StreamError::Cancelled);
+        }
+        return Err(e);
     }
-    copy_response_headers(&head.headers, response.headers_mut(), switching)?;
 
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
@@ -262,15 +282,6 @@ struct SpliceMeters {
     down: Counter,
 }
 
-/// An HTTP/1.1 upgrade request (WebSocket) with no body. HTTP/2 extended CONNECT is not
-/// enabled, so browsers use HTTP/1.1 for WebSockets.
-fn is_upgrade<B: hyper::body::Body>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && body_kind(req) == BodyKind::Empty
-}
-
 fn body_kind<B>(req: &Request<B>) -> BodyKind
 where
     B: hyper::body::Body,
@@ -300,14 +311,16 @@ fn raw_target<B>(req: &Request<B>) -> Bytes {
     Bytes::copy_from_slice(target.as_bytes())
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of every `Connection` line, lower-cased; byte-level, so a line with a non-UTF-8
+/// byte still names the headers it names.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+        .map(<[u8]>::to_ascii_lowercase)
 }
 
 /// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
@@ -320,9 +333,7 @@ fn request_headers(
     identity_header: Option<&HeaderName>,
     device: &str,
 ) -> Vec<(Bytes, Bytes)> {
-    let named: Vec<String> = connection_tokens(headers)
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let named: Vec<Vec<u8>> = connection_tokens(headers).collect();
     let mut out = Vec::with_capacity(headers.len() + 2);
     if !headers.contains_key(header::HOST) {
         out.push((
@@ -334,7 +345,7 @@ fn request_headers(
         let n = name.as_str();
         if is_hop_by_hop(n)
             || is_forwarding(n)
-            || named.iter().any(|t| t == n)
+            || named.iter().any(|t| t.as_slice() == n.as_bytes())
             || identity_header == Some(name)
         {
             continue;
@@ -359,14 +370,15 @@ fn request_headers(
             Bytes::copy_from_slice(device.as_bytes()),
         ));
     }
-    if upgrade && let Some(value) = headers.get(header::UPGRADE) {
+    if upgrade {
+        // Re-created, not copied: `upgrade::classify` accepted exactly this and nothing else.
         out.push((
             Bytes::from_static(b"connection"),
             Bytes::from_static(b"upgrade"),
         ));
         out.push((
             Bytes::from_static(b"upgrade"),
-            Bytes::copy_from_slice(value.as_bytes()),
+            Bytes::from_static(b"websocket"),
         ));
     }
     out

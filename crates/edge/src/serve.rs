@@ -1,7 +1,7 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
 //! [`handle_request`] is the whole path for one request, top to bottom: host, cookie, policy,
-//! route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
+//! upgrade, route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
 //! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
@@ -26,7 +26,7 @@ use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
 use crate::proxy::Auth;
 use crate::revocation::LiveClients;
 use crate::tls::Peer;
-use crate::{proxy, route};
+use crate::{proxy, route, upgrade};
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
 /// leaves or `shutdown` asks for a graceful close.
@@ -149,17 +149,21 @@ async fn proxy_request(
         certificate: peer.certificate.as_ref(),
         cookie: cookie.as_ref(),
         target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        upgrade: req.headers().contains_key(header::UPGRADE)
+            || req.method() == http::Method::CONNECT,
     };
     let grant = match policy::decide(&site.policy, &facts) {
         Decision::Allow(grant) => grant,
         Decision::Deny(reason) => return Err(ProxyError::from_denial(reason)),
     };
+    // Only a valid WebSocket handshake may ask to leave HTTP; any other upgrade stops here.
+    let websocket = upgrade::classify(&req)?;
     who.grant = Some(grant.as_str());
-    let auth = authenticate(grant, &req, peer, shared);
+    let auth = authenticate(grant, websocket.is_some(), peer, shared);
     who.device = auth.device.clone();
     let route = route::route(shared, &site.name).await?;
     let host = host.unwrap_or_default();
-    let mut response = proxy::forward(req, &host, peer, auth, route, shared).await?;
+    let mut response = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let Grant::Certificate(cert) = grant
         && session_mode
         && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
@@ -199,12 +203,7 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
 
 /// What the tunnel and Home Assistant learn of the client on the grounds of `grant`, and how
 /// a revocation finds the request.
-fn authenticate(
-    grant: Grant<'_>,
-    req: &Request<Incoming>,
-    peer: &Peer,
-    shared: &Arc<Shared>,
-) -> Auth {
+fn authenticate(grant: Grant<'_>, websocket: bool, peer: &Peer, shared: &Arc<Shared>) -> Auth {
     match grant {
         Grant::Certificate(cert) => Auth {
             fingerprint: Some(cert.fingerprint),
@@ -212,9 +211,7 @@ fn authenticate(
             revoked: peer.revoked.clone(),
             // A WebSocket outlives its HTTP connection (hyper hands the socket over), and
             // with it the connection's registration: give it its own.
-            registration: req
-                .headers()
-                .contains_key(header::UPGRADE)
+            registration: websocket
                 .then(|| LiveClients::register(shared, cert.fingerprint, peer.revoked.clone())),
         },
         Grant::Session(claims) => {
