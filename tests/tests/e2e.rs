@@ -10,6 +10,8 @@ mod bulk;
 mod cli;
 #[path = "e2e/config.rs"]
 mod config;
+#[path = "e2e/cookies.rs"]
+mod cookies;
 #[path = "e2e/demo.rs"]
 mod demo;
 #[path = "e2e/denials.rs"]

@@ -335,6 +335,7 @@ fn request_headers(
 ) -> Vec<(Bytes, Bytes)> {
     let named: Vec<Vec<u8>> = connection_tokens(headers).collect();
     let mut out = Vec::with_capacity(headers.len() + 2);
+    let mut cookie_done = false;
     if !headers.contains_key(header::HOST) {
         out.push((
             Bytes::from_static(b"host"),
@@ -351,9 +352,14 @@ fn request_headers(
             continue;
         }
         if name == header::COOKIE {
-            // Our session cookie is for the edge only; never forward it.
-            if let Some(kept) = cookie::strip(value.as_bytes()) {
-                out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
+            // Our session cookie is for the edge only; never forward it. Every `Cookie` line
+            // becomes one, in the place of the first.
+            if !cookie_done {
+                cookie_done = true;
+                let lines = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+                if let Some(kept) = cookie::strip(lines) {
+                    out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
+                }
             }
             continue;
         }
