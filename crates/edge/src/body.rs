@@ -18,9 +18,28 @@ pub(crate) fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// What runs when a response body is done: with the bytes sent and whether it was sent to
-/// the end (`false`: the client left or the tunnel broke mid-body).
-pub(crate) type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+/// How a response ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// A response body: the bytes handed to the client connection, and whether that was all
+    /// of it (`false`: the client left or the tunnel broke mid-body).
+    Body {
+        /// Body bytes sent.
+        bytes: u64,
+        /// Sent to the end.
+        complete: bool,
+    },
+    /// A WebSocket, when it closed: the bytes each way.
+    WebSocket {
+        /// Client → Home Assistant.
+        up: u64,
+        /// Home Assistant → client.
+        down: u64,
+    },
+}
+
+/// What runs once when a response is done (its body ended, or its WebSocket closed).
+pub(crate) type OnEnd = Box<dyn FnOnce(Delivered) + Send>;
 
 /// Wraps a response body: counts its bytes, keeps the request counted as active, and calls
 /// `on_end` (if any) once when the body ends or is dropped.
@@ -42,6 +61,7 @@ pub(crate) fn metered(
 }
 
 /// Decrements a gauge when dropped.
+#[derive(Debug)]
 pub(crate) struct ActiveGuard(pub Gauge);
 
 impl Drop for ActiveGuard {
@@ -62,7 +82,10 @@ struct Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.sent, self.complete);
+            on_end(Delivered::Body {
+                bytes: self.sent,
+                complete: self.complete,
+            });
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Entries above this are pruned (full buckets first); bounds memory under address spraying.
@@ -105,13 +105,14 @@ impl HandshakeBudget {
 #[derive(Debug)]
 pub(crate) struct PerAddress {
     max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-/// Holds one connection slot of an address; frees it on drop.
+/// Holds one connection slot of an address until dropped; owned, so an upgraded connection
+/// (a WebSocket, which outlives its HTTP connection task) can carry it until it closes.
 #[derive(Debug)]
-pub(crate) struct AddressSlot<'a> {
-    owner: &'a PerAddress,
+pub(crate) struct AddressSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
@@ -120,29 +121,33 @@ impl PerAddress {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
-            open: Mutex::new(HashMap::new()),
+            open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// A slot for `ip`, or `None` if it has `max` open already.
-    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot<'_>> {
-        let mut map = self.lock();
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let mut map = lock(&self.open);
         let count = map.entry(ip).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(AddressSlot { owner: self, ip })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        Some(AddressSlot {
+            open: self.open.clone(),
+            ip,
+        })
     }
 }
 
-impl Drop for AddressSlot<'_> {
+fn lock(open: &Mutex<HashMap<IpAddr, usize>>) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    // Every update is a single entry operation: a poisoned map is still consistent.
+    open.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut map = self.owner.lock();
+        let mut map = lock(&self.open);
         if let Some(count) = map.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {

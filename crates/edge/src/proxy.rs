@@ -6,6 +6,8 @@
 //! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
 //! splice between the client's upgraded connection and the tunnel.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,7 +25,8 @@ use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
-use crate::body::{ActiveGuard, ResponseBody, empty};
+use crate::accept::ConnectionHold;
+use crate::body::{ActiveGuard, Delivered, OnEnd, ResponseBody, empty};
 use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -48,6 +51,16 @@ pub(crate) struct Auth {
     pub(crate) registration: Option<Registration>,
 }
 
+/// What `forward` produced: the response head (and body) for the client, and for an accepted
+/// WebSocket the splice that `serve` starts once it has the connection's hold and the
+/// access-log line in hand.
+pub(crate) struct Forwarded {
+    /// The response to send.
+    pub(crate) response: Response<ResponseBody>,
+    /// After a 101 that answered the handshake: the WebSocket, not yet spliced.
+    pub(crate) splice: Option<Splice>,
+}
+
 /// Proxies `req` through a new stream on `route`'s tunnel. `websocket` is the key of a
 /// validated WebSocket handshake (`upgrade::classify`); only then may a 101 be spliced.
 pub(crate) async fn forward(
@@ -58,7 +71,7 @@ pub(crate) async fn forward(
     auth: Auth,
     route: Route,
     shared: &Shared,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     let upgrade = websocket.is_some();
     let body = if upgrade {
         BodyKind::Empty
@@ -158,19 +171,25 @@ pub(crate) async fn forward(
         return Err(e);
     }
 
+    let mut splice = None;
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
             let site = Metrics::site(&peer.site.name);
-            let meters = SpliceMeters {
-                open: shared.metrics.active_websockets.get_or_create_owned(&site),
-                up: shared.metrics.request_bytes.get_or_create_owned(&site),
-                down: shared.metrics.response_bytes.get_or_create_owned(&site),
-            };
-            let hold = Hold {
-                _route: route,
-                _registration: auth.registration,
-            };
-            tokio::spawn(splice(on_upgrade, send, recv, hold, auth.revoked, meters));
+            splice = Some(Splice {
+                on_upgrade,
+                send,
+                recv,
+                hold: Hold {
+                    _route: route,
+                    _registration: auth.registration,
+                },
+                revoked: auth.revoked,
+                meters: SpliceMeters {
+                    open: shared.metrics.active_websockets.get_or_create_owned(&site),
+                    up: shared.metrics.request_bytes.get_or_create_owned(&site),
+                    down: shared.metrics.response_bytes.get_or_create_owned(&site),
+                },
+            });
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -186,7 +205,7 @@ pub(crate) async fn forward(
             }
         }
     }
-    Ok(response)
+    Ok(Forwarded { response, splice })
 }
 
 /// Copies the client's request body into the tunnel as it arrives.
@@ -230,48 +249,134 @@ fn tunnel_body(recv: RecvHalf, hold: Hold) -> ResponseBody {
     StreamBody::new(stream).boxed_unsync()
 }
 
-/// After a 101: raw bytes both ways until either side ends.
-async fn splice(
+/// A WebSocket the upstream accepted (its 101 answered the handshake): the tunnel stream and
+/// the client's pending upgrade, to be spliced by [`Splice::start`].
+pub(crate) struct Splice {
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
     recv: RecvHalf,
-    _hold: Hold,
+    hold: Hold,
     revoked: CancellationToken,
     meters: SpliceMeters,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(error = %e, "client upgrade failed");
-            return;
-        }
-    };
-    meters.open.inc();
-    let _open = ActiveGuard(meters.open.clone());
-    let mut client = TokioIo::new(upgraded);
-    let mut tunnel = tokio::io::join(recv, send);
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut tunnel,
-        transport::SPLICE_CHUNK,
-        transport::SPLICE_CHUNK,
-    );
-    tokio::select! {
-        result = copy => match result {
-            Ok((up, down)) => {
-                meters.up.inc_by(up);
-                meters.down.inc_by(down);
-                debug!(up, down, "websocket closed");
+}
+
+impl Splice {
+    /// Splices raw bytes both ways until either side ends (or the certificate is revoked).
+    /// `connection` keeps the client connection's limits and gauge held, and `on_close` (the
+    /// access-log line) runs with the bytes each way, both until the WebSocket closes.
+    pub(crate) fn start(self, connection: Arc<ConnectionHold>, on_close: Option<OnEnd>) {
+        tokio::spawn(self.run(connection, on_close));
+    }
+
+    async fn run(self, _connection: Arc<ConnectionHold>, on_close: Option<OnEnd>) {
+        let Self {
+            on_upgrade,
+            send,
+            recv,
+            hold: _hold,
+            revoked,
+            meters,
+        } = self;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "client upgrade failed");
+                if let Some(on_close) = on_close {
+                    on_close(Delivered::WebSocket { up: 0, down: 0 });
+                }
+                return;
             }
-            Err(e) => debug!(error = %e, "websocket ended"),
-        },
-        () = revoked.cancelled() => {
-            let (recv, send) = tunnel.into_inner();
-            let (mut recv, mut send) = (recv, send);
+        };
+        meters.open.inc();
+        let _open = ActiveGuard(meters.open.clone());
+        let mut client = Counted::new(TokioIo::new(upgraded));
+        let mut tunnel = tokio::io::join(recv, send);
+        let copy = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut tunnel,
+            transport::SPLICE_CHUNK,
+            transport::SPLICE_CHUNK,
+        );
+        let revoked = tokio::select! {
+            result = copy => {
+                if let Err(e) = result {
+                    debug!(error = %e, "websocket ended");
+                }
+                false
+            }
+            () = revoked.cancelled() => true,
+        };
+        if revoked {
+            let (mut recv, mut send) = tunnel.into_inner();
             send.reset(StreamError::Cancelled);
             recv.stop(StreamError::Cancelled);
             debug!("websocket closed: certificate revoked");
         }
+        // Counted whatever way it ended: what went through went through.
+        let (up, down) = (client.read, client.written);
+        meters.up.inc_by(up);
+        meters.down.inc_by(down);
+        if let Some(on_close) = on_close {
+            on_close(Delivered::WebSocket { up, down });
+        }
+    }
+}
+
+/// An IO that counts the bytes read from it and written to it.
+struct Counted<T> {
+    inner: T,
+    read: u64,
+    written: u64,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

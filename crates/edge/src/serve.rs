@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Shared;
-use crate::body::{self, ResponseBody};
+use crate::accept::ConnectionHold;
+use crate::body::{self, Delivered, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
 use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
-use crate::proxy::Auth;
+use crate::proxy::{Auth, Forwarded};
 use crate::revocation::LiveClients;
 use crate::tls::Peer;
 use crate::{proxy, route, upgrade};
@@ -33,6 +34,7 @@ use crate::{proxy, route, upgrade};
 pub(crate) async fn connection(
     tls: TlsStream<TcpStream>,
     peer: Peer,
+    hold: Arc<ConnectionHold>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -62,7 +64,8 @@ pub(crate) async fn connection(
         service_fn(move |req| {
             let shared = shared.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handle_request(req, &peer, &shared).await) }
+            let hold = hold.clone();
+            async move { Ok::<_, Infallible>(handle_request(req, &peer, hold, &shared).await) }
         })
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -78,10 +81,12 @@ pub(crate) async fn connection(
     }
 }
 
-/// One request, from policy to response; every outcome passes [`finish`].
+/// One request, from policy to response; every outcome passes [`finish`]. `connection` is what
+/// the client connection holds (limits, gauge); a WebSocket keeps it until it closes.
 pub(crate) async fn handle_request(
     req: Request<Incoming>,
     peer: &Peer,
+    connection: Arc<ConnectionHold>,
     shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
@@ -90,10 +95,9 @@ pub(crate) async fn handle_request(
     let active = shared.metrics.active_requests.get_or_create_owned(&site);
     active.inc();
     let mut who = Who::default();
-    let outcome = proxy_request(req, peer, shared, &mut who).await;
-    let response = match outcome {
-        Ok(response) => response,
-        Err(e) => denial(e),
+    let (response, splice) = match proxy_request(req, peer, shared, &mut who).await {
+        Ok(Forwarded { response, splice }) => (response, splice),
+        Err(e) => (denial(e), None),
     };
     let access_log = finish(
         peer,
@@ -104,6 +108,14 @@ pub(crate) async fn handle_request(
         outcome_error(&response),
         started,
     );
+    // A WebSocket is logged when it closes; any other response when its body is done.
+    let access_log = match splice {
+        Some(splice) => {
+            splice.start(connection, access_log);
+            None
+        }
+        None => access_log,
+    };
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
@@ -122,7 +134,7 @@ async fn proxy_request(
     peer: &Peer,
     shared: &Arc<Shared>,
     who: &mut Who,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     let site = &peer.site;
     let host = request_host(&req)?;
     let host_name = host.as_deref().and_then(policy::host_name);
@@ -163,16 +175,17 @@ async fn proxy_request(
     who.device = auth.device.clone();
     let route = route::route(shared, &site.name).await?;
     let host = host.unwrap_or_default();
-    let mut response = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
+    let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let Grant::Certificate(cert) = grant
         && session_mode
         && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
     {
-        response
+        forwarded
+            .response
             .headers_mut()
             .append(header::SET_COOKIE, set_cookie);
     }
-    Ok(response)
+    Ok(forwarded)
 }
 
 /// The request's host: `:authority` (HTTP/2) or `Host` (HTTP/1.1). When both are present they
@@ -302,10 +315,10 @@ fn finish(
     let client = peer.addr.ip();
     let method = method.clone();
     let head_ms = elapsed * 1000.0;
-    Some(Box::new(move |bytes, complete| {
+    Some(Box::new(move |delivered| {
         let total_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match error {
-            None => info!(
+        match (error, delivered) {
+            (None, Delivered::Body { bytes, complete }) => info!(
                 target: "access",
                 site = %site,
                 device = %device,
@@ -319,7 +332,21 @@ fn finish(
                 complete,
                 "request"
             ),
-            Some(e) => info!(
+            (None, Delivered::WebSocket { up, down }) => info!(
+                target: "access",
+                site = %site,
+                device = %device,
+                grant,
+                client = %client,
+                %method,
+                status,
+                head_ms,
+                total_ms,
+                bytes_up = up,
+                bytes_down = down,
+                "websocket closed"
+            ),
+            (Some(e), _) => info!(
                 target: "access",
                 site = %site,
                 device = %device,
