@@ -143,6 +143,10 @@ impl Edge {
             tunnel: tunnel.local_addr()?,
             admin: admin.local_addr()?,
         };
+        let prefixes = limit::Prefixes {
+            v4: config.limits.ipv4_prefix,
+            v6: config.limits.ipv6_prefix,
+        };
         let metrics = metrics::Metrics::new();
         metrics.init_edge();
         for site in sites.all() {
@@ -158,8 +162,9 @@ impl Edge {
             budget: limit::HandshakeBudget::new(
                 config.limits.handshake_rate_per_ip,
                 config.limits.handshake_burst_per_ip,
+                prefixes,
             ),
-            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip),
+            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip, prefixes),
             handshakes: tokio::sync::Semaphore::new(config.limits.max_concurrent_handshakes),
             denial_log: limit::LogLimiter::new(
                 20,

@@ -86,3 +86,61 @@ async fn websockets_count_against_max_connections_per_ip() {
 async fn websockets_count_against_max_connections() {
     websockets_hold_their_connection("max_connections = 2", "max_connections").await;
 }
+
+/// A TLS connection to the home site from source address `from` (any 127/8 address works on
+/// Linux loopback), with the site's device certificate.
+async fn connect_from(
+    stack: &Stack,
+    from: std::net::IpAddr,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let home = stack.home();
+    let config = e2e::tls_config(
+        &stack.server_ca,
+        Some((
+            home.device.cert_pem.as_bytes(),
+            home.device.key_pem.as_bytes(),
+        )),
+        &[b"http/1.1"],
+    )?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    let tcp = socket.connect(stack.edge.https_addr()).await?;
+    let name = rustls_pki_types::ServerName::try_from(home.host.clone())?;
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await??;
+    // TLS 1.3: a refusal after the handshake shows on the first exchange.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", home.host).as_bytes())
+        .await?;
+    let mut first = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut first)).await??;
+    anyhow::ensure!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    Ok(tls)
+}
+
+/// With `ipv4_prefix = 24`, 127.0.0.1 and 127.0.0.2 are one address for the per-address cap
+/// (the default IPv6 grouping, /64, works the same way; unit-tested in `limit.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_group_clients_by_prefix() {
+    let stack = stack_with_limits("max_connections_per_ip = 1\nipv4_prefix = 24").await;
+    let one: std::net::IpAddr = [127, 0, 0, 1].into();
+    let two: std::net::IpAddr = [127, 0, 0, 2].into();
+    let held = connect_from(&stack, one).await.unwrap();
+    let before = rejected(&stack, "per_ip_limit").await;
+    assert!(
+        connect_from(&stack, two).await.is_err(),
+        "127.0.0.2 is in 127.0.0.1's /24"
+    );
+    assert_eq!(rejected(&stack, "per_ip_limit").await, before + 1.0);
+    drop(held);
+    e2e::poll_until(
+        "the /24's slot is free",
+        Duration::from_secs(10),
+        || async { connect_from(&stack, two).await.ok().map(drop) },
+    )
+    .await
+    .unwrap();
+}
