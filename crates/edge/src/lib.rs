@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// Keeps denial logging bounded under a flood.
     pub(crate) denial_log: limit::LogLimiter,
+    /// Whether a dropped underscored request header was logged yet (once per process).
+    pub(crate) underscore_logged: std::sync::atomic::AtomicBool,
     request_ids: AtomicU64,
 }
 
@@ -171,6 +173,7 @@ impl Edge {
                 std::time::Duration::from_secs(10),
                 tokio::time::Instant::now().into_std(),
             ),
+            underscore_logged: std::sync::atomic::AtomicBool::new(false),
             request_ids: AtomicU64::new(1),
             config,
         });

@@ -125,6 +125,8 @@ pub(crate) struct Metrics {
     pub(crate) disconnects: Family<SiteLabel, Counter>,
     /// Tunnel streams that could not be opened.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
+    /// Request headers the edge dropped rather than forward.
+    pub(crate) dropped_headers: Family<SiteReason, Counter>,
     /// Days until certificates expire.
     pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
     /// State reloads.
@@ -158,6 +160,7 @@ impl Metrics {
             registrations: Family::default(),
             disconnects: Family::default(),
             stream_failures: Family::default(),
+            dropped_headers: Family::default(),
             certificate_days_left: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
@@ -236,6 +239,11 @@ impl Metrics {
             m.stream_failures.clone(),
         );
         r.register(
+            "request_headers_dropped",
+            "Request headers dropped instead of forwarded, by reason",
+            m.dropped_headers.clone(),
+        );
+        r.register(
             "certificate_days_left",
             "Days until the certificate expires",
             m.certificate_days_left.clone(),
@@ -309,6 +317,10 @@ impl Metrics {
                 .stream_failures
                 .get_or_create(&SiteReason { site: s(), reason });
         }
+        let _ = self.dropped_headers.get_or_create(&SiteReason {
+            site: s(),
+            reason: "underscore",
+        });
     }
 
     /// Creates the edge-wide bounded series at zero.

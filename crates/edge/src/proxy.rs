@@ -73,6 +73,10 @@ pub(crate) async fn forward(
     shared: &Shared,
 ) -> Result<Forwarded, ProxyError> {
     let upgrade = websocket.is_some();
+    let drop_underscored = !shared.config.limits.underscores_in_headers;
+    if drop_underscored {
+        count_underscored(req.headers(), &peer.site.name, shared);
+    }
     let body = if upgrade {
         BodyKind::Empty
     } else {
@@ -90,6 +94,7 @@ pub(crate) async fn forward(
         target: raw_target(&req),
         headers: request_headers(
             req.headers(),
+            drop_underscored,
             host,
             upgrade,
             peer.site.identity_header.as_ref(),
@@ -428,11 +433,39 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ 
         .map(<[u8]>::to_ascii_lowercase)
 }
 
+/// Counts the request headers whose names contain `_`, which `request_headers` drops (nginx's
+/// `underscores_in_headers off`): a server that maps `-` to `_` (CGI, WSGI, PHP, some
+/// frameworks) would read `X_Forwarded_For` as the `X-Forwarded-For` we strip. The first one
+/// in the process is logged, so an operator whose clients need such a header finds the
+/// setting; the rest are only counted.
+fn count_underscored(headers: &HeaderMap, site: &str, shared: &Shared) {
+    let mut underscored = headers.keys().filter(|n| n.as_str().contains('_'));
+    let Some(first) = underscored.next() else {
+        return;
+    };
+    let dropped = 1 + underscored.count() as u64;
+    shared
+        .metrics
+        .dropped_headers
+        .get_or_create(&crate::metrics::SiteReason {
+            site: site.to_owned(),
+            reason: "underscore",
+        })
+        .inc_by(dropped);
+    if !shared
+        .underscore_logged
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!(site, header = %first, "dropping request headers whose names contain '_' (set limits.underscores_in_headers = true to forward them); further drops are only counted");
+    }
+}
+
 /// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
 /// (or set from `:authority` for HTTP/2), upgrade headers kept for WebSocket, our session
 /// cookie removed from `Cookie`, and the site's identity header replaced by ours.
 fn request_headers(
     headers: &HeaderMap,
+    drop_underscored: bool,
     host: &str,
     upgrade: bool,
     identity_header: Option<&HeaderName>,
@@ -451,6 +484,7 @@ fn request_headers(
         let n = name.as_str();
         if is_hop_by_hop(n)
             || is_forwarding(n)
+            || (drop_underscored && n.contains('_'))
             || named.iter().any(|t| t.as_slice() == n.as_bytes())
             || identity_header == Some(name)
         {
@@ -547,7 +581,7 @@ mod tests {
             ("te", "trailers"),
             ("accept", "*/*"),
         ]);
-        let out = request_headers(&h, "ha.example", false, None, "");
+        let out = request_headers(&h, true, "ha.example", false, None, "");
         assert_eq!(names(&out), ["host", "accept"]);
     }
 
@@ -559,7 +593,7 @@ mod tests {
             ("x-device", "forged-by-client"),
         ]);
         let name = HeaderName::from_static("x-device");
-        let out = request_headers(&h, "ha.example", false, Some(&name), "alice-phone");
+        let out = request_headers(&h, true, "ha.example", false, Some(&name), "alice-phone");
         assert_eq!(
             out,
             vec![
@@ -578,7 +612,7 @@ mod tests {
             ]
         );
         // A request without a device (public path) gets no identity header at all.
-        let out = request_headers(&h, "ha.example", false, Some(&name), "");
+        let out = request_headers(&h, true, "ha.example", false, Some(&name), "");
         assert!(!out.iter().any(|(n, _)| n.as_ref() == b"x-device"));
     }
 
@@ -586,6 +620,7 @@ mod tests {
     fn h2_requests_get_host_from_authority() {
         let out = request_headers(
             &headers(&[("accept", "*/*")]),
+            true,
             "ha.example:8443",
             false,
             None,
@@ -601,6 +636,23 @@ mod tests {
     }
 
     #[test]
+    fn underscored_names_are_dropped_unless_allowed() {
+        let h = headers(&[
+            ("host", "ha.example"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_custom", "1"),
+            ("x-custom", "2"),
+        ]);
+        let out = request_headers(&h, true, "ha.example", false, None, "");
+        assert_eq!(names(&out), ["host", "x-custom"]);
+        let out = request_headers(&h, false, "ha.example", false, None, "");
+        assert_eq!(
+            names(&out),
+            ["host", "x_forwarded_for", "x_custom", "x-custom"]
+        );
+    }
+
+    #[test]
     fn upgrade_headers_survive_for_websocket() {
         let h = headers(&[
             ("host", "ha.example"),
@@ -608,7 +660,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "x"),
         ]);
-        let out = request_headers(&h, "ha.example", true, None, "");
+        let out = request_headers(&h, true, "ha.example", true, None, "");
         assert_eq!(
             names(&out),
             ["host", "sec-websocket-key", "connection", "upgrade"]
