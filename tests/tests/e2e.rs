@@ -18,6 +18,8 @@ mod demo;
 mod denials;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/handshakes.rs"]
+mod handshakes;
 #[path = "e2e/headers.rs"]
 mod headers;
 #[path = "e2e/hostile_upstream.rs"]

@@ -145,7 +145,15 @@ async fn connection(
         Err(failure) => {
             let site = failure.site.unwrap_or_default();
             count_handshake(metrics, &site, failure.denial);
-            log_denial(&shared, ip, &site, failure.denial.reason());
+            if failure.denial == tls::HandshakeDenial::ClientAborted {
+                // Chromium's certificate-choice reconnect: no denial, no denial log line. Its
+                // token stays spent: refunding would let anyone run full handshakes (a
+                // server signature each) for free by hanging up at the same point, and a
+                // browser does this once per site, far inside the burst.
+                tracing::debug!(client = %ip, site, "client aborted the handshake after the certificate request");
+            } else {
+                log_denial(&shared, ip, &site, failure.denial.reason());
+            }
         }
     }
 }
@@ -166,7 +174,7 @@ fn count_handshake(metrics: &crate::metrics::Metrics, site: &str, denial: tls::H
         .handshakes
         .get_or_create(&HandshakeLabels {
             site: site.to_owned(),
-            result: "denied",
+            result: denial.result(),
             reason: denial.reason(),
         })
         .inc();

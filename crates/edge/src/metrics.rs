@@ -283,7 +283,7 @@ impl Metrics {
             if denial != crate::tls::HandshakeDenial::UnknownSite {
                 let _ = self.handshakes.get_or_create(&HandshakeLabels {
                     site: s(),
-                    result: "denied",
+                    result: denial.result(),
                     reason: denial.reason(),
                 });
             }
