@@ -119,7 +119,11 @@ pub(crate) async fn handle_request(
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
-    response.map(|body| body::metered(body, bytes, active, access_log))
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    response.map(|body| body::metered(body, length, bytes, active, access_log))
 }
 
 /// Who a request was let in as, for the access log.
