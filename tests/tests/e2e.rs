@@ -6,6 +6,8 @@
 
 #[path = "e2e/access_log.rs"]
 mod access_log;
+#[path = "e2e/bodies.rs"]
+mod bodies;
 #[path = "e2e/bulk.rs"]
 mod bulk;
 #[path = "e2e/cli.rs"]

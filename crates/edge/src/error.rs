@@ -70,11 +70,14 @@ pub(crate) enum ProxyError {
     /// The upstream answered a WebSocket handshake with a 101 that does not agree with it
     /// (wrong `Upgrade`, no `Connection: upgrade`, wrong `Sec-WebSocket-Accept`): not spliced.
     BadUpgradeResponse,
+    /// The client's request body was malformed (bad chunked coding, more or fewer bytes than
+    /// its length) or cut off before its end.
+    BadRequestBody,
 }
 
 impl ProxyError {
     /// Every variant, for pre-creating metric series.
-    pub(crate) const ALL: [Self; 19] = [
+    pub(crate) const ALL: [Self; 20] = [
         Self::MissingHost,
         Self::HostConflict,
         Self::MisdirectedRequest,
@@ -94,6 +97,7 @@ impl ProxyError {
         Self::UpgradeRefused,
         Self::BadWebSocketHandshake,
         Self::BadUpgradeResponse,
+        Self::BadRequestBody,
     ];
     /// The status code the client receives.
     pub(crate) fn status(self) -> StatusCode {
@@ -101,7 +105,8 @@ impl ProxyError {
             Self::MissingHost
             | Self::HostConflict
             | Self::UpgradeRefused
-            | Self::BadWebSocketHandshake => StatusCode::BAD_REQUEST,
+            | Self::BadWebSocketHandshake
+            | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::NoCredentials | Self::AddressDenied => StatusCode::FORBIDDEN,
             Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -128,7 +133,8 @@ impl ProxyError {
             | Self::NoCredentials
             | Self::AddressDenied
             | Self::UpgradeRefused
-            | Self::BadWebSocketHandshake => Blame::Client,
+            | Self::BadWebSocketHandshake
+            | Self::BadRequestBody => Blame::Client,
             Self::NoConnector
             | Self::TunnelUnavailable
             | Self::TunnelBroken
@@ -165,6 +171,7 @@ impl ProxyError {
             Self::UpgradeRefused => "upgrade_refused",
             Self::BadWebSocketHandshake => "bad_websocket_handshake",
             Self::BadUpgradeResponse => "bad_upgrade_response",
+            Self::BadRequestBody => "bad_request_body",
         }
     }
 

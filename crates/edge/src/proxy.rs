@@ -119,6 +119,10 @@ pub(crate) async fn forward(
         .map_err(|_| ProxyError::TunnelBroken)?;
 
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Fires if the client's request body turns out malformed (bad chunked coding, a
+    // length mismatch) or is cut off: then the failure is the client's, whatever the
+    // connector answers to the aborted stream.
+    let (body_failed_tx, mut body_failed) = tokio::sync::oneshot::channel::<()>();
     let mut send = if upgrade {
         // The request body of an upgrade is empty (`upgrade::classify`); the send half stays open
         // for the splice after a 101.
@@ -131,12 +135,17 @@ pub(crate) async fn forward(
                 .metrics
                 .request_bytes
                 .get_or_create_owned(&Metrics::site(&peer.site.name));
-            tokio::spawn(pump_request(req.into_body(), send, counter));
+            tokio::spawn(pump_request(req.into_body(), send, counter, body_failed_tx));
         }
         None
     };
 
     let head = tokio::select! {
+        biased;
+        Ok(()) = &mut body_failed => {
+            recv.stop(StreamError::Cancelled);
+            return Err(ProxyError::BadRequestBody);
+        }
         head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
         () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
             recv.stop(StreamError::Cancelled);
@@ -148,6 +157,10 @@ pub(crate) async fn forward(
             return Err(ProxyError::ConnectorUnresponsive);
         }
     };
+    if head.is_err() && body_failed.try_recv().is_ok() {
+        // The connector's reset answers our reset of the client's broken body.
+        return Err(ProxyError::BadRequestBody);
+    }
     let head = head.map_err(|e| match e {
         transport::Error::StreamReset(code) => ProxyError::from_stream_error(code),
         transport::Error::Decode(_) => ProxyError::BadResponseHead,
@@ -213,8 +226,14 @@ pub(crate) async fn forward(
     Ok(Forwarded { response, splice })
 }
 
-/// Copies the client's request body into the tunnel as it arrives.
-async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
+/// Copies the client's request body into the tunnel as it arrives; on a client-side body
+/// error, tells `failed` (before resetting the stream, so the request path learns it first).
+async fn pump_request(
+    mut body: Incoming,
+    mut send: SendHalf,
+    bytes: Counter,
+    failed: tokio::sync::oneshot::Sender<()>,
+) {
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -228,8 +247,9 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
                 }
             }
             Err(_) => {
-                // The client aborted the upload: make the upstream see an aborted body, not
-                // a short one.
+                // A malformed body (hyper checks chunked coding and lengths) or an aborted
+                // upload: make the upstream see an aborted body, not a short one.
+                let _ = failed.send(());
                 send.reset(StreamError::Cancelled);
                 return;
             }
