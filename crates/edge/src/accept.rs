@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::body::ActiveGuard;
+use crate::limit::AddressSlot;
 use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::revocation::LiveClients;
 use crate::{Shared, enroll, serve, tls};
@@ -59,12 +61,24 @@ pub(crate) async fn serve(
     }
 }
 
+/// What an authenticated client connection holds while it is open: its place under
+/// `limits.max_connections`, its address's slot under `limits.max_connections_per_ip`, and
+/// its count in `client_connections`. Shared (`Arc`) by the HTTP connection and any WebSocket
+/// spliced from it, so a connection upgraded to a WebSocket (whose socket hyper hands over, and
+/// whose HTTP task then ends) keeps all three until the WebSocket closes.
+#[derive(Debug)]
+pub(crate) struct ConnectionHold {
+    _permit: OwnedSemaphorePermit,
+    _address_slot: AddressSlot,
+    _counted: ActiveGuard,
+}
+
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let ip = addr.ip().to_canonical();
     let metrics = &shared.metrics;
@@ -76,7 +90,7 @@ async fn connection(
         log_denial(&shared, ip, "", reason);
     };
     // Cheapest checks first, before any TLS work.
-    let Some(_address_slot) = shared.per_address.acquire(ip) else {
+    let Some(address_slot) = shared.per_address.acquire(ip) else {
         return reject("per_ip_limit");
     };
     if !shared.budget.take(ip, now()) {
@@ -125,13 +139,25 @@ async fn connection(
                 })
                 .inc();
             metrics.client_connections.inc();
-            serve::connection(stream, peer, shared.clone(), shutdown).await;
-            shared.metrics.client_connections.dec();
+            let hold = Arc::new(ConnectionHold {
+                _permit: permit,
+                _address_slot: address_slot,
+                _counted: ActiveGuard(metrics.client_connections.clone()),
+            });
+            serve::connection(stream, peer, hold, shared.clone(), shutdown).await;
         }
         Err(failure) => {
             let site = failure.site.unwrap_or_default();
             count_handshake(metrics, &site, failure.denial);
-            log_denial(&shared, ip, &site, failure.denial.reason());
+            if failure.denial == tls::HandshakeDenial::ClientAborted {
+                // Chromium's certificate-choice reconnect: no denial, no denial log line. Its
+                // token stays spent: refunding would let anyone run full handshakes (a
+                // server signature each) for free by hanging up at the same point, and a
+                // browser does this once per site, far inside the burst.
+                tracing::debug!(client = %ip, site, "client aborted the handshake after the certificate request");
+            } else {
+                log_denial(&shared, ip, &site, failure.denial.reason());
+            }
         }
     }
 }
@@ -152,7 +178,7 @@ fn count_handshake(metrics: &crate::metrics::Metrics, site: &str, denial: tls::H
         .handshakes
         .get_or_create(&HandshakeLabels {
             site: site.to_owned(),
-            result: "denied",
+            result: denial.result(),
             reason: denial.reason(),
         })
         .inc();

@@ -104,6 +104,16 @@ pub struct RawLimits {
     pub handshake_rate_per_ip: f64,
     /// Burst of unauthenticated handshakes one address may start at once.
     pub handshake_burst_per_ip: u32,
+    /// IPv4 clients are one "address" for the per-address limits per network of this prefix
+    /// length (32: each address on its own).
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are one "address" per network of this prefix length: 64 by default, since
+    /// one subscriber usually gets a whole /64 (or more) and can pick any address in it.
+    pub ipv6_prefix: u8,
+    /// Forward request headers whose names contain `_` (nginx's `underscores_in_headers`).
+    /// Off by default: such headers are dropped, since servers that map `-` to `_` (CGI,
+    /// WSGI, some frameworks) would read `X_Forwarded_For` as `X-Forwarded-For`.
+    pub underscores_in_headers: bool,
 }
 
 impl Default for RawLimits {
@@ -122,6 +132,9 @@ impl Default for RawLimits {
             max_concurrent_handshakes: 256,
             handshake_rate_per_ip: 5.0,
             handshake_burst_per_ip: 40,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            underscores_in_headers: false,
         }
     }
 }
@@ -295,6 +308,12 @@ impl Config {
         }
         if raw.tunnel.idle_timeout < Duration::from_secs(5) {
             return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
+        }
+        if !(16..=32).contains(&limits.ipv4_prefix) {
+            return Err(invalid("limits.ipv4_prefix", "must be between 16 and 32"));
+        }
+        if !(32..=128).contains(&limits.ipv6_prefix) {
+            return Err(invalid("limits.ipv6_prefix", "must be between 32 and 128"));
         }
         if limits.max_connections_per_ip == 0 || limits.max_concurrent_handshakes == 0 {
             return Err(invalid(

@@ -26,7 +26,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{info, warn};
 
 use crate::Shared;
-use crate::limit::HandshakeBudget;
+use crate::limit::{HandshakeBudget, Prefixes};
 use crate::metrics::EnrollLabels;
 
 /// The whole exchange (read the request, redeem, answer) must fit in this.
@@ -65,10 +65,12 @@ pub(crate) struct Enrollment {
 }
 
 impl Enrollment {
-    pub(crate) fn new(tunnel_port: u16) -> Self {
+    /// `prefixes` groups client addresses as every other per-address limit does (an IPv6
+    /// client is its /64 by default).
+    pub(crate) fn new(tunnel_port: u16, prefixes: Prefixes) -> Self {
         Self {
-            per_address: HandshakeBudget::new(PER_ADDRESS_RATE, PER_ADDRESS_BURST),
-            global: HandshakeBudget::new(GLOBAL_RATE, GLOBAL_BURST),
+            per_address: HandshakeBudget::new(PER_ADDRESS_RATE, PER_ADDRESS_BURST, prefixes),
+            global: HandshakeBudget::new(GLOBAL_RATE, GLOBAL_BURST, prefixes),
             redeem: Arc::new(Mutex::new(())),
             tunnel_port,
         }

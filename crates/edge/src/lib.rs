@@ -13,7 +13,8 @@
 //! 2. `tls` — handshake: SNI → `site::Site`, client certificate → `tls::Peer`.
 //! 3. `serve` — HTTP/1.1 and HTTP/2; `handle_request` runs steps 4–8 for each request:
 //! 4. `cookie` — the session cookie's verdict (`required_or_session` sites only).
-//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial.
+//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial; then
+//!    `upgrade::classify`: a valid WebSocket handshake, plain HTTP, or a refusal.
 //! 6. `route` — site → `route::Route`: a tunnel and a stream slot on it.
 //! 7. `proxy` — request and response through a stream of that tunnel; WebSocket splice.
 //! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
@@ -44,6 +45,7 @@ mod serve;
 mod site;
 mod tls;
 mod tunnels;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) denial_log: limit::LogLimiter,
     /// Connector enrollment: its rate limits and the lock that serialises redemptions.
     pub(crate) enrollment: enroll::Enrollment,
+    /// Whether a dropped underscored request header was logged yet (once per process).
+    pub(crate) underscore_logged: std::sync::atomic::AtomicBool,
     request_ids: AtomicU64,
 }
 
@@ -145,6 +149,10 @@ impl Edge {
             tunnel: tunnel.local_addr()?,
             admin: admin.local_addr()?,
         };
+        let prefixes = limit::Prefixes {
+            v4: config.limits.ipv4_prefix,
+            v6: config.limits.ipv6_prefix,
+        };
         let metrics = metrics::Metrics::new();
         metrics.init_edge();
         for site in sites.all() {
@@ -160,16 +168,18 @@ impl Edge {
             budget: limit::HandshakeBudget::new(
                 config.limits.handshake_rate_per_ip,
                 config.limits.handshake_burst_per_ip,
+                prefixes,
             ),
-            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip),
+            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip, prefixes),
             handshakes: tokio::sync::Semaphore::new(config.limits.max_concurrent_handshakes),
             denial_log: limit::LogLimiter::new(
                 20,
                 std::time::Duration::from_secs(10),
                 tokio::time::Instant::now().into_std(),
             ),
+            underscore_logged: std::sync::atomic::AtomicBool::new(false),
             request_ids: AtomicU64::new(1),
-            enrollment: enroll::Enrollment::new(addrs.tunnel.port()),
+            enrollment: enroll::Enrollment::new(addrs.tunnel.port(), prefixes),
             config,
         });
         Ok(Self {

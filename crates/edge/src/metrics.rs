@@ -134,6 +134,8 @@ pub(crate) struct Metrics {
     pub(crate) disconnects: Family<SiteLabel, Counter>,
     /// Tunnel streams that could not be opened.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
+    /// Request headers the edge dropped rather than forward.
+    pub(crate) dropped_headers: Family<SiteReason, Counter>,
     /// Days until certificates expire.
     pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
     /// State reloads.
@@ -169,6 +171,7 @@ impl Metrics {
             registrations: Family::default(),
             disconnects: Family::default(),
             stream_failures: Family::default(),
+            dropped_headers: Family::default(),
             certificate_days_left: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
@@ -248,6 +251,11 @@ impl Metrics {
             m.stream_failures.clone(),
         );
         r.register(
+            "request_headers_dropped",
+            "Request headers dropped instead of forwarded, by reason",
+            m.dropped_headers.clone(),
+        );
+        r.register(
             "certificate_days_left",
             "Days until the certificate expires",
             m.certificate_days_left.clone(),
@@ -292,7 +300,7 @@ impl Metrics {
             if denial != crate::tls::HandshakeDenial::UnknownSite {
                 let _ = self.handshakes.get_or_create(&HandshakeLabels {
                     site: s(),
-                    result: "denied",
+                    result: denial.result(),
                     reason: denial.reason(),
                 });
             }
@@ -326,6 +334,10 @@ impl Metrics {
                 .stream_failures
                 .get_or_create(&SiteReason { site: s(), reason });
         }
+        let _ = self.dropped_headers.get_or_create(&SiteReason {
+            site: s(),
+            reason: "underscore",
+        });
     }
 
     /// Creates the edge-wide bounded series at zero.

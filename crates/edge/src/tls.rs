@@ -44,11 +44,16 @@ pub(crate) enum HandshakeDenial {
     Protocol,
     /// The client took too long.
     Timeout,
+    /// The client hung up after our CertificateRequest without answering it: what Chromium
+    /// does on its first handshake with a site to let the user (or its auto-selection) pick a
+    /// certificate, then reconnects. Not a denial: counted as `result="aborted"`, not logged
+    /// as one; it still spends the address's handshake token (see `accept`).
+    ClientAborted,
 }
 
 impl HandshakeDenial {
     /// Every variant, for pre-creating metric series.
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::UnknownSite,
         Self::NoCertificate,
         Self::UnknownCa,
@@ -57,6 +62,7 @@ impl HandshakeDenial {
         Self::BadIdentity,
         Self::Protocol,
         Self::Timeout,
+        Self::ClientAborted,
     ];
 
     /// Metric label and log value.
@@ -70,6 +76,15 @@ impl HandshakeDenial {
             Self::BadIdentity => "bad_identity",
             Self::Protocol => "tls_error",
             Self::Timeout => "timeout",
+            Self::ClientAborted => "client_aborted",
+        }
+    }
+
+    /// The `result` label: `denied`, or `aborted` for a client that hung up on its own.
+    pub(crate) fn result(self) -> &'static str {
+        match self {
+            Self::ClientAborted => "aborted",
+            _ => "denied",
         }
     }
 }
@@ -208,10 +223,13 @@ pub(crate) async fn handshake(
             .ok_or(HandshakeDenial::UnknownSite)?
             .clone();
         site_name = Some(site.name.clone());
+        // Our whole first flight (for TLS 1.3 up to Finished; for 1.2 up to ServerHelloDone)
+        // goes out at once, CertificateRequest included: from here, a client that hangs up
+        // is one that chose not to answer it.
         let stream = start
             .into_stream(site.tls.clone())
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| classify_after_hello(&e))?;
         let (_, conn) = stream.get_ref();
         let certificate = match conn.peer_certificates().and_then(|c| c.first()) {
             Some(leaf) => Some(peer_certificate(leaf, &site.name)?),
@@ -255,6 +273,32 @@ fn peer_certificate(
         fingerprint: pki::Fingerprint::of(leaf),
         not_after: u64::try_from(not_after).unwrap_or(0),
     })
+}
+
+/// [`classify`] for failures after our ServerHello flight: a client that closes (FIN or RST,
+/// with or without a `close_notify`/`user_canceled` alert) instead of answering our
+/// CertificateRequest aborted; it was not refused. Judged by error kind and alert type, never
+/// by message text.
+fn classify_after_hello(err: &io::Error) -> HandshakeDenial {
+    use rustls::{AlertDescription, Error};
+    let hung_up = matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    );
+    let said_goodbye = matches!(
+        err.get_ref().and_then(|e| e.downcast_ref::<Error>()),
+        Some(Error::AlertReceived(
+            AlertDescription::CloseNotify | AlertDescription::UserCanceled
+        ))
+    );
+    if hung_up || said_goodbye {
+        HandshakeDenial::ClientAborted
+    } else {
+        classify(err)
+    }
 }
 
 fn classify(err: &io::Error) -> HandshakeDenial {

@@ -54,19 +54,7 @@ pub struct ServerEndpoint {
 impl ServerEndpoint {
     /// Binds the tunnel listener. Must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr, tls: ServerTls, tuning: &Tuning) -> Result<Self, Error> {
-        let provider = provider();
-        let mut roots = RootCertStore::empty();
-        for ca in tls.connector_ca.iter().cloned() {
-            roots.add(ca)?;
-        }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()?;
-        let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
-        crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
+        let crypto = server_crypto(&tls)?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|_| Error::InvalidConfig(NO_QUIC_SUITE))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -166,16 +154,7 @@ pub struct ClientEndpoint {
 impl ClientEndpoint {
     /// Creates the endpoint on an ephemeral port of the right address family for `peer`.
     pub fn new(peer_family: SocketAddr, tls: ClientTls, tuning: &Tuning) -> Result<Self, Error> {
-        let provider = provider();
-        let mut roots = RootCertStore::empty();
-        for ca in tls.tunnel_ca {
-            roots.add(ca)?;
-        }
-        let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(tls.cert_chain, tls.key)?;
-        crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
+        let crypto = client_crypto(tls.cert_chain, tls.key, tls.tunnel_ca)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .map_err(|_| Error::InvalidConfig(NO_QUIC_SUITE))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -313,6 +292,51 @@ impl Connection {
     }
 }
 
+/// The edge's TLS for the tunnel: TLS 1.3, a connector certificate required, no resumption.
+///
+/// No session tickets and no session cache: a resumed session skips the certificate check
+/// (rustls trusts what it verified when the ticket was made), so a connector whose certificate
+/// has since expired could keep reconnecting on its ticket. Every tunnel handshake is a full
+/// one; connectors reconnect rarely, so it costs nothing measurable. (Revocation is checked
+/// after the handshake on every connection, resumed or not; expiry only here.)
+fn server_crypto(tls: &ServerTls) -> Result<rustls::ServerConfig, Error> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for ca in tls.connector_ca.iter().cloned() {
+        roots.add(ca)?;
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
+    crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
+    crypto.send_tls13_tickets = 0;
+    crypto.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(crypto)
+}
+
+/// A connector's TLS for the tunnel: TLS 1.3, the pinned tunnel CA, its certificate, and no
+/// resumption (it would offer tickets the edge no longer issues; and 0-RTT data is replayable).
+fn client_crypto(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    tunnel_ca: Vec<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = RootCertStore::empty();
+    for ca in tunnel_ca {
+        roots.add(ca)?;
+    }
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(cert_chain, key)?;
+    crypto.alpn_protocols = vec![proto::ALPN.to_vec()];
+    crypto.resumption = rustls::client::Resumption::disabled();
+    Ok(crypto)
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -339,4 +363,92 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, Er
         );
     }
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use pki::{Ca, Identity, KeyType, Validity};
+    use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+
+    /// Moves TLS bytes between two in-memory connections until neither has more to say.
+    fn pump(client: &mut ClientConnection, server: &mut ServerConnection) {
+        for _ in 0..16 {
+            let mut progressed = false;
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                progressed = true;
+                server.read_tls(&mut buf.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                progressed = true;
+                client.read_tls(&mut buf.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// The tunnel's TLS never resumes: a connector reconnecting with the same client config
+    /// gets a full handshake (and so a fresh check of its certificate's validity), not one
+    /// resumed on a ticket from its previous connection.
+    #[test]
+    fn tunnel_handshakes_are_never_resumed() {
+        let tunnel_ca = Ca::generate("test tunnel CA", Validity::days(30)).unwrap();
+        let connector_ca = Ca::generate("test connector CA", Validity::days(30)).unwrap();
+        let server_cert = tunnel_ca
+            .issue_server(&[pki::TUNNEL_SERVER_NAME.to_owned()], Validity::days(30))
+            .unwrap();
+        let identity = Identity::connector("home", "c1").unwrap();
+        let client_cert = connector_ca
+            .issue_client(&identity, Validity::days(30), KeyType::EcdsaP256)
+            .unwrap();
+        let server = Arc::new(
+            server_crypto(&ServerTls {
+                cert_chain: pki::parse_certs(&server_cert.cert_pem).unwrap(),
+                key: pki::parse_key(&server_cert.key_pem).unwrap(),
+                connector_ca: pki::parse_certs(connector_ca.cert_pem()).unwrap(),
+                reset_secret: None,
+            })
+            .unwrap(),
+        );
+        let client = Arc::new(
+            client_crypto(
+                pki::parse_certs(&client_cert.cert_pem).unwrap(),
+                pki::parse_key(&client_cert.key_pem).unwrap(),
+                pki::parse_certs(tunnel_ca.cert_pem()).unwrap(),
+            )
+            .unwrap(),
+        );
+        let name = rustls_pki_types::ServerName::try_from(pki::TUNNEL_SERVER_NAME).unwrap();
+        for round in 0..3 {
+            let mut c = ClientConnection::new(client.clone(), name.to_owned()).unwrap();
+            let mut s = ServerConnection::new(server.clone()).unwrap();
+            pump(&mut c, &mut s);
+            assert!(!c.is_handshaking() && !s.is_handshaking(), "round {round}");
+            assert_eq!(
+                c.handshake_kind(),
+                Some(HandshakeKind::Full),
+                "round {round}"
+            );
+            assert_eq!(
+                s.handshake_kind(),
+                Some(HandshakeKind::Full),
+                "round {round}"
+            );
+            assert!(s.peer_certificates().is_some_and(|c| !c.is_empty()));
+        }
+    }
 }
