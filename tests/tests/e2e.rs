@@ -4,6 +4,8 @@
 //! One test binary (one link); the cases live in `e2e/*.rs`. The harness is `e2e` (`src/lib.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "e2e/acme.rs"]
+mod acme;
 #[path = "e2e/bulk.rs"]
 mod bulk;
 #[path = "e2e/cli.rs"]

@@ -170,12 +170,20 @@ impl Pebble {
         })
     }
 
+    /// The ACME directory URL.
     pub fn directory(&self) -> String {
         directory_url(self.listen_port)
     }
 
     /// Pebble's issuing root (a new one per start), from its management interface.
     pub async fn root(&self) -> TestResult<CertificateDer<'static>> {
+        Ok(CertificateDer::from_pem_slice(
+            self.root_pem().await?.as_bytes(),
+        )?)
+    }
+
+    /// [`Pebble::root`] as PEM, what a client is told to trust.
+    pub async fn root_pem(&self) -> TestResult<String> {
         let client = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(
                 self.listener_ca_pem.as_bytes(),
@@ -190,9 +198,9 @@ impl Pebble {
             .send()
             .await?
             .error_for_status()?
-            .bytes()
+            .text()
             .await?;
-        Ok(CertificateDer::from_pem_slice(&pem)?)
+        Ok(pem)
     }
 
     /// How many requests pebble logged whose line contains `needle` (e.g. `/order-plz`).
