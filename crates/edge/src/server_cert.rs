@@ -75,8 +75,11 @@ pub(crate) struct Served {
 impl Served {
     /// Checks the leaf (parses; the key fits it, as `with_single_cert` used to check).
     pub(crate) fn new(key: Arc<CertifiedKey>, source: Source) -> anyhow::Result<Self> {
-        key.keys_match()
-            .map_err(|e| anyhow::anyhow!("the private key does not fit the certificate: {e}"))?;
+        match key.keys_match() {
+            // As rustls's own `CertifiedKey::from_der`: a key that cannot tell is not refused.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => anyhow::bail!("the private key does not fit the certificate: {e}"),
+        }
         let leaf = key
             .end_entity_cert()
             .map_err(|_| anyhow::anyhow!("no certificate in the chain"))?;
@@ -283,5 +286,46 @@ async fn forward(
         if certs.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(name: &str) -> anyhow::Result<pki::Issued> {
+        let ca = pki::Ca::generate("test CA", pki::Validity::days(30))?;
+        Ok(ca.issue_server(&[name.to_owned()], pki::Validity::days(10))?)
+    }
+
+    fn served(cert: &pki::Issued, key: &pki::Issued) -> anyhow::Result<Served> {
+        let chain = pki::parse_certs(&cert.cert_pem)?;
+        let key = pki::parse_key(&key.key_pem)?;
+        Served::new(Arc::new(certified_key(chain, key)?), Source::Files)
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_the_certificate_is_refused() -> anyhow::Result<()> {
+        let (a, b) = (issued("a.example")?, issued("b.example")?);
+        let Err(e) = served(&a, &b) else {
+            anyhow::bail!("a mismatched key must be refused");
+        };
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let ok = served(&a, &a)?;
+        assert_eq!(ok.not_after, a.not_after.unix_timestamp());
+        assert_eq!(ok.serial, pki::cert_serial(&a.cert_der)?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_swap_reaches_the_next_resolve_only() -> anyhow::Result<()> {
+        let (a, b) = (issued("a.example")?, issued("a.example")?);
+        let cert = ServerCert::new(served(&a, &a)?);
+        let before = cert.current();
+        cert.replace(served(&b, &b)?);
+        // What an open connection holds is unchanged; new handshakes get the new one.
+        assert_eq!(before.serial, pki::cert_serial(&a.cert_der)?);
+        assert_eq!(cert.current().serial, pki::cert_serial(&b.cert_der)?);
+        Ok(())
     }
 }
