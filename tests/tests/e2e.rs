@@ -6,6 +6,8 @@
 
 #[path = "e2e/access_log.rs"]
 mod access_log;
+#[path = "e2e/acme.rs"]
+mod acme;
 #[path = "e2e/bodies.rs"]
 mod bodies;
 #[path = "e2e/bulk.rs"]

@@ -1962,7 +1962,16 @@ fn alert_rules_use_documented_metrics_and_cover_the_failures() {
         ("SiteWithoutConnector", "doorless_edge_connectors"),
         (
             "CertificateExpiringSoon",
-            "doorless_edge_certificate_days_left",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
+        ),
+        ("AcmeRenewalFailing", "doorless_edge_acme_renewal_failing"),
+        (
+            "AcmeRenewalFailing",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
+        ),
+        (
+            "IssuedCertificateExpiringSoon",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
         ),
         ("DenialSpike", "doorless_edge_tls_handshakes_total"),
         ("UpstreamErrors", "doorless_edge_request_errors_total"),
@@ -2139,7 +2148,7 @@ fn grafana_dashboard_uses_documented_metrics() {
         "doorless_edge_active_websockets",
         "doorless_edge_connectors",
         "doorless_edge_tls_handshakes_total",
-        "doorless_edge_certificate_days_left",
+        "doorless_edge_certificate_expiry_timestamp_seconds",
         "doorless_connector_rtt_seconds",
     ] {
         assert!(used.contains(metric), "the dashboard must chart {metric}");

@@ -101,12 +101,33 @@ async fn connection(
     };
     let _ = tcp.set_nodelay(true);
     let sites = shared.sites.load_full();
-    let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
+    let handshake = tls::handshake(
+        tcp,
+        addr,
+        &sites,
+        &shared.challenges,
+        shared.config.limits.handshake_timeout,
+    )
+    .await;
     drop(handshake_slot);
     match handshake {
         Ok(tls::Accepted::Enroll(stream)) => {
             // No certificate, no site, no tunnel: only the enrollment exchange.
             enroll::serve(stream, addr, shared.clone()).await;
+        }
+        Ok(tls::Accepted::AcmeChallenge { site }) => {
+            // A CA validating one of our orders: its validators (several addresses) must never
+            // run out of budget, so a completed validation costs nothing, as an authenticated
+            // handshake does. One that found no pending order stays spent.
+            shared.budget.refund(ip);
+            metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    site: site.unwrap_or_default(),
+                    result: "ok",
+                    reason: "acme_challenge",
+                })
+                .inc();
         }
         Ok(tls::Accepted::Client(stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check

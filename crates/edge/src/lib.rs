@@ -21,8 +21,9 @@
 //!    access-log line. Every failure and its status code is in `error`.
 //!
 //! Beside the path: `enroll` answers the enrollment ALPN (connector codes); `connectors`
-//! registers connectors as `tunnels::Tunnel`s; `site` is
-//! the site registry, `revocation` everything revoked, `reload` watches the state dir;
+//! registers connectors as `tunnels::Tunnel`s; `site` is the site registry, `server_cert`
+//! each site's swappable HTTPS certificate (files, ACME or the local server CA),
+//! `revocation` everything revoked, `reload` watches the state dir;
 //! `limit`, `metrics`, `admin`. `Edge::bind` then `Edge::run` is the whole server;
 //! `main.rs` adds the CLI.
 
@@ -42,6 +43,7 @@ mod reload;
 mod revocation;
 mod route;
 mod serve;
+mod server_cert;
 mod site;
 mod tls;
 mod tunnels;
@@ -72,6 +74,10 @@ pub(crate) struct Shared {
     pub(crate) state: pki::StateDir,
     /// Sites; swapped whole on reload.
     pub(crate) sites: ArcSwap<Sites>,
+    /// ACME site tasks, when `[acme]` is on.
+    pub(crate) acme: Option<server_cert::Acme>,
+    /// Pending TLS-ALPN-01 validations (empty without ACME), for the handshake.
+    pub(crate) challenges: acme::Challenges,
     /// Registered connector connections.
     pub(crate) tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
@@ -126,7 +132,16 @@ pub struct Edge {
 impl Edge {
     /// Loads the state dir and binds every listener.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let sites = Sites::load(&config)?;
+        let challenges = acme::Challenges::default();
+        let acme = match &config.acme {
+            Some(settings) => Some(server_cert::Acme::new(
+                settings.clone(),
+                &config.state,
+                challenges.clone(),
+            )?),
+            None => None,
+        };
+        let sites = Sites::load(&config, acme.as_ref())?;
         let state = pki::StateDir::open(&config.state)?;
         let session_key = cookie::SessionKey::load(&state.session_key_path())?;
         let tunnel_tls = transport::ServerTls {
@@ -161,6 +176,8 @@ impl Edge {
         let shared = Arc::new(Shared {
             state,
             sites: ArcSwap::from_pointee(sites),
+            acme,
+            challenges,
             tunnels: Tunnels::default(),
             live: revocation::LiveClients::default(),
             metrics,

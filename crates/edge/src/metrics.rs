@@ -3,8 +3,6 @@
 //! Labels are bounded: site names come from the state dir, every other label from a fixed set
 //! of `&'static str` values. No IPs, paths or device names.
 
-use std::sync::atomic::AtomicU64;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,8 +134,14 @@ pub(crate) struct Metrics {
     pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Request headers the edge dropped rather than forward.
     pub(crate) dropped_headers: Family<SiteReason, Counter>,
-    /// Days until certificates expire.
-    pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    /// When certificates expire (Unix seconds).
+    pub(crate) certificate_expiry: Family<CertLabels, Gauge>,
+    /// Issued certificates expiring within 30 days.
+    pub(crate) certificates_expiring: Family<CertLabels, Gauge>,
+    /// ACME orders by result.
+    pub(crate) acme_orders: Family<SiteResult, Counter>,
+    /// 1 while a site's last ACME order failed.
+    pub(crate) acme_renewal_failing: Family<SiteLabel, Gauge>,
     /// State reloads.
     pub(crate) reloads: Family<ResultLabel, Counter>,
     /// Connections closed by a revocation.
@@ -172,7 +176,10 @@ impl Metrics {
             disconnects: Family::default(),
             stream_failures: Family::default(),
             dropped_headers: Family::default(),
-            certificate_days_left: Family::default(),
+            certificate_expiry: Family::default(),
+            certificates_expiring: Family::default(),
+            acme_orders: Family::default(),
+            acme_renewal_failing: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
             enrollments: Family::default(),
@@ -256,9 +263,24 @@ impl Metrics {
             m.dropped_headers.clone(),
         );
         r.register(
-            "certificate_days_left",
-            "Days until the certificate expires",
-            m.certificate_days_left.clone(),
+            "certificate_expiry_timestamp_seconds",
+            "When the certificate expires (notAfter), Unix seconds",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "certificates_expiring",
+            "Valid issued certificates that expire within 30 days",
+            m.certificates_expiring.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders by result",
+            m.acme_orders.clone(),
+        );
+        r.register(
+            "acme_renewal_failing",
+            "1 while the site's last ACME order failed (the current certificate stays in service)",
+            m.acme_renewal_failing.clone(),
         );
         r.register(
             "config_reloads",
@@ -296,6 +318,11 @@ impl Metrics {
             result: "ok",
             reason: "ok",
         });
+        let _ = self.handshakes.get_or_create(&HandshakeLabels {
+            site: s(),
+            result: "ok",
+            reason: "acme_challenge",
+        });
         for denial in crate::tls::HandshakeDenial::ALL {
             if denial != crate::tls::HandshakeDenial::UnknownSite {
                 let _ = self.handshakes.get_or_create(&HandshakeLabels {
@@ -328,6 +355,18 @@ impl Metrics {
             let _ = self
                 .registrations
                 .get_or_create(&SiteResult { site: s(), result });
+        }
+        for result in acme::OrderResult::ALL {
+            let _ = self.acme_orders.get_or_create(&SiteResult {
+                site: s(),
+                result: result.as_str(),
+            });
+        }
+        let _ = self.acme_renewal_failing.get_or_create(&label);
+        for kind in crate::site::ISSUED_KINDS {
+            let _ = self
+                .certificates_expiring
+                .get_or_create(&CertLabels { site: s(), kind });
         }
         for reason in ["no_slot", "open_failed"] {
             let _ = self

@@ -98,7 +98,7 @@ pub use identity::{
     Fingerprint, Identity, InvalidFingerprint, Kind, fingerprint, fingerprint_hex,
     normalize_hostname, validate_name,
 };
-pub use inspect::cert_not_after;
+pub use inspect::{cert_not_after, cert_serial};
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};

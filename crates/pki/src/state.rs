@@ -264,6 +264,20 @@ impl StateDir {
         write_json(&dir.join(SITE_FILE), &site, PUBLIC)
     }
 
+    /// Re-issues the site's HTTPS certificate from the local server CA: a new key, the site's
+    /// hostnames, 825 days (or less, never past the CA). For sites served without
+    /// ACME or their own files (LAN, lab). The key is written before the certificate: a
+    /// running edge reloads when the certificate changes, by which time its key is in place.
+    pub fn renew_server_cert(&self, site: &str) -> Result<Issued> {
+        let site = self.site(site)?;
+        let ca = Ca::load(&self.server_ca_path(), &self.server_ca_key_path())?;
+        let mut validity = Validity::days(SERVER_DAYS);
+        validity.not_after = validity.not_after.min(ca.not_after());
+        let issued = ca.issue_server(&site.hostnames, validity)?;
+        write_issued(&issued, &site.server_cert_path, &site.server_key_path)?;
+        Ok(issued)
+    }
+
     /// A site by name; [`Error::SiteNotFound`] if there is none.
     pub fn site(&self, name: &str) -> Result<Site> {
         // Also keeps `name` from walking out of `sites/`.

@@ -1,5 +1,6 @@
 //! `doorless-edge site`: add and list sites, mint connector credentials: one-time enrollment
-//! codes (the default) and enrollment tokens (`--token`, `site token`).
+//! codes (the default) and enrollment tokens (`--token`, `site token`); re-issue a site's local
+//! HTTPS certificate.
 //!
 //! Not the site registry the running edge serves from: that is the library's; this only writes
 //! the state directory through `pki`.
@@ -54,6 +55,15 @@ pub(crate) enum SiteCommand {
     },
     /// List sites.
     List {
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Re-issue the site's HTTPS certificate from the local server CA (new key, same
+    /// hostnames, 825 days). For sites without ACME or their own tls_cert; a running edge
+    /// picks it up by itself.
+    RenewCert {
+        /// Site name.
+        name: String,
         #[command(flatten)]
         state: StateArg,
     },
@@ -168,6 +178,22 @@ impl SiteCommand {
             SiteCommand::Codes { state } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 print_codes(&state, None)
+            }
+            SiteCommand::RenewCert { name, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let issued = state.renew_server_cert(&name)?;
+                let not_after = issued
+                    .not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| issued.not_after.to_string());
+                println!(
+                    "Site {name}: new HTTPS certificate from the local server CA, valid until {not_after}."
+                );
+                println!(
+                    "Devices that trust the local server CA (server-ca.crt) accept it as they did the \
+                     old one; with [acme] on or a tls_cert set, the edge does not serve it."
+                );
+                Ok(())
             }
             SiteCommand::Token {
                 name,
