@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::revocation::LiveClients;
-use crate::{Shared, serve, tls};
+use crate::{Shared, connectors, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
@@ -87,10 +87,42 @@ async fn connection(
     };
     let _ = tcp.set_nodelay(true);
     let sites = shared.sites.load_full();
-    let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
+    let handshake = tls::handshake(
+        tcp,
+        addr,
+        &sites,
+        &shared.tunnel_tls,
+        shared.config.limits.handshake_timeout,
+    )
+    .await;
     drop(handshake_slot);
     match handshake {
-        Ok((stream, peer)) => {
+        Ok(tls::Accepted::Tunnel(stream)) => {
+            // A certificate from the connector CA: this handshake costs the address nothing.
+            shared.budget.refund(ip);
+            // The tunnel lives in `connectors` (drained with the tunnel, not with HTTP); this
+            // task keeps its connection slots until the tunnel ends or we shut down.
+            let (done, ended) = tokio::sync::oneshot::channel();
+            let handed = shared
+                .tcp_tunnels
+                .try_send(connectors::TcpTunnel { stream, addr, done });
+            if handed.is_err() {
+                metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+                log_denial(&shared, ip, "", "tunnel_overload");
+                return;
+            }
+            tokio::select! {
+                _ = ended => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        Err(failure) if failure.tunnel => {
+            metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+            if let Some(suppressed) = shared.denial_log.admit(now()) {
+                info!(%addr, reason = failure.denial.reason(), transport = "tcp", suppressed, "tunnel handshake refused");
+            }
+        }
+        Ok(tls::Accepted::Client(stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check
             // the current state once more now that the connection is findable.
             let _registration = peer

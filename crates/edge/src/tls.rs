@@ -5,6 +5,10 @@
 //! CA, expired, or otherwise invalid, fails the handshake: it never reaches HTTP, let alone a
 //! connector. A verified certificate becomes a [`Peer`].
 //!
+//! A ClientHello offering the tunnel's ALPN (`doorless-tcp/1`) gets the tunnel's TLS
+//! configuration instead (connector CA, certificate mandatory) and becomes an
+//! [`Accepted::Tunnel`] for the connector accept path (`connectors`).
+//!
 //! What this module is not: the site registry (`site`, which builds each site's
 //! `ServerConfig` through [`server_config`] here) or the revocation list (`revocation`, whose
 //! [`RevocationCheck`] wraps the site CA's verifier).
@@ -81,6 +85,19 @@ pub(crate) struct HandshakeFailure {
     pub(crate) denial: HandshakeDenial,
     /// The SNI's site, if any.
     pub(crate) site: Option<String>,
+    /// The client offered the tunnel's ALPN: a refused connector (or an impostor), counted
+    /// with the tunnel's refusals, not the sites' handshakes.
+    pub(crate) tunnel: bool,
+}
+
+/// What a finished handshake on the public port carries.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// A browser or app of a site.
+    Client(TlsStream<TcpStream>, Peer),
+    /// A connector's TLS/TCP tunnel (ALPN `doorless-tcp/1`), its certificate verified against
+    /// the connector CA; `connectors` takes it from here (identity, revocation, `Hello`).
+    Tunnel(TlsStream<TcpStream>),
 }
 
 /// The client of one TLS connection.
@@ -143,18 +160,34 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Runs the handshake for one TCP connection.
+/// Runs the handshake for one TCP connection. The ClientHello's ALPN picks the configuration:
+/// the tunnel's for `doorless-tcp/1` (`tunnel_tls`: connector CA, certificate mandatory),
+/// otherwise the SNI's site's.
 pub(crate) async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     sites: &Sites,
+    tunnel_tls: &Arc<rustls::ServerConfig>,
     limit: Duration,
-) -> Result<(TlsStream<TcpStream>, Peer), HandshakeFailure> {
+) -> Result<Accepted, HandshakeFailure> {
     let mut site_name = None;
+    let mut tunnel = false;
     let run = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
             .await
             .map_err(|e| classify(&e))?;
+        if start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == proto::ALPN_TCP))
+        {
+            tunnel = true;
+            let stream = start
+                .into_stream(tunnel_tls.clone())
+                .await
+                .map_err(|e| classify(&e))?;
+            return Ok(Accepted::Tunnel(stream));
+        }
         let site = start
             .client_hello()
             .server_name()
@@ -179,7 +212,7 @@ pub(crate) async fn handshake(
             certificate,
             revoked: CancellationToken::new(),
         };
-        Ok((stream, peer))
+        Ok(Accepted::Client(stream, peer))
     };
     let result = match tokio::time::timeout(limit, run).await {
         Ok(result) => result,
@@ -188,6 +221,7 @@ pub(crate) async fn handshake(
     result.map_err(|denial| HandshakeFailure {
         denial,
         site: site_name,
+        tunnel,
     })
 }
 
