@@ -26,6 +26,8 @@ mod metrics;
 mod policy;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/tcp_fallback.rs"]
+mod tcp_fallback;
 #[path = "e2e/websocket.rs"]
 mod websocket;
 

@@ -6,8 +6,9 @@
 //! `io::Error` from the tokio traits converts back into the same [`Error`] with `From`.
 //!
 //! Over QUIC a half is a quinn stream; over TLS/TCP an HTTP/2 stream (`crate::tcp`), where
-//! FIN is END_STREAM and both `reset` and `stop` are RST_STREAM with the code as the reason
-//! (HTTP/2 cannot stop one direction alone, so `stop` ends the whole stream).
+//! FIN is END_STREAM and `reset` is RST_STREAM with the code as the reason; `stop` is too,
+//! except `stop(Cancelled)` ("I need no more"), which only stops reading, since HTTP/2 cannot
+//! stop one direction alone and a reset would end our response as well.
 
 use std::io;
 use std::pin::Pin;
@@ -217,7 +218,9 @@ impl RecvHalf {
         }
     }
 
-    /// Tells the peer we will read no more of this stream (over TCP: resets the stream).
+    /// Tells the peer we will read no more of this stream. Over TCP (HTTP/2 has no
+    /// STOP_SENDING): `Cancelled` only stops reading and leaves our side going; any other code
+    /// resets the whole stream with it.
     pub fn stop(&mut self, error: StreamError) {
         match &mut self.inner {
             RecvInner::Quic(r) => {

@@ -345,24 +345,14 @@ type Handle = Arc<Mutex<h2::SendStream<Bytes>>>;
 /// How long a finished stream's last handle is kept so its queued DATA goes out.
 const STREAM_LINGER: Duration = Duration::from_secs(2);
 
-/// Keeps `stream` (and `body`, read and discarded so the peer can finish) until the peer ends
-/// its side or [`STREAM_LINGER`] passes.
-fn linger(stream: Handle, body: Option<h2::RecvStream>) {
+/// Keeps `stream`'s handle for [`STREAM_LINGER`], so what we queued goes out before h2's
+/// implicit reset (a plain drop of the last handle).
+fn linger(stream: Handle) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        let _ = tokio::time::timeout(STREAM_LINGER, async {
-            match body {
-                Some(mut body) => {
-                    while let Some(Ok(data)) = body.data().await {
-                        let _ = body.flow_control().release_capacity(data.len());
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        })
-        .await;
+        tokio::time::sleep(STREAM_LINGER).await;
         drop(stream);
     });
 }
@@ -526,7 +516,7 @@ impl Drop for Send {
         }
         if *lock(&self.finished) && Arc::strong_count(&self.stream) == 1 {
             // The receive half is gone already: keep the handle so the DATA goes out.
-            linger(self.stream.clone(), None);
+            linger(self.stream.clone());
         }
     }
 }
@@ -537,6 +527,8 @@ enum RecvState {
     Head(h2::client::ResponseFuture),
     Body(h2::RecvStream),
     Eof,
+    /// We stopped reading (`stop`).
+    Stopped,
 }
 
 /// The receiving side of one h2 stream.
@@ -556,12 +548,11 @@ impl Drop for Recv {
         if !finished || Arc::strong_count(&self.stream) > 1 {
             return;
         }
-        // Our side finished and the send half is gone: read the peer's rest (discarding it)
-        // so the stream closes normally instead of being cancelled with our DATA queued.
-        match std::mem::replace(&mut self.state, RecvState::Eof) {
-            RecvState::Body(body) => linger(self.stream.clone(), Some(body)),
-            RecvState::Head(_) => linger(self.stream.clone(), None),
-            RecvState::Eof => {}
+        // Our side finished and the send half is gone: keep the stream's handle a moment so
+        // it is not cancelled with our DATA still queued. What the peer still sends is
+        // dropped by h2 (the receive side goes now).
+        if !matches!(self.state, RecvState::Eof) {
+            linger(self.stream.clone());
         }
     }
 }
@@ -604,15 +595,23 @@ impl Recv {
                     }
                 },
                 RecvState::Eof => return Poll::Ready(Ok(None)),
+                RecvState::Stopped => return Poll::Ready(Err(Error::LocallyClosed)),
             }
         }
     }
 
-    /// RST_STREAM with `error`: HTTP/2 cannot stop one direction only, so this ends both.
+    /// Stops reading. HTTP/2 cannot stop one direction alone (there is no STOP_SENDING), so:
+    /// with [`StreamError::Cancelled`] ("I need no more") while our side is still open or
+    /// finished, this only drops what arrives from now on (h2 discards it and returns the
+    /// connection window), and our response goes on; the peer learns when our side ends. With
+    /// any other code it is RST_STREAM with that code, which ends both directions.
     pub(crate) fn stop(&mut self, error: StreamError) {
-        lock(&self.stream).send_reset(reason_of(error));
-        *lock(&self.finished) = false;
         self.buffered = Bytes::new();
+        self.state = RecvState::Stopped;
+        if error != StreamError::Cancelled {
+            *lock(&self.finished) = false;
+            lock(&self.stream).send_reset(reason_of(error));
+        }
     }
 }
 
@@ -1109,7 +1108,7 @@ async fn read_close_frame(state: RecvState) -> Option<Cause> {
     let mut body = match state {
         RecvState::Head(response) => response.await.ok()?.into_body(),
         RecvState::Body(body) => body,
-        RecvState::Eof => return None,
+        RecvState::Eof | RecvState::Stopped => return None,
     };
     let mut frame = Vec::new();
     while let Some(data) = body.data().await {

@@ -542,3 +542,69 @@ async fn a_peer_gone_silent_times_out() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn write_chunk_right_after_open() {
+    let pki = Pki::new();
+    let (edge, conn, _keep) = pair(&pki, &Tuning::default()).await;
+    let (mut send, mut recv) = edge.open(LIMIT).await.unwrap();
+    send.write_chunk(bytes::Bytes::from(vec![1u8; 100]))
+        .await
+        .unwrap();
+    send.finish();
+    let (mut csend, mut crecv) = conn.accept().await.unwrap();
+    let mut got = Vec::new();
+    crecv.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), 100);
+    csend
+        .write_chunk(bytes::Bytes::from(vec![2u8; 70_000]))
+        .await
+        .unwrap();
+    csend.finish();
+    let mut back = Vec::new();
+    recv.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back.len(), 70_000);
+}
+
+#[tokio::test]
+async fn stopped_waits_while_the_peer_reads() {
+    let pki = Pki::new();
+    let (edge, conn, _keep) = pair(&pki, &Tuning::default()).await;
+    let (mut send, _recv) = edge.open(LIMIT).await.unwrap();
+    send.write_chunk(bytes::Bytes::from(vec![1u8; 10]))
+        .await
+        .unwrap();
+    send.finish();
+    drop(send);
+    let (mut csend, mut crecv) = conn.accept().await.unwrap();
+    let mut got = [0u8; 10];
+    crecv.read_exact(&mut got).await.unwrap();
+    drop(crecv);
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        code = csend.stopped() => panic!("stopped() resolved early: {code:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stop_cancelled_keeps_our_response_going() {
+    // What the connector does once the upstream answered: "nothing more to read", then the
+    // response. Over HTTP/2 that must not reset the stream.
+    let pki = Pki::new();
+    let (edge, conn, _keep) = pair(&pki, &Tuning::default()).await;
+    let (mut send, mut recv) = edge.open(LIMIT).await.unwrap();
+    send.write_all(b"request head").await.unwrap();
+    let (mut csend, mut crecv) = conn.accept().await.unwrap();
+    let mut head = [0u8; 12];
+    crecv.read_exact(&mut head).await.unwrap();
+    crecv.stop(StreamError::Cancelled);
+    assert!(matches!(
+        crecv.read_chunk(10).await,
+        Err(Error::LocallyClosed)
+    ));
+    csend.write_all(b"the response").await.unwrap();
+    csend.finish();
+    let mut response = Vec::new();
+    recv.read_to_end(&mut response).await.unwrap();
+    assert_eq!(response, b"the response");
+}
