@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use standin::{Recorder, SeenRequest};
 
+pub mod udp_relay;
+
 /// How long a process gets to write its ready file.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 

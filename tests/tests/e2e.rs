@@ -42,6 +42,8 @@ mod metrics;
 mod policy;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/tcp_fallback.rs"]
+mod tcp_fallback;
 #[path = "e2e/upgrades.rs"]
 mod upgrades;
 #[path = "e2e/websocket.rs"]

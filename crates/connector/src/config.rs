@@ -22,6 +22,8 @@ const ENV_KEYS: &[&str] = &[
     "token",
     "token_file",
     "edges",
+    "tcp_edges",
+    "transport",
     "upstream",
     "connections",
     "listen",
@@ -67,6 +69,14 @@ pub struct RawConfig {
     /// Edge tunnel addresses (HOST:PORT), overriding those in the token.
     #[serde(default)]
     pub edges: Vec<String>,
+    /// Which tunnel transport to use: `auto` (QUIC, falling back to TLS over TCP when UDP is
+    /// blocked, and back to QUIC when it works again), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: TransportPolicy,
+    /// The edges' HTTPS addresses (HOST:PORT) for the TLS/TCP transport, in the order of
+    /// `edges`. Default: the same HOST:PORT as each edge (the edge serves both on 443).
+    #[serde(default)]
+    pub tcp_edges: Vec<String>,
     /// Home Assistant's base URL, `http://HOST:PORT`.
     #[serde(default = "default_upstream")]
     pub upstream: String,
@@ -99,6 +109,8 @@ impl Default for RawConfig {
             token: None,
             token_file: None,
             edges: Vec::new(),
+            transport: TransportPolicy::default(),
+            tcp_edges: Vec::new(),
             upstream: default_upstream(),
             connections: default_connections(),
             listen: RawListen::default(),
@@ -120,6 +132,20 @@ fn default_upstream() -> String {
 
 fn default_connections() -> usize {
     2
+}
+
+/// `transport`: which tunnel transport a connection slot uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportPolicy {
+    /// QUIC first; TLS/TCP after a bounded QUIC failure (no answer within a few seconds, or
+    /// UDP refused by the host); back to QUIC once it has worked for `reconnect.stable`.
+    #[default]
+    Auto,
+    /// QUIC only (UDP).
+    Quic,
+    /// TLS over TCP only (the edge's HTTPS port).
+    Tcp,
 }
 
 /// `[listen]`
@@ -233,6 +259,10 @@ pub struct Config {
     pub credentials: Credentials,
     /// Edge addresses to dial.
     pub edges: Vec<String>,
+    /// Transport policy.
+    pub transport: TransportPolicy,
+    /// Each edge's HTTPS address for TLS/TCP (same order and length as `edges`).
+    pub tcp_edges: Vec<String>,
     /// Upstream base URI (scheme http, authority).
     pub upstream: Uri,
     /// Connections per edge.
@@ -424,6 +454,20 @@ impl Config {
         if let Some(bad) = edges.iter().find(|e| !looks_like_host_port(e)) {
             return Err(invalid("edges", format!("`{bad}` is not HOST:PORT")));
         }
+        let tcp_edges = if raw.tcp_edges.is_empty() {
+            edges.clone()
+        } else {
+            raw.tcp_edges.clone()
+        };
+        if tcp_edges.len() != edges.len() {
+            return Err(invalid(
+                "tcp_edges",
+                format!("must name one address per edge ({} edges)", edges.len()),
+            ));
+        }
+        if let Some(bad) = tcp_edges.iter().find(|e| !looks_like_host_port(e)) {
+            return Err(invalid("tcp_edges", format!("`{bad}` is not HOST:PORT")));
+        }
         if raw.limits.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
         }
@@ -450,6 +494,8 @@ impl Config {
             token,
             credentials,
             edges,
+            transport: raw.transport,
+            tcp_edges,
             upstream,
             connections: raw.connections,
             listen: raw.listen,
@@ -527,6 +573,19 @@ mod tests {
             panic!("an https upstream must be refused");
         };
         assert!(e.to_string().contains("`upstream`"), "{e}");
+    }
+
+    #[test]
+    fn transport_policy_and_tcp_edges() {
+        let figment = Figment::new().merge(Toml::string("transport = \"tcp\""));
+        let raw: RawConfig = match figment.extract() {
+            Ok(raw) => raw,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(raw.transport, TransportPolicy::Tcp);
+        assert_eq!(RawConfig::default().transport, TransportPolicy::Auto);
+        let figment = Figment::new().merge(Toml::string("transport = \"udp\""));
+        assert!(figment.extract::<RawConfig>().is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::body::ActiveGuard;
 use crate::limit::AddressSlot;
 use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::revocation::LiveClients;
-use crate::{Shared, enroll, serve, tls};
+use crate::{Shared, connectors, enroll, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
@@ -106,6 +106,7 @@ async fn connection(
         addr,
         &sites,
         &shared.challenges,
+        &shared.tunnel_tls,
         shared.config.limits.handshake_timeout,
     )
     .await;
@@ -128,6 +129,31 @@ async fn connection(
                     reason: "acme_challenge",
                 })
                 .inc();
+        }
+        Ok(tls::Accepted::Tunnel(stream)) => {
+            // A certificate from the connector CA: this handshake costs the address nothing.
+            shared.budget.refund(ip);
+            // The tunnel lives in `connectors` (drained with the tunnel, not with HTTP); this
+            // task keeps its connection slots until the tunnel ends or we shut down.
+            let (done, ended) = tokio::sync::oneshot::channel();
+            let handed = shared
+                .tcp_tunnels
+                .try_send(connectors::TcpTunnel { stream, addr, done });
+            if handed.is_err() {
+                metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+                log_denial(&shared, ip, "", "tunnel_overload");
+                return;
+            }
+            tokio::select! {
+                _ = ended => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        Err(failure) if failure.tunnel => {
+            metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+            if let Some(suppressed) = shared.denial_log.admit(now()) {
+                info!(%addr, reason = failure.denial.reason(), transport = "tcp", suppressed, "tunnel handshake refused");
+            }
         }
         Ok(tls::Accepted::Client(stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check

@@ -1,9 +1,10 @@
 //! `doorless-edge`: the public side of doorless.
 //!
-//! It listens for browsers and apps on HTTPS (TCP) and for connectors on QUIC (UDP). A client
-//! must present a certificate from its site's client CA or the TLS handshake fails; an
-//! authenticated request rides its own QUIC stream to a connector of that site, which
-//! forwards it to Home Assistant.
+//! It listens for browsers and apps on HTTPS (TCP) and for connectors on QUIC (UDP), or on the
+//! HTTPS port with the tunnel's own ALPN when UDP is blocked (TLS/TCP). A client must present a
+//! certificate from its site's client CA or the TLS handshake fails; an authenticated request
+//! rides its own tunnel stream to a connector of that site, which forwards it to Home
+//! Assistant.
 //!
 //! What it is not: a general reverse proxy. There is one upstream per site (behind its
 //! connectors) and no path routing.
@@ -98,6 +99,10 @@ pub(crate) struct Shared {
     pub(crate) enrollment: enroll::Enrollment,
     /// Whether a dropped underscored request header was logged yet (once per process).
     pub(crate) underscore_logged: std::sync::atomic::AtomicBool,
+    /// The tunnel's TLS configuration for a `doorless-tcp/1` ClientHello on the HTTPS port.
+    pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
+    /// Where `accept` hands TLS/TCP tunnel connections to `connectors`.
+    pub(crate) tcp_tunnels: tokio::sync::mpsc::Sender<connectors::TcpTunnel>,
     request_ids: AtomicU64,
 }
 
@@ -126,6 +131,7 @@ pub struct Edge {
     https: TcpListener,
     admin: TcpListener,
     tunnel: Arc<transport::ServerEndpoint>,
+    tcp_tunnels: tokio::sync::mpsc::Receiver<connectors::TcpTunnel>,
     addrs: Addrs,
 }
 
@@ -170,6 +176,8 @@ impl Edge {
         };
         let metrics = metrics::Metrics::new();
         metrics.init_edge();
+        let (tcp_tunnels_tx, tcp_tunnels) =
+            tokio::sync::mpsc::channel(connectors::TCP_TUNNEL_QUEUE);
         for site in sites.all() {
             metrics.init_site(&site.name);
         }
@@ -197,6 +205,8 @@ impl Edge {
             underscore_logged: std::sync::atomic::AtomicBool::new(false),
             request_ids: AtomicU64::new(1),
             enrollment: enroll::Enrollment::new(addrs.tunnel.port(), prefixes),
+            tunnel_tls: tunnel.tcp_tls_config(),
+            tcp_tunnels: tcp_tunnels_tx,
             config,
         });
         Ok(Self {
@@ -204,6 +214,7 @@ impl Edge {
             https,
             admin,
             tunnel: Arc::new(tunnel),
+            tcp_tunnels,
             addrs,
         })
     }
@@ -242,6 +253,7 @@ impl Edge {
         http.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
         tunnel.spawn(connectors::serve(
             self.tunnel.clone(),
+            self.tcp_tunnels,
             shared.clone(),
             shutdown.clone(),
             tunnel.clone(),

@@ -64,6 +64,27 @@ pub(crate) struct SiteResult {
     pub(crate) result: &'static str,
 }
 
+/// `site`, `transport`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct SiteTransport {
+    /// Site name.
+    pub(crate) site: String,
+    /// `quic` or `tcp`.
+    pub(crate) transport: &'static str,
+}
+
+/// `transport`, `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct TransportReason {
+    /// `quic` or `tcp`.
+    pub(crate) transport: &'static str,
+    /// `handshake`, `identity` or `revoked`.
+    pub(crate) reason: &'static str,
+}
+
+/// Why a tunnel connection was refused before its `Hello`, as the metric says it.
+pub(crate) const TUNNEL_REFUSALS: [&str; 3] = ["handshake", "identity", "revoked"];
+
 /// `site`, `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct SiteReason {
@@ -126,6 +147,10 @@ pub(crate) struct Metrics {
     pub(crate) active_websockets: Family<SiteLabel, Gauge>,
     /// Registered connector connections.
     pub(crate) connectors: Family<SiteLabel, Gauge>,
+    /// Registered connector connections by transport.
+    pub(crate) connector_transports: Family<SiteTransport, Gauge>,
+    /// Tunnel connections refused before their `Hello`, by transport and reason.
+    pub(crate) tunnel_refused: Family<TransportReason, Counter>,
     /// Connector registrations.
     pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
@@ -162,6 +187,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("doorless_edge");
         let m = Self {
             handshakes: Family::default(),
+            connector_transports: Family::default(),
+            tunnel_refused: Family::default(),
             connections_rejected: Family::default(),
             client_connections: Gauge::default(),
             requests: Family::default(),
@@ -187,6 +214,16 @@ impl Metrics {
         };
         daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         let r = &mut registry;
+        r.register(
+            "connector_transports",
+            "Registered connector connections by transport (quic, tcp)",
+            m.connector_transports.clone(),
+        );
+        r.register(
+            "tunnel_refused",
+            "Tunnel connections refused before their hello, by transport and reason",
+            m.tunnel_refused.clone(),
+        );
         r.register(
             "tls_handshakes",
             "Public TLS handshakes by result and reason",
@@ -313,6 +350,12 @@ impl Metrics {
     pub(crate) fn init_site(&self, site: &str) {
         let s = || site.to_owned();
         let label = Self::site(site);
+        for transport in transport::Transport::ALL {
+            let _ = self.connector_transports.get_or_create(&SiteTransport {
+                site: s(),
+                transport: transport.name(),
+            });
+        }
         let _ = self.handshakes.get_or_create(&HandshakeLabels {
             site: s(),
             result: "ok",
@@ -380,7 +423,25 @@ impl Metrics {
     }
 
     /// Creates the edge-wide bounded series at zero.
+    /// Counts a tunnel connection refused before its `Hello`.
+    pub(crate) fn tunnel_refused(&self, transport: transport::Transport, reason: &'static str) {
+        self.tunnel_refused
+            .get_or_create(&TransportReason {
+                transport: transport.name(),
+                reason,
+            })
+            .inc();
+    }
+
     pub(crate) fn init_edge(&self) {
+        for transport in transport::Transport::ALL {
+            for reason in TUNNEL_REFUSALS {
+                let _ = self.tunnel_refused.get_or_create(&TransportReason {
+                    transport: transport.name(),
+                    reason,
+                });
+            }
+        }
         for reason in [
             "max_connections",
             "per_ip_limit",

@@ -9,6 +9,10 @@
 //! TLS-ALPN-01 validation (`acme-tls/1` alone) gets the pending challenge certificate, the
 //! handshake completes and the connection closes; it reaches no site, no HTTP, nothing else.
 //!
+//! A ClientHello offering the tunnel's ALPN (`doorless-tcp/1`) gets the tunnel's TLS
+//! configuration instead (connector CA, certificate mandatory) and becomes an
+//! [`Accepted::Tunnel`] for the connector accept path (`connectors`).
+//!
 //! What this module is not: the site registry (`site`, which builds each site's
 //! `ServerConfig` through [`server_config`] here) or the revocation list (`revocation`, whose
 //! [`RevocationCheck`] wraps the site CA's verifier).
@@ -105,9 +109,12 @@ pub(crate) struct HandshakeFailure {
     pub(crate) denial: HandshakeDenial,
     /// The SNI's site, if any.
     pub(crate) site: Option<String>,
+    /// The client offered the tunnel's ALPN: a refused connector (or an impostor), counted
+    /// with the tunnel's refusals, not the sites' handshakes.
+    pub(crate) tunnel: bool,
 }
 
-/// What a completed handshake was for.
+/// What a completed handshake on the public port was for.
 // The large variant is moved once, straight to `serve`; boxing it would cost every client an
 // allocation to save a few hundred bytes on the rare validation handshake.
 #[allow(clippy::large_enum_variant)]
@@ -117,6 +124,9 @@ pub(crate) enum Accepted {
     /// A connector enrolling with a code ([`proto::enroll::ENROLL_ALPN`]): no client
     /// certificate, and the stream reaches nothing but `enroll`.
     Enroll(TlsStream<TcpStream>),
+    /// A connector's TLS/TCP tunnel (ALPN `doorless-tcp/1`), its certificate verified against
+    /// the connector CA; `connectors` takes it from here (identity, revocation, `Hello`).
+    Tunnel(TlsStream<TcpStream>),
     /// An ACME CA validated a hostname of `site` (TLS-ALPN-01); the connection is closed.
     AcmeChallenge {
         /// The site the SNI names, if any.
@@ -130,6 +140,8 @@ enum Hello {
     AcmeChallenge,
     /// A connector enrolling with a code: it offers [`proto::enroll::ENROLL_ALPN`].
     Enroll,
+    /// A connector's TLS/TCP tunnel: it offers [`proto::ALPN_TCP`].
+    Tunnel,
     /// A client of the site its SNI names.
     Site(Arc<Site>),
 }
@@ -141,6 +153,9 @@ impl Hello {
         }
         if offers(hello, proto::enroll::ENROLL_ALPN) {
             return Ok(Self::Enroll);
+        }
+        if offers(hello, proto::ALPN_TCP) {
+            return Ok(Self::Tunnel);
         }
         hello
             .server_name()
@@ -234,15 +249,19 @@ pub(crate) fn enroll_config(
     Ok(Arc::new(config))
 }
 
-/// Runs the handshake for one TCP connection.
+/// Runs the handshake for one TCP connection. The ClientHello's ALPN picks the configuration:
+/// the tunnel's for `doorless-tcp/1` (`tunnel_tls`: connector CA, certificate mandatory),
+/// otherwise the SNI's site's.
 pub(crate) async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     sites: &Sites,
     challenges: &acme::Challenges,
+    tunnel_tls: &Arc<rustls::ServerConfig>,
     limit: Duration,
 ) -> Result<Accepted, HandshakeFailure> {
     let mut site_name = None;
+    let mut tunnel = false;
     let run = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
             .await
@@ -250,6 +269,14 @@ pub(crate) async fn handshake(
         let hello = start.client_hello();
         let site = match Hello::of(&hello, sites)? {
             Hello::Site(site) => site,
+            Hello::Tunnel => {
+                tunnel = true;
+                let stream = start
+                    .into_stream(tunnel_tls.clone())
+                    .await
+                    .map_err(|e| classify(&e))?;
+                return Ok(Accepted::Tunnel(stream));
+            }
             Hello::Enroll => {
                 // Enrollment: the site's certificate if SNI names one (a publicly trusted one
                 // then verifies), else the tunnel certificate; either way the code's MAC is
@@ -309,6 +336,7 @@ pub(crate) async fn handshake(
     result.map_err(|denial| HandshakeFailure {
         denial,
         site: site_name,
+        tunnel,
     })
 }
 

@@ -42,6 +42,11 @@ pub use stream::{BodyKind, ClientInfo, MAX_HEAD_FRAME, ResponseHead, StreamHeade
 /// The ALPN token both ends offer on the tunnel's QUIC connection.
 pub const ALPN: &[u8] = b"doorless/1";
 
+/// The ALPN token of the same protocol carried over TLS 1.3 on TCP with HTTP/2 framing (the
+/// fallback when UDP is blocked; `docs/protocol.md`, "TLS/TCP mapping"). Offered on the edge's
+/// HTTPS port, where it selects the tunnel's TLS configuration instead of a site's.
+pub const ALPN_TCP: &[u8] = b"doorless-tcp/1";
+
 /// The protocol version carried in `Hello`, `StreamHeader` and `ResponseHead`.
 ///
 /// Version rule: the major version is in the ALPN token (`doorless/1`); a change that an old
