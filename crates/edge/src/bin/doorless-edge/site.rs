@@ -3,9 +3,58 @@
 //! Not the site registry the running edge serves from: that is the library's; this only writes
 //! the state directory through `pki`.
 
+use std::path::{Path, PathBuf};
+
 use clap::Subcommand;
 
 use crate::StateArg;
+use crate::run::{DEFAULT_CONFIG, load_config};
+
+/// Where a new token sends its connector.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EdgeArgs {
+    /// Tunnel address (HOST:PORT) the connector dials. Default: the address given to
+    /// `init --edge-addr`, else the site's first hostname on the port of the configuration's
+    /// `listen.tunnel`.
+    #[arg(long, value_name = "HOST:PORT")]
+    edge_addr: Option<String>,
+    /// Configuration whose `listen.tunnel` port the token carries. Default:
+    /// /etc/doorless/edge.toml if it exists and uses this state directory, else port 443.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl EdgeArgs {
+    /// The edge address choice for `state`, reading the configuration if there is one.
+    fn target(&self, state: &Path) -> anyhow::Result<pki::EdgeTarget> {
+        if let Some(addr) = &self.edge_addr {
+            return Ok(pki::EdgeTarget::Addr(addr.clone()));
+        }
+        let tunnel_port = match &self.config {
+            Some(path) => load_config(path)?.listen.tunnel.port(),
+            None => {
+                let path = Path::new(DEFAULT_CONFIG);
+                match path.exists() {
+                    // Another edge's file (a test state dir on a machine that runs a real
+                    // edge) says nothing about this one.
+                    true => {
+                        let config = load_config(path)?;
+                        match same_dir(&config.state, state) {
+                            true => config.listen.tunnel.port(),
+                            false => 443,
+                        }
+                    }
+                    false => 443,
+                }
+            }
+        };
+        Ok(pki::EdgeTarget::Default { tunnel_port })
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
@@ -17,6 +66,8 @@ pub(crate) enum SiteCommand {
         /// Hostname(s) that select this site; repeat for several.
         #[arg(long = "hostname", required = true)]
         hostnames: Vec<String>,
+        #[command(flatten)]
+        edge: EdgeArgs,
         #[command(flatten)]
         state: StateArg,
     },
@@ -33,6 +84,8 @@ pub(crate) enum SiteCommand {
         #[arg(long)]
         connector_id: Option<String>,
         #[command(flatten)]
+        edge: EdgeArgs,
+        #[command(flatten)]
         state: StateArg,
     },
 }
@@ -44,8 +97,10 @@ impl SiteCommand {
             SiteCommand::Add {
                 name,
                 hostnames,
+                edge,
                 state,
             } => {
+                let target = edge.target(&state.state_dir)?;
                 let state = pki::StateDir::open(&state.state_dir)?;
                 match state.site(&name) {
                     Ok(site) => {
@@ -68,7 +123,7 @@ impl SiteCommand {
                                 new.join(", ")
                             );
                         }
-                        let token = state.issue_connector(&site.name, None)?;
+                        let token = state.issue_connector_to(&site.name, None, &target)?;
                         println!(
                             "Site {} already exists; minted an additional connector credential.",
                             site.name
@@ -76,8 +131,10 @@ impl SiteCommand {
                         print_token(&token);
                     }
                     Err(pki::Error::SiteNotFound { .. }) => {
+                        // Checked before the site is made, so a bad address leaves nothing behind.
+                        target.check()?;
                         let site = state.add_site(&name, &hostnames)?;
-                        let token = state.issue_connector(&site.name, None)?;
+                        let token = state.issue_connector_to(&site.name, None, &target)?;
                         println!(
                             "Site {} added for {}.",
                             site.name,
@@ -99,10 +156,12 @@ impl SiteCommand {
             SiteCommand::Token {
                 name,
                 connector_id,
+                edge,
                 state,
             } => {
+                let target = edge.target(&state.state_dir)?;
                 let state = pki::StateDir::open(&state.state_dir)?;
-                let token = state.issue_connector(&name, connector_id.as_deref())?;
+                let token = state.issue_connector_to(&name, connector_id.as_deref(), &target)?;
                 println!("Site {name}: new connector credential.");
                 print_token(&token);
                 Ok(())
@@ -119,4 +178,12 @@ fn print_token(token: &pki::EnrollmentToken) {
     );
     println!();
     println!("{}", token.encode());
+    println!();
+    println!(
+        "The connector dials {} (UDP). Another address? Mint a token with \
+         `doorless-edge site token {} --edge-addr HOST:PORT`, or set DOORLESS_EDGES=HOST:PORT on \
+         the connector.",
+        token.edges.join(", "),
+        token.site
+    );
 }
