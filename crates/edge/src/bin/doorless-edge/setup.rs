@@ -52,7 +52,7 @@ pub(crate) struct Setup {
     #[arg(long)]
     hostname: Option<String>,
     /// Contact address for the ACME CA (Let's Encrypt): certificate expiry notices.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_acme")]
     email: Option<String>,
     /// Site name. Default: the hostname's first label (`ha` for ha.example.com).
     #[arg(long)]
