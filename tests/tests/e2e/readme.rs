@@ -418,3 +418,88 @@ fn shell_words_follow_sh_quoting() {
         "DOORLESS_TOKEN=dl1.…"
     );
 }
+
+/// Bad input to `setup` changes nothing and says what to do, with the documented exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_refusals_name_the_problem_and_change_nothing() {
+    e2e::init();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("edge.toml");
+    let (state_s, config_s) = (state.to_str().unwrap(), config.to_str().unwrap());
+    let local = [
+        "--no-systemd",
+        "--state-dir",
+        state_s,
+        "--config",
+        config_s,
+        "--https",
+        "127.0.0.1:0",
+        "--tunnel",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let setup = |extra: &[&str]| {
+        let mut args = vec!["setup"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&local);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_exit(&binaries().edge, &refs, &[], Duration::from_secs(60))
+            .await
+            .unwrap()
+    };
+
+    // No terminal (stdin is /dev/null): a missing flag is named, exit 64.
+    let (status, _, stderr) = run(setup(&["--no-acme"])).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("missing --hostname"), "{stderr}");
+    let (status, _, stderr) = run(setup(&["--hostname", HOST, "--yes"])).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--email"), "{stderr}");
+    // All flags but no --yes and no terminal: nobody can confirm.
+    let (status, _, stderr) = run(setup(&["--hostname", HOST, "--no-acme"])).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    // A tunnel on port 0 leaves the token nothing to dial.
+    let (status, _, stderr) = run(setup(&["--hostname", HOST, "--no-acme", "--yes"])).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--tunnel"), "{stderr}");
+    assert!(
+        !state.exists() && !config.exists(),
+        "a refusal wrote something"
+    );
+
+    // A configuration that differs is named key by key (exit 78) and left alone.
+    std::fs::write(&config, "state_dir = \"/elsewhere\"\n").unwrap();
+    let mut args = setup(&["--hostname", HOST, "--no-acme", "--yes"]);
+    let port = free_udp_port().to_string();
+    let tunnel = args.iter().position(|a| a == "--tunnel").unwrap() + 1;
+    args[tunnel] = format!("127.0.0.1:{port}");
+    let (status, _, stderr) = run(args.clone()).await;
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("state_dir: file has \"/elsewhere\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "state_dir = \"/elsewhere\"\n"
+    );
+    assert!(!state.exists(), "state made although setup refused");
+
+    // --force replaces it, keeping the old file.
+    args.push("--force".into());
+    let (status, stdout, stderr) = run(args).await;
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("dl1."), "{stdout}");
+    let old = dir.path().join("edge.toml.old");
+    assert_eq!(
+        std::fs::read_to_string(old).unwrap(),
+        "state_dir = \"/elsewhere\"\n"
+    );
+}
