@@ -975,6 +975,54 @@ impl Demo {
     }
 }
 
+/// A process started from a command line the test did not write itself (the README's), plus
+/// `--ready-file`; killed on drop like every harness process.
+pub struct Spawned {
+    // Before `dir`, see `Edge`.
+    proc: Proc,
+    _dir: tempfile::TempDir,
+    /// Its ready file.
+    pub ready: serde_json::Value,
+}
+
+impl Spawned {
+    /// Runs `program args... --ready-file <tmp>` with `env` and waits for the ready file.
+    pub async fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        init();
+        let dir = tempfile::Builder::new()
+            .prefix("doorless-spawned-")
+            .tempdir()?;
+        let ready_path = dir.path().join("ready.json");
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg("--ready-file").arg(&ready_path);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut proc = Proc::spawn(name, dir.path(), &mut cmd, 1)?;
+        let ready = wait_ready_file(&mut proc, &ready_path, READY_DEADLINE).await?;
+        Ok(Self {
+            proc,
+            _dir: dir,
+            ready,
+        })
+    }
+
+    /// An address field of the ready file.
+    pub fn addr(&self, key: &str) -> Result<SocketAddr> {
+        addr_field(&self.ready, key)
+    }
+
+    /// Tails of stdout and stderr.
+    pub fn output(&self) -> String {
+        self.proc.output()
+    }
+}
+
 /// Runs a binary to completion with a deadline; returns (status, stdout, stderr). The child is
 /// killed if it outlives the deadline.
 pub async fn run_to_exit(

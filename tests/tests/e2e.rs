@@ -40,6 +40,8 @@ mod limits;
 mod metrics;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/readme.rs"]
+mod readme;
 #[path = "e2e/security.rs"]
 mod security;
 #[path = "e2e/tcp_fallback.rs"]

@@ -66,8 +66,9 @@ pub struct RawConfig {
     /// File holding the enrollment token (alternative to `token`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Edge tunnel addresses (HOST:PORT), overriding those in the token.
-    #[serde(default)]
+    /// Edge tunnel addresses (HOST:PORT), overriding those in the token. Also accepted as one
+    /// comma-separated string, the form `DOORLESS_EDGES=host:port,host:port` arrives in.
+    #[serde(default, deserialize_with = "list_or_commas")]
     pub edges: Vec<String>,
     /// Which tunnel transport to use: `auto` (QUIC, falling back to TLS over TCP when UDP is
     /// blocked, and back to QUIC when it works again), `quic` or `tcp`.
@@ -507,6 +508,22 @@ impl Config {
     }
 }
 
+/// A list of strings, or one string of comma-separated items (spaces around them trimmed).
+/// An empty item is kept, so `a:1,,b:2` is refused by the HOST:PORT check rather than read as
+/// two addresses.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(d)? {
+        ListOrCommas::List(list) => list,
+        ListOrCommas::Commas(text) => text.split(',').map(|e| e.trim().to_owned()).collect(),
+    })
+}
+
 fn looks_like_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
@@ -586,6 +603,52 @@ mod tests {
         assert_eq!(RawConfig::default().transport, TransportPolicy::Auto);
         let figment = Figment::new().merge(Toml::string("transport = \"udp\""));
         assert!(figment.extract::<RawConfig>().is_err());
+    }
+
+    #[test]
+    fn edges_from_a_list_or_a_comma_separated_string() {
+        let token = || -> Result<String, Box<dyn std::error::Error>> {
+            let dir = tempfile::tempdir()?;
+            let state = pki::StateDir::init(dir.path(), &pki::InitOptions::default())?;
+            state.add_site("demo", &["home.localhost".to_owned()])?;
+            Ok(state.issue_connector("demo", None)?.encode())
+        };
+        let token = match token() {
+            Ok(token) => token,
+            Err(e) => panic!("issuing a token: {e}"),
+        };
+        let load = |edges: &str| {
+            let toml = format!("token = \"{token}\"\nedges = {edges}\n");
+            Config::from_figment(Figment::new().merge(Toml::string(&toml)), "test")
+        };
+        let edges = |edges: &str| match load(edges) {
+            Ok(config) => config.edges,
+            Err(e) => panic!("{edges}: {e}"),
+        };
+        let both = vec!["a.example:443".to_owned(), "[2001:db8::1]:8443".to_owned()];
+        assert_eq!(edges(r#"["a.example:443", "[2001:db8::1]:8443"]"#), both);
+        // What DOORLESS_EDGES=a.example:443,[2001:db8::1]:8443 gives figment: one string.
+        assert_eq!(edges(r#""a.example:443, [2001:db8::1]:8443""#), both);
+        assert_eq!(
+            edges(r#""a.example:443""#),
+            vec!["a.example:443".to_owned()]
+        );
+        // Without the key, the token's edges.
+        assert_eq!(
+            edges("[]"),
+            vec!["home.localhost:443".to_owned()],
+            "an empty list keeps the token's edges"
+        );
+        for bad in [
+            r#""a.example:443,,b.example:443""#,
+            r#""a.example""#,
+            r#""a:1,""#,
+        ] {
+            let Err(e) = load(bad) else {
+                panic!("{bad} must be refused");
+            };
+            assert!(e.to_string().contains("`edges`"), "{e}");
+        }
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub use identity::{
 pub use inspect::{cert_not_after, cert_serial};
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
-pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};
+pub use state::{
+    CRL_DAYS, EdgeTarget, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir,
+};
 pub use token::EnrollmentToken;
 
 /// The DNS name in the edge's tunnel certificate. Connectors verify it against the pinned tunnel

@@ -37,6 +37,33 @@ pub struct InitOptions {
     pub edge_addr: Option<String>,
 }
 
+/// The edge address an enrollment token carries: where its connector dials the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeTarget {
+    /// The address given to `init --edge-addr` if any, else the site's first hostname on
+    /// `tunnel_port` (the port of the edge's `listen.tunnel`).
+    Default { tunnel_port: u16 },
+    /// Exactly this `HOST:PORT` (e.g. a public port mapped to another local one).
+    Addr(String),
+}
+
+impl EdgeTarget {
+    /// Checks an explicit address (`HOST:PORT`, IPv6 in brackets); the default needs a site.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Self::Addr(addr) => validate_edge_addr(addr),
+            Self::Default { .. } => Ok(()),
+        }
+    }
+}
+
+impl Default for EdgeTarget {
+    /// The tunnel's default port, UDP 443.
+    fn default() -> Self {
+        Self::Default { tunnel_port: 443 }
+    }
+}
+
 /// An opened (or freshly created) state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -333,14 +360,30 @@ impl StateDir {
     }
 
     /// Issues a connector certificate for `site` (signed by the connector CA, 5 years) and
-    /// returns it as an enrollment token. Without `connector_id`, the next free
-    /// `connector-<N>` is used.
+    /// returns it as an enrollment token whose connector dials [`EdgeTarget::default`] (the
+    /// address given to `init`, else the site's first hostname on port 443). Without
+    /// `connector_id`, the next free `connector-<N>` is used.
     pub fn issue_connector(
         &self,
         site: &str,
         connector_id: Option<&str>,
     ) -> Result<EnrollmentToken> {
+        self.issue_connector_to(site, connector_id, &EdgeTarget::default())
+    }
+
+    /// Like [`StateDir::issue_connector`], with the edge address the token carries chosen by
+    /// `edge`: the CLI knows the tunnel port the edge really listens on, this crate does not.
+    pub fn issue_connector_to(
+        &self,
+        site: &str,
+        connector_id: Option<&str>,
+        edge: &EdgeTarget,
+    ) -> Result<EnrollmentToken> {
         let site = self.site(site)?;
+        // Everything that can fail without side effects comes before the certificate is
+        // recorded: a refused token leaves no orphan connector in the index.
+        let edges = vec![self.edge_addr_for(&site, edge)?];
+        let tunnel_ca_pem = sfs::read_to_string(&self.tunnel_ca_path())?;
         let index = self.read_index()?;
         let id = match connector_id {
             Some(id) => {
@@ -358,12 +401,6 @@ impl StateDir {
             KeyType::EcdsaP256,
             index,
         )?;
-        let edges = match (&self.state.edge_addr, site.hostnames.first()) {
-            (Some(addr), _) => vec![addr.clone()],
-            (None, Some(hostname)) => vec![default_edge(hostname)],
-            // `site()` refuses sites without hostnames.
-            (None, None) => return Err(Error::NoHostnames),
-        };
         Ok(EnrollmentToken {
             edges,
             server_name: TUNNEL_SERVER_NAME.to_owned(),
@@ -371,8 +408,27 @@ impl StateDir {
             connector_id: id,
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem,
-            tunnel_ca_pem: sfs::read_to_string(&self.tunnel_ca_path())?,
+            tunnel_ca_pem,
         })
+    }
+
+    /// The `HOST:PORT` a token for `site` carries, as [`StateDir::issue_connector_to`] would
+    /// write it (so a caller can say where the connector will dial before minting anything).
+    pub fn edge_addr_for(&self, site: &Site, edge: &EdgeTarget) -> Result<String> {
+        match (edge, &self.state.edge_addr, site.hostnames.first()) {
+            (EdgeTarget::Addr(addr), _, _) => {
+                validate_edge_addr(addr)?;
+                Ok(addr.clone())
+            }
+            (EdgeTarget::Default { .. }, Some(addr), _) => Ok(addr.clone()),
+            (EdgeTarget::Default { tunnel_port }, None, Some(hostname)) => {
+                let addr = format!("{hostname}:{tunnel_port}");
+                validate_edge_addr(&addr)?;
+                Ok(addr)
+            }
+            // `site()` refuses sites without hostnames.
+            (EdgeTarget::Default { .. }, None, None) => Err(Error::NoHostnames),
+        }
     }
 
     pub(crate) fn next_connector_id(&self, site: &Site, index: &[IndexEntry]) -> String {
@@ -1004,10 +1060,6 @@ fn neutral_ca_name() -> Result<String> {
 }
 
 /// `host:443`; site hostnames are DNS names, never IP addresses.
-fn default_edge(hostname: &str) -> String {
-    format!("{hostname}:443")
-}
-
 fn validate_edge_addr(addr: &str) -> Result<()> {
     let invalid = |reason| {
         Err(Error::InvalidEdgeAddr {

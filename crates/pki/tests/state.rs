@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pki::{
-    EnrollmentToken, Error, Identity, InitOptions, KeyType, Kind, StateDir, TUNNEL_SERVER_NAME,
-    Validity,
+    EdgeTarget, EnrollmentToken, Error, Identity, InitOptions, KeyType, Kind, StateDir,
+    TUNNEL_SERVER_NAME, Validity,
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -431,6 +431,53 @@ fn tokens_use_the_edge_addr_from_init() {
     state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
     let token = state.issue_connector("home", None).unwrap();
     assert_eq!(token.edges, vec!["ha.example.com:443".to_string()]);
+}
+
+#[test]
+fn tokens_carry_the_tunnel_port_or_an_explicit_edge_addr() {
+    let (_tmp, state) = init();
+    let site = state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
+    let port = EdgeTarget::Default { tunnel_port: 8443 };
+    assert_eq!(
+        state.edge_addr_for(&site, &port).unwrap(),
+        "ha.example.com:8443"
+    );
+    let token = state.issue_connector_to("home", None, &port).unwrap();
+    assert_eq!(token.edges, vec!["ha.example.com:8443".to_string()]);
+
+    // An explicit address wins, and is checked before anything is minted.
+    let explicit = EdgeTarget::Addr("edge.example.net:7443".into());
+    let token = state.issue_connector_to("home", None, &explicit).unwrap();
+    assert_eq!(token.edges, vec!["edge.example.net:7443".to_string()]);
+    for bad in ["edge.example.net", "edge.example.net:0", "2001:db8::1:443"] {
+        assert!(matches!(
+            state.issue_connector_to("home", None, &EdgeTarget::Addr(bad.into())),
+            Err(Error::InvalidEdgeAddr { .. })
+        ));
+    }
+    // Port 0 (a test config's `listen.tunnel`) is no address to dial.
+    assert!(matches!(
+        state.issue_connector_to("home", None, &EdgeTarget::Default { tunnel_port: 0 }),
+        Err(Error::InvalidEdgeAddr { .. })
+    ));
+    assert_eq!(state.clients().unwrap().len(), 2, "refusals mint nothing");
+
+    // `init --edge-addr` still wins over the tunnel port; an explicit address over both.
+    let tmp = tempfile::tempdir().unwrap();
+    let options = InitOptions {
+        edge_addr: Some("edge.example.net:7443".into()),
+    };
+    let state = StateDir::init(tmp.path(), &options).unwrap();
+    let site = state.add_site("home", &hosts(&["ha.example.com"])).unwrap();
+    assert_eq!(
+        state.edge_addr_for(&site, &port).unwrap(),
+        "edge.example.net:7443"
+    );
+    let other = EdgeTarget::Addr("other.example.net:443".into());
+    assert_eq!(
+        state.edge_addr_for(&site, &other).unwrap(),
+        "other.example.net:443"
+    );
 }
 
 #[test]

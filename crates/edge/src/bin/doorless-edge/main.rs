@@ -1,12 +1,13 @@
-//! The `doorless-edge` command line: parses the verb and dispatches to its module (PKI verbs
-//! `init`, `site`, `client`; `run` and `check-config`; `demo`), and turns an error into the exit
-//! code. Nothing else happens here.
+//! The `doorless-edge` command line: parses the verb and dispatches to its module (`setup`;
+//! PKI verbs `init`, `site`, `client`; `run` and `check-config`; `demo`), and turns an error
+//! into the exit code. Nothing else happens here.
 
 mod client;
 #[cfg(feature = "demo")]
 mod demo;
 mod init;
 mod run;
+mod setup;
 mod site;
 
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up this machine as an edge in one go: state directory, site, configuration with
+    /// ACME, systemd unit; then print what to paste at home and how to add a device.
+    Setup(setup::Setup),
     /// Create the state directory: CAs, keys, and an example edge.toml.
     Init(init::Init),
     /// Manage sites (hostnames served by one Home Assistant).
@@ -71,6 +75,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Setup(setup) => setup.run(),
         Command::Init(init) => init.run(),
         Command::Site(site) => site.run(),
         Command::Client(client) => client.run(),
@@ -92,7 +97,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("doorless-edge: {e:#}");
-            if e.downcast_ref::<edge::config::ConfigError>().is_some() {
+            if let Some(refusal) = e.downcast_ref::<setup::Refusal>() {
+                ExitCode::from(refusal.exit_code())
+            } else if e.downcast_ref::<edge::config::ConfigError>().is_some() {
                 ExitCode::from(daemon::EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -5,13 +5,17 @@
 
 use std::path::{Path, PathBuf};
 
-use edge::config::{Config, LogFormat};
+use edge::config::{Config, ConfigError, LogFormat};
+
+/// Where `run`, `check-config` and `setup` look for the configuration unless told otherwise:
+/// where `setup` writes it and the systemd unit reads it.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/doorless/edge.toml";
 
 /// The arguments of `run` (its help text is on `Command::Run`, which clap prefers).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Run {
     /// Configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Write the bound addresses as JSON here once ready.
     #[arg(long)]
@@ -29,6 +33,7 @@ impl Run {
             self.log_format.unwrap_or(config.log.format),
             &config.log.filter,
         );
+        tracing::info!(config = %self.config.display(), "configuration loaded");
         let rt = runtime()?;
         rt.block_on(async {
             let edge = edge::Edge::bind(config).await?;
@@ -44,7 +49,7 @@ impl Run {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckConfig {
     /// Configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
 }
 
@@ -57,7 +62,17 @@ impl CheckConfig {
     }
 }
 
-fn load_config(path: &Path) -> anyhow::Result<Config> {
+/// Loads `path`; a missing file is a configuration error that says how to make one (figment's
+/// own message for it names no remedy).
+pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
+    if !path.exists() {
+        return Err(ConfigError::Parse(format!(
+            "no configuration file at {}: create one with `doorless-edge setup`, or pass \
+             --config FILE",
+            path.display()
+        ))
+        .into());
+    }
     Ok(Config::load(path)?)
 }
 

@@ -5,9 +5,58 @@
 //! Not the site registry the running edge serves from: that is the library's; this only writes
 //! the state directory through `pki`.
 
+use std::path::{Path, PathBuf};
+
 use clap::Subcommand;
 
 use crate::StateArg;
+use crate::run::{DEFAULT_CONFIG, load_config};
+
+/// Where a new token sends its connector.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EdgeArgs {
+    /// Tunnel address (HOST:PORT) the connector dials. Default: the address given to
+    /// `init --edge-addr`, else the site's first hostname on the port of the configuration's
+    /// `listen.tunnel`.
+    #[arg(long, value_name = "HOST:PORT")]
+    edge_addr: Option<String>,
+    /// Configuration whose `listen.tunnel` port the token carries. Default:
+    /// /etc/doorless/edge.toml if it exists and uses this state directory, else port 443.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl EdgeArgs {
+    /// The edge address choice for `state`, reading the configuration if there is one.
+    fn target(&self, state: &Path) -> anyhow::Result<pki::EdgeTarget> {
+        if let Some(addr) = &self.edge_addr {
+            return Ok(pki::EdgeTarget::Addr(addr.clone()));
+        }
+        let tunnel_port = match &self.config {
+            Some(path) => load_config(path)?.listen.tunnel.port(),
+            None => {
+                let path = Path::new(DEFAULT_CONFIG);
+                match path.exists() {
+                    // Another edge's file (a test state dir on a machine that runs a real
+                    // edge) says nothing about this one.
+                    true => {
+                        let config = load_config(path)?;
+                        match same_dir(&config.state, state) {
+                            true => config.listen.tunnel.port(),
+                            false => 443,
+                        }
+                    }
+                    false => 443,
+                }
+            }
+        };
+        Ok(pki::EdgeTarget::Default { tunnel_port })
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
@@ -25,6 +74,8 @@ pub(crate) enum SiteCommand {
         token: bool,
         #[command(flatten)]
         code: CodeArgs,
+        #[command(flatten)]
+        edge: EdgeArgs,
         #[command(flatten)]
         state: StateArg,
     },
@@ -75,6 +126,8 @@ pub(crate) enum SiteCommand {
         #[arg(long)]
         connector_id: Option<String>,
         #[command(flatten)]
+        edge: EdgeArgs,
+        #[command(flatten)]
         state: StateArg,
     },
 }
@@ -100,8 +153,10 @@ impl SiteCommand {
                 hostnames,
                 token,
                 code,
+                edge,
                 state,
             } => {
+                let target = edge.target(&state.state_dir)?;
                 let state = pki::StateDir::open(&state.state_dir)?;
                 match state.site(&name) {
                     Ok(site) => {
@@ -128,16 +183,18 @@ impl SiteCommand {
                             "Site {} already exists; minted an additional connector credential.",
                             site.name
                         );
-                        credential(&state, &site, token, &code)?;
+                        credential(&state, &site, token.then_some(&target), &code)?;
                     }
                     Err(pki::Error::SiteNotFound { .. }) => {
+                        // Checked before the site is made, so a bad address leaves nothing behind.
+                        target.check()?;
                         let site = state.add_site(&name, &hostnames)?;
                         println!(
                             "Site {} added for {}.",
                             site.name,
                             site.hostnames.join(", ")
                         );
-                        credential(&state, &site, token, &code)?;
+                        credential(&state, &site, token.then_some(&target), &code)?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -198,10 +255,12 @@ impl SiteCommand {
             SiteCommand::Token {
                 name,
                 connector_id,
+                edge,
                 state,
             } => {
+                let target = edge.target(&state.state_dir)?;
                 let state = pki::StateDir::open(&state.state_dir)?;
-                let token = state.issue_connector(&name, connector_id.as_deref())?;
+                let token = state.issue_connector_to(&name, connector_id.as_deref(), &target)?;
                 println!("Site {name}: new connector credential.");
                 print_token(&token);
                 Ok(())
@@ -210,18 +269,20 @@ impl SiteCommand {
     }
 }
 
-/// Prints a new connector credential for `site`: a code, or a token if asked.
+/// Prints a new connector credential for `site`: a code, or a token dialing `token_target`
+/// if one was asked for.
 fn credential(
     state: &pki::StateDir,
     site: &pki::Site,
-    token: bool,
+    token_target: Option<&pki::EdgeTarget>,
     code: &CodeArgs,
 ) -> anyhow::Result<()> {
-    if token {
-        print_token(&state.issue_connector(&site.name, None)?);
-        Ok(())
-    } else {
-        print_code(state, site, code)
+    match token_target {
+        Some(target) => {
+            print_token(&state.issue_connector_to(&site.name, None, target)?);
+            Ok(())
+        }
+        None => print_code(state, site, code),
     }
 }
 
@@ -285,4 +346,12 @@ fn print_token(token: &pki::EnrollmentToken) {
     );
     println!();
     println!("{}", token.encode());
+    println!();
+    println!(
+        "The connector dials {} (UDP). Another address? Mint a token with \
+         `doorless-edge site token {} --edge-addr HOST:PORT`, or set DOORLESS_EDGES=HOST:PORT on \
+         the connector.",
+        token.edges.join(", "),
+        token.site
+    );
 }
