@@ -249,6 +249,11 @@ fn unix_now() -> u64 {
 fn denial(e: ProxyError) -> Response<ResponseBody> {
     let mut response = Response::new(body::empty());
     *response.status_mut() = e.status();
+    if let Some(secs) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
     response.extensions_mut().insert(e);
     response
 }
