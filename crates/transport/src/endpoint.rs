@@ -238,6 +238,9 @@ pub struct PathStats {
     pub lost_packets: u64,
     /// Current path MTU.
     pub mtu: u16,
+    /// UDP datagrams received on this connection so far. Any datagram is proof that the peer
+    /// is alive, so liveness checks compare this counter over time.
+    pub datagrams_received: u64,
 }
 
 impl Connection {
@@ -269,13 +272,42 @@ impl Connection {
         let (send, recv) = tokio::time::timeout(limit, self.inner.open_bi())
             .await
             .map_err(|_| Error::TimedOut(Wait::StreamCredit))??;
-        Ok((SendHalf::new(send), RecvHalf::new(recv)))
+        Ok((SendHalf::new(send, None), RecvHalf::new(recv, None)))
+    }
+
+    /// Opens a bidirectional stream like [`Connection::open`] that keeps `hold` alive until
+    /// the stream is closed in both directions and what we sent was acknowledged: the moment
+    /// the stream stops counting against the peer's stream credit (see [`crate::stream`]).
+    /// The edge holds its stream slot this way, so its count agrees with the transport's.
+    pub async fn open_holding<H>(
+        &self,
+        limit: Duration,
+        hold: H,
+    ) -> Result<(SendHalf, RecvHalf), Error>
+    where
+        H: Send + Sync + 'static,
+    {
+        let (send, recv) = tokio::time::timeout(limit, self.inner.open_bi())
+            .await
+            .map_err(|_| Error::TimedOut(Wait::StreamCredit))??;
+        let hold: crate::stream::Hold = std::sync::Arc::new(hold);
+        Ok((
+            SendHalf::new(send, Some(hold.clone())),
+            RecvHalf::new(recv, Some(hold)),
+        ))
     }
 
     /// Accepts the peer's next bidirectional stream.
     pub async fn accept(&self) -> Result<(SendHalf, RecvHalf), Error> {
         let (send, recv) = self.inner.accept_bi().await?;
-        Ok((SendHalf::new(send), RecvHalf::new(recv)))
+        Ok((SendHalf::new(send, None), RecvHalf::new(recv, None)))
+    }
+
+    /// How many bidirectional streams the peer may have open towards us at once from now on.
+    /// The connector sets this to what the edge's `Welcome` says the edge will use, so the
+    /// edge's slot count and the transport's stream credit describe the same streams.
+    pub fn set_max_incoming_streams(&self, count: u32) {
+        self.inner.set_max_concurrent_bi_streams(count.into());
     }
 
     /// Closes the connection at once with `code`.
@@ -309,6 +341,7 @@ impl Connection {
             cwnd: s.path.cwnd,
             lost_packets: s.path.lost_packets,
             mtu: s.path.current_mtu,
+            datagrams_received: s.udp_rx.datagrams,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod head;
+pub mod liveness;
 pub mod stream;
 pub mod tuning;
 
@@ -25,5 +26,6 @@ pub use endpoint::{
     ClientEndpoint, ClientTls, Connection, Incoming, PathStats, ServerEndpoint, ServerTls,
 };
 pub use error::{Alert, CertificateProblem, Error, Wait};
-pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf};
+pub use liveness::Liveness;
+pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf, SpliceEnd, Spliced, splice};
 pub use tuning::Tuning;

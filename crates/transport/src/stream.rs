@@ -1,17 +1,34 @@
-//! One QUIC stream as two plain byte pipes.
+//! One tunnel stream as two plain byte pipes, and how a stream ends.
 //!
 //! [`SendHalf`] is a tokio `AsyncWrite` (shutdown = FIN), [`RecvHalf`] a tokio `AsyncRead`
 //! (EOF = the peer's FIN). Aborting a stream carries a named [`proto::StreamError`] both ways:
 //! the inherent methods fail with [`Error::StreamReset`] / [`Error::StreamStopped`], and an
 //! `io::Error` from the tokio traits converts back into the same [`Error`] with `From`.
+//!
+//! # Stream lifecycle
+//!
+//! Every stream ends in both directions, on every path, in one of these ways:
+//! - our sending direction is **finished** (FIN after everything written) or **reset** with a
+//!   code. Dropping a [`SendHalf`] that was neither finished nor reset resets it
+//!   ([`StreamError::Cancelled`]): an abandoned body must never look complete to the peer.
+//! - our receiving direction is **read to its end** (the peer's FIN or reset seen) or
+//!   **stopped** with a code. Dropping a [`RecvHalf`] before its end stops it.
+//!
+//! A stream's slot (its share of the peer's stream credit) is only free again once both
+//! directions are closed and what we sent was acknowledged (or refused with a stop). That is
+//! what the *hold* of [`crate::Connection::open_holding`] tracks: it is dropped exactly then,
+//! so a caller that counts streams by their holds counts what the transport counts.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use proto::StreamError;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::Error;
 use crate::error::code_u32;
@@ -26,15 +43,37 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 /// with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
 pub const SPLICE_CHUNK: usize = 4 * 1024;
 
+/// What a stream keeps alive until it is closed in both directions (see the module docs).
+pub(crate) type Hold = Arc<dyn Send + Sync>;
+
 /// The sending side of a data stream.
-#[derive(Debug)]
 pub struct SendHalf {
     inner: quinn::SendStream,
+    /// Finished or reset explicitly.
+    ended: bool,
+    /// Reset (by us): nothing more will be delivered, nothing to wait for.
+    was_reset: bool,
+    hold: Option<Hold>,
+}
+
+impl std::fmt::Debug for SendHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHalf")
+            .field("inner", &self.inner)
+            .field("ended", &self.ended)
+            .field("holds", &self.hold.is_some())
+            .finish()
+    }
 }
 
 impl SendHalf {
-    pub(crate) fn new(inner: quinn::SendStream) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: quinn::SendStream, hold: Option<Hold>) -> Self {
+        Self {
+            inner,
+            ended: false,
+            was_reset: false,
+            hold,
+        }
     }
 
     /// Writes all of `data`.
@@ -55,12 +94,15 @@ impl SendHalf {
 
     /// Ends the stream cleanly (FIN) after everything written so far.
     pub fn finish(&mut self) {
+        self.ended = true;
         // Err means the stream is already finished or reset: nothing left to end.
         let _ = self.inner.finish();
     }
 
     /// Abandons the stream: the peer's reads fail with `error`.
     pub fn reset(&mut self, error: StreamError) {
+        self.ended = true;
+        self.was_reset = true;
         let _ = self.inner.reset(varint(error.code()));
     }
 
@@ -73,9 +115,49 @@ impl SendHalf {
         }
     }
 
+    /// After [`SendHalf::finish`]: waits until the peer acknowledged every byte and the FIN,
+    /// so closing the connection now loses nothing. Fails if the peer stopped reading or the
+    /// connection is gone. Bounded by the connection's own idle timeout.
+    pub async fn delivered(&mut self) -> Result<(), Error> {
+        match self.inner.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(Error::StreamStopped(StreamError::from_code(code_u32(code)))),
+            Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
+            Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+        }
+    }
+
     /// Gives the stream a scheduling priority; higher goes first when the link is busy.
     pub fn set_priority(&self, priority: i32) {
         let _ = self.inner.set_priority(priority);
+    }
+}
+
+impl Drop for SendHalf {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Neither finished nor reset: whoever held us gave up (an error path, a cancelled
+            // task). A FIN would make a cut-off body look complete; say so instead.
+            self.reset(StreamError::Cancelled);
+        }
+        // quinn's own drop finishes (or, if the peer stopped us, resets) the stream. The hold
+        // of a finished stream lives until the peer acknowledged all of it: only then is the
+        // slot free on both ends. A reset stream is over as soon as the peer reads the reset
+        // (quinn reports no acknowledgement of a reset), so its hold goes now; the peer's
+        // credit is back one round trip later, which its stream limit leaves room for.
+        let Some(hold) = self.hold.take() else { return };
+        if self.was_reset {
+            return;
+        }
+        let done = self.inner.stopped();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Resolves at the acknowledgement, a stop, or when the connection is gone
+            // (closed, or silent past its idle timeout): never later.
+            runtime.spawn(async move {
+                let _ = done.await;
+                drop(hold);
+            });
+        }
     }
 }
 
@@ -96,19 +178,28 @@ impl AsyncWrite for SendHalf {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ended = true;
         Poll::Ready(self.inner.finish().map_err(|e| Error::from(e).into_io()))
     }
 }
 
 /// The receiving side of a data stream.
-#[derive(Debug)]
 pub struct RecvHalf {
     inner: quinn::RecvStream,
+    _hold: Option<Hold>,
+}
+
+impl std::fmt::Debug for RecvHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvHalf")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RecvHalf {
-    pub(crate) fn new(inner: quinn::RecvStream) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: quinn::RecvStream, hold: Option<Hold>) -> Self {
+        Self { inner, _hold: hold }
     }
 
     /// Reads the next chunk of at most `max` bytes without copying; `None` at the peer's FIN.
@@ -145,6 +236,114 @@ impl AsyncRead for RecvHalf {
         self.inner
             .poll_read_buf(cx, buf)
             .map_err(|e| Error::from(e).into_io())
+    }
+}
+
+/// How a [`splice`] ended.
+#[derive(Debug)]
+pub enum SpliceEnd {
+    /// Both directions ended cleanly: each side's FIN was passed on.
+    Closed,
+    /// The local side (`io`) failed; the tunnel stream was reset and stopped.
+    Local(io::Error),
+    /// The tunnel stream failed (reset or stopped by the peer, or the connection is gone);
+    /// what was left of it was reset and stopped, and `io` dropped.
+    Tunnel(Error),
+    /// `until` fired; the tunnel stream was reset and stopped with `cancelled`.
+    Cancelled,
+}
+
+/// What a [`splice`] moved, and how it ended.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes from `io` into the tunnel.
+    pub up: u64,
+    /// Bytes from the tunnel into `io`.
+    pub down: u64,
+    /// How it ended.
+    pub end: SpliceEnd,
+}
+
+/// Copies raw bytes both ways between `io` (an upgraded client or upstream connection) and a
+/// tunnel stream until both directions ended, keeping the stream lifecycle: each side's EOF
+/// becomes the other side's FIN / write shutdown; a failure on either side, a peer that stops
+/// reading, or `until` resetting and stopping whatever of the stream is still open. Both ends
+/// of the tunnel use this, so a WebSocket ends the same way whichever side closes it.
+pub async fn splice<S, U>(io: S, mut send: SendHalf, mut recv: RecvHalf, until: U) -> Spliced
+where
+    S: AsyncRead + AsyncWrite,
+    U: Future<Output = ()>,
+{
+    let (mut io_read, mut io_write) = tokio::io::split(io);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    // 'static: lives apart from `send`, so it can be watched while `send` is being written.
+    let peer_stopped = send.inner.stopped();
+    let mut up_done = false;
+    let mut down_done = false;
+    let end = {
+        let to_tunnel = async {
+            let mut buf = vec![0u8; SPLICE_CHUNK];
+            loop {
+                let n = io_read.read(&mut buf).await.map_err(SpliceEnd::Local)?;
+                if n == 0 {
+                    send.finish();
+                    return Ok::<(), SpliceEnd>(());
+                }
+                send.write_all(&buf[..n]).await.map_err(SpliceEnd::Tunnel)?;
+                up.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        };
+        let from_tunnel = async {
+            loop {
+                let chunk = recv
+                    .read_chunk(SPLICE_CHUNK)
+                    .await
+                    .map_err(SpliceEnd::Tunnel)?;
+                let Some(chunk) = chunk else {
+                    io_write.shutdown().await.map_err(SpliceEnd::Local)?;
+                    return Ok::<(), SpliceEnd>(());
+                };
+                io_write.write_all(&chunk).await.map_err(SpliceEnd::Local)?;
+                down.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        };
+        tokio::pin!(to_tunnel, from_tunnel, peer_stopped, until);
+        loop {
+            tokio::select! {
+                r = &mut to_tunnel, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(end) => break end,
+                },
+                r = &mut from_tunnel, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(end) => break end,
+                },
+                stopped = &mut peer_stopped, if !up_done => {
+                    break SpliceEnd::Tunnel(match stopped {
+                        Ok(Some(code)) => Error::StreamStopped(StreamError::from_code(code_u32(code))),
+                        Ok(None) => Error::LocallyClosed,
+                        Err(quinn::StoppedError::ConnectionLost(e)) => e.into(),
+                        Err(quinn::StoppedError::ZeroRttRejected) => Error::LocallyClosed,
+                    });
+                }
+                () = &mut until => break SpliceEnd::Cancelled,
+            }
+            if up_done && down_done {
+                break SpliceEnd::Closed;
+            }
+        }
+    };
+    if !up_done {
+        send.reset(StreamError::Cancelled);
+    }
+    if !down_done {
+        recv.stop(StreamError::Cancelled);
+    }
+    Spliced {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
     }
 }
 
