@@ -24,6 +24,8 @@ mod http;
 mod metrics;
 #[path = "e2e/policy.rs"]
 mod policy;
+#[path = "e2e/resilience.rs"]
+mod resilience;
 #[path = "e2e/security.rs"]
 mod security;
 #[path = "e2e/websocket.rs"]

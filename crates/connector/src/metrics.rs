@@ -118,7 +118,14 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = m.connection_attempts.get_or_create(&ResultLabel { result });
         }
-        for kind in ["connect", "timeout", "protocol", "framing", "bad_request"] {
+        for kind in [
+            "connect",
+            "timeout",
+            "protocol",
+            "framing",
+            "bad_request",
+            "body_idle",
+        ] {
             let _ = m.upstream_errors.get_or_create(&KindLabel { kind });
         }
         Self { registry, ..m }

@@ -123,7 +123,7 @@ pub(crate) struct Metrics {
     pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
     pub(crate) disconnects: Family<SiteLabel, Counter>,
-    /// Tunnel streams that could not be opened.
+    /// Tunnel streams that could not be opened, were tried again elsewhere, or idled out.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Days until certificates expire.
     pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
@@ -232,7 +232,7 @@ impl Metrics {
         );
         r.register(
             "tunnel_stream_failures",
-            "Tunnel streams that could not be opened",
+            "Tunnel streams that failed: not opened, tried again elsewhere, or idle mid-body",
             m.stream_failures.clone(),
         );
         r.register(
@@ -304,7 +304,7 @@ impl Metrics {
                 .registrations
                 .get_or_create(&SiteResult { site: s(), result });
         }
-        for reason in ["no_slot", "open_failed"] {
+        for reason in crate::route::STREAM_FAILURE_REASONS {
             let _ = self
                 .stream_failures
                 .get_or_create(&SiteReason { site: s(), reason });

@@ -3,24 +3,31 @@
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
 //! FIN. Bodies stream both ways through bounded QUIC flow-control windows, never buffered
-//! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
-//! splice between the client's upgraded connection and the tunnel.
+//! whole, and a body silent for `limits.body_idle_timeout` ends the stream. A WebSocket upgrade
+//! that the upstream accepts (101) turns the stream into a raw byte splice
+//! ([`transport::splice`]) between the client's upgraded connection and the tunnel.
+//!
+//! A request that fails before its response head is sent once more, on another tunnel, when
+//! that cannot do harm: it has no body to replay, and either the connector refused it unread
+//! (`not_processed`, or the stream could not even be opened) or the connection died under it
+//! and the method is idempotent (GET, HEAD, OPTIONS). Otherwise the client gets the failure
+//! (503 with `Retry-After` when no connector could take it).
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use proto::headers::{is_forwarding, is_hop_by_hop};
-use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
-use tokio_util::io::ReaderStream;
+use proto::{BodyKind, ClientInfo, ResponseHead, StreamError, StreamHeader, StreamKind};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use transport::{RecvHalf, SendHalf};
+use transport::{RecvHalf, SendHalf, SpliceEnd};
 
 use crate::Shared;
 use crate::body::{ActiveGuard, ResponseBody, empty};
@@ -28,7 +35,7 @@ use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::revocation::Registration;
-use crate::route::Route;
+use crate::route::{self, Route};
 use crate::tls::Peer;
 
 /// Largest response head we accept from a connector.
@@ -47,7 +54,7 @@ pub(crate) struct Auth {
     pub(crate) registration: Option<Registration>,
 }
 
-/// Proxies `req` through a new stream on `route`'s tunnel.
+/// Proxies `req` through a new stream on `route`'s tunnel (or, once, another tunnel).
 pub(crate) async fn forward(
     mut req: Request<Incoming>,
     host: &str,
@@ -87,47 +94,34 @@ pub(crate) async fn forward(
         .encode(&mut encoded)
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
-
-    let (mut send, mut recv) = route.open_stream(shared).await?;
-    send.write_chunk(encoded)
-        .await
-        .map_err(|_| ProxyError::TunnelBroken)?;
+    let retry = Retry {
+        replayable: body == BodyKind::Empty,
+        idempotent: [Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method()),
+    };
 
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut send = if upgrade {
-        // The request body of an upgrade is empty (see `is_upgrade`); the send half stays open
-        // for the splice after a 101.
-        Some(send)
-    } else {
-        if body == BodyKind::Empty {
-            send.finish();
-        } else {
-            let counter = shared
-                .metrics
-                .request_bytes
-                .get_or_create_owned(&Metrics::site(&peer.site.name));
-            tokio::spawn(pump_request(req.into_body(), send, counter));
-        }
-        None
-    };
-
-    let head = tokio::select! {
-        head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
-        () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
-            recv.stop(StreamError::Cancelled);
-            if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
-            return Err(ProxyError::ResponseTimeout);
-        }
-        () = route.until_unresponsive() => {
-            route.abandon(shared);
-            return Err(ProxyError::ConnectorUnresponsive);
+    let mut request_body = (body != BodyKind::Empty).then(|| req.into_body());
+    let mut route = route;
+    let mut sent_again = false;
+    let (send, recv, head) = loop {
+        let attempt = Attempt {
+            encoded: encoded.clone(),
+            upgrade,
+            site: &peer.site.name,
+        };
+        match attempt.run(&mut route, &mut request_body, shared).await {
+            Ok(exchanged) => break exchanged,
+            Err(failed) if !sent_again && retry.allows(failed.processed) => {
+                debug!(error = failed.error.reason(), connector = %route.tunnel.connector_id, "sending the request again on another tunnel");
+                route::count_stream_failure(shared, &peer.site.name, "retried");
+                sent_again = true;
+                route = route::route(shared, &peer.site.name, Some(route.tunnel.id))
+                    .await
+                    .map_err(|_| failed.error)?;
+            }
+            Err(failed) => return Err(failed.error),
         }
     };
-    let head = head.map_err(|e| match e {
-        transport::Error::StreamReset(code) => ProxyError::from_stream_error(code),
-        transport::Error::Decode(_) => ProxyError::BadResponseHead,
-        _ => ProxyError::TunnelBroken,
-    })?;
     let status = StatusCode::from_u16(head.status).map_err(|_| ProxyError::BadResponseHead)?;
 
     let mut response = Response::new(empty());
@@ -157,33 +151,197 @@ pub(crate) async fn forward(
             if let Some(mut s) = send {
                 s.finish();
             }
-            if head.body != BodyKind::Empty {
+            if head.body == BodyKind::Empty {
+                // Nothing follows the head but the connector's FIN; dropping `recv` stops it.
+                drop(recv);
+            } else {
                 let hold = Hold {
                     _route: route,
                     _registration: auth.registration,
                 };
-                *response.body_mut() = tunnel_body(recv, hold);
+                let idle = BodyIdle {
+                    limit: shared.config.limits.body_idle_timeout,
+                    timeouts: shared.metrics.stream_failures.get_or_create_owned(
+                        &crate::metrics::SiteReason {
+                            site: peer.site.name.clone(),
+                            reason: "body_idle",
+                        },
+                    ),
+                };
+                *response.body_mut() = tunnel_body(recv, hold, idle);
             }
         }
     }
     Ok(response)
 }
 
+/// When a request may be sent again after a failure before its response head.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// No body: sending it again loses nothing.
+    replayable: bool,
+    /// GET, HEAD or OPTIONS: running it twice is harmless (RFC 9110 §9.2.2).
+    idempotent: bool,
+}
+
+impl Retry {
+    fn allows(self, processed: Processed) -> bool {
+        self.replayable
+            && match processed {
+                Processed::No => true,
+                Processed::Unknown => self.idempotent,
+                Processed::Yes => false,
+            }
+    }
+}
+
+/// Whether the connector may have acted on a request whose stream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processed {
+    /// Certainly not: no stream, or reset `not_processed`.
+    No,
+    /// Cannot know: the connection died while we waited.
+    Unknown,
+    /// It did (it answered with a failure code of its own).
+    Yes,
+}
+
+/// One try of a request on one tunnel, up to its response head.
+struct Attempt<'a> {
+    encoded: Bytes,
+    upgrade: bool,
+    site: &'a str,
+}
+
+/// A try that failed, and whether trying elsewhere could do harm.
+struct Failed {
+    error: ProxyError,
+    processed: Processed,
+}
+
+impl Attempt<'_> {
+    /// Opens the stream, sends the head and starts the body (the first time only: a request
+    /// with a body is never tried twice), and reads the response head. For an upgrade our
+    /// send half stays open and is returned for the splice.
+    async fn run(
+        self,
+        route: &mut Route,
+        request_body: &mut Option<Incoming>,
+        shared: &Shared,
+    ) -> Result<(Option<SendHalf>, RecvHalf, ResponseHead), Failed> {
+        let (mut send, mut recv) = route.open_stream(shared).await.map_err(|error| Failed {
+            error,
+            processed: Processed::No,
+        })?;
+        if let Err(e) = send.write_chunk(self.encoded).await
+            && e.is_connection_gone()
+        {
+            // The head never left: whatever the connector saw, it was not this request.
+            return Err(Failed {
+                error: ProxyError::ConnectorUnresponsive,
+                processed: Processed::No,
+            });
+        }
+        // Any other write failure is the connector stopping the stream; its reset code,
+        // read below, says why.
+        let mut send = if self.upgrade {
+            // The request body of an upgrade is empty (see `is_upgrade`); the send half stays
+            // open for the splice after a 101.
+            Some(send)
+        } else {
+            match request_body.take() {
+                None => send.finish(),
+                Some(body) => {
+                    let limits = &shared.config.limits;
+                    let pump = Pump {
+                        bytes: shared
+                            .metrics
+                            .request_bytes
+                            .get_or_create_owned(&Metrics::site(self.site)),
+                        idle: BodyIdle {
+                            limit: limits.body_idle_timeout,
+                            timeouts: shared.metrics.stream_failures.get_or_create_owned(
+                                &crate::metrics::SiteReason {
+                                    site: self.site.to_owned(),
+                                    reason: "body_idle",
+                                },
+                            ),
+                        },
+                    };
+                    tokio::spawn(pump_request(body, send, pump));
+                }
+            }
+            None
+        };
+        let head = tokio::select! {
+            head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
+            () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
+                recv.stop(StreamError::Cancelled);
+                if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
+                return Err(Failed { error: ProxyError::ResponseTimeout, processed: Processed::Yes });
+            }
+        };
+        let head = head.map_err(|e| match e {
+            transport::Error::StreamReset(StreamError::NotProcessed)
+            | transport::Error::StreamStopped(StreamError::NotProcessed) => Failed {
+                error: ProxyError::ConnectorRefused,
+                processed: Processed::No,
+            },
+            e if e.is_connection_gone() => Failed {
+                error: ProxyError::ConnectorUnresponsive,
+                processed: Processed::Unknown,
+            },
+            transport::Error::StreamReset(code) => Failed {
+                error: ProxyError::from_stream_error(code),
+                processed: Processed::Yes,
+            },
+            transport::Error::Decode(_) => Failed {
+                error: ProxyError::BadResponseHead,
+                processed: Processed::Yes,
+            },
+            _ => Failed {
+                error: ProxyError::TunnelBroken,
+                processed: Processed::Yes,
+            },
+        })?;
+        Ok((send, recv, head))
+    }
+}
+
+/// A body silent for `limit` ends its stream; counted in `timeouts`.
+struct BodyIdle {
+    limit: Duration,
+    timeouts: Counter,
+}
+
+/// What the request body pump counts.
+struct Pump {
+    bytes: Counter,
+    idle: BodyIdle,
+}
+
 /// Copies the client's request body into the tunnel as it arrives.
-async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
-    while let Some(frame) = body.frame().await {
+async fn pump_request(mut body: Incoming, mut send: SendHalf, pump: Pump) {
+    loop {
+        let Ok(frame) = tokio::time::timeout(pump.idle.limit, body.frame()).await else {
+            // The client stopped sending mid-body: the upstream must see an aborted body.
+            pump.idle.timeouts.inc();
+            send.reset(StreamError::Cancelled);
+            return;
+        };
         match frame {
-            Ok(frame) => {
+            None => break,
+            Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                bytes.inc_by(data.len() as u64);
+                pump.bytes.inc_by(data.len() as u64);
                 if send.write_chunk(data).await.is_err() {
                     // The connector stopped reading (upstream answered or failed).
                     return;
                 }
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 // The client aborted the upload: make the upstream see an aborted body, not
                 // a short one.
                 send.reset(StreamError::Cancelled);
@@ -194,23 +352,40 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, bytes: Counter) {
     send.finish();
 }
 
-/// What a live stream holds until it ends: its route (and so its stream slot), and for
-/// session-authenticated requests the registration that lets a revocation find it.
+/// What a live stream holds until it ends: its route, and for session-authenticated requests
+/// the registration that lets a revocation find it. (The stream slot itself rides in the
+/// stream's halves until the transport has closed them.)
 struct Hold {
     _route: Route,
     _registration: Option<Registration>,
 }
 
-/// The response body read from the tunnel; holds `hold` until it is dropped.
-fn tunnel_body(recv: RecvHalf, hold: Hold) -> ResponseBody {
-    let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(move |chunk| {
-        let _ = &hold;
-        Frame::data(chunk)
+/// The response body read from the tunnel; holds `hold` until it is dropped. A body silent
+/// for `idle.limit` (an upstream stalled mid-body, a connector cut off) ends with an error, and
+/// the stream is stopped.
+fn tunnel_body(recv: RecvHalf, hold: Hold, idle: BodyIdle) -> ResponseBody {
+    let chunks = futures_util::stream::unfold(Some((recv, hold, idle)), |state| async move {
+        let (mut recv, hold, idle) = state?;
+        match tokio::time::timeout(idle.limit, recv.read_chunk(transport::BODY_CHUNK)).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some((recv, hold, idle)))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some((Err(std::io::Error::from(e)), None)),
+            Err(_) => {
+                idle.timeouts.inc();
+                recv.stop(StreamError::Cancelled);
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "response body idle past limits.body_idle_timeout",
+                );
+                Some((Err(error), None))
+            }
+        }
     });
-    StreamBody::new(stream).boxed_unsync()
+    StreamBody::new(chunks).boxed_unsync()
 }
 
-/// After a 101: raw bytes both ways until either side ends.
+/// After a 101: raw bytes both ways until both sides ended (or either failed, or the client's
+/// certificate is revoked).
 async fn splice(
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
@@ -222,36 +397,21 @@ async fn splice(
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
+            // `send` and `recv` are dropped unfinished: reset and stopped.
             debug!(error = %e, "client upgrade failed");
             return;
         }
     };
     meters.open.inc();
     let _open = ActiveGuard(meters.open.clone());
-    let mut client = TokioIo::new(upgraded);
-    let mut tunnel = tokio::io::join(recv, send);
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut tunnel,
-        transport::SPLICE_CHUNK,
-        transport::SPLICE_CHUNK,
-    );
-    tokio::select! {
-        result = copy => match result {
-            Ok((up, down)) => {
-                meters.up.inc_by(up);
-                meters.down.inc_by(down);
-                debug!(up, down, "websocket closed");
-            }
-            Err(e) => debug!(error = %e, "websocket ended"),
-        },
-        () = revoked.cancelled() => {
-            let (recv, send) = tunnel.into_inner();
-            let (mut recv, mut send) = (recv, send);
-            send.reset(StreamError::Cancelled);
-            recv.stop(StreamError::Cancelled);
-            debug!("websocket closed: certificate revoked");
-        }
+    let spliced = transport::splice(TokioIo::new(upgraded), send, recv, revoked.cancelled()).await;
+    meters.up.inc_by(spliced.up);
+    meters.down.inc_by(spliced.down);
+    match spliced.end {
+        SpliceEnd::Closed => debug!(up = spliced.up, down = spliced.down, "websocket closed"),
+        SpliceEnd::Cancelled => debug!("websocket closed: certificate revoked"),
+        SpliceEnd::Local(e) => debug!(error = %e, "websocket ended by the client side"),
+        SpliceEnd::Tunnel(e) => debug!(error = %e, "websocket ended by the tunnel side"),
     }
 }
 

@@ -157,7 +157,7 @@ async fn proxy_request(
     who.grant = Some(grant.as_str());
     let auth = authenticate(grant, &req, peer, shared);
     who.device = auth.device.clone();
-    let route = route::route(shared, &site.name).await?;
+    let route = route::route(shared, &site.name, None).await?;
     let host = host.unwrap_or_default();
     let mut response = proxy::forward(req, &host, peer, auth, route, shared).await?;
     if let Grant::Certificate(cert) = grant
