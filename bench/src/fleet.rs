@@ -54,7 +54,8 @@ impl Fleet {
         })
     }
 
-    /// Edge + connector. `bench_limits`: generous limits for load; else the defaults.
+    /// Edge + connector. `bench_limits`: generous limits for load; else the defaults. `tcp`:
+    /// the tunnel over TLS/TCP (`transport = "tcp"`) instead of QUIC.
     pub(crate) async fn doorless(
         &mut self,
         tools: &Tools,
@@ -62,6 +63,7 @@ impl Fleet {
         name: &str,
         bench_limits: bool,
         access_log: bool,
+        tcp: bool,
     ) -> Result<Target> {
         let limits = if bench_limits {
             "\n[limits]\nmax_connections = 60000\nmax_connections_per_ip = 60000\n\
@@ -104,9 +106,14 @@ impl Fleet {
         } else {
             ""
         };
+        let transport = if tcp {
+            format!("transport = \"tcp\"\ntcp_edges = [\"{https}\"]\n")
+        } else {
+            String::new()
+        };
         let conn_toml = format!(
             "token = {token:?}\nupstream = \"http://{backend}\"\nedges = [\"{tunnel}\"]\n\
-             connections = 2\n\n[listen]\nadmin = \"127.0.0.1:0\"\n{conn_limits}\n[log]\n\
+             connections = 2\n{transport}\n[listen]\nadmin = \"127.0.0.1:0\"\n{conn_limits}\n[log]\n\
              filter = \"warn\"\n",
             token = token.encode(),
             backend = self.backend,
@@ -125,7 +132,7 @@ impl Fleet {
         )?;
         wait_json_file(&mut self.procs[j], &conn_ready, Duration::from_secs(20)).await?;
         let conn_pid = self.procs[j].pid();
-        // Both QUIC connections registered.
+        // Both tunnel connections registered.
         let start = Instant::now();
         loop {
             let status = admin_status(admin).await.unwrap_or(Value::Null);
@@ -146,7 +153,11 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let t = Target {
-            kind: Kind::Doorless,
+            kind: if tcp {
+                Kind::DoorlessTcp
+            } else {
+                Kind::Doorless
+            },
             addr: https,
             tls: true,
             roots: vec![edge_pid, conn_pid],

@@ -92,7 +92,21 @@ async fn start_targets(
     if wanted(Kind::Doorless) {
         targets.push(
             fleet
-                .doorless(tools, pki, &format!("{prefix}doorless"), true, false)
+                .doorless(tools, pki, &format!("{prefix}doorless"), true, false, false)
+                .await?,
+        );
+    }
+    if wanted(Kind::DoorlessTcp) {
+        targets.push(
+            fleet
+                .doorless(
+                    tools,
+                    pki,
+                    &format!("{prefix}doorless-tcp"),
+                    true,
+                    false,
+                    true,
+                )
                 .await?,
         );
     }
@@ -158,7 +172,7 @@ async fn run(opts: Opts) -> Result<()> {
     let door_log = if opts.wants("get") {
         Some(
             fleet
-                .doorless(&tools, &pki, "doorless-accesslog", true, true)
+                .doorless(&tools, &pki, "doorless-accesslog", true, true, false)
                 .await?,
         )
     } else {
@@ -450,7 +464,7 @@ async fn run(opts: Opts) -> Result<()> {
     let mut floods = Vec::new();
     if opts.wants("flood") {
         let door_default = fleet
-            .doorless(&tools, &pki, "doorless-defaults", false, true)
+            .doorless(&tools, &pki, "doorless-defaults", false, true, false)
             .await?;
         let nginx_t = targets.iter().find(|t| t.kind == Kind::Nginx);
         for run in 0..opts.runs {

@@ -16,6 +16,9 @@ use crate::procs::{cpu_secs, rss_kib, tree};
 pub(crate) enum Kind {
     Direct,
     Doorless,
+    /// doorless with `transport = "tcp"`: the tunnel over TLS/TCP with HTTP/2 framing (the
+    /// fallback when UDP is blocked) instead of QUIC.
+    DoorlessTcp,
     Nginx,
     NginxClassic,
     Rathole,
@@ -26,9 +29,10 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 7] = [
+    pub(crate) const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Doorless,
+        Kind::DoorlessTcp,
         Kind::Nginx,
         Kind::NginxClassic,
         Kind::Rathole,
@@ -39,6 +43,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Doorless => "doorless",
+            Kind::DoorlessTcp => "doorless_tcp",
             Kind::Nginx => "nginx",
             Kind::NginxClassic => "nginx_classic",
             Kind::Rathole => "rathole",
@@ -50,6 +55,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Doorless => "doorless",
+            Kind::DoorlessTcp => "doorless TLS/TCP",
             Kind::Nginx => "nginx mTLS 1-hop",
             Kind::NginxClassic => "nginx classic",
             Kind::Rathole => "rathole",

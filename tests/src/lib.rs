@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use standin::{Recorder, SeenRequest};
 
+pub mod udp_relay;
+
 /// How long a process gets to write its ready file.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -678,6 +680,25 @@ impl Edge {
     /// `GET /status` on the admin listener, as JSON.
     pub async fn status(&self) -> Result<serde_json::Value> {
         admin_get_json(self.admin_addr(), "/status").await
+    }
+
+    /// The sum of every series on the admin `/metrics` whose line starts with `series_prefix`
+    /// (e.g. `doorless_edge_request_errors_total{site="home",blame="client"`); 0 if none.
+    pub async fn metric(&self, series_prefix: &str) -> Result<f64> {
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?
+            .get(format!("http://{}/metrics", self.admin_addr()))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(series_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// Number of connector connections the edge reports for `site` (0 if none or unknown).

@@ -4,22 +4,38 @@
 //! One test binary (one link); the cases live in `e2e/*.rs`. The harness is `e2e` (`src/lib.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "e2e/access_log.rs"]
+mod access_log;
+#[path = "e2e/acme.rs"]
+mod acme;
+#[path = "e2e/bodies.rs"]
+mod bodies;
 #[path = "e2e/bulk.rs"]
 mod bulk;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/config.rs"]
 mod config;
+#[path = "e2e/cookies.rs"]
+mod cookies;
 #[path = "e2e/demo.rs"]
 mod demo;
 #[path = "e2e/denials.rs"]
 mod denials;
+#[path = "e2e/enroll.rs"]
+mod enroll;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/handshakes.rs"]
+mod handshakes;
+#[path = "e2e/headers.rs"]
+mod headers;
 #[path = "e2e/hostile_upstream.rs"]
 mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/policy.rs"]
@@ -28,6 +44,10 @@ mod policy;
 mod resilience;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/tcp_fallback.rs"]
+mod tcp_fallback;
+#[path = "e2e/upgrades.rs"]
+mod upgrades;
 #[path = "e2e/websocket.rs"]
 mod websocket;
 

@@ -39,6 +39,8 @@ fn route(path: &str, shared: &Shared) -> daemon::AdminResponse {
                 "edges": shared.config.edges,
                 "upstream": shared.config.upstream.to_string(),
                 "edge_connections": sessions,
+                "transport": shared.config.transport,
+                "transports": shared.connected.by_transport(),
             }),
         ),
         _ => daemon::not_found(),

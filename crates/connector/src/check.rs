@@ -6,8 +6,11 @@
 //!    `X-Forwarded-For`; HA answers 400 unless "use X-Forwarded-For" is on and our source
 //!    address is in `trusted_proxies`, so on 400 we print the network to trust, both for the
 //!    HA 2026.8+ UI and for the `http:` YAML of older versions.)
-//! 3. For each edge: does it answer over QUIC, accept our certificate, and welcome us?
-//!    Timeouts, certificate refusals, pin mismatches and `Reject`s each get their own advice.
+//! 3. For each edge: does it answer over the configured transport, accept our certificate, and
+//!    welcome us? Timeouts, certificate refusals, pin mismatches and `Reject`s each get their
+//!    own advice. With `transport = "auto"`, a QUIC attempt that gets no answer (UDP blocked)
+//!    is followed by one over TLS/TCP, and the line says that UDP is blocked and that the
+//!    connector uses TCP.
 //!
 //! The edge check registers for a moment like a real tunnel connection, with the same routine
 //! (`register`; there is no other way to see a `Welcome`), announcing [`Purpose::Check`] so the
@@ -30,9 +33,9 @@ use proto::{CloseCode, GoAway, Hello, Purpose};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use transport::ClientEndpoint;
+use transport::{ClientEndpoint, TcpClient};
 
-use crate::config::Config;
+use crate::config::{Config, TransportPolicy};
 use crate::register::{self, RegisterError, Registered};
 
 /// The client address sent in the probe's `X-Forwarded-For` (TEST-NET-3, RFC 5737: never a
@@ -197,7 +200,8 @@ pub async fn run(config: &Config, timeouts: Timeouts) -> Report {
         config
             .edges
             .iter()
-            .map(|edge| check_edge(config, edge, timeouts.quic)),
+            .zip(&config.tcp_edges)
+            .map(|(edge, tcp_edge)| check_edge(config, edge, tcp_edge, timeouts.quic)),
     );
     let (mut items, edge_items) = tokio::join!(upstream, edges);
     items.extend(edge_items);
@@ -500,29 +504,99 @@ fn edge_name(edge: &str) -> String {
     format!("Edge {edge} reachable over QUIC")
 }
 
-async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
+fn tcp_edge_name(edge: &str) -> String {
+    format!("Edge {edge} reachable over TLS/TCP")
+}
+
+/// How long `auto` gives QUIC before it tries TLS/TCP (as `dial` does).
+const AUTO_QUIC: Duration = Duration::from_secs(3);
+
+async fn check_edge(config: &Config, edge: &str, tcp_edge: &str, limit: Duration) -> CheckItem {
+    match config.transport {
+        TransportPolicy::Quic => check_edge_quic(config, edge, limit)
+            .await
+            .unwrap_or_else(|(item, _)| item),
+        TransportPolicy::Tcp => check_edge_tcp(config, tcp_edge, limit).await,
+        TransportPolicy::Auto => {
+            let quic_limit = limit.min(AUTO_QUIC);
+            let (item, failure) = match check_edge_quic(config, edge, quic_limit).await {
+                Ok(item) => return item,
+                Err(failed) => failed,
+            };
+            if failure != Some(EdgeFailure::NoAnswer) {
+                return item;
+            }
+            let tcp = check_edge_tcp(config, tcp_edge, limit).await;
+            let secs = quic_limit.as_secs_f32();
+            if tcp.ok() {
+                CheckItem::pass(
+                    tcp_edge_name(tcp_edge),
+                    format!(
+                        "UDP is blocked: no answer over QUIC from {edge} within {secs} s, so the \
+                         connector uses TLS over TCP. {}\n\
+                         TCP works, but QUIC is faster under loss: to use it, open UDP on this \
+                         network's and the VPS's firewalls. The connector keeps retrying QUIC \
+                         and moves back by itself.",
+                        tcp.detail
+                    ),
+                )
+            } else {
+                CheckItem::fail(
+                    item.name,
+                    format!(
+                        "{}\nTLS over TCP to {tcp_edge} (the fallback) failed too: {}",
+                        item.detail, tcp.detail
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// The QUIC check; on failure the item and, if registering failed, why.
+async fn check_edge_quic(
+    config: &Config,
+    edge: &str,
+    limit: Duration,
+) -> Result<CheckItem, (CheckItem, Option<EdgeFailure>)> {
     let name = edge_name(edge);
     let addr = match register::resolve(edge, limit).await {
         Ok(addr) => addr,
-        Err(e) => return CheckItem::fail(name, format!("cannot resolve {edge}: {e}")),
+        Err(e) => {
+            return Err((
+                CheckItem::fail(name, format!("cannot resolve {edge}: {e}")),
+                None,
+            ));
+        }
     };
     let tls = match register::client_tls(&config.token) {
         Ok(tls) => tls,
-        Err(e) => return CheckItem::fail(name, format!("the token's certificates: {e}")),
+        Err(e) => {
+            return Err((
+                CheckItem::fail(name, format!("the token's certificates: {e}")),
+                None,
+            ));
+        }
     };
     let endpoint = match ClientEndpoint::new(addr, tls, &config.tuning) {
         Ok(ep) => ep,
-        Err(e) => return CheckItem::fail(name, format!("cannot open a UDP socket: {e}")),
-    };
-    let hello = Hello {
-        version: proto::VERSION,
-        connector_id: config.token.connector_id.clone(),
-        software: SOFTWARE.to_owned(),
-        // The edge must never route a user's request to this short-lived connection.
-        purpose: Purpose::Check,
+        Err(e) => {
+            let failure = crate::dial::udp_blocked(&e).then_some(EdgeFailure::NoAnswer);
+            return Err((
+                CheckItem::fail(name, format!("cannot open a UDP socket: {e}")),
+                failure,
+            ));
+        }
     };
     let idle = config.tuning.idle_timeout;
-    let result = match register::register(&endpoint, addr, hello, idle, limit).await {
+    let result = match register::register(
+        endpoint.connect(addr, limit),
+        check_hello(config),
+        idle,
+        limit,
+    )
+    .await
+    {
         Ok(registered) => Ok(leave(registered).await),
         Err(e) => Err(EdgeFailure::from(e)),
     };
@@ -532,16 +606,59 @@ async fn check_edge(config: &Config, edge: &str, limit: Duration) -> CheckItem {
         endpoint.wait_idle(Duration::from_secs(1)).await;
     }
     match result {
-        Ok(welcomed) => CheckItem::pass(
-            name,
-            format!(
-                "{addr} welcomed site {} as {}, RTT {:.1} ms",
-                welcomed.site,
-                welcomed.connector_id,
-                welcomed.rtt.as_secs_f64() * 1000.0
-            ),
-        ),
-        Err(failure) => CheckItem::fail(name, edge_advice(edge, addr, limit, &failure)),
+        Ok(welcomed) => Ok(CheckItem::pass(name, welcomed.describe(addr))),
+        Err(failure) => Err((
+            CheckItem::fail(name, edge_advice(edge, addr, limit, &failure)),
+            Some(failure),
+        )),
+    }
+}
+
+async fn check_edge_tcp(config: &Config, edge: &str, limit: Duration) -> CheckItem {
+    let name = tcp_edge_name(edge);
+    let addr = match register::resolve(edge, limit).await {
+        Ok(addr) => addr,
+        Err(e) => return CheckItem::fail(name, format!("cannot resolve {edge}: {e}")),
+    };
+    let client = match register::client_tls(&config.token)
+        .map_err(|e| e.to_string())
+        .and_then(|tls| TcpClient::new(&tls, &config.tuning).map_err(|e| e.to_string()))
+    {
+        Ok(client) => client,
+        Err(e) => return CheckItem::fail(name, format!("the token's certificates: {e}")),
+    };
+    let idle = config.tuning.idle_timeout;
+    let registered = register::register(
+        client.connect(addr, limit),
+        check_hello(config),
+        idle,
+        limit,
+    )
+    .await;
+    match registered {
+        Ok(registered) => CheckItem::pass(name, leave(registered).await.describe(addr)),
+        Err(e) => {
+            let failure = EdgeFailure::from(e);
+            let advice = match &failure {
+                EdgeFailure::NoAnswer => format!(
+                    "no TLS answer from {addr} ({edge}) within {} s: is the edge's HTTPS port \
+                     (`listen.https`) reachable from here?",
+                    limit.as_secs_f32()
+                ),
+                other => edge_advice(edge, addr, limit, other),
+            };
+            CheckItem::fail(name, advice)
+        }
+    }
+}
+
+fn check_hello(config: &Config) -> Hello {
+    Hello {
+        version: proto::VERSION,
+        connector_id: config.token.connector_id.clone(),
+        software: SOFTWARE.to_owned(),
+        // The edge must never route a user's request to this short-lived connection.
+        purpose: Purpose::Check,
     }
 }
 
@@ -560,6 +677,17 @@ struct Welcomed {
     site: String,
     connector_id: String,
     rtt: Duration,
+}
+
+impl Welcomed {
+    fn describe(&self, addr: SocketAddr) -> String {
+        format!(
+            "{addr} welcomed site {} as {}, RTT {:.1} ms",
+            self.site,
+            self.connector_id,
+            self.rtt.as_secs_f64() * 1000.0
+        )
+    }
 }
 
 /// Leaves a welcomed check connection at once: `GoAway`, then a normal close.

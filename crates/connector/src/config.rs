@@ -17,9 +17,13 @@ use serde::{Deserialize, Serialize};
 pub use daemon::{ConfigError, LogFormat, RawLog};
 
 const ENV_KEYS: &[&str] = &[
+    "enrollment_code",
+    "state_dir",
     "token",
     "token_file",
     "edges",
+    "tcp_edges",
+    "transport",
     "upstream",
     "connections",
     "listen",
@@ -48,6 +52,14 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// One-time enrollment code printed by `doorless-edge site add` / `site code` (a secret
+    /// until used). `run` enrolls with it once and keeps the credentials in `state_dir`; once
+    /// enrolled it is ignored.
+    #[serde(default)]
+    pub enrollment_code: Option<Secret>,
+    /// Where the connector keeps the credentials it enrolled with a code.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// Enrollment token printed by `doorless-edge site add` (a secret).
     #[serde(default)]
     pub token: Option<Secret>,
@@ -57,6 +69,14 @@ pub struct RawConfig {
     /// Edge tunnel addresses (HOST:PORT), overriding those in the token.
     #[serde(default)]
     pub edges: Vec<String>,
+    /// Which tunnel transport to use: `auto` (QUIC, falling back to TLS over TCP when UDP is
+    /// blocked, and back to QUIC when it works again), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: TransportPolicy,
+    /// The edges' HTTPS addresses (HOST:PORT) for the TLS/TCP transport, in the order of
+    /// `edges`. Default: the same HOST:PORT as each edge (the edge serves both on 443).
+    #[serde(default)]
+    pub tcp_edges: Vec<String>,
     /// Home Assistant's base URL, `http://HOST:PORT`.
     #[serde(default = "default_upstream")]
     pub upstream: String,
@@ -84,9 +104,13 @@ impl Default for RawConfig {
     /// What an empty file means: no token yet, every other key at its documented default.
     fn default() -> Self {
         Self {
+            enrollment_code: None,
+            state_dir: default_state_dir(),
             token: None,
             token_file: None,
             edges: Vec::new(),
+            transport: TransportPolicy::default(),
+            tcp_edges: Vec::new(),
             upstream: default_upstream(),
             connections: default_connections(),
             listen: RawListen::default(),
@@ -98,12 +122,30 @@ impl Default for RawConfig {
     }
 }
 
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/doorless-connector")
+}
+
 fn default_upstream() -> String {
     "http://homeassistant:8123".into()
 }
 
 fn default_connections() -> usize {
     2
+}
+
+/// `transport`: which tunnel transport a connection slot uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportPolicy {
+    /// QUIC first; TLS/TCP after a bounded QUIC failure (no answer within a few seconds, or
+    /// UDP refused by the host); back to QUIC once it has worked for `reconnect.stable`.
+    #[default]
+    Auto,
+    /// QUIC only (UDP).
+    Quic,
+    /// TLS over TCP only (the edge's HTTPS port).
+    Tcp,
 }
 
 /// `[listen]`
@@ -217,10 +259,16 @@ impl Default for RawReconnect {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The enrollment token, decoded and checked.
+    /// The credentials: from the enrollment token, or stored by enrolling with a code.
     pub token: pki::EnrollmentToken,
+    /// Where the credentials came from.
+    pub credentials: Credentials,
     /// Edge addresses to dial.
     pub edges: Vec<String>,
+    /// Transport policy.
+    pub transport: TransportPolicy,
+    /// Each edge's HTTPS address for TLS/TCP (same order and length as `edges`).
+    pub tcp_edges: Vec<String>,
     /// Upstream base URI (scheme http, authority).
     pub upstream: Uri,
     /// Connections per edge.
@@ -237,9 +285,30 @@ pub struct Config {
     pub log: RawLog,
 }
 
-impl Config {
-    /// Loads `path` if given (it must then exist), applies `DOORLESS_*` env, validates.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+/// Where a connector's credentials came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// `token` or `token_file`.
+    Token,
+    /// Enrolled with a code earlier, stored in `state_dir`.
+    Enrolled {
+        /// An `enrollment_code` is configured too, and ignored (worth an info line).
+        code_ignored: bool,
+    },
+}
+
+/// A code to enroll with before running: configured, and no credentials yet.
+#[derive(Debug, Clone)]
+pub struct PendingEnrollment {
+    /// The code, parsed.
+    pub code: pki::EnrollmentCode,
+    /// Where to store the credentials.
+    pub state_dir: PathBuf,
+}
+
+impl RawConfig {
+    /// The layers `Config::load` reads, unvalidated, with a name for messages.
+    fn layers(path: Option<&Path>) -> (Figment, String) {
         let mut figment = Figment::new();
         let source = match path {
             Some(p) => {
@@ -248,7 +317,47 @@ impl Config {
             }
             None => "environment".to_owned(),
         };
-        Self::from_figment(figment.merge(daemon::env(ENV_KEYS)), &source)
+        (figment.merge(daemon::env(ENV_KEYS)), source)
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must then exist), applies `DOORLESS_*` env, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (figment, source) = RawConfig::layers(path);
+        Self::from_figment(figment, &source)
+    }
+
+    /// The enrollment `run` must do before [`Config::load`] can succeed: an
+    /// `enrollment_code` is set, no token, and `state_dir` holds no credentials yet.
+    pub fn pending_enrollment(
+        path: Option<&Path>,
+    ) -> Result<Option<PendingEnrollment>, ConfigError> {
+        let (figment, source) = RawConfig::layers(path);
+        let raw: RawConfig = figment.extract().map_err(ConfigError::parse)?;
+        let Some(code) = raw
+            .enrollment_code
+            .as_ref()
+            .filter(|c| !c.0.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        if raw.token.is_some() || raw.token_file.is_some() {
+            return Ok(None);
+        }
+        let invalid = |key: &str, problem: String| ConfigError::invalid(&source, key, problem);
+        if pki::load_enrolled(&raw.state_dir)
+            .map_err(|e| invalid("state_dir", e.to_string()))?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let code = pki::EnrollmentCode::parse(&code.0)
+            .map_err(|e| invalid("enrollment_code", e.to_string()))?;
+        Ok(Some(PendingEnrollment {
+            code,
+            state_dir: raw.state_dir,
+        }))
     }
 
     /// An in-process connector (the demo's): enrolled with `token`, forwarding to `upstream`
@@ -275,28 +384,58 @@ impl Config {
     fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(ConfigError::parse)?;
         let invalid = |key: &str, problem: String| ConfigError::invalid(source, key, problem);
-        let (token_text, token_key) = match (&raw.token, &raw.token_file) {
-            (Some(t), None) => (t.0.clone(), "token"),
-            (None, Some(f)) => (
+        let code = raw
+            .enrollment_code
+            .as_ref()
+            .is_some_and(|c| !c.0.trim().is_empty());
+        let token_text = match (&raw.token, &raw.token_file) {
+            (Some(t), None) => Some((t.0.clone(), "token")),
+            (None, Some(f)) => Some((
                 std::fs::read_to_string(f)
                     .map_err(|e| invalid("token_file", format!("{}: {e}", f.display())))?,
                 "token_file",
-            ),
+            )),
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "token",
                     "set either token or token_file, not both".into(),
                 ));
             }
-            (None, None) => {
+            (None, None) => None,
+        };
+        let (token, credentials) = match token_text {
+            Some(_) if code => {
                 return Err(invalid(
-                    "token",
-                    "missing: paste the enrollment token from `doorless-edge site add` (or set DOORLESS_TOKEN)".into(),
+                    "enrollment_code",
+                    "set either an enrollment code or a token, not both".into(),
                 ));
             }
+            Some((text, key)) => (
+                pki::EnrollmentToken::decode(&text).map_err(|e| invalid(key, e.to_string()))?,
+                Credentials::Token,
+            ),
+            None => match pki::load_enrolled(&raw.state_dir)
+                .map_err(|e| invalid("state_dir", e.to_string()))?
+            {
+                Some(token) => (token, Credentials::Enrolled { code_ignored: code }),
+                None if code => {
+                    return Err(invalid(
+                        "enrollment_code",
+                        format!(
+                            "not enrolled yet ({} holds no credentials): `doorless-connector run`                              enrolls with the code first, or run `doorless-connector enroll CODE`",
+                            raw.state_dir.display()
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "enrollment_code",
+                        "missing: paste the enrollment code from `doorless-edge site add`                          (DOORLESS_ENROLLMENT_CODE), or set a `token`"
+                            .into(),
+                    ));
+                }
+            },
         };
-        let token = pki::EnrollmentToken::decode(&token_text)
-            .map_err(|e| invalid(token_key, e.to_string()))?;
         let upstream: Uri = raw
             .upstream
             .parse()
@@ -320,6 +459,20 @@ impl Config {
         };
         if let Some(bad) = edges.iter().find(|e| !looks_like_host_port(e)) {
             return Err(invalid("edges", format!("`{bad}` is not HOST:PORT")));
+        }
+        let tcp_edges = if raw.tcp_edges.is_empty() {
+            edges.clone()
+        } else {
+            raw.tcp_edges.clone()
+        };
+        if tcp_edges.len() != edges.len() {
+            return Err(invalid(
+                "tcp_edges",
+                format!("must name one address per edge ({} edges)", edges.len()),
+            ));
+        }
+        if let Some(bad) = tcp_edges.iter().find(|e| !looks_like_host_port(e)) {
+            return Err(invalid("tcp_edges", format!("`{bad}` is not HOST:PORT")));
         }
         if raw.limits.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
@@ -351,7 +504,10 @@ impl Config {
         };
         Ok(Self {
             token,
+            credentials,
             edges,
+            transport: raw.transport,
+            tcp_edges,
             upstream,
             connections: raw.connections,
             listen: raw.listen,
@@ -429,6 +585,19 @@ mod tests {
             panic!("an https upstream must be refused");
         };
         assert!(e.to_string().contains("`upstream`"), "{e}");
+    }
+
+    #[test]
+    fn transport_policy_and_tcp_edges() {
+        let figment = Figment::new().merge(Toml::string("transport = \"tcp\""));
+        let raw: RawConfig = match figment.extract() {
+            Ok(raw) => raw,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(raw.transport, TransportPolicy::Tcp);
+        assert_eq!(RawConfig::default().transport, TransportPolicy::Auto);
+        let figment = Figment::new().merge(Toml::string("transport = \"udp\""));
+        assert!(figment.extract::<RawConfig>().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `doorless-connector`: the home side of doorless.
 //!
-//! It dials OUT to the edge over QUIC (no port forwarding), registers with its enrollment
+//! It dials OUT to the edge over QUIC, or TLS over TCP where UDP is blocked (no port
+//! forwarding either way), registers with its enrollment
 //! credential, and serves the streams the edge opens: each one is a request (or WebSocket)
 //! for Home Assistant, forwarded through a pooled HTTP client.
 //!
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod dial;
+pub mod enroll;
 pub mod forward;
 pub mod metrics;
 mod register;
@@ -55,13 +57,43 @@ pub(crate) struct Connected {
     count: watch::Sender<usize>,
     /// Mirrors `count`, set in the same place so the two cannot disagree.
     gauge: Gauge,
+    transports: watch::Sender<Transports>,
+    /// Mirrors `transports`.
+    transport_gauges: prometheus_client::metrics::family::Family<metrics::TransportLabel, Gauge>,
+}
+
+/// Registered connections by transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Transports {
+    /// Over QUIC.
+    pub(crate) quic: usize,
+    /// Over TLS/TCP.
+    pub(crate) tcp: usize,
+}
+
+impl Transports {
+    fn add(&mut self, transport: transport::Transport, delta: isize) {
+        let n = match transport {
+            transport::Transport::Quic => &mut self.quic,
+            transport::Transport::Tcp => &mut self.tcp,
+        };
+        *n = n.saturating_add_signed(delta);
+    }
 }
 
 impl Connected {
-    fn new(gauge: Gauge) -> Self {
+    fn new(
+        gauge: Gauge,
+        transport_gauges: prometheus_client::metrics::family::Family<
+            metrics::TransportLabel,
+            Gauge,
+        >,
+    ) -> Self {
         Self {
             count: watch::Sender::new(0),
             gauge,
+            transports: watch::Sender::new(Transports::default()),
+            transport_gauges,
         }
     }
 
@@ -70,10 +102,32 @@ impl Connected {
         *self.count.borrow()
     }
 
-    /// Counts one more registered connection until the returned guard is dropped.
-    pub(crate) fn enter(&self) -> ConnectedGuard<'_> {
+    /// Counts one more registered connection, carried by `transport`, until the returned
+    /// guard is dropped.
+    pub(crate) fn enter(&self, transport: transport::Transport) -> ConnectedGuard<'_> {
         self.add(1);
-        ConnectedGuard(self)
+        self.add_transport(transport, 1);
+        ConnectedGuard(self, transport)
+    }
+
+    /// Registered connections right now, by transport.
+    pub(crate) fn by_transport(&self) -> Transports {
+        *self.transports.borrow()
+    }
+
+    fn add_transport(&self, transport: transport::Transport, delta: isize) {
+        self.transports.send_modify(|t| {
+            t.add(transport, delta);
+            let n = match transport {
+                transport::Transport::Quic => t.quic,
+                transport::Transport::Tcp => t.tcp,
+            };
+            self.transport_gauges
+                .get_or_create(&metrics::TransportLabel {
+                    transport: transport.name(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        });
     }
 
     fn add(&self, delta: isize) {
@@ -86,11 +140,12 @@ impl Connected {
 
 /// One registered connection, counted in [`Connected`] while it lives.
 #[derive(Debug)]
-pub(crate) struct ConnectedGuard<'a>(&'a Connected);
+pub(crate) struct ConnectedGuard<'a>(&'a Connected, transport::Transport);
 
 impl Drop for ConnectedGuard<'_> {
     fn drop(&mut self) {
         self.0.add(-1);
+        self.0.add_transport(self.1, -1);
     }
 }
 
@@ -119,7 +174,10 @@ impl Connector {
             .pool_max_idle_per_host(config.limits.pool_max_idle)
             .build(http);
         let metrics = metrics::Metrics::new();
-        let connected = Connected::new(metrics.edge_connections.clone());
+        let connected = Connected::new(
+            metrics.edge_connections.clone(),
+            metrics.transport_connections.clone(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -151,21 +209,22 @@ impl Connector {
             site = %shared.config.token.site,
             connector = %shared.config.token.connector_id,
             edges = ?shared.config.edges,
+            transport = ?shared.config.transport,
             upstream = %shared.config.upstream,
             connections = shared.config.connections,
             "connector starting"
         );
         tasks.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
         let per_edge = shared.config.connections;
-        for (e, edge) in shared.config.edges.iter().enumerate() {
+        let edges = shared.config.edges.iter().zip(&shared.config.tcp_edges);
+        for (e, (edge, tcp_edge)) in edges.enumerate() {
             for index in 0..per_edge {
                 let slot = e * per_edge + index;
-                tasks.spawn(dial::slot(
-                    slot,
-                    edge.clone(),
-                    shared.clone(),
-                    shutdown.clone(),
-                ));
+                let target = dial::Target {
+                    quic: edge.clone(),
+                    tcp: tcp_edge.clone(),
+                };
+                tasks.spawn(dial::slot(slot, target, shared.clone(), shutdown.clone()));
             }
         }
         tasks.close();

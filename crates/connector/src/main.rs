@@ -20,6 +20,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Join a site with a one-time enrollment code from `doorless-edge site add` or `site
+    /// code`: makes this connector's key here, fetches its certificate, and stores both (and the
+    /// edge's tunnel CA and addresses) in the state directory. `run` then needs no code.
+    Enroll {
+        /// The code, `HOST[:PORT]/1-XXXXX-XXXXX-XXXXX-XXXXX`.
+        code: String,
+        /// Where to keep the credentials.
+        #[arg(
+            long,
+            env = "DOORLESS_STATE_DIR",
+            default_value = "/var/lib/doorless-connector"
+        )]
+        state_dir: PathBuf,
+        /// Enroll again even if the state directory already holds credentials (they are
+        /// replaced).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the connector.
     Run {
         /// Configuration file (optional: DOORLESS_TOKEN and DOORLESS_UPSTREAM suffice).
@@ -66,6 +84,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Enroll {
+            code,
+            state_dir,
+            force,
+        } => enroll(&code, &state_dir, force),
         Command::Run {
             config,
             ready_file,
@@ -100,8 +123,28 @@ fn run(
     ready_file: Option<&Path>,
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
+    // A code and no credentials yet: enroll first (once); from then on the stored
+    // credentials are used and the code is ignored.
+    if let Some(pending) = Config::pending_enrollment(config)? {
+        eprintln!(
+            "doorless-connector: enrolling with the code for {} ...",
+            pending.code.edge()
+        );
+        let enrolled = connector::enroll::enroll(&pending.code, &pending.state_dir)?;
+        eprintln!(
+            "doorless-connector: enrolled as connector {} of site {}; credentials stored in {}",
+            enrolled.connector_id,
+            enrolled.site,
+            pending.state_dir.display()
+        );
+    }
     let config = Config::load(config)?;
     let _log = daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
+    if config.credentials == (connector::config::Credentials::Enrolled { code_ignored: true }) {
+        tracing::info!(
+            "already enrolled: the configured enrollment_code is ignored (it may be removed)"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -130,6 +173,29 @@ fn run(
         }
         connector.run(shutdown).await
     })
+}
+
+/// `doorless-connector enroll CODE`.
+fn enroll(code: &str, state_dir: &Path, force: bool) -> anyhow::Result<()> {
+    let code = pki::EnrollmentCode::parse(code)?;
+    if !force && let Some(existing) = pki::load_enrolled(state_dir)? {
+        anyhow::bail!(
+            "{} already holds the credentials of connector {} of site {}; `doorless-connector              run` uses them. To enroll again (replacing them), add --force",
+            state_dir.display(),
+            existing.connector_id,
+            existing.site
+        );
+    }
+    let enrolled = connector::enroll::enroll(&code, state_dir)?;
+    println!(
+        "Enrolled as connector {} of site {}; key, certificate and the edge's tunnel CA are in {}.",
+        enrolled.connector_id,
+        enrolled.site,
+        state_dir.display()
+    );
+    println!("Tunnel address(es): {}", enrolled.edges.join(", "));
+    println!("Start it with: doorless-connector run   (the code is not needed any more)");
+    Ok(())
 }
 
 /// `doorless-connector check`: prints the report; fails (exit 1) if any check failed.

@@ -23,6 +23,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// `transport`: `quic` or `tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// Transport name.
+    pub transport: &'static str,
+}
+
 /// `kind`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabel {
@@ -38,6 +45,10 @@ pub struct Metrics {
     pub edge_connections: Gauge,
     /// Dial + registration attempts.
     pub connection_attempts: Family<ResultLabel, Counter>,
+    /// Registered edge connections now, by transport.
+    pub transport_connections: Family<TransportLabel, Gauge>,
+    /// Slots that fell back from QUIC to TLS/TCP because UDP got no answer or was refused.
+    pub tcp_fallbacks: Counter,
     /// Smoothed RTT per slot, seconds.
     pub rtt: Family<ConnectionLabel, Gauge<f64, AtomicU64>>,
     /// Lost packets per slot.
@@ -66,6 +77,8 @@ impl Metrics {
             registry: Registry::default(),
             edge_connections: Gauge::default(),
             connection_attempts: Family::default(),
+            transport_connections: Family::default(),
+            tcp_fallbacks: Counter::default(),
             rtt: Family::default(),
             lost_packets: Family::default(),
             congestion_window: Family::default(),
@@ -86,8 +99,18 @@ impl Metrics {
             m.connection_attempts.clone(),
         );
         r.register(
+            "transport_connections",
+            "Registered edge connections now, by transport (quic, tcp)",
+            m.transport_connections.clone(),
+        );
+        r.register(
+            "tcp_fallbacks",
+            "Connection slots that fell back from QUIC to TLS over TCP (UDP blocked)",
+            m.tcp_fallbacks.clone(),
+        );
+        r.register(
             "rtt_seconds",
-            "QUIC smoothed RTT per connection slot",
+            "Smoothed RTT per connection slot (QUIC; over TCP the HTTP/2 PING)",
             m.rtt.clone(),
         );
         r.register(
@@ -117,6 +140,11 @@ impl Metrics {
         );
         for result in ["ok", "error"] {
             let _ = m.connection_attempts.get_or_create(&ResultLabel { result });
+        }
+        for transport in transport::Transport::ALL {
+            let _ = m.transport_connections.get_or_create(&TransportLabel {
+                transport: transport.name(),
+            });
         }
         for kind in [
             "connect",

@@ -1,4 +1,5 @@
-//! Registering with an edge: dial, open the control stream, say `Hello`, wait for `Welcome`.
+//! Registering with an edge: dial (either transport), take the control stream, say `Hello`,
+//! wait for `Welcome`.
 //!
 //! The one routine both callers use: the tunnel slots ([`crate::dial`], announcing
 //! [`Purpose::Serve`]) and the self-check ([`crate::check`], announcing [`Purpose::Check`]).
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use proto::{CloseCode, ControlEvent, ControlState, Hello, Reject, Welcome};
 use tokio::time::Instant;
-use transport::{ClientEndpoint, ClientTls, Connection, ControlDriver};
+use transport::{ClientTls, Connection, ControlDriver};
 
 /// How long to wait for a connection that failed to say why it closed.
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(2);
@@ -47,21 +48,17 @@ pub(crate) enum RegisterError {
     Unexpected(Box<ControlEvent>),
 }
 
-/// Dials `addr` from `endpoint` and registers with `hello`. `limit` bounds each step (the
-/// handshake, opening the control stream, waiting for `Welcome`); `idle_timeout` is the
-/// control stream's silence limit from then on.
+/// Dials with `connect` (QUIC or TLS/TCP, bounded by its own limit) and registers with
+/// `hello`. `limit` bounds each step after that (the control stream, waiting for `Welcome`);
+/// `idle_timeout` is the control stream's silence limit from then on.
 pub(crate) async fn register(
-    endpoint: &ClientEndpoint,
-    addr: SocketAddr,
+    connect: impl Future<Output = Result<Connection, transport::Error>>,
     hello: Hello,
     idle_timeout: Duration,
     limit: Duration,
 ) -> Result<Registered, RegisterError> {
-    let conn = endpoint
-        .connect(addr, limit)
-        .await
-        .map_err(RegisterError::Transport)?;
-    let (send, recv) = match conn.open(limit).await {
+    let conn = connect.await.map_err(RegisterError::Transport)?;
+    let (send, recv) = match conn.open_control(limit).await {
         Ok(stream) => stream,
         Err(e) => return Err(lost(&conn, e).await),
     };

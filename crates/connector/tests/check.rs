@@ -13,6 +13,7 @@ use bytes::Bytes;
 use connector::check::{self, Report, Timeouts};
 use connector::config::{
     Config, RawConfig, RawLimits, RawListen, RawLog, RawReconnect, RawTunnel, Secret,
+    TransportPolicy,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -59,6 +60,8 @@ fn config(token: &str, upstream: &str, edges: Vec<String>) -> Config {
         token: Some(Secret(token.to_owned())),
         token_file: None,
         edges,
+        transport: TransportPolicy::Auto,
+        tcp_edges: Vec::new(),
         upstream: upstream.to_owned(),
         connections: 1,
         listen: RawListen::default(),
@@ -66,6 +69,7 @@ fn config(token: &str, upstream: &str, edges: Vec<String>) -> Config {
         tunnel: RawTunnel::default(),
         reconnect: RawReconnect::default(),
         log: RawLog::default(),
+        ..RawConfig::default()
     })
     .unwrap()
 }

@@ -618,6 +618,15 @@ fn addon_config() -> Value {
 
 /// Checks `value` against a Supervisor option schema type (`str`, `url`, `list(a|b)`, ...).
 fn check_option_type(option: &str, ty: &str, value: &Value) {
+    // `null`: a mandatory option without default (the Supervisor will not start the add-on
+    // until it is set); only a mandatory type may have it.
+    if value.is_null() {
+        assert!(
+            !ty.ends_with('?'),
+            "config.yaml: option `{option}` is optional (`{ty}`) but has no default"
+        );
+        return;
+    }
     let ty = ty.trim_end_matches('?');
     let ok = match ty {
         "str" | "password" | "email" => value.is_string(),
@@ -763,7 +772,14 @@ fn addon_config_passes_the_linter_rules() {
     for (key, ty) in schema {
         check_option_type(key, s(ty, key), &options[key]);
     }
-    assert_eq!(schema["token"], "password", "the token is a secret");
+    assert_eq!(
+        schema["enrollment_code"], "password",
+        "the code (or token) is a secret"
+    );
+    assert!(
+        options["enrollment_code"].is_null(),
+        "without a code or token the Supervisor must refuse to start the add-on"
+    );
     assert_eq!(schema["upstream"], "url");
     assert_eq!(options["upstream"], "http://homeassistant:8123");
     assert_eq!(schema["log_level"], "list(trace|debug|info|warn|error)");
@@ -962,11 +978,11 @@ fn connector_config_accepts_the_addon_options() {
     let tmp = tempfile::tempdir().unwrap();
     let config = addon_config();
     let mut options = config["options"].clone();
-    options["token"] = json!(real_token(tmp.path()));
-    // What run.sh exports, as the config layers see it (DOORLESS_TOKEN → token,
+    options["enrollment_code"] = json!(real_token(tmp.path()));
+    // What run.sh exports for a token, as the config layers see it (DOORLESS_TOKEN → token,
     // DOORLESS_UPSTREAM → upstream, DOORLESS_LOG__FILTER → log.filter).
     let layered = json!({
-        "token": options["token"],
+        "token": options["enrollment_code"],
         "upstream": options["upstream"],
         "log": { "filter": options["log_level"], "format": "text" },
     });
@@ -1031,7 +1047,7 @@ fn addon_run_script_feeds_the_real_connector() {
 
     // The defaults plus a pasted token (with the line break a terminal adds).
     let mut options = config["options"].clone();
-    options["token"] = json!(format!("{}\n", token));
+    options["enrollment_code"] = json!(format!("{}\n", token));
     let (out, env) = run_addon_script(&jq, &options, tmp.path());
     let text = output_text(&out);
     assert!(out.status.success(), "run.sh failed:\n{text}");
@@ -1087,18 +1103,41 @@ fn addon_run_script_feeds_the_real_connector() {
         output_text(&out)
     );
 
-    // No token: a clear message, and the connector is never started.
+    // A code (typed with spaces) goes to DOORLESS_ENROLLMENT_CODE with the state in /data;
+    // not yet enrolled, `check-config` says that `run` will enroll first.
     options["upstream"] = json!("http://homeassistant:8123");
-    options["token"] = json!("");
+    options["enrollment_code"] = json!("ha.example.com/1-AAAAA-BBBBB-CCCCC-DDDDD ");
+    let (out, env) = run_addon_script(&jq, &options, tmp.path());
+    let text = output_text(&out);
+    assert_eq!(
+        env.get("DOORLESS_ENROLLMENT_CODE").map(String::as_str),
+        Some("ha.example.com/1-AAAAA-BBBBB-CCCCC-DDDDD"),
+        "{text}"
+    );
+    assert_eq!(
+        env.get("DOORLESS_STATE_DIR").map(String::as_str),
+        Some("/data")
+    );
+    assert!(!env.contains_key("DOORLESS_TOKEN"));
+    assert!(text.contains("not enrolled yet"), "{text}");
+    let exported: Vec<String> = env
+        .keys()
+        .filter(|k| *k != "DOORLESS_OPTIONS_FILE")
+        .cloned()
+        .collect();
+    assert_env_documented(&exported, "run.sh");
+
+    // Nothing: a clear message, and the connector is never started.
+    options["enrollment_code"] = json!("");
     let (out, env) = run_addon_script(&jq, &options, tmp.path());
     assert!(!out.status.success());
     assert!(
         env.is_empty(),
-        "the connector must not start without a token"
+        "the connector must not start without a code or token"
     );
     let text = output_text(&out);
     assert!(
-        text.contains("No enrollment token") && text.contains("doorless-edge site add"),
+        text.contains("No enrollment code or token") && text.contains("doorless-edge site add"),
         "{text}"
     );
 }
@@ -1923,7 +1962,16 @@ fn alert_rules_use_documented_metrics_and_cover_the_failures() {
         ("SiteWithoutConnector", "doorless_edge_connectors"),
         (
             "CertificateExpiringSoon",
-            "doorless_edge_certificate_days_left",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
+        ),
+        ("AcmeRenewalFailing", "doorless_edge_acme_renewal_failing"),
+        (
+            "AcmeRenewalFailing",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
+        ),
+        (
+            "IssuedCertificateExpiringSoon",
+            "doorless_edge_certificate_expiry_timestamp_seconds",
         ),
         ("DenialSpike", "doorless_edge_tls_handshakes_total"),
         ("UpstreamErrors", "doorless_edge_request_errors_total"),
@@ -2100,7 +2148,7 @@ fn grafana_dashboard_uses_documented_metrics() {
         "doorless_edge_active_websockets",
         "doorless_edge_connectors",
         "doorless_edge_tls_handshakes_total",
-        "doorless_edge_certificate_days_left",
+        "doorless_edge_certificate_expiry_timestamp_seconds",
         "doorless_connector_rtt_seconds",
     ] {
         assert!(used.contains(metric), "the dashboard must chart {metric}");

@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::body::ActiveGuard;
+use crate::limit::AddressSlot;
 use crate::metrics::{HandshakeLabels, ReasonLabel};
 use crate::revocation::LiveClients;
-use crate::{Shared, serve, tls};
+use crate::{Shared, connectors, enroll, serve, tls};
 
 /// Accepts connections until `shutdown`; each runs in its own task, at most
 /// `limits.max_connections` at once (more are closed at once).
@@ -59,12 +61,24 @@ pub(crate) async fn serve(
     }
 }
 
+/// What an authenticated client connection holds while it is open: its place under
+/// `limits.max_connections`, its address's slot under `limits.max_connections_per_ip`, and
+/// its count in `client_connections`. Shared (`Arc`) by the HTTP connection and any WebSocket
+/// spliced from it, so a connection upgraded to a WebSocket (whose socket hyper hands over, and
+/// whose HTTP task then ends) keeps all three until the WebSocket closes.
+#[derive(Debug)]
+pub(crate) struct ConnectionHold {
+    _permit: OwnedSemaphorePermit,
+    _address_slot: AddressSlot,
+    _counted: ActiveGuard,
+}
+
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let ip = addr.ip().to_canonical();
     let metrics = &shared.metrics;
@@ -76,7 +90,7 @@ async fn connection(
         log_denial(&shared, ip, "", reason);
     };
     // Cheapest checks first, before any TLS work.
-    let Some(_address_slot) = shared.per_address.acquire(ip) else {
+    let Some(address_slot) = shared.per_address.acquire(ip) else {
         return reject("per_ip_limit");
     };
     if !shared.budget.take(ip, now()) {
@@ -87,10 +101,61 @@ async fn connection(
     };
     let _ = tcp.set_nodelay(true);
     let sites = shared.sites.load_full();
-    let handshake = tls::handshake(tcp, addr, &sites, shared.config.limits.handshake_timeout).await;
+    let handshake = tls::handshake(
+        tcp,
+        addr,
+        &sites,
+        &shared.challenges,
+        &shared.tunnel_tls,
+        shared.config.limits.handshake_timeout,
+    )
+    .await;
     drop(handshake_slot);
     match handshake {
-        Ok((stream, peer)) => {
+        Ok(tls::Accepted::Enroll(stream)) => {
+            // No certificate, no site, no tunnel: only the enrollment exchange.
+            enroll::serve(stream, addr, shared.clone()).await;
+        }
+        Ok(tls::Accepted::AcmeChallenge { site }) => {
+            // A CA validating one of our orders: its validators (several addresses) must never
+            // run out of budget, so a completed validation costs nothing, as an authenticated
+            // handshake does. One that found no pending order stays spent.
+            shared.budget.refund(ip);
+            metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    site: site.unwrap_or_default(),
+                    result: "ok",
+                    reason: "acme_challenge",
+                })
+                .inc();
+        }
+        Ok(tls::Accepted::Tunnel(stream)) => {
+            // A certificate from the connector CA: this handshake costs the address nothing.
+            shared.budget.refund(ip);
+            // The tunnel lives in `connectors` (drained with the tunnel, not with HTTP); this
+            // task keeps its connection slots until the tunnel ends or we shut down.
+            let (done, ended) = tokio::sync::oneshot::channel();
+            let handed = shared
+                .tcp_tunnels
+                .try_send(connectors::TcpTunnel { stream, addr, done });
+            if handed.is_err() {
+                metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+                log_denial(&shared, ip, "", "tunnel_overload");
+                return;
+            }
+            tokio::select! {
+                _ = ended => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        Err(failure) if failure.tunnel => {
+            metrics.tunnel_refused(transport::Transport::Tcp, "handshake");
+            if let Some(suppressed) = shared.denial_log.admit(now()) {
+                info!(%addr, reason = failure.denial.reason(), transport = "tcp", suppressed, "tunnel handshake refused");
+            }
+        }
+        Ok(tls::Accepted::Client(stream, peer)) => {
             // Between the handshake and this registration a revocation could slip by; check
             // the current state once more now that the connection is findable.
             let _registration = peer
@@ -121,13 +186,25 @@ async fn connection(
                 })
                 .inc();
             metrics.client_connections.inc();
-            serve::connection(stream, peer, shared.clone(), shutdown).await;
-            shared.metrics.client_connections.dec();
+            let hold = Arc::new(ConnectionHold {
+                _permit: permit,
+                _address_slot: address_slot,
+                _counted: ActiveGuard(metrics.client_connections.clone()),
+            });
+            serve::connection(stream, peer, hold, shared.clone(), shutdown).await;
         }
         Err(failure) => {
             let site = failure.site.unwrap_or_default();
             count_handshake(metrics, &site, failure.denial);
-            log_denial(&shared, ip, &site, failure.denial.reason());
+            if failure.denial == tls::HandshakeDenial::ClientAborted {
+                // Chromium's certificate-choice reconnect: no denial, no denial log line. Its
+                // token stays spent: refunding would let anyone run full handshakes (a
+                // server signature each) for free by hanging up at the same point, and a
+                // browser does this once per site, far inside the burst.
+                tracing::debug!(client = %ip, site, "client aborted the handshake after the certificate request");
+            } else {
+                log_denial(&shared, ip, &site, failure.denial.reason());
+            }
         }
     }
 }
@@ -148,7 +225,7 @@ fn count_handshake(metrics: &crate::metrics::Metrics, site: &str, denial: tls::H
         .handshakes
         .get_or_create(&HandshakeLabels {
             site: site.to_owned(),
-            result: "denied",
+            result: denial.result(),
             reason: denial.reason(),
         })
         .inc();

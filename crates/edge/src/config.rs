@@ -22,7 +22,15 @@ pub use crate::policy::{ClientAuth, SitePolicy};
 
 /// Top-level keys that `DOORLESS_*` variables may set. Limiting env to these keeps a stray
 /// variable meant for the connector (e.g. `DOORLESS_TOKEN`) from breaking the edge.
-const ENV_KEYS: &[&str] = &["state_dir", "listen", "limits", "tunnel", "log", "sites"];
+const ENV_KEYS: &[&str] = &[
+    "state_dir",
+    "listen",
+    "limits",
+    "tunnel",
+    "log",
+    "sites",
+    "acme",
+];
 
 /// The edge configuration as written in the file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +53,50 @@ pub struct RawConfig {
     /// Per-site settings, keyed by site name. Sites themselves come from the state dir.
     #[serde(default)]
     pub sites: BTreeMap<String, RawSite>,
+    /// Publicly trusted certificates from an ACME CA (on when `email` is set).
+    #[serde(default)]
+    pub acme: RawAcme,
+}
+
+/// `[acme]`: certificates for every site without `tls_cert`, from an ACME CA (Let's Encrypt by
+/// default), validated with TLS-ALPN-01 on the HTTPS listener. `doorless-edge setup` writes
+/// `email` (and `directory` / `staging` when given): keep those names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// Contact address for the CA account; setting it turns ACME on.
+    pub email: Option<String>,
+    /// `false` keeps ACME off even with `email` set (default: on when `email` is set).
+    pub enabled: Option<bool>,
+    /// The CA's directory URL (default: Let's Encrypt production).
+    pub directory: Option<String>,
+    /// Let's Encrypt staging instead of production (untrusted certificates, for trying out).
+    #[serde(default)]
+    pub staging: bool,
+    /// External account binding key id (CAs other than Let's Encrypt).
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key (base64url).
+    pub eab_hmac_key: Option<String>,
+    /// File holding the EAB HMAC key, instead of `eab_hmac_key`.
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// PEM file of extra roots to trust for the CA's own HTTPS (a private CA, a test CA).
+    pub extra_roots: Option<PathBuf>,
+    /// Fraction of the lifetime after which to renew when the CA offers no ARI window.
+    pub renew_at: Option<f64>,
+    /// Ask the CA for its renewal window (ACME Renewal Information, RFC 9773).
+    pub ari: Option<bool>,
+    /// First retry after a failed order; doubles per failure.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_initial: Option<Duration>,
+    /// The longest wait between retries.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+    /// One order, validation included.
+    #[serde(default, with = "humantime_serde")]
+    pub order_timeout: Option<Duration>,
+    /// One HTTP request to the CA.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
 }
 
 /// `[listen]`
@@ -109,6 +161,16 @@ pub struct RawLimits {
     pub handshake_rate_per_ip: f64,
     /// Burst of unauthenticated handshakes one address may start at once.
     pub handshake_burst_per_ip: u32,
+    /// IPv4 clients are one "address" for the per-address limits per network of this prefix
+    /// length (32: each address on its own).
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are one "address" per network of this prefix length: 64 by default, since
+    /// one subscriber usually gets a whole /64 (or more) and can pick any address in it.
+    pub ipv6_prefix: u8,
+    /// Forward request headers whose names contain `_` (nginx's `underscores_in_headers`).
+    /// Off by default: such headers are dropped, since servers that map `-` to `_` (CGI,
+    /// WSGI, some frameworks) would read `X_Forwarded_For` as `X-Forwarded-For`.
+    pub underscores_in_headers: bool,
 }
 
 impl Default for RawLimits {
@@ -128,6 +190,9 @@ impl Default for RawLimits {
             max_concurrent_handshakes: 256,
             handshake_rate_per_ip: 5.0,
             handshake_burst_per_ip: 40,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            underscores_in_headers: false,
         }
     }
 }
@@ -248,6 +313,8 @@ pub struct Config {
     pub log: RawLog,
     /// Per-site settings of the sites the file mentions.
     pub sites: BTreeMap<String, SiteSettings>,
+    /// ACME settings, checked; `None` when ACME is off.
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 impl Config {
@@ -305,6 +372,12 @@ impl Config {
         if raw.tunnel.idle_timeout < Duration::from_secs(5) {
             return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
         }
+        if !(16..=32).contains(&limits.ipv4_prefix) {
+            return Err(invalid("limits.ipv4_prefix", "must be between 16 and 32"));
+        }
+        if !(32..=128).contains(&limits.ipv6_prefix) {
+            return Err(invalid("limits.ipv6_prefix", "must be between 32 and 128"));
+        }
         if limits.max_connections_per_ip == 0 || limits.max_concurrent_handshakes == 0 {
             return Err(invalid(
                 "limits.max_connections_per_ip",
@@ -326,6 +399,9 @@ impl Config {
             })?;
             sites.insert(name, settings);
         }
+        let acme = raw
+            .acme
+            .finish(|k, problem| invalid(&format!("acme.{k}"), problem))?;
         let tuning = transport::Tuning {
             keep_alive: raw.tunnel.keep_alive,
             idle_timeout: raw.tunnel.idle_timeout,
@@ -341,7 +417,99 @@ impl Config {
             ping_interval: raw.tunnel.ping_interval,
             log: raw.log,
             sites,
+            acme,
         })
+    }
+}
+
+impl RawAcme {
+    /// The checked settings, or `None` when ACME is off; `invalid(key, problem)` names the key.
+    /// Files it names (`extra_roots`, `eab_hmac_key_file`) are read here, once.
+    fn finish(
+        self,
+        invalid: impl Fn(&str, &str) -> ConfigError,
+    ) -> Result<Option<acme::AcmeConfig>, ConfigError> {
+        let Some(email) = self.email.filter(|_| self.enabled != Some(false)) else {
+            if self.enabled == Some(true) {
+                return Err(invalid("email", "required when acme.enabled = true"));
+            }
+            return Ok(None);
+        };
+        let problem = |e: acme::ConfigError| e.to_string();
+        let mut config =
+            acme::AcmeConfig::new(&email).map_err(|e| invalid("email", &problem(e)))?;
+        config = match (self.directory, self.staging) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "staging",
+                    "set either directory or staging = true, not both",
+                ));
+            }
+            (Some(url), false) => config
+                .directory(&url)
+                .map_err(|e| invalid("directory", &problem(e)))?,
+            (None, true) => config.staging(),
+            (None, false) => config,
+        };
+        let hmac_key = match (self.eab_hmac_key, self.eab_hmac_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "eab_hmac_key_file",
+                    "set either eab_hmac_key or eab_hmac_key_file, not both",
+                ));
+            }
+            (Some(key), None) => Some(key),
+            (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "eab_hmac_key_file",
+                    &format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+            (None, None) => None,
+        };
+        config = match (self.eab_kid, hmac_key) {
+            (Some(kid), Some(key)) => config
+                .eab(&kid, &key)
+                .map_err(|e| invalid("eab_kid", &problem(e)))?,
+            (None, None) => config,
+            _ => {
+                return Err(invalid(
+                    "eab_kid",
+                    "eab_kid and eab_hmac_key (or eab_hmac_key_file) must be set together",
+                ));
+            }
+        };
+        if let Some(path) = self.extra_roots {
+            let pem = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "extra_roots",
+                    &format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            config = config
+                .extra_roots_pem(&pem)
+                .map_err(|e| invalid("extra_roots", &problem(e)))?;
+        }
+        let defaults = acme::RenewalPolicy::default();
+        let policy = acme::RenewalPolicy {
+            renew_at: self.renew_at.unwrap_or(defaults.renew_at),
+            ari: self.ari.unwrap_or(defaults.ari),
+            retry_initial: self.retry_initial.unwrap_or(defaults.retry_initial),
+            retry_max: self.retry_max.unwrap_or(defaults.retry_max),
+            order_timeout: self.order_timeout.unwrap_or(defaults.order_timeout),
+            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
+            ..defaults
+        };
+        // The policy's own check names no key; point at the one most likely wrong.
+        let key = if self.renew_at.is_some() {
+            "renew_at"
+        } else {
+            "retry_initial"
+        };
+        config = config
+            .renewal(policy)
+            .map_err(|e| invalid(key, &problem(e)))?;
+        Ok(Some(config))
     }
 }
 
@@ -468,6 +636,72 @@ mod tests {
             panic!("zero must be refused");
         };
         assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn acme_is_off_without_email_and_on_with_it() {
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("minimal config must load");
+        };
+        assert!(c.acme.is_none());
+        // What `doorless-edge setup` writes.
+        let Ok(c) = load("state_dir = \"/x\"\n[acme]\nemail = \"you@example.com\"") else {
+            panic!("[acme] email must load");
+        };
+        let acme = c.acme.as_ref().map(|a| (a.contact(), a.directory_url()));
+        assert_eq!(acme, Some(("you@example.com", acme::LETS_ENCRYPT)));
+        let Ok(c) = load(
+            "state_dir = \"/x\"\n[acme]\nemail = \"a@b.example\"\nstaging = true\nrenew_at = 0.5\nretry_initial = \"1s\"",
+        ) else {
+            panic!("staging must load");
+        };
+        let acme = c.acme.as_ref();
+        assert_eq!(
+            acme.map(|a| a.directory_url()),
+            Some(acme::LETS_ENCRYPT_STAGING)
+        );
+        assert_eq!(acme.map(|a| a.renewal_policy().renew_at), Some(0.5));
+        assert_eq!(
+            acme.map(|a| a.renewal_policy().retry_initial),
+            Some(Duration::from_secs(1))
+        );
+        let Ok(c) = load("state_dir = \"/x\"\n[acme]\nemail = \"a@b.example\"\nenabled = false")
+        else {
+            panic!("enabled = false must load");
+        };
+        assert!(c.acme.is_none());
+    }
+
+    #[test]
+    fn acme_mistakes_are_named() {
+        for (body, key) in [
+            ("email = \"nope\"", "acme.email"),
+            ("enabled = true", "acme.email"),
+            (
+                "email = \"a@b.example\"\ndirectory = \"http://ca.example/dir\"",
+                "acme.directory",
+            ),
+            (
+                "email = \"a@b.example\"\ndirectory = \"https://ca.example/dir\"\nstaging = true",
+                "acme.staging",
+            ),
+            ("email = \"a@b.example\"\neab_kid = \"k\"", "acme.eab_kid"),
+            (
+                "email = \"a@b.example\"\neab_kid = \"k\"\neab_hmac_key = \"***\"",
+                "acme.eab_kid",
+            ),
+            (
+                "email = \"a@b.example\"\nextra_roots = \"/nonexistent/roots.pem\"",
+                "acme.extra_roots",
+            ),
+            ("email = \"a@b.example\"\nrenew_at = 1.5", "acme.renew_at"),
+            ("email = \"a@b.example\"\nemial = \"x\"", "emial"),
+        ] {
+            let Err(e) = load(&format!("state_dir = \"/x\"\n[acme]\n{body}")) else {
+                panic!("{body:?} must be refused");
+            };
+            assert!(e.to_string().contains(key), "{body:?}: {e}");
+        }
     }
 
     #[test]

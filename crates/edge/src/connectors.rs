@@ -1,10 +1,12 @@
-//! The tunnel listener: connectors register here.
+//! The tunnel listener: connectors register here, over QUIC or over TLS/TCP.
 //!
 //! A connector proves who it is with a certificate from the connector CA (checked in the QUIC
-//! handshake); its identity names the site it serves. It then opens the control stream and
-//! says `Hello`; we answer `Welcome` and register the connection as a [`Tunnel`] until it
-//! goes away, drains, or we shut down. A `Hello` we cannot decode (a newer version)
-//! gets `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with
+//! handshake, or in the HTTPS listener's handshake for ALPN `doorless-tcp/1`, which `accept`
+//! hands over as a [`TcpTunnel`]); its identity names the site it serves. Everything after the
+//! handshake is one function for both transports, [`session`]: identity and revocation, then
+//! the control stream's `Hello`; we answer `Welcome` and register the connection as a
+//! [`Tunnel`] until it goes away, drains, or we shut down. A `Hello` we cannot decode (a newer
+//! version) gets `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with
 //! [`Purpose::Check`] (the connector's self-check) gets the same checks and `Welcome`, but is
 //! never registered: no request can be routed to a connection that is about to close.
 //!
@@ -13,18 +15,20 @@
 //! on it at once. At shutdown each tunnel runs the edge's side of the drain protocol
 //! (`Drain`, streams finish and are acknowledged, `GoAway`, close).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use proto::{CloseCode, ControlEvent, ControlState, Purpose, Reject, RejectCode, Welcome};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use transport::{ControlDriver, Incoming, Liveness, ServerEndpoint};
+use transport::{Connection, ControlDriver, Incoming, Liveness, ServerEndpoint, Transport};
 
-use crate::metrics::{Metrics, SiteResult};
+use crate::metrics::{Metrics, SiteResult, SiteTransport};
 use crate::tunnels::Tunnel;
 use crate::{Shared, route};
 
@@ -34,61 +38,112 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often each tunnel's liveness is sampled; the verdict itself takes seconds of silence.
 const LIVENESS_CHECK: Duration = Duration::from_millis(250);
+/// TLS/TCP tunnels handed over by `accept` and not yet taken: a burst of connectors at once.
+pub(crate) const TCP_TUNNEL_QUEUE: usize = 64;
 
-/// Accepts connector connections until `shutdown`.
+/// A TLS/TCP tunnel connection whose TLS handshake `accept` finished (connector CA verified).
+#[derive(Debug)]
+pub(crate) struct TcpTunnel {
+    /// The TLS stream.
+    pub(crate) stream: tokio_rustls::server::TlsStream<TcpStream>,
+    /// The connector's address.
+    pub(crate) addr: SocketAddr,
+    /// Dropped when the tunnel ends, so `accept` holds its connection slots until then.
+    pub(crate) done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Accepts connector connections until `shutdown`: QUIC from the endpoint, TLS/TCP from
+/// `accept` through `tcp`.
 pub(crate) async fn serve(
     endpoint: Arc<ServerEndpoint>,
+    mut tcp: tokio::sync::mpsc::Receiver<TcpTunnel>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
-        let incoming = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => incoming,
-        };
-        let Some(incoming) = incoming else { break };
-        tracker.spawn(tunnel(incoming, shared.clone(), shutdown.clone()));
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tracker.spawn(quic_tunnel(incoming, shared.clone(), shutdown.clone()));
+            }
+            Some(pending) = tcp.recv() => {
+                tracker.spawn(tcp_tunnel(pending, endpoint.clone(), shared.clone(), shutdown.clone()));
+            }
+        }
     }
 }
 
-async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn quic_tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
     let addr = incoming.remote_addr();
-    let conn = match incoming.accept(HANDSHAKE_TIMEOUT).await {
-        Ok(conn) => conn,
+    match incoming.accept(HANDSHAKE_TIMEOUT).await {
+        Ok(conn) => session(conn, addr, shared, shutdown).await,
         Err(e) => {
-            info!(%addr, error = %e, "tunnel handshake refused");
-            return;
+            shared.metrics.tunnel_refused(Transport::Quic, "handshake");
+            info!(%addr, error = %e, transport = "quic", "tunnel handshake refused");
         }
-    };
+    }
+}
+
+async fn tcp_tunnel(
+    pending: TcpTunnel,
+    endpoint: Arc<ServerEndpoint>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let TcpTunnel { stream, addr, done } = pending;
+    match endpoint.accept_tcp(stream, HANDSHAKE_TIMEOUT).await {
+        Ok(conn) => session(conn, addr, shared, shutdown).await,
+        Err(e) => {
+            shared.metrics.tunnel_refused(Transport::Tcp, "handshake");
+            info!(%addr, error = %e, transport = "tcp", "tunnel handshake refused");
+        }
+    }
+    drop(done);
+}
+
+/// One tunnel connection after its TLS handshake, whatever carries it: identity, revocation,
+/// `Hello` → `Welcome` or `Reject`, then registered until it ends.
+async fn session(
+    conn: Connection,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let transport = conn.transport();
     let leaf = match conn.peer_certificate() {
         Ok(der) => der,
         Err(e) => {
-            warn!(%addr, error = %e, "tunnel refused: no connector certificate");
+            shared.metrics.tunnel_refused(transport, "identity");
+            warn!(%addr, %transport, error = %e, "tunnel refused: no connector certificate");
             conn.close(CloseCode::Rejected, "no connector certificate");
             return;
         }
     };
     let fingerprint = pki::Fingerprint::of(&leaf);
     if shared.sites.load().revoked().connector(&fingerprint) {
-        warn!(%addr, "tunnel refused: connector certificate revoked");
+        shared.metrics.tunnel_refused(transport, "revoked");
+        warn!(%addr, %transport, "tunnel refused: connector certificate revoked");
         conn.close(CloseCode::Revoked, "connector certificate revoked");
         return;
     }
     let identity = match pki::Identity::from_cert_der(&leaf) {
         Ok(id) if id.kind == pki::Kind::Connector => id,
         Ok(_) => {
-            warn!(%addr, "tunnel refused: certificate is not a connector certificate");
+            shared.metrics.tunnel_refused(transport, "identity");
+            warn!(%addr, %transport, "tunnel refused: certificate is not a connector certificate");
             conn.close(CloseCode::Rejected, "not a connector certificate");
             return;
         }
         Err(e) => {
-            warn!(%addr, error = %e, "tunnel refused: no connector identity");
+            shared.metrics.tunnel_refused(transport, "identity");
+            warn!(%addr, %transport, error = %e, "tunnel refused: no connector identity");
             conn.close(CloseCode::Rejected, "no connector identity");
             return;
         }
     };
-    let (send, recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept()).await {
+    let (send, recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_control()).await {
         Ok(Ok(stream)) => stream,
         _ => {
             info!(%addr, "tunnel closed before its control stream opened");
@@ -209,7 +264,15 @@ async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationT
         })
         .inc();
     metrics.connectors.get_or_create(&site_label).inc();
-    info!(%addr, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
+    let transport_label = SiteTransport {
+        site: identity.site.clone(),
+        transport: transport.name(),
+    };
+    metrics
+        .connector_transports
+        .get_or_create(&transport_label)
+        .inc();
+    info!(%addr, %transport, site = %identity.site, connector = %identity.name, software = %hello.software, "connector registered");
 
     // A connector that registers again (say, restarted after a crash) may have left dead
     // connections behind that still look registered: check its other tunnels now rather
@@ -273,9 +336,13 @@ async fn tunnel(incoming: Incoming, shared: Arc<Shared>, shutdown: CancellationT
     };
     shared.tunnels.remove(&tunnel);
     metrics.connectors.get_or_create(&site_label).dec();
+    metrics
+        .connector_transports
+        .get_or_create(&transport_label)
+        .dec();
     metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
-    info!(%addr, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
+    info!(%addr, %transport, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
 }
 
 /// The edge's side of the drain protocol at shutdown: `Drain` (the connector stops expecting

@@ -217,36 +217,61 @@ pub(crate) fn set_cookie(value: &str, max_age: u64) -> Option<HeaderValue> {
     .ok()
 }
 
-/// Our cookie's value among the request's `Cookie` header values, if present.
+/// Our cookie's value among the request's `Cookie` header values, if present: the first pair
+/// named exactly [`COOKIE_NAME`] (as we set it), read byte by byte so a non-UTF-8 byte
+/// elsewhere in the header does not hide it.
 pub(crate) fn find<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     for header in cookie_headers {
-        let Ok(text) = std::str::from_utf8(header) else {
-            continue;
-        };
-        for pair in text.split(';') {
-            if let Some((name, value)) = pair.trim().split_once('=')
-                && name == COOKIE_NAME
+        for pair in header.split(|&b| b == b';') {
+            if let Some(eq) = pair.iter().position(|&b| b == b'=')
+                && pair[..eq].trim_ascii() == COOKIE_NAME.as_bytes()
             {
-                return Some(value.trim_matches('"').to_owned());
+                let value = pair[eq + 1..].trim_ascii();
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                // Ours is base64url; anything else is not ours (and forged, as a verdict).
+                return Some(String::from_utf8_lossy(value).into_owned());
             }
         }
     }
     None
 }
 
-/// A `Cookie` header value without our cookie; `None` if nothing else is left.
-pub(crate) fn strip(header: &[u8]) -> Option<Vec<u8>> {
-    let Ok(text) = std::str::from_utf8(header) else {
-        // Not text: not something we set; pass it on untouched.
-        return Some(header.to_vec());
-    };
-    let kept: Vec<&str> = text
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != COOKIE_NAME)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; ").into_bytes())
+/// The request's `Cookie` lines as one value without our cookie; `None` if nothing is left.
+///
+/// Works on bytes and fails closed: every `;`-separated piece that mentions our cookie's name
+/// anywhere, in any case, is dropped whole. Parsers disagree on what a cookie pair is (Python's
+/// `http.cookies`, which Home Assistant's aiohttp builds on, also splits on whitespace and reads
+/// `$`-prefixed names as attributes; RFC 2109 allowed `,`), so matching only the exact name at
+/// the start of a pair would let `a=1 __Host-doorless=…` or `a=1, __Host-doorless=…` through.
+/// Dropping a stranger's cookie whose value happens to contain our name costs nothing.
+///
+/// Several lines (HTTP/2 sends one per cookie, RFC 9113 §8.2.3; some HTTP/1.1 clients repeat
+/// the header) become one, joined with `; `, as RFC 9113 asks before HTTP/1.1 (and as aiohttp
+/// needs: it reads only the first `Cookie` line).
+pub(crate) fn strip<'a>(cookie_headers: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut kept = Vec::new();
+    for piece in cookie_headers.flat_map(|h| h.split(|&b| b == b';')) {
+        let piece = piece.trim_ascii();
+        if piece.is_empty() || mentions_our_name(piece) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(piece);
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Whether `bytes` contains [`COOKIE_NAME`], ASCII case-insensitively.
+fn mentions_our_name(bytes: &[u8]) -> bool {
+    let name = COOKIE_NAME.as_bytes();
+    bytes
+        .windows(name.len())
+        .any(|w| w.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -313,10 +338,59 @@ mod tests {
             find([header.as_bytes()].into_iter()).as_deref(),
             Some("abc")
         );
-        assert_eq!(strip(header.as_bytes()).as_deref(), Some(&b"a=1; b=2"[..]));
+        assert_eq!(
+            strip([header.as_bytes()].into_iter()).as_deref(),
+            Some(&b"a=1; b=2"[..])
+        );
         let only = format!("{COOKIE_NAME}=abc");
-        assert_eq!(strip(only.as_bytes()), None);
+        assert_eq!(strip([only.as_bytes()].into_iter()), None);
         assert_eq!(find([&b"a=1"[..]].into_iter()), None);
+    }
+
+    /// Whatever the header looks like, our cookie never survives `strip`, and the rest does.
+    #[test]
+    fn strip_is_byte_level_and_fails_closed() {
+        let cases: &[(&[&[u8]], &[u8])] = &[
+            // Not UTF-8.
+            (
+                &[b"a=1; __Host-doorless=SECRET; b=\xff\xfe"],
+                b"a=1; b=\xff\xfe",
+            ),
+            (&[b"\xff=1;__Host-doorless=SECRET"], b"\xff=1"),
+            // Several lines: joined, ours gone from each.
+            (&[b"a=1", b"__Host-doorless=SECRET", b"b=2"], b"a=1; b=2"),
+            // Odd spacing, tabs, whitespace or commas as separators.
+            (&[b"  __Host-doorless  =  SECRET  ;b=2"], b"b=2"),
+            (&[b"a=1\t;\t__Host-doorless=SECRET"], b"a=1"),
+            (&[b"a=1 __Host-doorless=SECRET"], b""),
+            (&[b"a=1, __Host-doorless=SECRET; c=3"], b"c=3"),
+            // Other cases, `$` attributes and names, quotes.
+            (
+                &[b"__HOST-DOORLESS=SECRET; __host-doorless=SECRET; d=4"],
+                b"d=4",
+            ),
+            (
+                &[b"$Version=1; __Host-doorless=SECRET; $Path=/"],
+                b"$Version=1; $Path=/",
+            ),
+            (&[b"$__Host-doorless=SECRET"], b""),
+            (&[b"__Host-doorless=\"SECRET\""], b""),
+            (&[b";;; ; "], b""),
+        ];
+        for (lines, want) in cases {
+            let got = strip(lines.iter().copied()).unwrap_or_default();
+            assert_eq!(got, *want, "{lines:?}");
+            assert!(!mentions_our_name(&got) && !got.windows(6).any(|w| w == b"SECRET"));
+        }
+        // `find` reads our cookie even when another pair is not UTF-8.
+        assert_eq!(
+            find([&b"b=\xff; __Host-doorless=abc"[..]].into_iter()).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            find([&b"__Host-doorless=\"abc\""[..]].into_iter()).as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]

@@ -67,11 +67,23 @@ pub(crate) enum ProxyError {
     ConnectorUnresponsive,
     /// The request head could not be encoded for the tunnel (too large).
     RequestTooLarge,
+    /// An upgrade to anything but a WebSocket (`h2c`, `TLS/1.0`, several tokens), or
+    /// `CONNECT`: never forwarded, never spliced.
+    UpgradeRefused,
+    /// `Upgrade: websocket`, but not a valid RFC 6455 opening handshake (method, version,
+    /// `Connection`, `Sec-WebSocket-Key`/`-Version`, a body).
+    BadWebSocketHandshake,
+    /// The upstream answered a WebSocket handshake with a 101 that does not agree with it
+    /// (wrong `Upgrade`, no `Connection: upgrade`, wrong `Sec-WebSocket-Accept`): not spliced.
+    BadUpgradeResponse,
+    /// The client's request body was malformed (bad chunked coding, more or fewer bytes than
+    /// its length) or cut off before its end.
+    BadRequestBody,
 }
 
 impl ProxyError {
     /// Every variant, for pre-creating metric series.
-    pub(crate) const ALL: [Self; 16] = [
+    pub(crate) const ALL: [Self; 20] = [
         Self::MissingHost,
         Self::HostConflict,
         Self::MisdirectedRequest,
@@ -88,11 +100,19 @@ impl ProxyError {
         Self::ResponseTimeout,
         Self::ConnectorUnresponsive,
         Self::RequestTooLarge,
+        Self::UpgradeRefused,
+        Self::BadWebSocketHandshake,
+        Self::BadUpgradeResponse,
+        Self::BadRequestBody,
     ];
     /// The status code the client receives.
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::HostConflict => StatusCode::BAD_REQUEST,
+            Self::MissingHost
+            | Self::HostConflict
+            | Self::UpgradeRefused
+            | Self::BadWebSocketHandshake
+            | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::NoCredentials | Self::AddressDenied => StatusCode::FORBIDDEN,
             Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -103,7 +123,8 @@ impl ProxyError {
             Self::TunnelBroken
             | Self::BadResponseHead
             | Self::UpstreamConnect
-            | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            | Self::UpstreamProtocol
+            | Self::BadUpgradeResponse => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -123,7 +144,10 @@ impl ProxyError {
             | Self::MisdirectedRequest
             | Self::RequestTooLarge
             | Self::NoCredentials
-            | Self::AddressDenied => Blame::Client,
+            | Self::AddressDenied
+            | Self::UpgradeRefused
+            | Self::BadWebSocketHandshake
+            | Self::BadRequestBody => Blame::Client,
             Self::NoConnector
             | Self::TunnelUnavailable
             | Self::TunnelBroken
@@ -131,9 +155,10 @@ impl ProxyError {
             | Self::ConnectorRefused
             | Self::ConnectorUnresponsive
             | Self::ResponseTimeout => Blame::Connector,
-            Self::UpstreamConnect | Self::UpstreamTimeout | Self::UpstreamProtocol => {
-                Blame::Upstream
-            }
+            Self::UpstreamConnect
+            | Self::UpstreamTimeout
+            | Self::UpstreamProtocol
+            | Self::BadUpgradeResponse => Blame::Upstream,
         }
     }
 
@@ -156,6 +181,10 @@ impl ProxyError {
             Self::ConnectorRefused => "connector_refused",
             Self::ResponseTimeout => "response_timeout",
             Self::ConnectorUnresponsive => "connector_unresponsive",
+            Self::UpgradeRefused => "upgrade_refused",
+            Self::BadWebSocketHandshake => "bad_websocket_handshake",
+            Self::BadUpgradeResponse => "bad_upgrade_response",
+            Self::BadRequestBody => "bad_request_body",
         }
     }
 

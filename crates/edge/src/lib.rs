@@ -1,9 +1,10 @@
 //! `doorless-edge`: the public side of doorless.
 //!
-//! It listens for browsers and apps on HTTPS (TCP) and for connectors on QUIC (UDP). A client
-//! must present a certificate from its site's client CA or the TLS handshake fails; an
-//! authenticated request rides its own QUIC stream to a connector of that site, which
-//! forwards it to Home Assistant.
+//! It listens for browsers and apps on HTTPS (TCP) and for connectors on QUIC (UDP), or on the
+//! HTTPS port with the tunnel's own ALPN when UDP is blocked (TLS/TCP). A client must present a
+//! certificate from its site's client CA or the TLS handshake fails; an authenticated request
+//! rides its own tunnel stream to a connector of that site, which forwards it to Home
+//! Assistant.
 //!
 //! What it is not: a general reverse proxy. There is one upstream per site (behind its
 //! connectors) and no path routing.
@@ -13,14 +14,17 @@
 //! 2. `tls` — handshake: SNI → `site::Site`, client certificate → `tls::Peer`.
 //! 3. `serve` — HTTP/1.1 and HTTP/2; `handle_request` runs steps 4–8 for each request:
 //! 4. `cookie` — the session cookie's verdict (`required_or_session` sites only).
-//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial.
+//! 5. `policy` — `policy::decide`: a `policy::Grant` with its evidence, or a denial; then
+//!    `upgrade::classify`: a valid WebSocket handshake, plain HTTP, or a refusal.
 //! 6. `route` — site → `route::Route`: a tunnel and a stream slot on it.
 //! 7. `proxy` — request and response through a stream of that tunnel; WebSocket splice.
 //! 8. `body` — the response body, counted; when it ends, `serve`'s `finish` writes the one
 //!    access-log line. Every failure and its status code is in `error`.
 //!
-//! Beside the path: `connectors` registers connectors as `tunnels::Tunnel`s; `site` is
-//! the site registry, `revocation` everything revoked, `reload` watches the state dir;
+//! Beside the path: `enroll` answers the enrollment ALPN (connector codes); `connectors`
+//! registers connectors as `tunnels::Tunnel`s; `site` is the site registry, `server_cert`
+//! each site's swappable HTTPS certificate (files, ACME or the local server CA),
+//! `revocation` everything revoked, `reload` watches the state dir;
 //! `limit`, `metrics`, `admin`. `Edge::bind` then `Edge::run` is the whole server;
 //! `main.rs` adds the CLI.
 
@@ -30,6 +34,7 @@ mod body;
 pub mod config;
 mod connectors;
 mod cookie;
+mod enroll;
 mod error;
 mod limit;
 mod metrics;
@@ -39,9 +44,11 @@ mod reload;
 mod revocation;
 mod route;
 mod serve;
+mod server_cert;
 mod site;
 mod tls;
 mod tunnels;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +75,10 @@ pub(crate) struct Shared {
     pub(crate) state: pki::StateDir,
     /// Sites; swapped whole on reload.
     pub(crate) sites: ArcSwap<Sites>,
+    /// ACME site tasks, when `[acme]` is on.
+    pub(crate) acme: Option<server_cert::Acme>,
+    /// Pending TLS-ALPN-01 validations (empty without ACME), for the handshake.
+    pub(crate) challenges: acme::Challenges,
     /// Registered connector connections.
     pub(crate) tunnels: Tunnels,
     /// Authenticated client connections, by certificate.
@@ -84,6 +95,14 @@ pub(crate) struct Shared {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// Keeps denial logging bounded under a flood.
     pub(crate) denial_log: limit::LogLimiter,
+    /// Connector enrollment: its rate limits and the lock that serialises redemptions.
+    pub(crate) enrollment: enroll::Enrollment,
+    /// Whether a dropped underscored request header was logged yet (once per process).
+    pub(crate) underscore_logged: std::sync::atomic::AtomicBool,
+    /// The tunnel's TLS configuration for a `doorless-tcp/1` ClientHello on the HTTPS port.
+    pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
+    /// Where `accept` hands TLS/TCP tunnel connections to `connectors`.
+    pub(crate) tcp_tunnels: tokio::sync::mpsc::Sender<connectors::TcpTunnel>,
     request_ids: AtomicU64,
 }
 
@@ -112,13 +131,23 @@ pub struct Edge {
     https: TcpListener,
     admin: TcpListener,
     tunnel: Arc<transport::ServerEndpoint>,
+    tcp_tunnels: tokio::sync::mpsc::Receiver<connectors::TcpTunnel>,
     addrs: Addrs,
 }
 
 impl Edge {
     /// Loads the state dir and binds every listener.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let sites = Sites::load(&config)?;
+        let challenges = acme::Challenges::default();
+        let acme = match &config.acme {
+            Some(settings) => Some(server_cert::Acme::new(
+                settings.clone(),
+                &config.state,
+                challenges.clone(),
+            )?),
+            None => None,
+        };
+        let sites = Sites::load(&config, acme.as_ref())?;
         let state = pki::StateDir::open(&config.state)?;
         let session_key = cookie::SessionKey::load(&state.session_key_path())?;
         let tunnel_tls = transport::ServerTls {
@@ -141,14 +170,22 @@ impl Edge {
             tunnel: tunnel.local_addr()?,
             admin: admin.local_addr()?,
         };
+        let prefixes = limit::Prefixes {
+            v4: config.limits.ipv4_prefix,
+            v6: config.limits.ipv6_prefix,
+        };
         let metrics = metrics::Metrics::new();
         metrics.init_edge();
+        let (tcp_tunnels_tx, tcp_tunnels) =
+            tokio::sync::mpsc::channel(connectors::TCP_TUNNEL_QUEUE);
         for site in sites.all() {
             metrics.init_site(&site.name);
         }
         let shared = Arc::new(Shared {
             state,
             sites: ArcSwap::from_pointee(sites),
+            acme,
+            challenges,
             tunnels: Tunnels::default(),
             live: revocation::LiveClients::default(),
             metrics,
@@ -156,15 +193,20 @@ impl Edge {
             budget: limit::HandshakeBudget::new(
                 config.limits.handshake_rate_per_ip,
                 config.limits.handshake_burst_per_ip,
+                prefixes,
             ),
-            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip),
+            per_address: limit::PerAddress::new(config.limits.max_connections_per_ip, prefixes),
             handshakes: tokio::sync::Semaphore::new(config.limits.max_concurrent_handshakes),
             denial_log: limit::LogLimiter::new(
                 20,
                 std::time::Duration::from_secs(10),
                 tokio::time::Instant::now().into_std(),
             ),
+            underscore_logged: std::sync::atomic::AtomicBool::new(false),
             request_ids: AtomicU64::new(1),
+            enrollment: enroll::Enrollment::new(addrs.tunnel.port(), prefixes),
+            tunnel_tls: tunnel.tcp_tls_config(),
+            tcp_tunnels: tcp_tunnels_tx,
             config,
         });
         Ok(Self {
@@ -172,6 +214,7 @@ impl Edge {
             https,
             admin,
             tunnel: Arc::new(tunnel),
+            tcp_tunnels,
             addrs,
         })
     }
@@ -210,6 +253,7 @@ impl Edge {
         http.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
         tunnel.spawn(connectors::serve(
             self.tunnel.clone(),
+            self.tcp_tunnels,
             shared.clone(),
             shutdown.clone(),
             tunnel.clone(),

@@ -1,6 +1,10 @@
 //! Limits that keep a flood from starving real users: per-address handshake budgets,
 //! per-address connection caps, and rate-limited denial logs.
 //!
+//! An "address" is a network ([`Prefixes`]): by default each IPv4 address, and each IPv6 /64,
+//! since an IPv6 client usually controls a whole /64 and could otherwise spread a flood over
+//! 2^64 addresses, each with its own budget.
+//!
 //! The budget is a token bucket per client address: starting a TLS handshake costs a token,
 //! a handshake that ends with a valid certificate gets its token back. So real users, who
 //! authenticate, spend nothing, while a scanner's or bot's failed handshakes drain its own
@@ -9,17 +13,49 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Entries above this are pruned (full buckets first); bounds memory under address spraying.
 const MAX_TRACKED: usize = 65_536;
+
+/// How client addresses are grouped into the "addresses" the limits count: the prefix
+/// length kept of an IPv4 and of an IPv6 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prefixes {
+    /// Bits kept of an IPv4 address (≤ 32).
+    pub(crate) v4: u8,
+    /// Bits kept of an IPv6 address (≤ 128).
+    pub(crate) v6: u8,
+}
+
+impl Prefixes {
+    /// The network `ip` counts under: its first `v4`/`v6` bits, the rest zero. IPv4-mapped
+    /// IPv6 addresses count as IPv4.
+    pub(crate) fn key(self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.v4.min(32)))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.v6.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+}
 
 /// Per-address token buckets.
 #[derive(Debug)]
 pub(crate) struct HandshakeBudget {
     rate: f64,
     burst: f64,
+    prefixes: Prefixes,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
@@ -30,17 +66,19 @@ struct Bucket {
 }
 
 impl HandshakeBudget {
-    /// `rate` tokens per second, up to `burst`.
-    pub(crate) fn new(rate: f64, burst: u32) -> Self {
+    /// `rate` tokens per second, up to `burst`, per network of `prefixes`.
+    pub(crate) fn new(rate: f64, burst: u32, prefixes: Prefixes) -> Self {
         Self {
             rate,
             burst: f64::from(burst),
+            prefixes,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// Takes a token for a handshake from `ip`; `false` means over budget.
     pub(crate) fn take(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = self.prefixes.key(ip);
         let mut map = self.lock();
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
             self.prune(&mut map, now);
@@ -60,6 +98,7 @@ impl HandshakeBudget {
 
     /// Returns the token of a handshake that authenticated.
     pub(crate) fn refund(&self, ip: IpAddr) {
+        let ip = self.prefixes.key(ip);
         if let Some(bucket) = self.lock().get_mut(&ip) {
             bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
         }
@@ -105,44 +144,52 @@ impl HandshakeBudget {
 #[derive(Debug)]
 pub(crate) struct PerAddress {
     max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    prefixes: Prefixes,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-/// Holds one connection slot of an address; frees it on drop.
+/// Holds one connection slot of an address until dropped; owned, so an upgraded connection
+/// (a WebSocket, which outlives its HTTP connection task) can carry it until it closes.
 #[derive(Debug)]
-pub(crate) struct AddressSlot<'a> {
-    owner: &'a PerAddress,
+pub(crate) struct AddressSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl PerAddress {
-    /// At most `max` connections per address.
-    pub(crate) fn new(max: usize) -> Self {
+    /// At most `max` connections per network of `prefixes`.
+    pub(crate) fn new(max: usize, prefixes: Prefixes) -> Self {
         Self {
             max,
-            open: Mutex::new(HashMap::new()),
+            prefixes,
+            open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// A slot for `ip`, or `None` if it has `max` open already.
-    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot<'_>> {
-        let mut map = self.lock();
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = self.prefixes.key(ip);
+        let mut map = lock(&self.open);
         let count = map.entry(ip).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(AddressSlot { owner: self, ip })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        Some(AddressSlot {
+            open: self.open.clone(),
+            ip,
+        })
     }
 }
 
-impl Drop for AddressSlot<'_> {
+fn lock(open: &Mutex<HashMap<IpAddr, usize>>) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    // Every update is a single entry operation: a poisoned map is still consistent.
+    open.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut map = self.owner.lock();
+        let mut map = lock(&self.open);
         if let Some(count) = map.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -197,10 +244,55 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2));
 
+    const EXACT: Prefixes = Prefixes { v4: 32, v6: 128 };
+    const DEFAULT: Prefixes = Prefixes { v4: 32, v6: 64 };
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("{s}"))
+    }
+
+    #[test]
+    fn prefixes_group_addresses() {
+        assert_eq!(DEFAULT.key(A), A);
+        assert_eq!(
+            DEFAULT.key(v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            v6("2001:db8:1:2::")
+        );
+        assert_eq!(
+            DEFAULT.key(v6("::ffff:198.51.100.1")),
+            A,
+            "mapped IPv4 is IPv4"
+        );
+        let wide = Prefixes { v4: 24, v6: 48 };
+        assert_eq!(wide.key(B), IpAddr::from([198, 51, 100, 0]));
+        assert_eq!(wide.key(v6("2001:db8:1:2::1")), v6("2001:db8:1::"));
+        assert_eq!(EXACT.key(v6("2001:db8::1")), v6("2001:db8::1"));
+    }
+
+    /// Every address of one IPv6 /64 shares one budget and one set of connection slots.
+    #[test]
+    fn an_ipv6_64_is_one_address() {
+        let t0 = Instant::now();
+        let budget = HandshakeBudget::new(1.0, 2, DEFAULT);
+        assert!(budget.take(v6("2001:db8::1"), t0));
+        assert!(budget.take(v6("2001:db8::2"), t0));
+        assert!(
+            !budget.take(v6("2001:db8::ffff:3"), t0),
+            "same /64, burst spent"
+        );
+        assert!(budget.take(v6("2001:db8:0:1::1"), t0), "next /64");
+        let slots = PerAddress::new(1, DEFAULT);
+        let held = slots.acquire(v6("2001:db8::1"));
+        assert!(held.is_some());
+        assert!(slots.acquire(v6("2001:db8::2")).is_none());
+        drop(held);
+        assert!(slots.acquire(v6("2001:db8::2")).is_some());
+    }
+
     #[test]
     fn budget_drains_refills_and_refunds() {
         let t0 = Instant::now();
-        let budget = HandshakeBudget::new(2.0, 3);
+        let budget = HandshakeBudget::new(2.0, 3, DEFAULT);
         assert!(budget.take(A, t0));
         assert!(budget.take(A, t0));
         assert!(budget.take(A, t0));
@@ -227,7 +319,7 @@ mod tests {
     #[test]
     fn budget_memory_is_bounded() {
         let t0 = Instant::now();
-        let budget = HandshakeBudget::new(1.0, 2);
+        let budget = HandshakeBudget::new(1.0, 2, DEFAULT);
         for i in 0..(MAX_TRACKED as u32 + 1000) {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             budget.take(ip, t0);
@@ -237,7 +329,7 @@ mod tests {
 
     #[test]
     fn per_address_slots() {
-        let limits = PerAddress::new(2);
+        let limits = PerAddress::new(2, DEFAULT);
         let a1 = limits.acquire(A);
         let a2 = limits.acquire(A);
         assert!(a1.is_some() && a2.is_some());

@@ -3,8 +3,6 @@
 //! Labels are bounded: site names come from the state dir, every other label from a fixed set
 //! of `&'static str` values. No IPs, paths or device names.
 
-use std::sync::atomic::AtomicU64;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +64,27 @@ pub(crate) struct SiteResult {
     pub(crate) result: &'static str,
 }
 
+/// `site`, `transport`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct SiteTransport {
+    /// Site name.
+    pub(crate) site: String,
+    /// `quic` or `tcp`.
+    pub(crate) transport: &'static str,
+}
+
+/// `transport`, `reason`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct TransportReason {
+    /// `quic` or `tcp`.
+    pub(crate) transport: &'static str,
+    /// `handshake`, `identity` or `revoked`.
+    pub(crate) reason: &'static str,
+}
+
+/// Why a tunnel connection was refused before its `Hello`, as the metric says it.
+pub(crate) const TUNNEL_REFUSALS: [&str; 3] = ["handshake", "identity", "revoked"];
+
 /// `site`, `reason`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct SiteReason {
@@ -82,6 +101,15 @@ pub(crate) struct CertLabels {
     pub(crate) site: String,
     /// Which certificate.
     pub(crate) kind: &'static str,
+}
+
+/// `kind`, `result`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct EnrollLabels {
+    /// `connector` (a code) or `device` (a link).
+    pub(crate) kind: &'static str,
+    /// Outcome.
+    pub(crate) result: &'static str,
 }
 
 /// `result`
@@ -119,18 +147,32 @@ pub(crate) struct Metrics {
     pub(crate) active_websockets: Family<SiteLabel, Gauge>,
     /// Registered connector connections.
     pub(crate) connectors: Family<SiteLabel, Gauge>,
+    /// Registered connector connections by transport.
+    pub(crate) connector_transports: Family<SiteTransport, Gauge>,
+    /// Tunnel connections refused before their `Hello`, by transport and reason.
+    pub(crate) tunnel_refused: Family<TransportReason, Counter>,
     /// Connector registrations.
     pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
     pub(crate) disconnects: Family<SiteLabel, Counter>,
     /// Tunnel streams that could not be opened, were tried again elsewhere, or idled out.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
-    /// Days until certificates expire.
-    pub(crate) certificate_days_left: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    /// Request headers the edge dropped rather than forward.
+    pub(crate) dropped_headers: Family<SiteReason, Counter>,
+    /// When certificates expire (Unix seconds).
+    pub(crate) certificate_expiry: Family<CertLabels, Gauge>,
+    /// Issued certificates expiring within 30 days.
+    pub(crate) certificates_expiring: Family<CertLabels, Gauge>,
+    /// ACME orders by result.
+    pub(crate) acme_orders: Family<SiteResult, Counter>,
+    /// 1 while a site's last ACME order failed.
+    pub(crate) acme_renewal_failing: Family<SiteLabel, Gauge>,
     /// State reloads.
     pub(crate) reloads: Family<ResultLabel, Counter>,
     /// Connections closed by a revocation.
     pub(crate) revoked_connections_closed: Counter,
+    /// Enrollment attempts (connector codes, device links) by result.
+    pub(crate) enrollments: Family<EnrollLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,6 +187,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("doorless_edge");
         let m = Self {
             handshakes: Family::default(),
+            connector_transports: Family::default(),
+            tunnel_refused: Family::default(),
             connections_rejected: Family::default(),
             client_connections: Gauge::default(),
             requests: Family::default(),
@@ -158,13 +202,28 @@ impl Metrics {
             registrations: Family::default(),
             disconnects: Family::default(),
             stream_failures: Family::default(),
-            certificate_days_left: Family::default(),
+            dropped_headers: Family::default(),
+            certificate_expiry: Family::default(),
+            certificates_expiring: Family::default(),
+            acme_orders: Family::default(),
+            acme_renewal_failing: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
+            enrollments: Family::default(),
             registry: Registry::default(),
         };
         daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         let r = &mut registry;
+        r.register(
+            "connector_transports",
+            "Registered connector connections by transport (quic, tcp)",
+            m.connector_transports.clone(),
+        );
+        r.register(
+            "tunnel_refused",
+            "Tunnel connections refused before their hello, by transport and reason",
+            m.tunnel_refused.clone(),
+        );
         r.register(
             "tls_handshakes",
             "Public TLS handshakes by result and reason",
@@ -236,9 +295,29 @@ impl Metrics {
             m.stream_failures.clone(),
         );
         r.register(
-            "certificate_days_left",
-            "Days until the certificate expires",
-            m.certificate_days_left.clone(),
+            "request_headers_dropped",
+            "Request headers dropped instead of forwarded, by reason",
+            m.dropped_headers.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the certificate expires (notAfter), Unix seconds",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "certificates_expiring",
+            "Valid issued certificates that expire within 30 days",
+            m.certificates_expiring.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders by result",
+            m.acme_orders.clone(),
+        );
+        r.register(
+            "acme_renewal_failing",
+            "1 while the site's last ACME order failed (the current certificate stays in service)",
+            m.acme_renewal_failing.clone(),
         );
         r.register(
             "config_reloads",
@@ -249,6 +328,11 @@ impl Metrics {
             "revoked_connections_closed",
             "Open connections closed because their certificate was revoked",
             m.revoked_connections_closed.clone(),
+        );
+        r.register(
+            "enrollments",
+            "Enrollment attempts: connector codes and device links, by result",
+            m.enrollments.clone(),
         );
         Self { registry, ..m }
     }
@@ -266,16 +350,27 @@ impl Metrics {
     pub(crate) fn init_site(&self, site: &str) {
         let s = || site.to_owned();
         let label = Self::site(site);
+        for transport in transport::Transport::ALL {
+            let _ = self.connector_transports.get_or_create(&SiteTransport {
+                site: s(),
+                transport: transport.name(),
+            });
+        }
         let _ = self.handshakes.get_or_create(&HandshakeLabels {
             site: s(),
             result: "ok",
             reason: "ok",
         });
+        let _ = self.handshakes.get_or_create(&HandshakeLabels {
+            site: s(),
+            result: "ok",
+            reason: "acme_challenge",
+        });
         for denial in crate::tls::HandshakeDenial::ALL {
             if denial != crate::tls::HandshakeDenial::UnknownSite {
                 let _ = self.handshakes.get_or_create(&HandshakeLabels {
                     site: s(),
-                    result: "denied",
+                    result: denial.result(),
                     reason: denial.reason(),
                 });
             }
@@ -304,15 +399,49 @@ impl Metrics {
                 .registrations
                 .get_or_create(&SiteResult { site: s(), result });
         }
+        for result in acme::OrderResult::ALL {
+            let _ = self.acme_orders.get_or_create(&SiteResult {
+                site: s(),
+                result: result.as_str(),
+            });
+        }
+        let _ = self.acme_renewal_failing.get_or_create(&label);
+        for kind in crate::site::ISSUED_KINDS {
+            let _ = self
+                .certificates_expiring
+                .get_or_create(&CertLabels { site: s(), kind });
+        }
         for reason in crate::route::STREAM_FAILURE_REASONS {
             let _ = self
                 .stream_failures
                 .get_or_create(&SiteReason { site: s(), reason });
         }
+        let _ = self.dropped_headers.get_or_create(&SiteReason {
+            site: s(),
+            reason: "underscore",
+        });
     }
 
     /// Creates the edge-wide bounded series at zero.
+    /// Counts a tunnel connection refused before its `Hello`.
+    pub(crate) fn tunnel_refused(&self, transport: transport::Transport, reason: &'static str) {
+        self.tunnel_refused
+            .get_or_create(&TransportReason {
+                transport: transport.name(),
+                reason,
+            })
+            .inc();
+    }
+
     pub(crate) fn init_edge(&self) {
+        for transport in transport::Transport::ALL {
+            for reason in TUNNEL_REFUSALS {
+                let _ = self.tunnel_refused.get_or_create(&TransportReason {
+                    transport: transport.name(),
+                    reason,
+                });
+            }
+        }
         for reason in [
             "max_connections",
             "per_ip_limit",
@@ -325,6 +454,12 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
+        for result in crate::enroll::CODE_RESULTS {
+            let _ = self.enrollments.get_or_create(&EnrollLabels {
+                kind: "connector",
+                result,
+            });
         }
         for denial in [
             crate::tls::HandshakeDenial::UnknownSite,

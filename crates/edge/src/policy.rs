@@ -6,7 +6,10 @@
 //!   connections could carry site B's request on site A's connection (421);
 //! - the client address must pass the site's `deny_cidrs` / `allow_cidrs`;
 //! - a request without a certificate passes only in the modes that allow it: with a valid
-//!   session cookie (`required_or_session`) or on an explicit public path prefix.
+//!   session cookie (`required_or_session`) or on an explicit public path prefix. A public
+//!   path exempts plain HTTP only: a request that asks for an upgrade (a WebSocket) there
+//!   needs a certificate or a session like anywhere else, since after a 101 its bytes no
+//!   longer pass the request path.
 //!
 //! Public paths are matched on a normalised copy of the path, and the normalisation fails
 //! closed: anything a server might interpret differently from us (dot segments, `;`
@@ -73,6 +76,8 @@ pub(crate) struct Facts<'a, 'e> {
     pub(crate) cookie: Option<&'e Verdict>,
     /// The raw request target.
     pub(crate) target: &'a str,
+    /// The request carries an `Upgrade` header (or is a `CONNECT`): it asks to leave HTTP.
+    pub(crate) upgrade: bool,
 }
 
 /// What the policy decided.
@@ -147,7 +152,7 @@ pub(crate) fn decide<'e>(policy: &SitePolicy, facts: &Facts<'_, 'e>) -> Decision
     {
         return Decision::Allow(Grant::Session(claims));
     }
-    if is_public(&policy.public_paths, facts.target) {
+    if !facts.upgrade && is_public(&policy.public_paths, facts.target) {
         return Decision::Allow(Grant::PublicPath);
     }
     Decision::Deny(DenyReason::NoCredentials)

@@ -13,11 +13,12 @@
 //! and the method is idempotent (GET, HEAD, OPTIONS). Otherwise the client gets the failure
 //! (503 with `Retry-After` when no connector could take it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
@@ -30,13 +31,15 @@ use tracing::debug;
 use transport::{RecvHalf, SendHalf, SpliceEnd};
 
 use crate::Shared;
-use crate::body::{ActiveGuard, ResponseBody, empty};
+use crate::accept::ConnectionHold;
+use crate::body::{ActiveGuard, Delivered, OnEnd, ResponseBody, empty};
 use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::revocation::Registration;
 use crate::route::{self, Route};
 use crate::tls::Peer;
+use crate::upgrade::WebSocketKey;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
@@ -54,17 +57,38 @@ pub(crate) struct Auth {
     pub(crate) registration: Option<Registration>,
 }
 
+/// What `forward` produced: the response head (and body) for the client, and for an accepted
+/// WebSocket the splice that `serve` starts once it has the connection's hold and the
+/// access-log line in hand.
+pub(crate) struct Forwarded {
+    /// The response to send.
+    pub(crate) response: Response<ResponseBody>,
+    /// After a 101 that answered the handshake: the WebSocket, not yet spliced.
+    pub(crate) splice: Option<Splice>,
+}
+
 /// Proxies `req` through a new stream on `route`'s tunnel (or, once, another tunnel).
+/// `websocket` is the key of a validated WebSocket handshake (`upgrade::classify`); only then
+/// may a 101 be spliced.
 pub(crate) async fn forward(
     mut req: Request<Incoming>,
+    websocket: Option<WebSocketKey>,
     host: &str,
     peer: &Peer,
     auth: Auth,
     route: Route,
     shared: &Shared,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrade = is_upgrade(&req);
-    let body = body_kind(&req);
+) -> Result<Forwarded, ProxyError> {
+    let upgrade = websocket.is_some();
+    let drop_underscored = !shared.config.limits.underscores_in_headers;
+    if drop_underscored {
+        count_underscored(req.headers(), &peer.site.name, shared);
+    }
+    let body = if upgrade {
+        BodyKind::Empty
+    } else {
+        body_kind(&req)
+    };
     let header = StreamHeader {
         version: proto::VERSION,
         kind: if upgrade {
@@ -77,6 +101,7 @@ pub(crate) async fn forward(
         target: raw_target(&req),
         headers: request_headers(
             req.headers(),
+            drop_underscored,
             host,
             upgrade,
             peer.site.identity_header.as_ref(),
@@ -103,7 +128,7 @@ pub(crate) async fn forward(
     let mut request_body = (body != BodyKind::Empty).then(|| req.into_body());
     let mut route = route;
     let mut sent_again = false;
-    let (send, recv, head) = loop {
+    let (mut send, mut recv, head) = loop {
         let attempt = Attempt {
             encoded: encoded.clone(),
             upgrade,
@@ -127,24 +152,43 @@ pub(crate) async fn forward(
     let mut response = Response::new(empty());
     *response.status_mut() = status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && !upgrade {
-        return Err(ProxyError::BadResponseHead);
+    let checked = copy_response_headers(&head.headers, response.headers_mut(), switching).and_then(
+        |()| match (switching, &websocket) {
+            (false, _) => Ok(()),
+            // The connector refuses a 101 nobody asked for; a connector that relays one anyway
+            // is at fault.
+            (true, None) => Err(ProxyError::BadResponseHead),
+            // A 101 that does not answer this WebSocket handshake is never spliced.
+            (true, Some(key)) => key.check_101(response.headers()),
+        },
+    );
+    if let Err(e) = checked {
+        recv.stop(StreamError::Cancelled);
+        if let Some(s) = send.as_mut() {
+            s.reset(StreamError::Cancelled);
+        }
+        return Err(e);
     }
-    copy_response_headers(&head.headers, response.headers_mut(), switching)?;
 
+    let mut splice = None;
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
             let site = Metrics::site(&peer.site.name);
-            let meters = SpliceMeters {
-                open: shared.metrics.active_websockets.get_or_create_owned(&site),
-                up: shared.metrics.request_bytes.get_or_create_owned(&site),
-                down: shared.metrics.response_bytes.get_or_create_owned(&site),
-            };
-            let hold = Hold {
-                _route: route,
-                _registration: auth.registration,
-            };
-            tokio::spawn(splice(on_upgrade, send, recv, hold, auth.revoked, meters));
+            splice = Some(Splice {
+                on_upgrade,
+                send,
+                recv,
+                hold: Hold {
+                    _route: route,
+                    _registration: auth.registration,
+                },
+                revoked: auth.revoked,
+                meters: SpliceMeters {
+                    open: shared.metrics.active_websockets.get_or_create_owned(&site),
+                    up: shared.metrics.request_bytes.get_or_create_owned(&site),
+                    down: shared.metrics.response_bytes.get_or_create_owned(&site),
+                },
+            });
         }
         (_, _, send) => {
             // Not upgraded: the upstream answered normally; end our side of the stream.
@@ -172,7 +216,7 @@ pub(crate) async fn forward(
             }
         }
     }
-    Ok(response)
+    Ok(Forwarded { response, splice })
 }
 
 /// When a request may be sent again after a failure before its response head.
@@ -244,9 +288,13 @@ impl Attempt<'_> {
         }
         // Any other write failure is the connector stopping the stream; its reset code,
         // read below, says why.
+        // Fires if the client's request body turns out malformed (bad chunked coding, a
+        // length mismatch) or is cut off: then the failure is the client's, whatever the
+        // connector answers to the aborted stream.
+        let mut body_failed = None;
         let mut send = if self.upgrade {
-            // The request body of an upgrade is empty (see `is_upgrade`); the send half stays
-            // open for the splice after a 101.
+            // The request body of an upgrade is empty (`upgrade::classify`); the send half
+            // stays open for the splice after a 101.
             Some(send)
         } else {
             match request_body.take() {
@@ -268,12 +316,25 @@ impl Attempt<'_> {
                             ),
                         },
                     };
-                    tokio::spawn(pump_request(body, send, pump));
+                    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+                    body_failed = Some(failed_rx);
+                    tokio::spawn(pump_request(body, send, pump, failed_tx));
                 }
             }
             None
         };
+        let client_body_failed = async {
+            match body_failed.as_mut() {
+                Some(failed) => failed.await,
+                None => std::future::pending().await,
+            }
+        };
         let head = tokio::select! {
+            biased;
+            Ok(()) = client_body_failed => {
+                recv.stop(StreamError::Cancelled);
+                return Err(Failed { error: ProxyError::BadRequestBody, processed: Processed::Yes });
+            }
             head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
             () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
                 recv.stop(StreamError::Cancelled);
@@ -281,6 +342,13 @@ impl Attempt<'_> {
                 return Err(Failed { error: ProxyError::ResponseTimeout, processed: Processed::Yes });
             }
         };
+        if head.is_err() && body_failed.is_some_and(|mut failed| failed.try_recv().is_ok()) {
+            // The connector's reset answers our reset of the client's broken body.
+            return Err(Failed {
+                error: ProxyError::BadRequestBody,
+                processed: Processed::Yes,
+            });
+        }
         let head = head.map_err(|e| match e {
             transport::Error::StreamReset(StreamError::NotProcessed)
             | transport::Error::StreamStopped(StreamError::NotProcessed) => Failed {
@@ -320,8 +388,14 @@ struct Pump {
     idle: BodyIdle,
 }
 
-/// Copies the client's request body into the tunnel as it arrives.
-async fn pump_request(mut body: Incoming, mut send: SendHalf, pump: Pump) {
+/// Copies the client's request body into the tunnel as it arrives; on a client-side body
+/// error, tells `failed` (before resetting the stream, so the request path learns it first).
+async fn pump_request(
+    mut body: Incoming,
+    mut send: SendHalf,
+    pump: Pump,
+    failed: tokio::sync::oneshot::Sender<()>,
+) {
     loop {
         let Ok(frame) = tokio::time::timeout(pump.idle.limit, body.frame()).await else {
             // The client stopped sending mid-body: the upstream must see an aborted body.
@@ -342,8 +416,9 @@ async fn pump_request(mut body: Incoming, mut send: SendHalf, pump: Pump) {
                 }
             }
             Some(Err(_)) => {
-                // The client aborted the upload: make the upstream see an aborted body, not
-                // a short one.
+                // A malformed body (hyper checks chunked coding and lengths) or an aborted
+                // upload: make the upstream see an aborted body, not a short one.
+                let _ = failed.send(());
                 send.reset(StreamError::Cancelled);
                 return;
             }
@@ -384,34 +459,63 @@ fn tunnel_body(recv: RecvHalf, hold: Hold, idle: BodyIdle) -> ResponseBody {
     StreamBody::new(chunks).boxed_unsync()
 }
 
-/// After a 101: raw bytes both ways until both sides ended (or either failed, or the client's
-/// certificate is revoked).
-async fn splice(
+/// A WebSocket the upstream accepted (its 101 answered the handshake): the tunnel stream and
+/// the client's pending upgrade, to be spliced by [`Splice::start`].
+pub(crate) struct Splice {
     on_upgrade: hyper::upgrade::OnUpgrade,
     send: SendHalf,
     recv: RecvHalf,
-    _hold: Hold,
+    hold: Hold,
     revoked: CancellationToken,
     meters: SpliceMeters,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            // `send` and `recv` are dropped unfinished: reset and stopped.
-            debug!(error = %e, "client upgrade failed");
-            return;
+}
+
+impl Splice {
+    /// Splices raw bytes both ways ([`transport::splice`]) until both sides ended (or either
+    /// failed, or the client's certificate is revoked). `connection` keeps the client
+    /// connection's limits and gauge held, and `on_close` (the access-log line) runs with the
+    /// bytes each way, both until the WebSocket closes.
+    pub(crate) fn start(self, connection: Arc<ConnectionHold>, on_close: Option<OnEnd>) {
+        tokio::spawn(self.run(connection, on_close));
+    }
+
+    async fn run(self, _connection: Arc<ConnectionHold>, on_close: Option<OnEnd>) {
+        let Self {
+            on_upgrade,
+            send,
+            recv,
+            hold: _hold,
+            revoked,
+            meters,
+        } = self;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                // `send` and `recv` are dropped unfinished: reset and stopped.
+                debug!(error = %e, "client upgrade failed");
+                if let Some(on_close) = on_close {
+                    on_close(Delivered::WebSocket { up: 0, down: 0 });
+                }
+                return;
+            }
+        };
+        meters.open.inc();
+        let _open = ActiveGuard(meters.open.clone());
+        let spliced =
+            transport::splice(TokioIo::new(upgraded), send, recv, revoked.cancelled()).await;
+        // Counted whatever way it ended: what went through went through.
+        let (up, down) = (spliced.up, spliced.down);
+        meters.up.inc_by(up);
+        meters.down.inc_by(down);
+        match spliced.end {
+            SpliceEnd::Closed => debug!(up, down, "websocket closed"),
+            SpliceEnd::Cancelled => debug!("websocket closed: certificate revoked"),
+            SpliceEnd::Local(e) => debug!(error = %e, "websocket ended by the client side"),
+            SpliceEnd::Tunnel(e) => debug!(error = %e, "websocket ended by the tunnel side"),
         }
-    };
-    meters.open.inc();
-    let _open = ActiveGuard(meters.open.clone());
-    let spliced = transport::splice(TokioIo::new(upgraded), send, recv, revoked.cancelled()).await;
-    meters.up.inc_by(spliced.up);
-    meters.down.inc_by(spliced.down);
-    match spliced.end {
-        SpliceEnd::Closed => debug!(up = spliced.up, down = spliced.down, "websocket closed"),
-        SpliceEnd::Cancelled => debug!("websocket closed: certificate revoked"),
-        SpliceEnd::Local(e) => debug!(error = %e, "websocket ended by the client side"),
-        SpliceEnd::Tunnel(e) => debug!(error = %e, "websocket ended by the tunnel side"),
+        if let Some(on_close) = on_close {
+            on_close(Delivered::WebSocket { up, down });
+        }
     }
 }
 
@@ -420,15 +524,6 @@ struct SpliceMeters {
     open: Gauge,
     up: Counter,
     down: Counter,
-}
-
-/// An HTTP/1.1 upgrade request (WebSocket) with no body. HTTP/2 extended CONNECT is not
-/// enabled, so browsers use HTTP/1.1 for WebSockets.
-fn is_upgrade<B: hyper::body::Body>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && body_kind(req) == BodyKind::Empty
 }
 
 fn body_kind<B>(req: &Request<B>) -> BodyKind
@@ -460,14 +555,43 @@ fn raw_target<B>(req: &Request<B>) -> Bytes {
     Bytes::copy_from_slice(target.as_bytes())
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of every `Connection` line, lower-cased; byte-level, so a line with a non-UTF-8
+/// byte still names the headers it names.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+        .map(<[u8]>::to_ascii_lowercase)
+}
+
+/// Counts the request headers whose names contain `_`, which `request_headers` drops (nginx's
+/// `underscores_in_headers off`): a server that maps `-` to `_` (CGI, WSGI, PHP, some
+/// frameworks) would read `X_Forwarded_For` as the `X-Forwarded-For` we strip. The first one
+/// in the process is logged, so an operator whose clients need such a header finds the
+/// setting; the rest are only counted.
+fn count_underscored(headers: &HeaderMap, site: &str, shared: &Shared) {
+    let mut underscored = headers.keys().filter(|n| n.as_str().contains('_'));
+    let Some(first) = underscored.next() else {
+        return;
+    };
+    let dropped = 1 + underscored.count() as u64;
+    shared
+        .metrics
+        .dropped_headers
+        .get_or_create(&crate::metrics::SiteReason {
+            site: site.to_owned(),
+            reason: "underscore",
+        })
+        .inc_by(dropped);
+    if !shared
+        .underscore_logged
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!(site, header = %first, "dropping request headers whose names contain '_' (set limits.underscores_in_headers = true to forward them); further drops are only counted");
+    }
 }
 
 /// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
@@ -475,15 +599,15 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// cookie removed from `Cookie`, and the site's identity header replaced by ours.
 fn request_headers(
     headers: &HeaderMap,
+    drop_underscored: bool,
     host: &str,
     upgrade: bool,
     identity_header: Option<&HeaderName>,
     device: &str,
 ) -> Vec<(Bytes, Bytes)> {
-    let named: Vec<String> = connection_tokens(headers)
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let named: Vec<Vec<u8>> = connection_tokens(headers).collect();
     let mut out = Vec::with_capacity(headers.len() + 2);
+    let mut cookie_done = false;
     if !headers.contains_key(header::HOST) {
         out.push((
             Bytes::from_static(b"host"),
@@ -494,15 +618,21 @@ fn request_headers(
         let n = name.as_str();
         if is_hop_by_hop(n)
             || is_forwarding(n)
-            || named.iter().any(|t| t == n)
+            || (drop_underscored && n.contains('_'))
+            || named.iter().any(|t| t.as_slice() == n.as_bytes())
             || identity_header == Some(name)
         {
             continue;
         }
         if name == header::COOKIE {
-            // Our session cookie is for the edge only; never forward it.
-            if let Some(kept) = cookie::strip(value.as_bytes()) {
-                out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
+            // Our session cookie is for the edge only; never forward it. Every `Cookie` line
+            // becomes one, in the place of the first.
+            if !cookie_done {
+                cookie_done = true;
+                let lines = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+                if let Some(kept) = cookie::strip(lines) {
+                    out.push((Bytes::from_static(b"cookie"), Bytes::from(kept)));
+                }
             }
             continue;
         }
@@ -519,14 +649,15 @@ fn request_headers(
             Bytes::copy_from_slice(device.as_bytes()),
         ));
     }
-    if upgrade && let Some(value) = headers.get(header::UPGRADE) {
+    if upgrade {
+        // Re-created, not copied: `upgrade::classify` accepted exactly this and nothing else.
         out.push((
             Bytes::from_static(b"connection"),
             Bytes::from_static(b"upgrade"),
         ));
         out.push((
             Bytes::from_static(b"upgrade"),
-            Bytes::copy_from_slice(value.as_bytes()),
+            Bytes::from_static(b"websocket"),
         ));
     }
     out
@@ -584,7 +715,7 @@ mod tests {
             ("te", "trailers"),
             ("accept", "*/*"),
         ]);
-        let out = request_headers(&h, "ha.example", false, None, "");
+        let out = request_headers(&h, true, "ha.example", false, None, "");
         assert_eq!(names(&out), ["host", "accept"]);
     }
 
@@ -596,7 +727,7 @@ mod tests {
             ("x-device", "forged-by-client"),
         ]);
         let name = HeaderName::from_static("x-device");
-        let out = request_headers(&h, "ha.example", false, Some(&name), "alice-phone");
+        let out = request_headers(&h, true, "ha.example", false, Some(&name), "alice-phone");
         assert_eq!(
             out,
             vec![
@@ -615,7 +746,7 @@ mod tests {
             ]
         );
         // A request without a device (public path) gets no identity header at all.
-        let out = request_headers(&h, "ha.example", false, Some(&name), "");
+        let out = request_headers(&h, true, "ha.example", false, Some(&name), "");
         assert!(!out.iter().any(|(n, _)| n.as_ref() == b"x-device"));
     }
 
@@ -623,6 +754,7 @@ mod tests {
     fn h2_requests_get_host_from_authority() {
         let out = request_headers(
             &headers(&[("accept", "*/*")]),
+            true,
             "ha.example:8443",
             false,
             None,
@@ -638,6 +770,23 @@ mod tests {
     }
 
     #[test]
+    fn underscored_names_are_dropped_unless_allowed() {
+        let h = headers(&[
+            ("host", "ha.example"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_custom", "1"),
+            ("x-custom", "2"),
+        ]);
+        let out = request_headers(&h, true, "ha.example", false, None, "");
+        assert_eq!(names(&out), ["host", "x-custom"]);
+        let out = request_headers(&h, false, "ha.example", false, None, "");
+        assert_eq!(
+            names(&out),
+            ["host", "x_forwarded_for", "x_custom", "x-custom"]
+        );
+    }
+
+    #[test]
     fn upgrade_headers_survive_for_websocket() {
         let h = headers(&[
             ("host", "ha.example"),
@@ -645,7 +794,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("sec-websocket-key", "x"),
         ]);
-        let out = request_headers(&h, "ha.example", true, None, "");
+        let out = request_headers(&h, true, "ha.example", true, None, "");
         assert_eq!(
             names(&out),
             ["host", "sec-websocket-key", "connection", "upgrade"]

@@ -56,7 +56,7 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 
 /// Reloads the state now. Returns whether the new state was taken.
 pub(crate) fn reload(shared: &Shared) -> bool {
-    let sites = match Sites::load(&shared.config) {
+    let sites = match Sites::load(&shared.config, shared.acme.as_ref()) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "reload failed; keeping the previous state");
@@ -72,6 +72,9 @@ pub(crate) fn reload(shared: &Shared) -> bool {
     sites.warn_expiring();
     for site in sites.all() {
         shared.metrics.init_site(&site.name);
+    }
+    if let Some(acme) = &shared.acme {
+        acme.retain(sites.acme_sites());
     }
     shared.sites.store(Arc::new(sites));
     let closed = revocation::enforce(shared, &newly_revoked);

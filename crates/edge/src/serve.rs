@@ -1,7 +1,7 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
 //! [`handle_request`] is the whole path for one request, top to bottom: host, cookie, policy,
-//! route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
+//! upgrade, route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
 //! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
@@ -19,20 +19,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Shared;
-use crate::body::{self, ResponseBody};
+use crate::accept::ConnectionHold;
+use crate::body::{self, Delivered, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
 use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
-use crate::proxy::Auth;
+use crate::proxy::{Auth, Forwarded};
 use crate::revocation::LiveClients;
 use crate::tls::Peer;
-use crate::{proxy, route};
+use crate::{proxy, route, upgrade};
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
 /// leaves or `shutdown` asks for a graceful close.
 pub(crate) async fn connection(
     tls: TlsStream<TcpStream>,
     peer: Peer,
+    hold: Arc<ConnectionHold>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -62,7 +64,8 @@ pub(crate) async fn connection(
         service_fn(move |req| {
             let shared = shared.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handle_request(req, &peer, &shared).await) }
+            let hold = hold.clone();
+            async move { Ok::<_, Infallible>(handle_request(req, &peer, hold, &shared).await) }
         })
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -78,10 +81,12 @@ pub(crate) async fn connection(
     }
 }
 
-/// One request, from policy to response; every outcome passes [`finish`].
+/// One request, from policy to response; every outcome passes [`finish`]. `connection` is what
+/// the client connection holds (limits, gauge); a WebSocket keeps it until it closes.
 pub(crate) async fn handle_request(
     req: Request<Incoming>,
     peer: &Peer,
+    connection: Arc<ConnectionHold>,
     shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
@@ -90,10 +95,9 @@ pub(crate) async fn handle_request(
     let active = shared.metrics.active_requests.get_or_create_owned(&site);
     active.inc();
     let mut who = Who::default();
-    let outcome = proxy_request(req, peer, shared, &mut who).await;
-    let response = match outcome {
-        Ok(response) => response,
-        Err(e) => denial(e),
+    let (response, splice) = match proxy_request(req, peer, shared, &mut who).await {
+        Ok(Forwarded { response, splice }) => (response, splice),
+        Err(e) => (denial(e), None),
     };
     let access_log = finish(
         peer,
@@ -104,10 +108,22 @@ pub(crate) async fn handle_request(
         outcome_error(&response),
         started,
     );
+    // A WebSocket is logged when it closes; any other response when its body is done.
+    let access_log = match splice {
+        Some(splice) => {
+            splice.start(connection, access_log);
+            None
+        }
+        None => access_log,
+    };
     // The request stays active until its response body is done (or dropped); a session-
     // authenticated one stays revocable until then too.
     let bytes = shared.metrics.response_bytes.get_or_create_owned(&site);
-    response.map(|body| body::metered(body, bytes, active, access_log))
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    response.map(|body| body::metered(body, length, bytes, active, access_log))
 }
 
 /// Who a request was let in as, for the access log.
@@ -122,7 +138,7 @@ async fn proxy_request(
     peer: &Peer,
     shared: &Arc<Shared>,
     who: &mut Who,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     let site = &peer.site;
     let host = request_host(&req)?;
     let host_name = host.as_deref().and_then(policy::host_name);
@@ -149,26 +165,31 @@ async fn proxy_request(
         certificate: peer.certificate.as_ref(),
         cookie: cookie.as_ref(),
         target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        upgrade: req.headers().contains_key(header::UPGRADE)
+            || req.method() == http::Method::CONNECT,
     };
     let grant = match policy::decide(&site.policy, &facts) {
         Decision::Allow(grant) => grant,
         Decision::Deny(reason) => return Err(ProxyError::from_denial(reason)),
     };
+    // Only a valid WebSocket handshake may ask to leave HTTP; any other upgrade stops here.
+    let websocket = upgrade::classify(&req)?;
     who.grant = Some(grant.as_str());
-    let auth = authenticate(grant, &req, peer, shared);
+    let auth = authenticate(grant, websocket.is_some(), peer, shared);
     who.device = auth.device.clone();
     let route = route::route(shared, &site.name, None).await?;
     let host = host.unwrap_or_default();
-    let mut response = proxy::forward(req, &host, peer, auth, route, shared).await?;
+    let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let Grant::Certificate(cert) = grant
         && session_mode
         && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
     {
-        response
+        forwarded
+            .response
             .headers_mut()
             .append(header::SET_COOKIE, set_cookie);
     }
-    Ok(response)
+    Ok(forwarded)
 }
 
 /// The request's host: `:authority` (HTTP/2) or `Host` (HTTP/1.1). When both are present they
@@ -199,12 +220,7 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
 
 /// What the tunnel and Home Assistant learn of the client on the grounds of `grant`, and how
 /// a revocation finds the request.
-fn authenticate(
-    grant: Grant<'_>,
-    req: &Request<Incoming>,
-    peer: &Peer,
-    shared: &Arc<Shared>,
-) -> Auth {
+fn authenticate(grant: Grant<'_>, websocket: bool, peer: &Peer, shared: &Arc<Shared>) -> Auth {
     match grant {
         Grant::Certificate(cert) => Auth {
             fingerprint: Some(cert.fingerprint),
@@ -212,9 +228,7 @@ fn authenticate(
             revoked: peer.revoked.clone(),
             // A WebSocket outlives its HTTP connection (hyper hands the socket over), and
             // with it the connection's registration: give it its own.
-            registration: req
-                .headers()
-                .contains_key(header::UPGRADE)
+            registration: websocket
                 .then(|| LiveClients::register(shared, cert.fingerprint, peer.revoked.clone())),
         },
         Grant::Session(claims) => {
@@ -310,10 +324,10 @@ fn finish(
     let client = peer.addr.ip();
     let method = method.clone();
     let head_ms = elapsed * 1000.0;
-    Some(Box::new(move |bytes, complete| {
+    Some(Box::new(move |delivered| {
         let total_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match error {
-            None => info!(
+        match (error, delivered) {
+            (None, Delivered::Body { bytes, complete }) => info!(
                 target: "access",
                 site = %site,
                 device = %device,
@@ -327,7 +341,21 @@ fn finish(
                 complete,
                 "request"
             ),
-            Some(e) => info!(
+            (None, Delivered::WebSocket { up, down }) => info!(
+                target: "access",
+                site = %site,
+                device = %device,
+                grant,
+                client = %client,
+                %method,
+                status,
+                head_ms,
+                total_ms,
+                bytes_up = up,
+                bytes_down = down,
+                "websocket closed"
+            ),
+            (Some(e), _) => info!(
                 target: "access",
                 site = %site,
                 device = %device,

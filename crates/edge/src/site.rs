@@ -2,7 +2,8 @@
 //! its TLS configuration and the expiry of its certificates.
 //!
 //! Built whole from the state dir and the config ([`Sites::load`]), immutable, and swapped whole
-//! on reload. It does not run handshakes (that is `tls`) nor decide requests (`policy`).
+//! on reload. It does not run handshakes (that is `tls`), decide requests (`policy`), nor keep
+//! server certificates current (`server_cert`: each site holds its swappable [`ServerCert`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use rustls::pki_types::CertificateDer;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::metrics::{CertLabels, Metrics};
+use crate::metrics::{CertLabels, Metrics, SiteResult};
 use crate::policy::SitePolicy;
 use crate::revocation::Revoked;
-use crate::tls::server_config;
+use crate::server_cert::{Acme, Served, ServerCert, Source};
+use crate::tls::{enroll_config, server_config};
 
 /// One site as the edge serves it.
 #[derive(Debug)]
@@ -32,15 +34,26 @@ pub(crate) struct Site {
     pub(crate) identity_header: Option<http::HeaderName>,
     /// The site's TLS configuration, used by the handshake once SNI chose the site.
     pub(crate) tls: Arc<rustls::ServerConfig>,
+    /// The enrollment ALPN's configuration for this SNI: the site's certificate, no client
+    /// authentication.
+    pub(crate) enroll_tls: Arc<rustls::ServerConfig>,
+    /// The server certificate `tls` presents (swapped in place by ACME renewals).
+    pub(crate) certificate: Arc<ServerCert>,
 }
 
 /// All sites, by hostname and by name. Immutable; a reload builds a new one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sites {
     by_host: HashMap<String, Arc<Site>>,
     by_name: HashMap<String, Arc<Site>>,
     revoked: Revoked,
     expiries: Vec<CertExpiry>,
+    /// The enrollment ALPN's configuration without a site's SNI: the tunnel certificate.
+    enroll_tls: Arc<rustls::ServerConfig>,
+    /// The sites whose certificate comes from ACME.
+    acme_sites: Vec<String>,
+    /// Issued device and connector certificates, per site and kind.
+    issued: Vec<IssuedExpiry>,
 }
 
 /// When one of the edge's certificates expires.
@@ -55,12 +68,28 @@ pub(crate) struct CertExpiry {
 }
 
 impl Sites {
-    /// Loads every site of the state dir and builds its TLS configuration.
-    pub(crate) fn load(config: &Config) -> anyhow::Result<Self> {
+    /// Loads every site of the state dir and builds its TLS configuration; with `acme`, sites
+    /// without their own files get (or keep) an ACME site task.
+    pub(crate) fn load(config: &Config, acme: Option<&Acme>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let state = pki::StateDir::open(&config.state)
             .with_context(|| format!("opening state dir {}", config.state.display()))?;
-        let mut sites = Self::default();
+        let mut sites = Self {
+            by_host: HashMap::new(),
+            by_name: HashMap::new(),
+            revoked: Revoked::load(&state)?,
+            expiries: Vec::new(),
+            enroll_tls: enroll_config(ServerCert::new(
+                Served::load(
+                    &state.tunnel_cert_path(),
+                    &state.tunnel_key_path(),
+                    Source::Local,
+                )
+                .context("the tunnel certificate, for enrollment without SNI")?,
+            ))?,
+            acme_sites: Vec::new(),
+            issued: Vec::new(),
+        };
         for (kind, path) in [
             ("tunnel", state.tunnel_cert_path()),
             ("tunnel_ca", state.tunnel_ca_path()),
@@ -69,7 +98,7 @@ impl Sites {
             let certs = pki::load_certs(&path)?;
             sites.note_expiry("", kind, certs.first())?;
         }
-        sites.revoked = Revoked::load(&state)?;
+        sites.issued = issued_expiries(&state)?;
         for name in config.sites.keys() {
             state.site(name).with_context(|| {
                 format!(
@@ -80,19 +109,29 @@ impl Sites {
         }
         for site in state.sites()? {
             let settings = config.sites.get(&site.name).cloned().unwrap_or_default();
-            let (cert, key) = match &settings.certificate {
-                Some(files) => (files.cert.clone(), files.key.clone()),
-                None => (site.server_cert_path.clone(), site.server_key_path.clone()),
+            let local = || {
+                Served::load(&site.server_cert_path, &site.server_key_path, Source::Local)
+                    .with_context(|| format!("local server certificate of site {}", site.name))
             };
-            let chain = pki::load_certs(&cert)?;
-            let key = pki::load_key(&key)?;
+            let certificate = match (&settings.certificate, acme) {
+                (Some(files), _) => ServerCert::new(
+                    Served::load(&files.cert, &files.key, Source::Files)
+                        .with_context(|| format!("sites.{}.tls_cert / tls_key", site.name))?,
+                ),
+                (None, Some(acme)) => {
+                    sites.acme_sites.push(site.name.clone());
+                    acme.site(&site.name, &site.hostnames, local()?)
+                }
+                (None, None) => ServerCert::new(local()?),
+            };
             let client_ca = pki::load_certs(&site.client_ca_path)?;
-            sites.note_expiry(&site.name, "server", chain.first())?;
             sites.note_expiry(&site.name, "client_ca", client_ca.first())?;
             let revoked = sites.revoked.devices_of(&site.name);
+            // Enrollment presents the site's certificate too, renewals included.
+            let enroll_tls = enroll_config(certificate.clone())
+                .with_context(|| format!("enrollment TLS setup of site {}", site.name))?;
             let tls = server_config(
-                chain,
-                key,
+                certificate.clone(),
                 client_ca,
                 revoked,
                 settings.policy.certificate_optional(),
@@ -105,6 +144,8 @@ impl Sites {
                 session_lifetime: settings.session_lifetime,
                 identity_header: settings.identity_header,
                 tls,
+                enroll_tls,
+                certificate,
             });
             for host in &site.hostnames {
                 sites
@@ -119,6 +160,11 @@ impl Sites {
     /// The site serving `host` (no port, any case).
     pub(crate) fn by_host(&self, host: &str) -> Option<&Arc<Site>> {
         self.by_host.get(&host.to_ascii_lowercase())
+    }
+
+    /// The enrollment ALPN's configuration for a ClientHello whose SNI names no site.
+    pub(crate) fn enroll_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.enroll_tls.clone()
     }
 
     /// The site called `name`.
@@ -143,6 +189,11 @@ impl Sites {
         Ok(())
     }
 
+    /// The sites whose certificate comes from ACME (the others' tasks can stop).
+    pub(crate) fn acme_sites(&self) -> &[String] {
+        &self.acme_sites
+    }
+
     /// Every revoked certificate.
     pub(crate) fn revoked(&self) -> &Revoked {
         &self.revoked
@@ -155,34 +206,168 @@ impl Sites {
         all
     }
 
-    /// Logs a warning for every certificate that expires within 30 days (or has expired).
+    /// Logs a warning for every certificate that expires within 30 days (or has expired),
+    /// except ACME's (renewed by themselves; a failing renewal logs its own warnings).
     pub(crate) fn warn_expiring(&self) {
         let now = unix_now();
-        for e in &self.expiries {
-            let days = (e.not_after - now) as f64 / 86_400.0;
+        let served = self.all().into_iter().map(|site| {
+            let cert = site.certificate.current();
+            (site.name.clone(), cert.source, cert.not_after)
+        });
+        let served: Vec<_> = served
+            .filter(|(_, source, _)| *source != Source::Acme)
+            .map(|(site, source, not_after)| (site, source.metric_kind(), not_after))
+            .collect();
+        let others = self
+            .expiries
+            .iter()
+            .map(|e| (e.site.clone(), e.kind, e.not_after));
+        for (site, kind, not_after) in served.into_iter().chain(others) {
+            let days = (not_after - now) as f64 / 86_400.0;
             if days < 30.0 {
-                warn!(site = %e.site, kind = e.kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
+                warn!(site = %site, kind, days_left = format!("{days:.1}"), "certificate expires soon: renew it");
             }
         }
     }
 
-    /// Copies days-until-expiry into the metrics (called on every scrape).
-    pub(crate) fn export_expiry(&self, metrics: &Metrics) {
+    /// Copies certificate expiry and ACME progress into the metrics (on every scrape).
+    pub(crate) fn export_certificates(&self, metrics: &Metrics, acme: Option<&Acme>) {
         let now = unix_now();
+        let expiry = |site: &str, kind: &'static str| CertLabels {
+            site: site.to_owned(),
+            kind,
+        };
         for e in &self.expiries {
             metrics
-                .certificate_days_left
-                .get_or_create(&CertLabels {
-                    site: e.site.clone(),
-                    kind: e.kind,
-                })
-                .set((e.not_after - now) as f64 / 86_400.0);
+                .certificate_expiry
+                .get_or_create(&expiry(&e.site, e.kind))
+                .set(e.not_after);
+        }
+        for site in self.all() {
+            let served = site.certificate.current();
+            metrics
+                .certificate_expiry
+                .get_or_create(&expiry(&site.name, served.source.metric_kind()))
+                .set(served.not_after);
+            // One server series per site: the source it serves from now.
+            for other in Source::ALL.into_iter().filter(|s| *s != served.source) {
+                metrics
+                    .certificate_expiry
+                    .remove(&expiry(&site.name, other.metric_kind()));
+            }
+        }
+        let issued = self
+            .all()
+            .into_iter()
+            .flat_map(|site| ISSUED_KINDS.map(|kind| (site.name.clone(), kind)));
+        for (site, kind) in issued {
+            let labels = expiry(&site, kind);
+            let not_after = self
+                .issued
+                .iter()
+                .find(|i| i.site == site && i.kind == kind)
+                .map_or(&[][..], |i| &i.not_after[..]);
+            let valid = not_after.iter().filter(|t| **t > now);
+            match valid.clone().min() {
+                Some(soonest) => {
+                    metrics
+                        .certificate_expiry
+                        .get_or_create(&labels)
+                        .set(*soonest);
+                }
+                None => {
+                    metrics.certificate_expiry.remove(&labels);
+                }
+            }
+            let expiring = valid.filter(|t| **t <= now + EXPIRING_WITHIN).count();
+            metrics
+                .certificates_expiring
+                .get_or_create(&labels)
+                .set(i64::try_from(expiring).unwrap_or(i64::MAX));
+        }
+        let Some(acme) = acme else { return };
+        for name in &self.acme_sites {
+            let Some(site) = acme.get(name) else { continue };
+            let status = site.status();
+            let mut exported = site
+                .exported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (result, count) in status.orders.iter() {
+                let before = exported.get(result);
+                if count > before {
+                    metrics
+                        .acme_orders
+                        .get_or_create(&SiteResult {
+                            site: name.clone(),
+                            result: result.as_str(),
+                        })
+                        .inc_by(count - before);
+                }
+            }
+            *exported = status.orders.clone();
+            metrics
+                .acme_renewal_failing
+                .get_or_create(&Metrics::site(name))
+                .set(i64::from(status.consecutive_failures > 0));
         }
     }
+}
+
+/// The `kind`s of issued certificates in the expiry metrics.
+pub(crate) const ISSUED_KINDS: [&str; 2] = ["device", "connector"];
+
+/// "Expiring" for `doorless_edge_certificates_expiring`: within 30 days.
+const EXPIRING_WITHIN: i64 = 30 * 86_400;
+
+/// The issued (device or connector) certificates of one site that are not revoked.
+#[derive(Debug)]
+struct IssuedExpiry {
+    site: String,
+    /// `device` or `connector`.
+    kind: &'static str,
+    /// Their `notAfter`s, Unix seconds.
+    not_after: Vec<i64>,
 }
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The live (not revoked) device and connector certificates of the index, by site and kind.
+fn issued_expiries(state: &pki::StateDir) -> anyhow::Result<Vec<IssuedExpiry>> {
+    use time::format_description::well_known::Rfc3339;
+    let mut out: Vec<IssuedExpiry> = Vec::new();
+    for entry in state.clients()? {
+        if entry.revoked_at.is_some() {
+            continue;
+        }
+        let kind = match entry.kind {
+            pki::Kind::Device => "device",
+            pki::Kind::Connector => "connector",
+        };
+        let not_after = time::OffsetDateTime::parse(&entry.not_after, &Rfc3339)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "index: not_after of {kind} {}/{}: {e}",
+                    entry.site,
+                    entry.name
+                )
+            })?
+            .unix_timestamp();
+        match out
+            .iter_mut()
+            .find(|i| i.site == entry.site && i.kind == kind)
+        {
+            Some(issued) => issued.not_after.push(not_after),
+            None => out.push(IssuedExpiry {
+                site: entry.site,
+                kind,
+                not_after: vec![not_after],
+            }),
+        }
+    }
+    Ok(out)
 }

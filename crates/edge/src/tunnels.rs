@@ -26,7 +26,7 @@ pub(crate) struct Tunnel {
     pub(crate) addr: SocketAddr,
     /// SHA-256 of the connector's certificate (for revocation).
     pub(crate) fingerprint: pki::Fingerprint,
-    /// The QUIC connection.
+    /// The tunnel connection (QUIC or TLS/TCP).
     pub(crate) conn: transport::Connection,
     /// Set when the connector announced Drain: no new streams.
     pub(crate) draining: AtomicBool,
@@ -159,6 +159,8 @@ pub(crate) struct TunnelStatus {
     pub(crate) active_streams: usize,
     /// Draining.
     pub(crate) draining: bool,
+    /// `quic` or `tcp`.
+    pub(crate) transport: &'static str,
 }
 
 impl Tunnels {
@@ -219,6 +221,7 @@ impl Tunnels {
                     rtt_ms: s.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
                     active_streams: s.active_streams(),
                     draining: s.draining.load(Ordering::Relaxed),
+                    transport: s.conn.transport().name(),
                 });
         }
         let mut out: Vec<_> = by_id

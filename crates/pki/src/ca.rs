@@ -7,13 +7,12 @@ use std::fmt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
-    PublicKeyData, RevokedCertParams, RsaKeySize, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, RevokedCertParams, RsaKeySize, SanType,
+    SerialNumber,
 };
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
@@ -221,22 +220,7 @@ impl Ca {
         identity: &Identity,
         validity: Validity,
     ) -> Result<Certified> {
-        let der =
-            CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|_| {
-                Error::Csr {
-                    reason: "no CERTIFICATE REQUEST section found (expected a PEM CSR)".into(),
-                }
-            })?;
-        let (key, spki_der) = crate::csr::check(&der)?;
-        // rcgen checks the signature (and refuses extensions it does not know, too).
-        CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::Csr {
-            reason: match e {
-                rcgen::Error::InvalidCertificationRequestSignature => {
-                    "the signature does not verify (damaged or forged CSR)".into()
-                }
-                other => other.to_string(),
-            },
-        })?;
+        let (key, spki_der) = crate::csr::check_pem(csr_pem)?;
         let uri = identity.to_uri();
         let mut params = self.leaf_params(&identity.name, validity)?;
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into()?)];

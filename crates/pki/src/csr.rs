@@ -154,3 +154,23 @@ fn bit_len(bytes: &[u8]) -> usize {
         None => 0,
     }
 }
+
+/// [`check`] on a PEM CSR, plus its signature: what [`crate::Ca::issue_client_csr`] accepts.
+pub(crate) fn check_pem(csr_pem: &str) -> Result<(CsrKey, Vec<u8>)> {
+    use rcgen::CertificateSigningRequestParams;
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| refuse("no CERTIFICATE REQUEST section found (expected a PEM CSR)"))?;
+    let checked = check(&der)?;
+    // rcgen checks the signature (and refuses extensions it does not know, too).
+    CertificateSigningRequestParams::from_der(&der).map_err(|e| {
+        refuse(match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                "the signature does not verify (damaged or forged CSR)".into()
+            }
+            other => other.to_string(),
+        })
+    })?;
+    Ok(checked)
+}

@@ -231,6 +231,14 @@ pub enum Error {
     #[error("cannot write the PKCS#12 file: {reason}")]
     Pkcs12 { reason: String },
 
+    /// The string is not a connector enrollment code.
+    #[error("not a valid enrollment code: {reason}")]
+    InvalidCode { reason: &'static str },
+
+    /// No pending enrollment code matched.
+    #[error("no pending enrollment code{} of site {site:?}", match id { Some(id) => format!(" starting with {id:?}"), None => String::new() })]
+    NoSuchCode { site: String, id: Option<String> },
+
     /// The string is not an enrollment token at all.
     #[error("not a doorless enrollment token: {reason}")]
     TokenFormat { reason: &'static str },

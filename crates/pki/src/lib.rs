@@ -75,6 +75,7 @@
 
 mod ca;
 mod csr;
+mod enroll;
 mod error;
 mod export;
 mod fs;
@@ -87,13 +88,17 @@ mod token;
 
 pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity};
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
+pub use enroll::{
+    CODE_ID_LEN, CodeKeys, CodeRecord, CodeState, DEFAULT_CODE_LIFETIME, EnrollmentCode,
+    RedeemError, Redeemed, connector_csr, load_enrolled, save_enrolled,
+};
 pub use error::{Error, Result};
 pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{
     Fingerprint, Identity, InvalidFingerprint, Kind, fingerprint, fingerprint_hex,
     normalize_hostname, validate_name,
 };
-pub use inspect::cert_not_after;
+pub use inspect::{cert_not_after, cert_serial};
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};

@@ -24,7 +24,7 @@ use crate::{TUNNEL_SERVER_NAME, random_bytes};
 /// The only `state.json` version this build reads and writes.
 const VERSION: u64 = 1;
 /// Connector certificates: long-lived, since re-enrolling means pasting a new token at home.
-const CONNECTOR_DAYS: u32 = 5 * 365 + 1;
+pub(crate) const CONNECTOR_DAYS: u32 = 5 * 365 + 1;
 /// Self-made public HTTPS certificates: Apple refuses TLS server certificates valid for more
 /// than 825 days, even from private CAs.
 const SERVER_DAYS: u32 = 825;
@@ -264,6 +264,20 @@ impl StateDir {
         write_json(&dir.join(SITE_FILE), &site, PUBLIC)
     }
 
+    /// Re-issues the site's HTTPS certificate from the local server CA: a new key, the site's
+    /// hostnames, 825 days (or less, never past the CA). For sites served without
+    /// ACME or their own files (LAN, lab). The key is written before the certificate: a
+    /// running edge reloads when the certificate changes, by which time its key is in place.
+    pub fn renew_server_cert(&self, site: &str) -> Result<Issued> {
+        let site = self.site(site)?;
+        let ca = Ca::load(&self.server_ca_path(), &self.server_ca_key_path())?;
+        let mut validity = Validity::days(SERVER_DAYS);
+        validity.not_after = validity.not_after.min(ca.not_after());
+        let issued = ca.issue_server(&site.hostnames, validity)?;
+        write_issued(&issued, &site.server_cert_path, &site.server_key_path)?;
+        Ok(issued)
+    }
+
     /// A site by name; [`Error::SiteNotFound`] if there is none.
     pub fn site(&self, name: &str) -> Result<Site> {
         // Also keeps `name` from walking out of `sites/`.
@@ -361,7 +375,7 @@ impl StateDir {
         })
     }
 
-    fn next_connector_id(&self, site: &Site, index: &[IndexEntry]) -> String {
+    pub(crate) fn next_connector_id(&self, site: &Site, index: &[IndexEntry]) -> String {
         // Never reuse an id, not even a revoked one: logs and metrics name connectors by id.
         (1u64..)
             .map(|n| format!("connector-{n}"))
@@ -407,6 +421,21 @@ impl StateDir {
         let index = self.read_index()?;
         self.record(&identity, index, || {
             ca.issue_client_csr(csr_pem, &identity, validity)
+        })
+    }
+
+    /// A connector certificate for `identity` on the public key of the connector's own CSR
+    /// (PEM), signed by the connector CA and recorded like [`StateDir::issue_connector`]'s.
+    pub(crate) fn issue_connector_csr(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        validity: Validity,
+        index: Vec<IndexEntry>,
+    ) -> Result<Certified> {
+        let ca = Ca::load(&self.connector_ca_path(), &self.connector_ca_key_path())?;
+        self.record(identity, index, || {
+            ca.issue_client_csr(csr_pem, identity, validity)
         })
     }
 
@@ -691,7 +720,7 @@ impl StateDir {
         )
     }
 
-    fn read_index(&self) -> Result<Vec<IndexEntry>> {
+    pub(crate) fn read_index(&self) -> Result<Vec<IndexEntry>> {
         let path = self.index_path();
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })

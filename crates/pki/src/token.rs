@@ -110,6 +110,12 @@ impl EnrollmentToken {
         Ok(token)
     }
 
+    /// Checks that the parts agree (see [`EnrollmentToken::decode`]): what a connector checks
+    /// before it stores credentials it was sent.
+    pub fn validate(&self) -> Result<()> {
+        self.check()
+    }
+
     fn check(&self) -> Result<()> {
         let invalid = |reason: String| Error::TokenInvalid { reason };
         if self.edges.is_empty() || self.edges.iter().any(|e| e.trim().is_empty()) {

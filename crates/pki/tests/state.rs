@@ -854,3 +854,38 @@ fn device_validity_is_bounded() {
         2
     );
 }
+
+#[test]
+fn renew_server_cert_replaces_key_and_certificate_for_the_same_hostnames() {
+    let (_tmp, state) = init();
+    let site = state
+        .add_site("home", &hosts(&["ha.example.com", "alt.example.com"]))
+        .unwrap();
+    let old_der = cert_der(&site.server_cert_path);
+    let old_key = std::fs::read(&site.server_key_path).unwrap();
+    let issued = state.renew_server_cert("home").unwrap();
+    let new_der = cert_der(&site.server_cert_path);
+    assert_ne!(new_der, old_der);
+    assert_eq!(new_der, issued.cert_der);
+    assert_ne!(std::fs::read(&site.server_key_path).unwrap(), old_key);
+    assert_eq!(mode(&site.server_key_path), 0o600);
+    // Same names, still signed by the local server CA.
+    verify(&new_der, &state.server_ca_path());
+    let names: Vec<String> = parse(&new_der)
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, hosts(&["ha.example.com", "alt.example.com"]));
+    assert!(matches!(
+        state.renew_server_cert("nope"),
+        Err(Error::SiteNotFound { .. })
+    ));
+}

@@ -9,6 +9,7 @@
 //! - [`ControlState`]: the control-stream state machine for either role.
 //! - [`StreamHeader`]: the first bytes of every data stream (the edge opens one bidirectional
 //!   stream per HTTP request), and [`ResponseHead`], the connector's answer.
+//! - [`enroll`]: the connector enrollment exchange (its own ALPN on the edge's HTTPS port).
 //! - [`StreamError`] and [`CloseCode`]: the named QUIC stream-reset and connection-close codes.
 //!
 //! What it is not: it knows nothing of QUIC, TLS, HTTP semantics beyond carrying heads, or
@@ -23,6 +24,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod enroll;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -39,6 +41,11 @@ pub use stream::{BodyKind, ClientInfo, MAX_HEAD_FRAME, ResponseHead, StreamHeade
 
 /// The ALPN token both ends offer on the tunnel's QUIC connection.
 pub const ALPN: &[u8] = b"doorless/1";
+
+/// The ALPN token of the same protocol carried over TLS 1.3 on TCP with HTTP/2 framing (the
+/// fallback when UDP is blocked; `docs/protocol.md`, "TLS/TCP mapping"). Offered on the edge's
+/// HTTPS port, where it selects the tunnel's TLS configuration instead of a site's.
+pub const ALPN_TCP: &[u8] = b"doorless-tcp/1";
 
 /// The protocol version carried in `Hello`, `StreamHeader` and `ResponseHead`.
 ///

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
+use proto::enroll::{EnrollRequest, EnrollResponse, Enrolled, Refusal};
 use proto::{
     BodyKind, ClientInfo, CloseCode, Control, GoAway, Hello, MAX_HEAD_FRAME, Purpose, Reject,
     RejectCode, ResponseHead, StreamHeader, StreamKind, Welcome,
@@ -57,6 +58,78 @@ const RESPONSE_200: &str = "00000021
     0001
     000e 636f6e74656e742d6c656e677468 0001 32
     01 0000000000000002";
+
+const ENROLL_REQUEST: &str = "0000003f
+    01 01
+    000102030405060708090a0b0c0d0e0f
+    0006 652e74657374
+    0003 435352
+    a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+
+const ENROLLED: &str = "0000003f
+    01 02
+    04 686f6d65
+    03 632d31
+    01 65
+    01 0a 652e746573743a343433
+    0001 43
+    0001 41
+    a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+
+const ENROLL_REFUSED_USED: &str = "00000003 01 03 02";
+
+fn mac() -> [u8; 32] {
+    std::array::from_fn(|i| 0xa0 + i as u8)
+}
+
+fn enroll_request() -> EnrollRequest {
+    EnrollRequest {
+        code_id: std::array::from_fn(|i| i as u8),
+        host: "e.test".into(),
+        csr_pem: "CSR".into(),
+        mac: mac(),
+    }
+}
+
+fn enroll_response_vectors() -> Vec<(&'static str, EnrollResponse)> {
+    vec![
+        (
+            ENROLLED,
+            EnrollResponse::Enrolled(Enrolled {
+                site: "home".into(),
+                connector_id: "c-1".into(),
+                server_name: "e".into(),
+                edges: vec!["e.test:443".into()],
+                cert_pem: "C".into(),
+                tunnel_ca_pem: "A".into(),
+                mac: mac(),
+            }),
+        ),
+        (ENROLL_REFUSED_USED, EnrollResponse::Refused(Refusal::Used)),
+    ]
+}
+
+#[test]
+fn enroll_vectors_decode_and_encode() {
+    let bytes = unhex(ENROLL_REQUEST);
+    assert_eq!(
+        EnrollRequest::decode(&bytes).unwrap(),
+        Some((enroll_request(), bytes.len()))
+    );
+    let mut out = BytesMut::new();
+    enroll_request().encode(&mut out).unwrap();
+    assert_eq!(&out[..], &bytes[..]);
+    for (hex, value) in enroll_response_vectors() {
+        let bytes = unhex(hex);
+        assert_eq!(
+            EnrollResponse::decode(&bytes).unwrap(),
+            Some((value.clone(), bytes.len()))
+        );
+        let mut out = BytesMut::new();
+        value.encode(&mut out).unwrap();
+        assert_eq!(&out[..], &bytes[..], "{value:?}");
+    }
+}
 
 fn control_vectors() -> Vec<(&'static str, Control)> {
     vec![
@@ -250,7 +323,9 @@ fn vectors_appear_in_protocol_md() {
         .into_iter()
         .map(|(hex, _)| hex)
         .chain(stream_header_vectors().into_iter().map(|(hex, _)| hex))
-        .chain(response_head_vectors().into_iter().map(|(hex, _)| hex));
+        .chain(response_head_vectors().into_iter().map(|(hex, _)| hex))
+        .chain([ENROLL_REQUEST])
+        .chain(enroll_response_vectors().into_iter().map(|(hex, _)| hex));
     for hex in all {
         assert!(
             docs.contains(&strip_whitespace(hex)),

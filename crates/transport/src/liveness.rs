@@ -2,8 +2,8 @@
 //!
 //! Both ends ping each other on the control stream every `ping_interval` (the edge sets it in
 //! `Welcome`), so a live peer is never silent for much longer than that, whether or not any
-//! stream carries data. [`Liveness`] watches the connection's received-datagram counter (any
-//! datagram at all is proof of life: body data, acks, pings) and calls the peer dead once it
+//! stream carries data. [`Liveness`] watches the connection's received counter (UDP datagrams
+//! over QUIC, socket reads over TCP; anything at all is proof of life: body data, acks, pings) and calls the peer dead once it
 //! has been silent for [`Liveness::dead_after`]: one ping interval plus a margin for a lost
 //! ping and the round trip. That is seconds, where the transport's idle timeout is tens of
 //! seconds, and it holds for a connection that carries nothing as for one that is mid-download.
@@ -52,8 +52,8 @@ impl Liveness {
     /// Takes a fresh sample of the connection's statistics; `true` while the peer counts as
     /// alive, `false` once it has been silent for too long (then close the connection).
     pub fn observe(&mut self, stats: &PathStats, ping_interval: Duration, now: Instant) -> bool {
-        if stats.datagrams_received != self.datagrams {
-            self.datagrams = stats.datagrams_received;
+        if stats.received != self.datagrams {
+            self.datagrams = stats.received;
             self.heard_at = now;
         }
         self.dead_after = Self::dead_after(ping_interval, stats.rtt);
@@ -81,7 +81,7 @@ mod tests {
             cwnd: 0,
             lost_packets: 0,
             mtu: 1200,
-            datagrams_received: datagrams,
+            received: datagrams,
         }
     }
 

@@ -1,13 +1,19 @@
-//! One tunnel stream as two plain byte pipes, and how a stream ends.
+//! One tunnel stream as two plain byte pipes, over either transport.
 //!
 //! [`SendHalf`] is a tokio `AsyncWrite` (shutdown = FIN), [`RecvHalf`] a tokio `AsyncRead`
 //! (EOF = the peer's FIN). Aborting a stream carries a named [`proto::StreamError`] both ways:
 //! the inherent methods fail with [`Error::StreamReset`] / [`Error::StreamStopped`], and an
 //! `io::Error` from the tokio traits converts back into the same [`Error`] with `From`.
 //!
+//! Over QUIC a half is a quinn stream; over TLS/TCP an HTTP/2 stream (`crate::tcp`), where
+//! FIN is END_STREAM and `reset` is RST_STREAM with the code as the reason; `stop` is too,
+//! except `stop(Cancelled)` ("I need no more"), which only stops reading, since HTTP/2 cannot
+//! stop one direction alone and a reset would end our response as well.
+//!
 //! # Stream lifecycle
 //!
-//! Every stream ends in both directions, on every path, in one of these ways:
+//! Every stream ends in both directions, on every path, on both transports, in one of these
+//! ways:
 //! - our sending direction is **finished** (FIN after everything written) or **reset** with a
 //!   code. Dropping a [`SendHalf`] that was neither finished nor reset resets it
 //!   ([`StreamError::Cancelled`]): an abandoned body must never look complete to the peer.
@@ -15,9 +21,10 @@
 //!   **stopped** with a code. Dropping a [`RecvHalf`] before its end stops it.
 //!
 //! A stream's slot (its share of the peer's stream credit) is only free again once both
-//! directions are closed and what we sent was acknowledged (or refused with a stop). That is
-//! what the *hold* of [`crate::Connection::open_holding`] tracks: it is dropped exactly then,
-//! so a caller that counts streams by their holds counts what the transport counts.
+//! directions are closed and what we sent was acknowledged (or refused with a stop); over TCP,
+//! which delivers in order, once our side is finished and both halves are gone. That is what
+//! the *hold* of [`crate::Connection::open_holding`] tracks: it is dropped exactly then, so a
+//! caller that counts streams by their holds counts what the transport counts.
 
 use std::future::Future;
 use std::io;
@@ -32,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 
 use crate::Error;
 use crate::error::code_u32;
+use crate::tcp;
 
 /// Read size for request and response bodies on both ends: large enough for bulk transfers,
 /// small enough to stream.
@@ -48,7 +56,7 @@ pub(crate) type Hold = Arc<dyn Send + Sync>;
 
 /// The sending side of a data stream.
 pub struct SendHalf {
-    inner: quinn::SendStream,
+    inner: SendInner,
     /// Finished or reset explicitly.
     ended: bool,
     /// Reset (by us): nothing more will be delivered, nothing to wait for.
@@ -66,8 +74,22 @@ impl std::fmt::Debug for SendHalf {
     }
 }
 
+#[derive(Debug)]
+enum SendInner {
+    Quic(quinn::SendStream),
+    Tcp(tcp::Send),
+}
+
 impl SendHalf {
-    pub(crate) fn new(inner: quinn::SendStream, hold: Option<Hold>) -> Self {
+    pub(crate) fn quic(inner: quinn::SendStream, hold: Option<Hold>) -> Self {
+        Self::new(SendInner::Quic(inner), hold)
+    }
+
+    pub(crate) fn tcp(inner: tcp::Send, hold: Option<Hold>) -> Self {
+        Self::new(SendInner::Tcp(inner), hold)
+    }
+
+    fn new(inner: SendInner, hold: Option<Hold>) -> Self {
         Self {
             inner,
             ended: false,
@@ -77,59 +99,121 @@ impl SendHalf {
     }
 
     /// Writes all of `data`.
-    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), Error> {
-        Ok(self.inner.write_all(data).await?)
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        match &mut self.inner {
+            SendInner::Quic(s) => Ok(s.write_all(data).await?),
+            SendInner::Tcp(s) => {
+                while !data.is_empty() {
+                    let n = std::future::poll_fn(|cx| s.poll_write(cx, data)).await?;
+                    data = &data[n..];
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Writes as much of `data` as flow control allows right now (at least one byte, or an
     /// error). Cancel-safe: a dropped call has written nothing.
     pub async fn write_some(&mut self, data: &[u8]) -> Result<usize, Error> {
-        Ok(self.inner.write(data).await?)
+        match &mut self.inner {
+            SendInner::Quic(s) => Ok(s.write(data).await?),
+            SendInner::Tcp(s) => std::future::poll_fn(|cx| s.poll_write(cx, data)).await,
+        }
     }
 
     /// Writes one chunk without copying it.
     pub async fn write_chunk(&mut self, data: Bytes) -> Result<(), Error> {
-        Ok(self.inner.write_chunk(data).await?)
+        match &mut self.inner {
+            SendInner::Quic(s) => Ok(s.write_chunk(data).await?),
+            SendInner::Tcp(s) => s.write_chunk(data).await,
+        }
     }
 
     /// Ends the stream cleanly (FIN) after everything written so far.
     pub fn finish(&mut self) {
         self.ended = true;
         // Err means the stream is already finished or reset: nothing left to end.
-        let _ = self.inner.finish();
+        match &mut self.inner {
+            SendInner::Quic(s) => {
+                let _ = s.finish();
+            }
+            SendInner::Tcp(s) => {
+                let _ = s.finish();
+            }
+        }
     }
 
     /// Abandons the stream: the peer's reads fail with `error`.
     pub fn reset(&mut self, error: StreamError) {
         self.ended = true;
         self.was_reset = true;
-        let _ = self.inner.reset(varint(error.code()));
-    }
-
-    /// Resolves when the peer stops reading (STOP_SENDING), with its reason, or when the
-    /// stream's data was fully acknowledged (`None`).
-    pub async fn stopped(&mut self) -> Option<StreamError> {
-        match self.inner.stopped().await {
-            Ok(Some(code)) => Some(StreamError::from_code(code_u32(code))),
-            _ => None,
+        match &mut self.inner {
+            SendInner::Quic(s) => {
+                let _ = s.reset(varint(error.code()));
+            }
+            SendInner::Tcp(s) => s.reset(error),
         }
     }
 
-    /// After [`SendHalf::finish`]: waits until the peer acknowledged every byte and the FIN,
-    /// so closing the connection now loses nothing. Fails if the peer stopped reading or the
-    /// connection is gone. Bounded by the connection's own idle timeout.
+    /// Resolves when the peer stops reading (STOP_SENDING; over TCP a RST_STREAM), with its
+    /// reason, or when the stream's data was fully acknowledged (`None`; over TCP, which
+    /// delivers in order, once our side is finished).
+    pub async fn stopped(&mut self) -> Option<StreamError> {
+        match &mut self.inner {
+            SendInner::Quic(s) => match s.stopped().await {
+                Ok(Some(code)) => Some(StreamError::from_code(code_u32(code))),
+                _ => None,
+            },
+            SendInner::Tcp(s) => s.stopped().await,
+        }
+    }
+
+    /// After [`SendHalf::finish`]: waits until the peer acknowledged every byte and the FIN
+    /// (over TCP, which delivers in order: until our side is finished with the connection
+    /// still up), so closing the connection now loses nothing. Fails if the peer stopped
+    /// reading or the connection is gone. Bounded by the connection's own idle timeout.
     pub async fn delivered(&mut self) -> Result<(), Error> {
-        match self.inner.stopped().await {
-            Ok(None) => Ok(()),
-            Ok(Some(code)) => Err(Error::StreamStopped(StreamError::from_code(code_u32(code)))),
-            Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
-            Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+        match &mut self.inner {
+            SendInner::Quic(s) => match s.stopped().await {
+                Ok(None) => Ok(()),
+                Ok(Some(code)) => Err(Error::StreamStopped(StreamError::from_code(code_u32(code)))),
+                Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
+                Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+            },
+            SendInner::Tcp(s) => s.delivered().await,
+        }
+    }
+
+    /// Resolves when the peer refuses the rest of this stream (a stop, over TCP a reset), or
+    /// the connection is gone. Independent of `self`, so a [`splice`] watches it while it
+    /// writes. `Ok(None)` over QUIC once everything sent was acknowledged.
+    fn peer_stopped(&self) -> impl Future<Output = Result<Option<StreamError>, Error>> + use<> {
+        enum Watch<Q, T> {
+            Quic(Q),
+            Tcp(T),
+        }
+        let watch = match &self.inner {
+            SendInner::Quic(s) => Watch::Quic(s.stopped()),
+            SendInner::Tcp(s) => Watch::Tcp(s.peer_reset()),
+        };
+        async move {
+            match watch {
+                Watch::Quic(stopped) => match stopped.await {
+                    Ok(code) => Ok(code.map(|c| StreamError::from_code(code_u32(c)))),
+                    Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
+                    Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+                },
+                Watch::Tcp(reset) => Ok(Some(reset.await)),
+            }
         }
     }
 
     /// Gives the stream a scheduling priority; higher goes first when the link is busy.
+    /// (QUIC only: HTTP/2 priorities are deprecated and h2 ignores them.)
     pub fn set_priority(&self, priority: i32) {
-        let _ = self.inner.set_priority(priority);
+        if let SendInner::Quic(s) = &self.inner {
+            let _ = s.set_priority(priority);
+        }
     }
 }
 
@@ -140,16 +224,22 @@ impl Drop for SendHalf {
             // task). A FIN would make a cut-off body look complete; say so instead.
             self.reset(StreamError::Cancelled);
         }
-        // quinn's own drop finishes (or, if the peer stopped us, resets) the stream. The hold
-        // of a finished stream lives until the peer acknowledged all of it: only then is the
-        // slot free on both ends. A reset stream is over as soon as the peer reads the reset
-        // (quinn reports no acknowledgement of a reset), so its hold goes now; the peer's
-        // credit is back one round trip later, which its stream limit leaves room for.
+        // The transport's own drop finishes what is left (quinn; over TCP the h2 handle
+        // lingers so queued DATA goes out). The hold of a finished QUIC stream lives until the
+        // peer acknowledged all of it: only then is the slot free on both ends. A reset
+        // stream is over as soon as the peer reads the reset (quinn reports no
+        // acknowledgement of a reset), so its hold goes now; the peer's credit is back one
+        // round trip later, which its stream limit leaves room for. Over TCP, which delivers
+        // in order, a finished stream's send side is done here; the receive half keeps its
+        // share of the hold until it is gone too.
         let Some(hold) = self.hold.take() else { return };
         if self.was_reset {
             return;
         }
-        let done = self.inner.stopped();
+        let SendInner::Quic(s) = &self.inner else {
+            return;
+        };
+        let done = s.stopped();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // Resolves at the acknowledgement, a stop, or when the connection is gone
             // (closed, or silent past its idle timeout): never later.
@@ -167,9 +257,12 @@ impl AsyncWrite for SendHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner)
-            .poll_write(cx, buf)
-            .map_err(|e| Error::from(e).into_io())
+        match &mut self.inner {
+            SendInner::Quic(s) => Pin::new(s)
+                .poll_write(cx, buf)
+                .map_err(|e| Error::from(e).into_io()),
+            SendInner::Tcp(s) => s.poll_write(cx, buf).map_err(Error::into_io),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -179,13 +272,16 @@ impl AsyncWrite for SendHalf {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.ended = true;
-        Poll::Ready(self.inner.finish().map_err(|e| Error::from(e).into_io()))
+        Poll::Ready(match &mut self.inner {
+            SendInner::Quic(s) => s.finish().map_err(|e| Error::from(e).into_io()),
+            SendInner::Tcp(s) => s.finish().map_err(Error::into_io),
+        })
     }
 }
 
 /// The receiving side of a data stream.
 pub struct RecvHalf {
-    inner: quinn::RecvStream,
+    inner: RecvInner,
     _hold: Option<Hold>,
 }
 
@@ -197,33 +293,70 @@ impl std::fmt::Debug for RecvHalf {
     }
 }
 
+#[derive(Debug)]
+enum RecvInner {
+    Quic(quinn::RecvStream),
+    Tcp(tcp::Recv),
+}
+
 impl RecvHalf {
-    pub(crate) fn new(inner: quinn::RecvStream, hold: Option<Hold>) -> Self {
-        Self { inner, _hold: hold }
+    pub(crate) fn quic(inner: quinn::RecvStream, hold: Option<Hold>) -> Self {
+        Self {
+            inner: RecvInner::Quic(inner),
+            _hold: hold,
+        }
+    }
+
+    pub(crate) fn tcp(inner: tcp::Recv, hold: Option<Hold>) -> Self {
+        Self {
+            inner: RecvInner::Tcp(inner),
+            _hold: hold,
+        }
     }
 
     /// Reads the next chunk of at most `max` bytes without copying; `None` at the peer's FIN.
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
-        Ok(self
-            .inner
-            .read_chunk(max, true)
-            .await?
-            .map(|chunk| chunk.bytes))
+        match &mut self.inner {
+            RecvInner::Quic(r) => Ok(r.read_chunk(max, true).await?.map(|chunk| chunk.bytes)),
+            RecvInner::Tcp(r) => std::future::poll_fn(|cx| r.poll_chunk(cx, max)).await,
+        }
     }
 
     /// Fills `buf` completely, or fails (an early FIN is [`Error::Io`] `UnexpectedEof`).
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
-        self.inner.read_exact(buf).await.map_err(|e| match e {
-            quinn::ReadExactError::FinishedEarly(_) => {
-                Error::Io(io::ErrorKind::UnexpectedEof.into())
+        match &mut self.inner {
+            RecvInner::Quic(r) => r.read_exact(buf).await.map_err(|e| match e {
+                quinn::ReadExactError::FinishedEarly(_) => {
+                    Error::Io(io::ErrorKind::UnexpectedEof.into())
+                }
+                quinn::ReadExactError::ReadError(e) => e.into(),
+            }),
+            RecvInner::Tcp(r) => {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let want = buf.len() - filled;
+                    let Some(chunk) = std::future::poll_fn(|cx| r.poll_chunk(cx, want)).await?
+                    else {
+                        return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+                    };
+                    buf[filled..filled + chunk.len()].copy_from_slice(&chunk);
+                    filled += chunk.len();
+                }
+                Ok(())
             }
-            quinn::ReadExactError::ReadError(e) => e.into(),
-        })
+        }
     }
 
-    /// Tells the peer we will read no more of this stream.
+    /// Tells the peer we will read no more of this stream. Over TCP (HTTP/2 has no
+    /// STOP_SENDING): `Cancelled` only stops reading and leaves our side going; any other code
+    /// resets the whole stream with it.
     pub fn stop(&mut self, error: StreamError) {
-        let _ = self.inner.stop(varint(error.code()));
+        match &mut self.inner {
+            RecvInner::Quic(r) => {
+                let _ = r.stop(varint(error.code()));
+            }
+            RecvInner::Tcp(r) => r.stop(error),
+        }
     }
 }
 
@@ -233,9 +366,21 @@ impl AsyncRead for RecvHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.inner
-            .poll_read_buf(cx, buf)
-            .map_err(|e| Error::from(e).into_io())
+        match &mut self.inner {
+            RecvInner::Quic(r) => r
+                .poll_read_buf(cx, buf)
+                .map_err(|e| Error::from(e).into_io()),
+            RecvInner::Tcp(_) if buf.remaining() == 0 => Poll::Ready(Ok(())),
+            RecvInner::Tcp(r) => match r.poll_chunk(cx, buf.remaining()) {
+                Poll::Ready(Ok(Some(chunk))) => {
+                    buf.put_slice(&chunk);
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into_io())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -278,7 +423,7 @@ where
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     // 'static: lives apart from `send`, so it can be watched while `send` is being written.
-    let peer_stopped = send.inner.stopped();
+    let peer_stopped = send.peer_stopped();
     let mut up_done = false;
     let mut down_done = false;
     let end = {
@@ -321,10 +466,9 @@ where
                 },
                 stopped = &mut peer_stopped, if !up_done => {
                     break SpliceEnd::Tunnel(match stopped {
-                        Ok(Some(code)) => Error::StreamStopped(StreamError::from_code(code_u32(code))),
+                        Ok(Some(code)) => Error::StreamStopped(code),
                         Ok(None) => Error::LocallyClosed,
-                        Err(quinn::StoppedError::ConnectionLost(e)) => e.into(),
-                        Err(quinn::StoppedError::ZeroRttRejected) => Error::LocallyClosed,
+                        Err(e) => e,
                     });
                 }
                 () = &mut until => break SpliceEnd::Cancelled,

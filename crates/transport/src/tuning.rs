@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-/// QUIC transport settings for the tunnel.
+/// Transport settings for the tunnel: QUIC, and the TLS/TCP fallback (its HTTP/2 windows are
+/// `stream_window` / `connection_window`, its concurrency `max_incoming_streams`, its
+/// keep-alive PING `keep_alive` and its silence limit `idle_timeout`).
 ///
 /// Defaults target a home uplink to a VPS: ≥ 1 Gbit/s at 50 ms RTT (bandwidth-delay product
 /// 6.25 MB), NAT mappings that can expire after ~30 s of silence, and WebSockets that stay open
@@ -30,6 +32,16 @@ pub struct Tuning {
     /// Requested UDP socket send/receive buffer size. 4 MiB absorbs bursts at high rates; the
     /// kernel caps it at `net.core.{r,w}mem_max` (often 208 KiB), and the granted size is logged.
     pub udp_buffer: usize,
+    /// TLS/TCP transport: the largest HTTP/2 frame we accept. 64 KiB: one body chunk
+    /// (`BODY_CHUNK`) per DATA frame; h2 allows 16 KiB..16 MiB.
+    pub h2_max_frame_size: u32,
+    /// TLS/TCP transport: the largest header list we accept. The tunnel's h2 headers are a
+    /// fixed handful of bytes (the proto heads travel as DATA), so 4 KiB is plenty and bounds
+    /// what a peer can make us decode.
+    pub h2_max_header_list: u32,
+    /// TLS/TCP transport: bytes h2 may hold per stream, written by us but not yet on the
+    /// socket. 1 MiB keeps a fast stream busy without buffering a whole window per stream.
+    pub h2_max_send_buffer: usize,
 }
 
 impl Default for Tuning {
@@ -42,6 +54,9 @@ impl Default for Tuning {
             send_window: 32 * 1024 * 1024,
             max_incoming_streams: 1024,
             udp_buffer: 4 * 1024 * 1024,
+            h2_max_frame_size: 64 * 1024,
+            h2_max_header_list: 4 * 1024,
+            h2_max_send_buffer: 1024 * 1024,
         }
     }
 }

@@ -11,18 +11,20 @@ if [[ ! -r "${options}" ]]; then
     exit 1
 fi
 
-token="$(jq -r '.token // ""' "${options}")"
+# `enrollment_code` takes a one-time code or an old `dl1.` token; `token` is the option's name
+# in add-on versions before enrollment codes.
+credential="$(jq -r '.enrollment_code // .token // ""' "${options}")"
 upstream="$(jq -r '.upstream // "http://homeassistant:8123"' "${options}")"
 log_level="$(jq -r '.log_level // "info"' "${options}")"
-# A token pasted from a terminal may carry line breaks or spaces; it never contains any.
-token="${token//[[:space:]]/}"
+# A code or token pasted from a terminal may carry line breaks or spaces; neither contains any.
+credential="${credential//[[:space:]]/}"
 
-if [[ -z "${token}" ]]; then
+if [[ -z "${credential}" ]]; then
     cat >&2 <<'MESSAGE'
-[doorless] No enrollment token set.
+[doorless] No enrollment code or token set.
 [doorless] On your VPS run:  doorless-edge site add NAME --hostname YOUR.HOSTNAME
-[doorless] (or `doorless-edge site token NAME` for an existing site), then paste the printed
-[doorless] token (it starts with dl1.) into this add-on's Configuration tab and start it again.
+[doorless] (or `doorless-edge site code NAME` for an existing site), then paste the printed
+[doorless] code into this add-on's Configuration tab (enrollment_code) and start it again.
 MESSAGE
     exit 1
 fi
@@ -41,7 +43,14 @@ case "${log_level}" in
         ;;
 esac
 
-export DOORLESS_TOKEN="${token}"
+if [[ "${credential}" == dl1.* ]]; then
+    export DOORLESS_TOKEN="${credential}"
+else
+    # The connector enrolls once and keeps its key and certificate in /data (kept across
+    # restarts and updates); the code is useless once used.
+    export DOORLESS_ENROLLMENT_CODE="${credential}"
+    export DOORLESS_STATE_DIR="${DOORLESS_STATE_DIR:-/data}"
+fi
 export DOORLESS_UPSTREAM="${upstream}"
 export DOORLESS_LOG__FILTER="${filter}"
 export DOORLESS_LOG__FORMAT="${DOORLESS_LOG__FORMAT:-text}"

@@ -36,6 +36,7 @@ async fn init_site_add_client_add_then_run() {
         "home",
         "--hostname",
         HOME_HOST,
+        "--token",
         "--state-dir",
         state_s,
     ])
@@ -214,4 +215,61 @@ async fn curl_then_cli_revoke_cuts_one_device_and_spares_the_other() {
     );
     assert_eq!(curl(&tablet_files).await, (true, "200 ".into()));
     assert!(!curl(&phone_files).await.0);
+}
+
+/// `site renew-cert`: a new local HTTPS certificate, picked up by the running edge without a
+/// restart; open connections keep the old one, clients trusting the local server CA accept
+/// the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_renew_cert_reissues_the_local_certificate_and_the_running_edge_serves_it() {
+    let stack = e2e::Stack::start().await.unwrap();
+    let state_s = stack.pki.root().to_str().unwrap().to_owned();
+    let serial_of = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        pki::cert_serial(&leaf).unwrap()
+    };
+    let connect = || {
+        e2e::tls_connect(
+            &stack.server_ca,
+            HOME_HOST,
+            stack.edge.https_addr(),
+            Some(&stack.home().device),
+            &[b"http/1.1"],
+        )
+    };
+    let open = connect().await.unwrap();
+    let old = serial_of(&open);
+
+    let printed = edge_cli(&["site", "renew-cert", "home", "--state-dir", &state_s]).await;
+    assert!(printed.contains("valid until"), "{printed}");
+    let new = pki::cert_serial(&pki::load_certs(&stack.home().site.server_cert_path).unwrap()[0])
+        .unwrap();
+    assert_ne!(new, old);
+
+    // The reload watcher sees the new file; new handshakes get it.
+    e2e::poll_until(
+        "the new certificate served",
+        Duration::from_secs(20),
+        || async {
+            let tls = connect().await.ok()?;
+            (serial_of(&tls) == new).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(serial_of(&open), old);
+    let client = stack.client(0, HttpVersion::Auto).unwrap();
+    assert_eq!(get(&client, &stack.url("/status/200")).await.0, 200);
+
+    // An unknown site is refused with a message.
+    let (status, _, stderr) = run_to_exit(
+        &binaries().edge,
+        &["site", "renew-cert", "nope", "--state-dir", &state_s],
+        &[],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("nope"), "{stderr}");
 }

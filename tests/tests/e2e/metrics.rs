@@ -130,7 +130,50 @@ async fn both_endpoints_export_every_documented_family_and_count_traffic() {
         value(&edge, "doorless_edge_active_websockets{site=\"home\"}"),
         1.0
     );
-    assert!(value(&edge, "doorless_edge_certificate_days_left{") > 0.0);
+    // Every certificate's expiry is in the future: the server, CA and issued ones.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for kind in [
+        "server_local",
+        "client_ca",
+        "device",
+        "connector",
+        "tunnel",
+        "tunnel_ca",
+        "connector_ca",
+    ] {
+        let series: Vec<f64> = edge
+            .lines()
+            .filter(|l| l.starts_with("doorless_edge_certificate_expiry_timestamp_seconds{"))
+            .filter(|l| l.contains(&format!("kind=\"{kind}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            !series.is_empty() && series.iter().all(|t| *t > now),
+            "{kind}: {series:?}"
+        );
+    }
+    assert_eq!(
+        value(
+            &edge,
+            "doorless_edge_certificates_expiring{site=\"home\",kind=\"device\"}"
+        ),
+        1.0,
+        "the 30-day device certificate is within 30 days"
+    );
+    assert_eq!(
+        value(
+            &edge,
+            "doorless_edge_certificates_expiring{site=\"home\",kind=\"connector\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&edge, "doorless_edge_acme_renewal_failing{site=\"home\"}"),
+        0.0
+    );
     assert_eq!(
         value(&connector, "doorless_connector_edge_connections"),
         2.0

@@ -140,6 +140,7 @@ fn facts<'a, 'e>(
         certificate,
         cookie,
         target,
+        upgrade: false,
     }
 }
 
@@ -259,6 +260,25 @@ fn cidr_lists() {
     };
     let f = facts(None, None, "/api/webhook/x");
     assert_eq!(decide(&p, &f), Decision::Deny(DenyReason::Address));
+}
+
+/// A public path exempts plain HTTP only: an upgrade there needs credentials like anywhere
+/// else (after a 101 the bytes no longer pass the request path).
+#[test]
+fn upgrades_are_never_exempt() {
+    for mode in [ClientAuth::Required, ClientAuth::RequiredOrSession] {
+        let p = policy(mode, true);
+        let mut f = facts(None, None, EXEMPT);
+        assert_eq!(decide(&p, &f), Decision::Allow(Grant::PublicPath));
+        f.upgrade = true;
+        assert_eq!(decide(&p, &f), Decision::Deny(DenyReason::NoCredentials));
+        let cert = device_certificate();
+        let f = Facts {
+            upgrade: true,
+            ..facts(Some(cert), None, EXEMPT)
+        };
+        assert_eq!(decide(&p, &f), Decision::Allow(Grant::Certificate(cert)));
+    }
 }
 
 #[test]

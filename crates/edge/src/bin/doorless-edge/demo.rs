@@ -103,6 +103,7 @@ async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> an
         tunnel: Default::default(),
         log: Default::default(),
         sites: Default::default(),
+        acme: Default::default(),
     })?;
     let edge = Edge::bind(config).await?;
     let addrs = edge.addrs();

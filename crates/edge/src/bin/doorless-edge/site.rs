@@ -1,4 +1,6 @@
-//! `doorless-edge site`: add and list sites, mint connector credentials (enrollment tokens).
+//! `doorless-edge site`: add and list sites, mint connector credentials: one-time enrollment
+//! codes (the default) and enrollment tokens (`--token`, `site token`); re-issue a site's local
+//! HTTPS certificate.
 //!
 //! Not the site registry the running edge serves from: that is the library's; this only writes
 //! the state directory through `pki`.
@@ -9,19 +11,59 @@ use crate::StateArg;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
-    /// Add a site and print the enrollment token for its connector. On an existing site (with
-    /// no new hostnames), mint an additional connector credential instead.
+    /// Add a site and print a one-time enrollment code for its connector. On an existing site
+    /// (with no new hostnames), mint an additional connector credential instead.
     Add {
         /// Site name (lowercase letters, digits, `.`, `_`, `-`).
         name: String,
         /// Hostname(s) that select this site; repeat for several.
         #[arg(long = "hostname", required = true)]
         hostnames: Vec<String>,
+        /// Print an enrollment token (a long secret carrying the connector's key) instead of a
+        /// code.
+        #[arg(long)]
+        token: bool,
+        #[command(flatten)]
+        code: CodeArgs,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Mint another one-time enrollment code for a site; or list (`--list`) or revoke
+    /// (`--revoke ID`, `--revoke-all`) its codes.
+    Code {
+        /// Site name.
+        name: String,
+        /// List the site's codes (pending, and those used, expired or revoked in the last 30
+        /// days).
+        #[arg(long, conflicts_with_all = ["revoke", "revoke_all"])]
+        list: bool,
+        /// Revoke the pending code whose id starts with ID (as `--list` shows it).
+        #[arg(long, value_name = "ID", conflicts_with = "revoke_all")]
+        revoke: Option<String>,
+        /// Revoke every pending code of the site.
+        #[arg(long)]
+        revoke_all: bool,
+        #[command(flatten)]
+        code: CodeArgs,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// List the enrollment codes of every site.
+    Codes {
         #[command(flatten)]
         state: StateArg,
     },
     /// List sites.
     List {
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Re-issue the site's HTTPS certificate from the local server CA (new key, same
+    /// hostnames, 825 days). For sites without ACME or their own tls_cert; a running edge
+    /// picks it up by itself.
+    RenewCert {
+        /// Site name.
+        name: String,
         #[command(flatten)]
         state: StateArg,
     },
@@ -37,6 +79,18 @@ pub(crate) enum SiteCommand {
     },
 }
 
+/// How a code is minted.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CodeArgs {
+    /// Where the connector reaches the edge's HTTPS port, `HOST[:PORT]`, as written into the
+    /// code (default: the site's first hostname, port 443).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    edge: Option<String>,
+    /// How long the code stays usable (e.g. `24h`, `30m`, `7d`).
+    #[arg(long, default_value = "24h", value_parser = humantime_serde::re::humantime::parse_duration)]
+    valid_for: std::time::Duration,
+}
+
 impl SiteCommand {
     /// Runs the verb.
     pub(crate) fn run(self) -> anyhow::Result<()> {
@@ -44,6 +98,8 @@ impl SiteCommand {
             SiteCommand::Add {
                 name,
                 hostnames,
+                token,
+                code,
                 state,
             } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
@@ -68,22 +124,20 @@ impl SiteCommand {
                                 new.join(", ")
                             );
                         }
-                        let token = state.issue_connector(&site.name, None)?;
                         println!(
                             "Site {} already exists; minted an additional connector credential.",
                             site.name
                         );
-                        print_token(&token);
+                        credential(&state, &site, token, &code)?;
                     }
                     Err(pki::Error::SiteNotFound { .. }) => {
                         let site = state.add_site(&name, &hostnames)?;
-                        let token = state.issue_connector(&site.name, None)?;
                         println!(
                             "Site {} added for {}.",
                             site.name,
                             site.hostnames.join(", ")
                         );
-                        print_token(&token);
+                        credential(&state, &site, token, &code)?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -94,6 +148,51 @@ impl SiteCommand {
                 for site in state.sites()? {
                     println!("{}\t{}", site.name, site.hostnames.join(","));
                 }
+                Ok(())
+            }
+            SiteCommand::Code {
+                name,
+                list,
+                revoke,
+                revoke_all,
+                code,
+                state,
+            } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let site = state.site(&name)?;
+                if list {
+                    print_codes(&state, Some(&site.name))
+                } else if revoke.is_some() || revoke_all {
+                    for record in state.revoke_codes(&site.name, revoke.as_deref())? {
+                        println!(
+                            "Revoked code {} of site {}.",
+                            short(&record.id),
+                            record.site
+                        );
+                    }
+                    Ok(())
+                } else {
+                    print_code(&state, &site, &code)
+                }
+            }
+            SiteCommand::Codes { state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                print_codes(&state, None)
+            }
+            SiteCommand::RenewCert { name, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let issued = state.renew_server_cert(&name)?;
+                let not_after = issued
+                    .not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| issued.not_after.to_string());
+                println!(
+                    "Site {name}: new HTTPS certificate from the local server CA, valid until {not_after}."
+                );
+                println!(
+                    "Devices that trust the local server CA (server-ca.crt) accept it as they did the \
+                     old one; with [acme] on or a tls_cert set, the edge does not serve it."
+                );
                 Ok(())
             }
             SiteCommand::Token {
@@ -109,6 +208,73 @@ impl SiteCommand {
             }
         }
     }
+}
+
+/// Prints a new connector credential for `site`: a code, or a token if asked.
+fn credential(
+    state: &pki::StateDir,
+    site: &pki::Site,
+    token: bool,
+    code: &CodeArgs,
+) -> anyhow::Result<()> {
+    if token {
+        print_token(&state.issue_connector(&site.name, None)?);
+        Ok(())
+    } else {
+        print_code(state, site, code)
+    }
+}
+
+fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
+    let edge = match &args.edge {
+        Some(edge) => edge.clone(),
+        None => site
+            .hostnames
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name))?,
+    };
+    let (code, record) = state.mint_code(&site.name, &edge, args.valid_for)?;
+    println!(
+        "One-time enrollment code for a new connector of site {} (valid until {}, id {}):",
+        site.name,
+        record.expires,
+        short(&record.id)
+    );
+    println!();
+    println!("    {}", code.encode());
+    println!();
+    println!(
+        "At home: paste it into the add-on's `enrollment_code` option, or run
+             doorless-connector enroll {}
+The connector makes its own key; the code works once.",
+        code.encode()
+    );
+    Ok(())
+}
+
+fn print_codes(state: &pki::StateDir, site: Option<&str>) -> anyhow::Result<()> {
+    println!("ID\tSITE\tSTATE\tEXPIRES\tCONNECTOR");
+    for record in state
+        .codes()?
+        .iter()
+        .filter(|r| site.is_none_or(|s| r.site == s))
+    {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            short(&record.id),
+            record.site,
+            record.current_state().as_str(),
+            record.expires,
+            record.connector_id.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// The first 8 hex digits of a code id: enough to name it.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 fn print_token(token: &pki::EnrollmentToken) {

@@ -1,0 +1,105 @@
+//! Enrollment codes in the state dir: minted, redeemed once for the connector's own CSR, never
+//! twice, never with a wrong proof, revocable; the MAC key is stored only sealed.
+#![allow(clippy::unwrap_used)]
+
+use pki::{CodeState, InitOptions, RedeemError, StateDir};
+
+fn state() -> (tempfile::TempDir, StateDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::init(&dir.path().join("s"), &InitOptions::default()).unwrap();
+    state.add_site("home", &["ha.example.com".into()]).unwrap();
+    (dir, state)
+}
+
+fn redeem(
+    state: &StateDir,
+    code: &pki::EnrollmentCode,
+    csr: &str,
+) -> Result<pki::Redeemed, RedeemError> {
+    let keys = code.keys();
+    let input = [b"request for ".as_slice(), csr.as_bytes()].concat();
+    state.redeem_code(&keys.id, &input, &keys.request_mac(&input), csr)
+}
+
+#[test]
+fn a_code_enrolls_one_connector_once() {
+    let (_dir, state) = state();
+    let (code, record) = state
+        .mint_code("home", "ha.example.com", pki::DEFAULT_CODE_LIFETIME)
+        .unwrap();
+    assert_eq!(record.current_state(), CodeState::Pending);
+    let (key_pem, csr) = pki::connector_csr().unwrap();
+
+    // A wrong proof (another code's key) is indistinguishable from an unknown code.
+    let (other, _) = state
+        .mint_code("home", "ha.example.com", pki::DEFAULT_CODE_LIFETIME)
+        .unwrap();
+    let input = b"x".to_vec();
+    let forged = other.keys().request_mac(&input);
+    assert!(matches!(
+        state.redeem_code(&code.keys().id, &input, &forged, &csr),
+        Err(RedeemError::Unknown)
+    ));
+    // A bad CSR does not burn the code.
+    assert!(matches!(
+        redeem(&state, &code, "not a csr"),
+        Err(RedeemError::BadCsr(_))
+    ));
+
+    let redeemed = redeem(&state, &code, &csr).unwrap();
+    assert_eq!(
+        (redeemed.site.as_str(), redeemed.connector_id.as_str()),
+        ("home", "connector-1")
+    );
+    // The certificate is for our key, and the whole thing makes valid credentials.
+    let token = pki::EnrollmentToken {
+        edges: vec!["ha.example.com:443".into()],
+        server_name: pki::TUNNEL_SERVER_NAME.into(),
+        site: redeemed.site.clone(),
+        connector_id: redeemed.connector_id.clone(),
+        cert_pem: redeemed.cert_pem.clone(),
+        key_pem,
+        tunnel_ca_pem: redeemed.tunnel_ca_pem.clone(),
+    };
+    token.validate().unwrap();
+
+    match redeem(&state, &code, &csr) {
+        Err(RedeemError::Used { connector_id }) => assert_eq!(connector_id, "connector-1"),
+        other => panic!("{other:?}"),
+    }
+    let records = state.codes().unwrap();
+    assert_eq!(records[0].current_state(), CodeState::Used);
+
+    // Revoking: the other code is pending; after revocation it is refused.
+    let revoked = state.revoke_codes("home", None).unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(matches!(
+        redeem(&state, &other, &csr),
+        Err(RedeemError::Revoked)
+    ));
+    assert!(state.revoke_codes("home", None).is_err());
+
+    // The stored file never holds the secret or the MAC key in clear.
+    let text = std::fs::read_to_string(state.root().join("enroll-codes.json")).unwrap();
+    let secret = code.encode().rsplit_once("/1-").unwrap().1.replace('-', "");
+    assert!(!text.contains(&secret));
+}
+
+#[test]
+fn codes_expire() {
+    let (_dir, state) = state();
+    let (code, _) = state
+        .mint_code("home", "ha.example.com", std::time::Duration::from_secs(1))
+        .unwrap();
+    let path = state.root().join("enroll-codes.json");
+    // Move the expiry into the past, as time would.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut codes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    codes[0]["expires"] = "2020-01-01T00:00:00Z".into();
+    std::fs::write(&path, codes.to_string()).unwrap();
+    let (_, csr) = pki::connector_csr().unwrap();
+    assert!(matches!(
+        redeem(&state, &code, &csr),
+        Err(RedeemError::Expired)
+    ));
+}
