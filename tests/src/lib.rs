@@ -889,6 +889,29 @@ impl Connector {
         }
     }
 
+    /// Sends SIGTERM (a graceful stop) to the current process, by its PID.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("connector not running"))?;
+        signal(pid, "TERM")
+    }
+
+    /// Waits for the current process to exit (after [`Connector::terminate`]), polling until
+    /// `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Ok(status);
+            }
+            ensure!(
+                started.elapsed() < deadline,
+                "connector did not exit within {deadline:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Kills and starts again with the same config, without waiting until ready.
     pub fn respawn(&mut self) -> Result<()> {
         self.kill();
@@ -914,6 +937,223 @@ impl Connector {
             .as_ref()
             .map(|p| format!("{}{}", p.stdout_text(), p.stderr_text()))
             .unwrap_or_default()
+    }
+}
+
+/// Sends a signal (`TERM`, `KILL`, ...) to `pid` with `kill(1)`: by PID, never by name.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// a UDP relay: the network between connector and edge, with faults on demand
+
+/// A UDP relay in front of the edge's tunnel port: connectors dial [`UdpRelay::addr`], and the
+/// relay forwards each client's datagrams from a socket of its own (one per client, like a NAT
+/// mapping) and the answers back. Faults, all for real on the wire: [`UdpRelay::rebind`] gives
+/// every client a new source port towards the edge (a NAT rebinding: the old mapping is gone,
+/// the edge's packets to it are lost), [`UdpRelay::blackhole`] drops everything, and
+/// [`UdpRelay::set_delay`] delays every datagram.
+pub struct UdpRelay {
+    addr: SocketAddr,
+    state: Arc<RelayState>,
+    stop: CancellationToken,
+}
+
+struct RelayState {
+    target: SocketAddr,
+    front: tokio::net::UdpSocket,
+    blackhole: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
+    rebinds: std::sync::atomic::AtomicU64,
+    mappings: std::sync::Mutex<std::collections::HashMap<SocketAddr, RelayMapping>>,
+}
+
+struct RelayMapping {
+    socket: Arc<tokio::net::UdpSocket>,
+    /// Stops this mapping's reader (the old mapping of a rebinding).
+    gone: CancellationToken,
+}
+
+impl UdpRelay {
+    /// Binds 127.0.0.1:0 and relays to `target`.
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = front.local_addr()?;
+        let state = Arc::new(RelayState {
+            target,
+            front,
+            blackhole: std::sync::atomic::AtomicBool::new(false),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
+            rebinds: std::sync::atomic::AtomicU64::new(0),
+            mappings: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(relay_front(state.clone(), stop.clone()));
+        Ok(Self { addr, state, stop })
+    }
+
+    /// Where connectors dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// NAT rebinding: every client's next datagram leaves from a new source port; what the
+    /// edge sends to the old ports is dropped from now on.
+    pub fn rebind(&self) {
+        use std::sync::atomic::Ordering;
+        self.state.rebinds.fetch_add(1, Ordering::SeqCst);
+        let old: Vec<RelayMapping> = self
+            .state
+            .mappings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, m)| m)
+            .collect();
+        for mapping in old {
+            mapping.gone.cancel();
+        }
+    }
+
+    /// Drops every datagram both ways while `on`.
+    pub fn blackhole(&self, on: bool) {
+        self.state
+            .blackhole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Delays every datagram by `delay` (both ways).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The source ports the edge sees now, one per client.
+    pub fn mapped_ports(&self) -> Vec<u16> {
+        self.state
+            .mappings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(|m| m.socket.local_addr().ok())
+            .map(|a| a.port())
+            .collect()
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.rebind();
+    }
+}
+
+impl RelayState {
+    fn pass(&self) -> Option<Duration> {
+        use std::sync::atomic::Ordering;
+        if self.blackhole.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)))
+    }
+}
+
+/// Client → edge: one upstream socket per client address, made on its first datagram.
+async fn relay_front(state: Arc<RelayState>, stop: CancellationToken) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            r = state.front.recv_from(&mut buf) => r,
+        };
+        let Ok((n, client)) = received else { continue };
+        let socket = {
+            let mut mappings = state
+                .mappings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(m) = mappings.get(&client) {
+                Some(m.socket.clone())
+            } else {
+                match std::net::UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .and_then(tokio::net::UdpSocket::from_std)
+                {
+                    Ok(socket) => {
+                        let socket = Arc::new(socket);
+                        let gone = stop.child_token();
+                        tokio::spawn(relay_back(
+                            state.clone(),
+                            socket.clone(),
+                            client,
+                            gone.clone(),
+                        ));
+                        mappings.insert(
+                            client,
+                            RelayMapping {
+                                socket: socket.clone(),
+                                gone,
+                            },
+                        );
+                        Some(socket)
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        let (Some(socket), Some(delay)) = (socket, state.pass()) else {
+            continue;
+        };
+        let data = buf[..n].to_vec();
+        let target = state.target;
+        if delay.is_zero() {
+            let _ = socket.send_to(&data, target).await;
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = socket.send_to(&data, target).await;
+            });
+        }
+    }
+}
+
+/// Edge → client, through one mapping, until the mapping is gone.
+async fn relay_back(
+    state: Arc<RelayState>,
+    socket: Arc<tokio::net::UdpSocket>,
+    client: SocketAddr,
+    gone: CancellationToken,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            () = gone.cancelled() => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let Ok((n, from)) = received else { continue };
+        if from != state.target {
+            continue;
+        }
+        let Some(delay) = state.pass() else { continue };
+        let data = buf[..n].to_vec();
+        if delay.is_zero() {
+            let _ = state.front.send_to(&data, client).await;
+        } else {
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = state.front.send_to(&data, client).await;
+            });
+        }
     }
 }
 

@@ -42,6 +42,8 @@ mod metrics;
 mod policy;
 #[path = "e2e/readme.rs"]
 mod readme;
+#[path = "e2e/resilience.rs"]
+mod resilience;
 #[path = "e2e/security.rs"]
 mod security;
 #[path = "e2e/tcp_fallback.rs"]

@@ -186,6 +186,11 @@ pub struct RawLimits {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A body that moves no byte for this long ends its stream: Home Assistant's response
+    /// stalled mid-body (the edge's client sees it cut off), or the edge's request body.
+    /// Far above the 50 s between Home Assistant's event-stream pings.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for RawLimits {
@@ -197,6 +202,7 @@ impl Default for RawLimits {
             pool_max_idle: 32,
             pool_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -471,6 +477,12 @@ impl Config {
         }
         if raw.limits.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
+        }
+        if raw.limits.body_idle_timeout.is_zero() {
+            return Err(invalid(
+                "limits.body_idle_timeout",
+                "must be greater than zero".into(),
+            ));
         }
         if raw.tunnel.idle_timeout <= raw.tunnel.keep_alive {
             return Err(invalid(

@@ -12,17 +12,22 @@
 //! jitter (a random wait in `[0, min(max, initial × 2ⁿ))`, so a fleet of connectors does not
 //! reconnect in lockstep after an edge restart) and resets once a connection has stayed up
 //! for `reconnect.stable`. Each slot keeps its UDP socket across reconnects, so the home
-//! NAT sees a stable source port.
+//! NAT sees a stable source port. A connection that worked and was then lost (the edge went
+//! silent past the liveness limit, or closed it) is redialled at once.
+//!
+//! At shutdown each slot runs the connector's side of the drain protocol ([`drain`]):
+//! `Drain`, refuse new streams `not_processed`, let in-flight streams finish and be
+//! acknowledged, `GoAway`, close.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{CloseCode, ControlEvent, Hello, Purpose};
+use proto::{CloseCode, ControlEvent, Hello, Purpose, StreamError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use transport::{ClientEndpoint, ControlDriver, TcpClient};
+use transport::{ClientEndpoint, ControlDriver, Liveness, TcpClient};
 
 use crate::config::TransportPolicy;
 use crate::metrics::{ConnectionLabel, ResultLabel};
@@ -34,6 +39,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often QUIC path statistics are copied into the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the connection's liveness is sampled (`transport::Liveness`).
+const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 
 /// Exponential backoff with full jitter.
 #[derive(Debug)]
@@ -224,17 +231,25 @@ pub async fn slot(index: usize, target: Target, shared: Arc<Shared>, shutdown: C
     };
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match connect_and_serve(index, &mut dialer, &shared, &shutdown).await {
-            Ok(()) => {}
+        let ended = match connect_and_serve(index, &mut dialer, &shared, &shutdown).await {
+            Ok(ended) => ended,
             Err(e) => {
-                warn!(slot = index, edge = %target.quic, error = %e, "tunnel connection failed")
+                warn!(slot = index, edge = %target.quic, error = %e, "tunnel connection failed");
+                Ended::Failed
             }
-        }
+        };
         if shutdown.is_cancelled() {
             break;
         }
         if started.elapsed() >= reconnect.stable {
             backoff.reset();
+        }
+        if ended == Ended::Lost && started.elapsed() >= reconnect.stable {
+            // A connection that worked for a while and then vanished (a NAT rebinding the
+            // edge gave up on, a dead path) is replaced at once: waiting would only leave
+            // this slot's share of the capacity missing. Failing again backs off as usual.
+            info!(slot = index, edge = %target.quic, "connection lost; redialling at once");
+            continue;
         }
         let wait = backoff.next(random_unit());
         info!(slot = index, edge = %target.quic, wait_ms = wait.as_millis() as u64, "reconnecting");
@@ -248,6 +263,20 @@ pub async fn slot(index: usize, target: Target, shared: Arc<Shared>, shutdown: C
     }
 }
 
+/// How a registered connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Registering or serving failed.
+    Failed,
+    /// The edge went away or told us to (GoAway, a graceful close), or we shut down.
+    Closed,
+    /// We left (`leave`: back to QUIC from TLS/TCP), after `Drain` and the drain window.
+    Left,
+    /// The connection vanished: the edge went silent past the liveness limit, or closed it
+    /// because it thought us silent (a NAT rebinding it could not follow).
+    Lost,
+}
+
 /// One round of the slot's policy: dial (QUIC, TLS/TCP, or QUIC falling back to TLS/TCP) and
 /// serve until the connection ends.
 async fn connect_and_serve(
@@ -255,7 +284,7 @@ async fn connect_and_serve(
     dialer: &mut Dialer,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let stay = CancellationToken::new();
     let registered = match shared.config.transport {
         TransportPolicy::Quic => dialer.quic(REGISTER_TIMEOUT).await?,
@@ -283,7 +312,7 @@ async fn serve_tcp_probing_quic(
     dialer: &mut Dialer,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let leave_tcp = CancellationToken::new();
     let tcp_session = serve_session(index, tcp, shared, shutdown, &leave_tcp);
     tokio::pin!(tcp_session);
@@ -343,7 +372,7 @@ async fn serve_session(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     leave: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let Registered {
         conn,
         mut control,
@@ -354,65 +383,122 @@ async fn serve_session(
     };
     let transport = conn.transport();
     info!(slot = index, addr = %conn.remote_addr(), %transport, site = %welcome.site, connector = %welcome.connector_id, "registered with edge");
+    // Offer the edge as much stream credit as it says it will use (within our own limit),
+    // plus the share QUIC holds back before it announces returned credit (1/8): the edge's
+    // count of open streams and the transport's then describe the same streams.
+    let wanted = welcome
+        .max_streams
+        .saturating_add(welcome.max_streams / 8)
+        .saturating_add(1);
+    conn.set_max_incoming_streams(wanted.min(shared.config.limits.max_streams));
     let connected = shared.connected.enter(transport);
     let streams = TaskTracker::new();
+    let ping_interval = Duration::from_millis(u64::from(welcome.ping_interval_ms));
     let result = serve(
         &conn,
         &mut control,
         shared,
-        shutdown,
-        leave,
+        Exits { shutdown, leave },
         &streams,
         &slot,
+        ping_interval,
     )
     .await;
     drop(connected);
     let left = matches!(result, Ok(Ended::Left));
     if shutdown.is_cancelled() || left {
-        // Graceful: the edge already knows we drain; let in-flight requests finish.
-        streams.close();
-        let grace = shared.config.limits.shutdown_grace;
-        let _ = tokio::time::timeout(grace, streams.wait()).await;
         let (code, text) = if left {
             (CloseCode::Normal, "connector moved to another connection")
         } else {
             (CloseCode::Shutdown, "connector shutting down")
         };
-        control.state().go_away(proto::GoAway {
-            code,
-            text: text.into(),
-        });
-        let _ = control.flush(Duration::from_secs(1)).await;
-        conn.close(code, text);
+        drain(&conn, &mut control, &streams, shared, code, text).await;
         if left {
             info!(slot = index, %transport, "left the connection after draining it");
+            return Ok(Ended::Left);
         }
-    } else {
-        conn.close(CloseCode::Normal, "session ended");
+        return Ok(Ended::Closed);
     }
-    result.map(|_| ())
+    conn.close(CloseCode::Normal, "session ended");
+    match result {
+        Ok(ended) => Ok(ended),
+        Err(Lost(why)) => {
+            warn!(slot = index, %transport, reason = %why, "tunnel connection lost");
+            Ok(Ended::Lost)
+        }
+    }
 }
 
-/// How [`serve`] ended without an error.
-enum Ended {
-    /// The edge is going away, or we shut down.
-    Closed,
-    /// We left (`leave`), after `Drain` and the drain window.
-    Left,
+/// The connector's side of the drain protocol (SIGTERM, or leaving a TLS/TCP connection for
+/// QUIC; `code` and `text` say which). `serve` already sent `Drain` (the
+/// edge routes new requests elsewhere). Streams the edge opened before it saw `Drain` are
+/// refused `not_processed` (the edge sends them again elsewhere); every stream in flight
+/// finishes and is acknowledged by the edge, within `limits.shutdown_grace`; then `GoAway`,
+/// acknowledged too, and the close. Closing any earlier would throw away response bytes the
+/// edge has not received yet.
+async fn drain(
+    conn: &transport::Connection,
+    control: &mut ControlDriver,
+    streams: &TaskTracker,
+    shared: &Shared,
+    code: CloseCode,
+    text: &str,
+) {
+    streams.close();
+    let grace = shared.config.limits.shutdown_grace;
+    let finished = async {
+        loop {
+            tokio::select! {
+                () = streams.wait() => return,
+                stream = conn.accept() => match stream {
+                    Ok((mut send, mut recv)) => {
+                        send.reset(StreamError::NotProcessed);
+                        recv.stop(StreamError::NotProcessed);
+                    }
+                    Err(_) => return,
+                },
+                // Keep answering pings: a silent connector looks dead to the edge.
+                event = control.next_event() => if event.is_err() { return },
+            }
+        }
+    };
+    if tokio::time::timeout(grace, finished).await.is_err() {
+        warn!("shutdown grace period over with streams in flight");
+    }
+    control.state().go_away(proto::GoAway {
+        code,
+        text: text.into(),
+    });
+    let _ = control.finish(Duration::from_secs(2)).await;
+    conn.close(code, text);
+}
+
+/// Why `serve` gave up on a connection that did not end gracefully.
+#[derive(Debug)]
+struct Lost(String);
+
+/// What ends a session gracefully: shutting down, or leaving for another connection.
+struct Exits<'a> {
+    shutdown: &'a CancellationToken,
+    leave: &'a CancellationToken,
 }
 
 async fn serve(
     conn: &transport::Connection,
     control: &mut ControlDriver,
     shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
-    leave: &CancellationToken,
+    exits: Exits<'_>,
     streams: &TaskTracker,
     slot: &ConnectionLabel,
-) -> anyhow::Result<Ended> {
+    ping_interval: Duration,
+) -> Result<Ended, Lost> {
+    let Exits { shutdown, leave } = exits;
     let metrics = &shared.metrics;
     let mut sample = tokio::time::interval(STATS_INTERVAL);
     let mut lost_seen = 0u64;
+    let mut liveness = Liveness::new(ping_interval, Instant::now());
+    let mut check = tokio::time::interval(LIVENESS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Once leaving: when to stop accepting streams.
     let mut leaving: Option<Instant> = None;
     loop {
@@ -430,26 +516,36 @@ async fn serve(
                 metrics.lost_packets.get_or_create(slot).inc_by(stats.lost_packets.saturating_sub(lost_seen));
                 lost_seen = lost_seen.max(stats.lost_packets);
             }
+            _ = check.tick(), if !ping_interval.is_zero() => {
+                if !liveness.observe(&conn.stats(), ping_interval, Instant::now()) {
+                    conn.close(CloseCode::Timeout, "edge silent");
+                    return Err(Lost(format!("edge silent for {:?}", liveness.limit())));
+                }
+            }
             stream = conn.accept() => {
-                let (send, recv) = stream?;
+                let (send, recv) = stream.map_err(|e| Lost(e.to_string()))?;
                 streams.spawn(forward::stream(send, recv, shared.clone()));
             }
-            event = control.next_event() => match event? {
-                ControlEvent::PeerDraining => {
+            event = control.next_event() => match event {
+                Ok(ControlEvent::PeerDraining) => {
                     // The edge is restarting: in-flight streams finish on this connection,
                     // and we dial again once it closes.
                     info!("edge is draining this connection");
                 }
-                ControlEvent::PeerGoingAway(go) => {
+                Ok(ControlEvent::PeerGoingAway(go)) => {
                     info!(reason = %go.text, "edge going away");
+                    // Everything we sent was acknowledged (the edge's GoAway comes after
+                    // its streams are done); let it close, briefly.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                     return Ok(Ended::Closed);
                 }
-                ControlEvent::Rtt(_) if leaving.is_some() => {
+                Ok(ControlEvent::Rtt(_)) if leaving.is_some() => {
                     // The edge has processed our Drain (the control stream is ordered).
                     let window = Instant::now() + DRAIN_WINDOW;
                     leaving = leaving.map(|at| at.min(window));
                 }
-                _ => {}
+                Ok(_) => {}
+                Err(e) => return Err(Lost(e.to_string())),
             },
             () = leave.cancelled(), if leaving.is_none() => {
                 control.state().drain();

@@ -15,7 +15,6 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
@@ -25,7 +24,6 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ResponseHead, StreamError, StreamHeader, StreamKind};
-use tokio_util::io::ReaderStream;
 use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
@@ -127,7 +125,10 @@ async fn forward(
     // For an upgrade the stream stays ours for the splice; otherwise it is the request body.
     let (body, mut recv): (UpstreamBody, Option<RecvHalf>) = match (upgrade, header.body) {
         (true, _) | (false, BodyKind::Empty) => (empty(), Some(recv)),
-        (false, _) => (tunnel_body(recv), None),
+        (false, _) => (
+            tunnel_body(recv, shared.config.limits.body_idle_timeout),
+            None,
+        ),
     };
     let request = match build_request(&header, &shared.config.upstream, body) {
         Ok(r) => r,
@@ -203,24 +204,24 @@ async fn forward(
                 return Err(StreamError::UpstreamProtocol.into());
             }
         };
-        let mut upstream = TokioIo::new(upgraded);
-        let mut tunnel = tokio::io::join(recv, send);
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut tunnel,
-            &mut upstream,
-            transport::SPLICE_CHUNK,
-            transport::SPLICE_CHUNK,
+        // The upgraded connection lives until both sides ended; HA's own WebSocket pings
+        // keep it busy, so no idle limit applies here.
+        let spliced = transport::splice(
+            TokioIo::new(upgraded),
+            send,
+            recv,
+            std::future::pending::<()>(),
         )
         .await;
+        debug!(up = spliced.up, down = spliced.down, end = ?spliced.end, "websocket ended");
         return Ok(());
     }
     if let Some(mut r) = recv {
         // Nothing more to read from the edge for this request.
         r.stop(StreamError::Cancelled);
     }
-    pump_response(response.into_body(), send)
-        .await
-        .map_err(Failed::from)
+    let idle = shared.config.limits.body_idle_timeout;
+    pump_response(response.into_body(), send, idle).await
 }
 
 /// A response whose framing is refused (RFC 9112 §6.3): hyper reads it one way, but the
@@ -311,35 +312,70 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, Framing> {
     Ok(length)
 }
 
-async fn pump_response(mut body: Incoming, mut send: SendHalf) -> Result<(), StreamError> {
-    while let Some(frame) = body.frame().await {
+/// Relays HA's response body, then waits until the edge acknowledged all of it: the stream's
+/// task (and with it a draining connector's connection) must not end while response bytes are
+/// still in flight. A body that moves nothing for `idle` is cut off (`UpstreamTimeout`).
+async fn pump_response(
+    mut body: Incoming,
+    mut send: SendHalf,
+    idle: std::time::Duration,
+) -> Result<(), Failed> {
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            debug!(?idle, "upstream response body idle; ending the stream");
+            send.reset(StreamError::UpstreamTimeout);
+            return Err(Failed {
+                code: StreamError::UpstreamTimeout,
+                kind: Some("body_idle"),
+            });
+        };
         match frame {
-            Ok(frame) => {
+            None => break,
+            Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data()
                     && send.write_chunk(data).await.is_err()
                 {
                     // The edge stopped reading: the client left. Dropping `body` aborts the
                     // upstream response.
-                    return Err(StreamError::Cancelled);
+                    return Err(StreamError::Cancelled.into());
                 }
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 send.reset(StreamError::UpstreamProtocol);
-                return Err(StreamError::UpstreamProtocol);
+                return Err(StreamError::UpstreamProtocol.into());
             }
         }
     }
     send.finish();
-    Ok(())
+    send.delivered()
+        .await
+        .map_err(|_| Failed::from(StreamError::Cancelled))
 }
 
 fn empty() -> UpstreamBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-fn tunnel_body(recv: RecvHalf) -> UpstreamBody {
-    let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(Frame::data);
-    StreamBody::new(stream).boxed_unsync()
+/// The request body from the edge, as HA's request body. Silent for `idle`: the request to HA
+/// fails (hyper aborts it), and the stream with it.
+fn tunnel_body(recv: RecvHalf, idle: std::time::Duration) -> UpstreamBody {
+    let chunks = futures_util::stream::unfold(Some(recv), move |recv| async move {
+        let mut recv = recv?;
+        match tokio::time::timeout(idle, recv.read_chunk(transport::BODY_CHUNK)).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some(recv))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some((Err(io::Error::from(e)), None)),
+            Err(_) => {
+                recv.stop(StreamError::Cancelled);
+                let error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request body idle past limits.body_idle_timeout",
+                );
+                Some((Err(error), None))
+            }
+        }
+    });
+    StreamBody::new(chunks).boxed_unsync()
 }
 
 /// The upstream request: method and target byte for byte, headers in order minus hop-by-hop

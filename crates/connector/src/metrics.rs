@@ -146,7 +146,14 @@ impl Metrics {
                 transport: transport.name(),
             });
         }
-        for kind in ["connect", "timeout", "protocol", "framing", "bad_request"] {
+        for kind in [
+            "connect",
+            "timeout",
+            "protocol",
+            "framing",
+            "bad_request",
+            "body_idle",
+        ] {
             let _ = m.upstream_errors.get_or_create(&KindLabel { kind });
         }
         Self { registry, ..m }

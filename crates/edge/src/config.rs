@@ -148,6 +148,11 @@ pub struct RawLimits {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A request or response body that moves no byte for this long ends its stream (the
+    /// client sees the response cut off). Far above what live streams go quiet for: Home
+    /// Assistant's event stream sends every 50 s, camera streams every frame.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// Concurrent connections from one client address.
     pub max_connections_per_ip: usize,
     /// TLS handshakes in progress at once, all clients together; more are closed at once.
@@ -180,6 +185,7 @@ impl Default for RawLimits {
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(300),
             max_connections_per_ip: 256,
             max_concurrent_handshakes: 256,
             handshake_rate_per_ip: 5.0,
@@ -214,7 +220,9 @@ impl Default for RawTunnel {
         Self {
             keep_alive: t.keep_alive,
             idle_timeout: t.idle_timeout,
-            ping_interval: Duration::from_secs(5),
+            // Also the liveness clock: a connector silent for this plus max(2 s, 4 RTT) is
+            // dead (`transport::Liveness`), so 2 s notices a crashed connector within ~4 s.
+            ping_interval: Duration::from_secs(2),
             udp_buffer: t.udp_buffer,
         }
     }
@@ -347,6 +355,7 @@ impl Config {
             ("limits.header_read_timeout", limits.header_read_timeout),
             ("limits.upstream_timeout", limits.upstream_timeout),
             ("limits.stream_open_timeout", limits.stream_open_timeout),
+            ("limits.body_idle_timeout", limits.body_idle_timeout),
             ("tunnel.ping_interval", raw.tunnel.ping_interval),
             ("tunnel.keep_alive", raw.tunnel.keep_alive),
         ] {

@@ -9,6 +9,11 @@
 //! version) gets `Reject(UnsupportedVersion)`, as `docs/protocol.md` says. A `Hello` with
 //! [`Purpose::Check`] (the connector's self-check) gets the same checks and `Welcome`, but is
 //! never registered: no request can be routed to a connection that is about to close.
+//!
+//! While registered, each tunnel's liveness is watched continuously ([`Liveness`]): a
+//! connection silent past one ping interval plus a margin is closed, which fails every stream
+//! on it at once. At shutdown each tunnel runs the edge's side of the drain protocol
+//! (`Drain`, streams finish and are acknowledged, `GoAway`, close).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +22,11 @@ use std::time::Duration;
 
 use proto::{CloseCode, ControlEvent, ControlState, Purpose, Reject, RejectCode, Welcome};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use transport::{Connection, ControlDriver, Incoming, ServerEndpoint, Transport};
+use transport::{Connection, ControlDriver, Incoming, Liveness, ServerEndpoint, Transport};
 
 use crate::metrics::{Metrics, SiteResult, SiteTransport};
 use crate::tunnels::Tunnel;
@@ -30,6 +36,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a self-check connection may stay after its `Welcome` before we close it.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each tunnel's liveness is sampled; the verdict itself takes seconds of silence.
+const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 /// TLS/TCP tunnels handed over by `accept` and not yet taken: a burst of connectors at once.
 pub(crate) const TCP_TUNNEL_QUEUE: usize = 64;
 
@@ -275,6 +283,11 @@ async fn session(
         }
     }
 
+    let grace = shared.config.limits.shutdown_grace;
+    let ping_interval = shared.config.ping_interval;
+    let mut liveness = Liveness::new(ping_interval, Instant::now());
+    let mut check = tokio::time::interval(LIVENESS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
         tokio::select! {
             event = control.next_event() => {
@@ -287,7 +300,12 @@ async fn session(
                         tunnel.draining.store(true, Ordering::Relaxed);
                     }
                     Ok(ControlEvent::PeerGoingAway(go)) => {
+                        // The connector sends GoAway once its streams are done and
+                        // acknowledged; it closes the connection itself. Closing here first
+                        // could only cut off what we have not read yet.
                         tunnel.draining.store(true, Ordering::Relaxed);
+                        shared.tunnels.remove(&tunnel);
+                        let _ = tokio::time::timeout(grace, conn.closed()).await;
                         break format!("connector going away: {}", go.text);
                     }
                     Ok(ControlEvent::Rtt(rtt)) => {
@@ -297,18 +315,22 @@ async fn session(
                     Err(e) => break e.to_string(),
                 }
             }
+            _ = check.tick() => {
+                if !liveness.observe(&conn.stats(), ping_interval, Instant::now()) {
+                    // Dead (killed, power cut, cut off): fail every stream on it now rather
+                    // than let each wait for the transport's idle timeout.
+                    warn!(%addr, connector = %identity.name, silent_ms = liveness.silent_for(Instant::now()).as_millis() as u64, "connector connection silent; closing it");
+                    conn.close(CloseCode::Timeout, "connector silent");
+                    break "connector silent past the liveness limit".to_owned();
+                }
+            }
             () = tunnel.probe.notified() => {
                 if let Err(e) = control.state().ping_now(now()) {
                     break e.to_string();
                 }
             }
             () = shutdown.cancelled() => {
-                // Tell the connector; in-flight streams finish until the edge closes the
-                // endpoint at the end of its grace period.
-                control.state().drain();
-                let _ = control.flush(Duration::from_secs(1)).await;
-                let e = conn.closed().await;
-                break e.to_string();
+                break drain(&tunnel, &conn, &mut control, grace).await;
             }
         }
     };
@@ -321,6 +343,36 @@ async fn session(
     metrics.disconnects.get_or_create(&site_label).inc();
     conn.close(CloseCode::Normal, "session ended");
     info!(%addr, %transport, site = %identity.site, connector = %identity.name, reason = %ended, "connector unregistered");
+}
+
+/// The edge's side of the drain protocol at shutdown: `Drain` (the connector stops expecting
+/// new streams on this connection), wait until every stream is closed and acknowledged (at
+/// most `grace`), then `GoAway` and wait until the connector acknowledged it, and close.
+async fn drain(
+    tunnel: &Tunnel,
+    conn: &transport::Connection,
+    control: &mut ControlDriver,
+    grace: Duration,
+) -> String {
+    tunnel.draining.store(true, Ordering::Relaxed);
+    control.state().drain();
+    let _ = control.flush(Duration::from_secs(1)).await;
+    let done = tokio::select! {
+        () = tunnel.idle() => true,
+        _ = conn.closed() => return "connection closed while draining".to_owned(),
+        () = tokio::time::sleep(grace) => false,
+    };
+    control.state().go_away(proto::GoAway {
+        code: CloseCode::Shutdown,
+        text: "edge shutting down".into(),
+    });
+    let _ = control.finish(Duration::from_secs(1)).await;
+    conn.close(CloseCode::Shutdown, "edge shutting down");
+    if done {
+        "edge shut down; every stream finished".to_owned()
+    } else {
+        "edge shut down; grace period over with streams in flight".to_owned()
+    }
 }
 
 fn now() -> std::time::Instant {

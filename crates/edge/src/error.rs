@@ -4,6 +4,9 @@ use http::StatusCode;
 
 use crate::policy::DenyReason;
 
+/// `Retry-After` of a 503: a connector restarts and registers again in about a second.
+const RETRY_AFTER_SECS: u32 = 1;
+
 /// Who caused a failure; decides the status code and the log/metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Blame {
@@ -53,11 +56,14 @@ pub(crate) enum ProxyError {
     UpstreamTimeout,
     /// Home Assistant answered with something unusable.
     UpstreamProtocol,
-    /// The connector refused the stream (draining or overloaded).
+    /// The connector refused the stream without processing it (draining, shutting down,
+    /// overloaded), and it could not be sent elsewhere.
     ConnectorRefused,
     /// No response head within `limits.upstream_timeout`.
     ResponseTimeout,
-    /// The connector stopped answering while we waited (its process is gone).
+    /// The tunnel connection died before the response head (its connector went silent and
+    /// was declared dead, or the connection closed), and the request could not be sent
+    /// elsewhere (not idempotent, a body already sent, or no other tunnel).
     ConnectorUnresponsive,
     /// The request head could not be encoded for the tunnel (too large).
     RequestTooLarge,
@@ -121,6 +127,13 @@ impl ProxyError {
             | Self::BadUpgradeResponse => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+
+    /// Seconds for `Retry-After`: set on every 503, all of which mean "no connector could
+    /// take this request right now" (one is restarting, or none is connected), which a
+    /// client may try again shortly.
+    pub(crate) fn retry_after(self) -> Option<u32> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS)
     }
 
     /// Who is to blame.
@@ -192,7 +205,7 @@ impl ProxyError {
             S::UpstreamConnect => Self::UpstreamConnect,
             S::UpstreamTimeout => Self::UpstreamTimeout,
             S::UpstreamProtocol => Self::UpstreamProtocol,
-            S::Refused => Self::ConnectorRefused,
+            S::Refused | S::NotProcessed => Self::ConnectorRefused,
             S::Cancelled | S::BadRequest | S::Internal | S::Unknown(_) => Self::TunnelBroken,
         }
     }
@@ -224,5 +237,16 @@ mod tests {
             StatusCode::GATEWAY_TIMEOUT
         );
         assert_eq!(ProxyError::MisdirectedRequest.status().as_u16(), 421);
+        for e in ProxyError::ALL {
+            assert_eq!(
+                e.retry_after().is_some(),
+                e.status() == StatusCode::SERVICE_UNAVAILABLE,
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            ProxyError::from_stream_error(proto::StreamError::NotProcessed).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

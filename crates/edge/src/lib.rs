@@ -263,12 +263,19 @@ impl Edge {
         http.close();
         tunnel.close();
         let grace = shared.config.limits.shutdown_grace;
-        if tokio::time::timeout(grace, http.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, http.wait())
+            .await
+            .is_err()
+        {
             info!("grace period over; closing remaining connections");
         }
+        // Each tunnel drains by itself (Drain, its streams finish and are acknowledged,
+        // GoAway, close) within the same grace period; then close whatever is left.
+        let late = deadline + std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout_at(late, tunnel.wait()).await;
         self.tunnel
             .close(proto::CloseCode::Shutdown, "edge shutting down");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tunnel.wait()).await;
         self.tunnel
             .wait_idle(std::time::Duration::from_secs(2))
             .await;

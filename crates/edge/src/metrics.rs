@@ -155,7 +155,7 @@ pub(crate) struct Metrics {
     pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
     pub(crate) disconnects: Family<SiteLabel, Counter>,
-    /// Tunnel streams that could not be opened.
+    /// Tunnel streams that could not be opened, were tried again elsewhere, or idled out.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Request headers the edge dropped rather than forward.
     pub(crate) dropped_headers: Family<SiteReason, Counter>,
@@ -291,7 +291,7 @@ impl Metrics {
         );
         r.register(
             "tunnel_stream_failures",
-            "Tunnel streams that could not be opened",
+            "Tunnel streams that failed: not opened, tried again elsewhere, or idle mid-body",
             m.stream_failures.clone(),
         );
         r.register(
@@ -411,7 +411,7 @@ impl Metrics {
                 .certificates_expiring
                 .get_or_create(&CertLabels { site: s(), kind });
         }
-        for reason in ["no_slot", "open_failed"] {
+        for reason in crate::route::STREAM_FAILURE_REASONS {
             let _ = self
                 .stream_failures
                 .get_or_create(&SiteReason { site: s(), reason });

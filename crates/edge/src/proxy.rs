@@ -3,26 +3,32 @@
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
 //! FIN. Bodies stream both ways through bounded QUIC flow-control windows, never buffered
-//! whole. A WebSocket upgrade that the upstream accepts (101) turns the stream into a raw byte
-//! splice between the client's upgraded connection and the tunnel.
+//! whole, and a body silent for `limits.body_idle_timeout` ends the stream. A WebSocket upgrade
+//! that the upstream accepts (101) turns the stream into a raw byte splice
+//! ([`transport::splice`]) between the client's upgraded connection and the tunnel.
+//!
+//! A request that fails before its response head is sent once more, on another tunnel, when
+//! that cannot do harm: it has no body to replay, and either the connector refused it unread
+//! (`not_processed`, or the stream could not even be opened) or the connection died under it
+//! and the method is idempotent (GET, HEAD, OPTIONS). Otherwise the client gets the failure
+//! (503 with `Retry-After` when no connector could take it).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use proto::headers::{is_forwarding, is_hop_by_hop};
-use proto::{BodyKind, ClientInfo, StreamError, StreamHeader, StreamKind};
-use tokio_util::io::ReaderStream;
+use proto::{BodyKind, ClientInfo, ResponseHead, StreamError, StreamHeader, StreamKind};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use transport::{RecvHalf, SendHalf};
+use transport::{RecvHalf, SendHalf, SpliceEnd};
 
 use crate::Shared;
 use crate::accept::ConnectionHold;
@@ -31,7 +37,7 @@ use crate::cookie;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::revocation::Registration;
-use crate::route::Route;
+use crate::route::{self, Route};
 use crate::tls::Peer;
 use crate::upgrade::WebSocketKey;
 
@@ -61,8 +67,9 @@ pub(crate) struct Forwarded {
     pub(crate) splice: Option<Splice>,
 }
 
-/// Proxies `req` through a new stream on `route`'s tunnel. `websocket` is the key of a
-/// validated WebSocket handshake (`upgrade::classify`); only then may a 101 be spliced.
+/// Proxies `req` through a new stream on `route`'s tunnel (or, once, another tunnel).
+/// `websocket` is the key of a validated WebSocket handshake (`upgrade::classify`); only then
+/// may a 101 be spliced.
 pub(crate) async fn forward(
     mut req: Request<Incoming>,
     websocket: Option<WebSocketKey>,
@@ -112,60 +119,34 @@ pub(crate) async fn forward(
         .encode(&mut encoded)
         .map_err(|_| ProxyError::RequestTooLarge)?;
     let encoded = encoded.freeze();
-
-    let (mut send, mut recv) = route.open_stream(shared).await?;
-    send.write_chunk(encoded)
-        .await
-        .map_err(|_| ProxyError::TunnelBroken)?;
+    let retry = Retry {
+        replayable: body == BodyKind::Empty,
+        idempotent: [Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method()),
+    };
 
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // Fires if the client's request body turns out malformed (bad chunked coding, a
-    // length mismatch) or is cut off: then the failure is the client's, whatever the
-    // connector answers to the aborted stream.
-    let (body_failed_tx, mut body_failed) = tokio::sync::oneshot::channel::<()>();
-    let mut send = if upgrade {
-        // The request body of an upgrade is empty (`upgrade::classify`); the send half stays open
-        // for the splice after a 101.
-        Some(send)
-    } else {
-        if body == BodyKind::Empty {
-            send.finish();
-        } else {
-            let counter = shared
-                .metrics
-                .request_bytes
-                .get_or_create_owned(&Metrics::site(&peer.site.name));
-            tokio::spawn(pump_request(req.into_body(), send, counter, body_failed_tx));
-        }
-        None
-    };
-
-    let head = tokio::select! {
-        biased;
-        Ok(()) = &mut body_failed => {
-            recv.stop(StreamError::Cancelled);
-            return Err(ProxyError::BadRequestBody);
-        }
-        head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
-        () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
-            recv.stop(StreamError::Cancelled);
-            if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
-            return Err(ProxyError::ResponseTimeout);
-        }
-        () = route.until_unresponsive() => {
-            route.abandon(shared);
-            return Err(ProxyError::ConnectorUnresponsive);
+    let mut request_body = (body != BodyKind::Empty).then(|| req.into_body());
+    let mut route = route;
+    let mut sent_again = false;
+    let (mut send, mut recv, head) = loop {
+        let attempt = Attempt {
+            encoded: encoded.clone(),
+            upgrade,
+            site: &peer.site.name,
+        };
+        match attempt.run(&mut route, &mut request_body, shared).await {
+            Ok(exchanged) => break exchanged,
+            Err(failed) if !sent_again && retry.allows(failed.processed) => {
+                debug!(error = failed.error.reason(), connector = %route.tunnel.connector_id, "sending the request again on another tunnel");
+                route::count_stream_failure(shared, &peer.site.name, "retried");
+                sent_again = true;
+                route = route::route(shared, &peer.site.name, Some(route.tunnel.id))
+                    .await
+                    .map_err(|_| failed.error)?;
+            }
+            Err(failed) => return Err(failed.error),
         }
     };
-    if head.is_err() && body_failed.try_recv().is_ok() {
-        // The connector's reset answers our reset of the client's broken body.
-        return Err(ProxyError::BadRequestBody);
-    }
-    let head = head.map_err(|e| match e {
-        transport::Error::StreamReset(code) => ProxyError::from_stream_error(code),
-        transport::Error::Decode(_) => ProxyError::BadResponseHead,
-        _ => ProxyError::TunnelBroken,
-    })?;
     let status = StatusCode::from_u16(head.status).map_err(|_| ProxyError::BadResponseHead)?;
 
     let mut response = Response::new(empty());
@@ -214,16 +195,197 @@ pub(crate) async fn forward(
             if let Some(mut s) = send {
                 s.finish();
             }
-            if head.body != BodyKind::Empty {
+            if head.body == BodyKind::Empty {
+                // Nothing follows the head but the connector's FIN; dropping `recv` stops it.
+                drop(recv);
+            } else {
                 let hold = Hold {
                     _route: route,
                     _registration: auth.registration,
                 };
-                *response.body_mut() = tunnel_body(recv, hold);
+                let idle = BodyIdle {
+                    limit: shared.config.limits.body_idle_timeout,
+                    timeouts: shared.metrics.stream_failures.get_or_create_owned(
+                        &crate::metrics::SiteReason {
+                            site: peer.site.name.clone(),
+                            reason: "body_idle",
+                        },
+                    ),
+                };
+                *response.body_mut() = tunnel_body(recv, hold, idle);
             }
         }
     }
     Ok(Forwarded { response, splice })
+}
+
+/// When a request may be sent again after a failure before its response head.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// No body: sending it again loses nothing.
+    replayable: bool,
+    /// GET, HEAD or OPTIONS: running it twice is harmless (RFC 9110 §9.2.2).
+    idempotent: bool,
+}
+
+impl Retry {
+    fn allows(self, processed: Processed) -> bool {
+        self.replayable
+            && match processed {
+                Processed::No => true,
+                Processed::Unknown => self.idempotent,
+                Processed::Yes => false,
+            }
+    }
+}
+
+/// Whether the connector may have acted on a request whose stream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processed {
+    /// Certainly not: no stream, or reset `not_processed`.
+    No,
+    /// Cannot know: the connection died while we waited.
+    Unknown,
+    /// It did (it answered with a failure code of its own).
+    Yes,
+}
+
+/// One try of a request on one tunnel, up to its response head.
+struct Attempt<'a> {
+    encoded: Bytes,
+    upgrade: bool,
+    site: &'a str,
+}
+
+/// A try that failed, and whether trying elsewhere could do harm.
+struct Failed {
+    error: ProxyError,
+    processed: Processed,
+}
+
+impl Attempt<'_> {
+    /// Opens the stream, sends the head and starts the body (the first time only: a request
+    /// with a body is never tried twice), and reads the response head. For an upgrade our
+    /// send half stays open and is returned for the splice.
+    async fn run(
+        self,
+        route: &mut Route,
+        request_body: &mut Option<Incoming>,
+        shared: &Shared,
+    ) -> Result<(Option<SendHalf>, RecvHalf, ResponseHead), Failed> {
+        let (mut send, mut recv) = route.open_stream(shared).await.map_err(|error| Failed {
+            error,
+            processed: Processed::No,
+        })?;
+        if let Err(e) = send.write_chunk(self.encoded).await
+            && e.is_connection_gone()
+        {
+            // The head never left: whatever the connector saw, it was not this request.
+            return Err(Failed {
+                error: ProxyError::ConnectorUnresponsive,
+                processed: Processed::No,
+            });
+        }
+        // Any other write failure is the connector stopping the stream; its reset code,
+        // read below, says why.
+        // Fires if the client's request body turns out malformed (bad chunked coding, a
+        // length mismatch) or is cut off: then the failure is the client's, whatever the
+        // connector answers to the aborted stream.
+        let mut body_failed = None;
+        let mut send = if self.upgrade {
+            // The request body of an upgrade is empty (`upgrade::classify`); the send half
+            // stays open for the splice after a 101.
+            Some(send)
+        } else {
+            match request_body.take() {
+                None => send.finish(),
+                Some(body) => {
+                    let limits = &shared.config.limits;
+                    let pump = Pump {
+                        bytes: shared
+                            .metrics
+                            .request_bytes
+                            .get_or_create_owned(&Metrics::site(self.site)),
+                        idle: BodyIdle {
+                            limit: limits.body_idle_timeout,
+                            timeouts: shared.metrics.stream_failures.get_or_create_owned(
+                                &crate::metrics::SiteReason {
+                                    site: self.site.to_owned(),
+                                    reason: "body_idle",
+                                },
+                            ),
+                        },
+                    };
+                    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+                    body_failed = Some(failed_rx);
+                    tokio::spawn(pump_request(body, send, pump, failed_tx));
+                }
+            }
+            None
+        };
+        let client_body_failed = async {
+            match body_failed.as_mut() {
+                Some(failed) => failed.await,
+                None => std::future::pending().await,
+            }
+        };
+        let head = tokio::select! {
+            biased;
+            Ok(()) = client_body_failed => {
+                recv.stop(StreamError::Cancelled);
+                return Err(Failed { error: ProxyError::BadRequestBody, processed: Processed::Yes });
+            }
+            head = transport::head::read_response_head(&mut recv, MAX_RESPONSE_HEAD) => head,
+            () = tokio::time::sleep(shared.config.limits.upstream_timeout) => {
+                recv.stop(StreamError::Cancelled);
+                if let Some(s) = send.as_mut() { s.reset(StreamError::Cancelled) }
+                return Err(Failed { error: ProxyError::ResponseTimeout, processed: Processed::Yes });
+            }
+        };
+        if head.is_err() && body_failed.is_some_and(|mut failed| failed.try_recv().is_ok()) {
+            // The connector's reset answers our reset of the client's broken body.
+            return Err(Failed {
+                error: ProxyError::BadRequestBody,
+                processed: Processed::Yes,
+            });
+        }
+        let head = head.map_err(|e| match e {
+            transport::Error::StreamReset(StreamError::NotProcessed)
+            | transport::Error::StreamStopped(StreamError::NotProcessed) => Failed {
+                error: ProxyError::ConnectorRefused,
+                processed: Processed::No,
+            },
+            e if e.is_connection_gone() => Failed {
+                error: ProxyError::ConnectorUnresponsive,
+                processed: Processed::Unknown,
+            },
+            transport::Error::StreamReset(code) => Failed {
+                error: ProxyError::from_stream_error(code),
+                processed: Processed::Yes,
+            },
+            transport::Error::Decode(_) => Failed {
+                error: ProxyError::BadResponseHead,
+                processed: Processed::Yes,
+            },
+            _ => Failed {
+                error: ProxyError::TunnelBroken,
+                processed: Processed::Yes,
+            },
+        })?;
+        Ok((send, recv, head))
+    }
+}
+
+/// A body silent for `limit` ends its stream; counted in `timeouts`.
+struct BodyIdle {
+    limit: Duration,
+    timeouts: Counter,
+}
+
+/// What the request body pump counts.
+struct Pump {
+    bytes: Counter,
+    idle: BodyIdle,
 }
 
 /// Copies the client's request body into the tunnel as it arrives; on a client-side body
@@ -231,22 +393,29 @@ pub(crate) async fn forward(
 async fn pump_request(
     mut body: Incoming,
     mut send: SendHalf,
-    bytes: Counter,
+    pump: Pump,
     failed: tokio::sync::oneshot::Sender<()>,
 ) {
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(pump.idle.limit, body.frame()).await else {
+            // The client stopped sending mid-body: the upstream must see an aborted body.
+            pump.idle.timeouts.inc();
+            send.reset(StreamError::Cancelled);
+            return;
+        };
         match frame {
-            Ok(frame) => {
+            None => break,
+            Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                bytes.inc_by(data.len() as u64);
+                pump.bytes.inc_by(data.len() as u64);
                 if send.write_chunk(data).await.is_err() {
                     // The connector stopped reading (upstream answered or failed).
                     return;
                 }
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 // A malformed body (hyper checks chunked coding and lengths) or an aborted
                 // upload: make the upstream see an aborted body, not a short one.
                 let _ = failed.send(());
@@ -258,20 +427,36 @@ async fn pump_request(
     send.finish();
 }
 
-/// What a live stream holds until it ends: its route (and so its stream slot), and for
-/// session-authenticated requests the registration that lets a revocation find it.
+/// What a live stream holds until it ends: its route, and for session-authenticated requests
+/// the registration that lets a revocation find it. (The stream slot itself rides in the
+/// stream's halves until the transport has closed them.)
 struct Hold {
     _route: Route,
     _registration: Option<Registration>,
 }
 
-/// The response body read from the tunnel; holds `hold` until it is dropped.
-fn tunnel_body(recv: RecvHalf, hold: Hold) -> ResponseBody {
-    let stream = ReaderStream::with_capacity(recv, transport::BODY_CHUNK).map_ok(move |chunk| {
-        let _ = &hold;
-        Frame::data(chunk)
+/// The response body read from the tunnel; holds `hold` until it is dropped. A body silent
+/// for `idle.limit` (an upstream stalled mid-body, a connector cut off) ends with an error, and
+/// the stream is stopped.
+fn tunnel_body(recv: RecvHalf, hold: Hold, idle: BodyIdle) -> ResponseBody {
+    let chunks = futures_util::stream::unfold(Some((recv, hold, idle)), |state| async move {
+        let (mut recv, hold, idle) = state?;
+        match tokio::time::timeout(idle.limit, recv.read_chunk(transport::BODY_CHUNK)).await {
+            Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some((recv, hold, idle)))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some((Err(std::io::Error::from(e)), None)),
+            Err(_) => {
+                idle.timeouts.inc();
+                recv.stop(StreamError::Cancelled);
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "response body idle past limits.body_idle_timeout",
+                );
+                Some((Err(error), None))
+            }
+        }
     });
-    StreamBody::new(stream).boxed_unsync()
+    StreamBody::new(chunks).boxed_unsync()
 }
 
 /// A WebSocket the upstream accepted (its 101 answered the handshake): the tunnel stream and
@@ -286,9 +471,10 @@ pub(crate) struct Splice {
 }
 
 impl Splice {
-    /// Splices raw bytes both ways until either side ends (or the certificate is revoked).
-    /// `connection` keeps the client connection's limits and gauge held, and `on_close` (the
-    /// access-log line) runs with the bytes each way, both until the WebSocket closes.
+    /// Splices raw bytes both ways ([`transport::splice`]) until both sides ended (or either
+    /// failed, or the client's certificate is revoked). `connection` keeps the client
+    /// connection's limits and gauge held, and `on_close` (the access-log line) runs with the
+    /// bytes each way, both until the WebSocket closes.
     pub(crate) fn start(self, connection: Arc<ConnectionHold>, on_close: Option<OnEnd>) {
         tokio::spawn(self.run(connection, on_close));
     }
@@ -305,6 +491,7 @@ impl Splice {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
+                // `send` and `recv` are dropped unfinished: reset and stopped.
                 debug!(error = %e, "client upgrade failed");
                 if let Some(on_close) = on_close {
                     on_close(Delivered::WebSocket { up: 0, down: 0 });
@@ -314,94 +501,21 @@ impl Splice {
         };
         meters.open.inc();
         let _open = ActiveGuard(meters.open.clone());
-        let mut client = Counted::new(TokioIo::new(upgraded));
-        let mut tunnel = tokio::io::join(recv, send);
-        let copy = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut tunnel,
-            transport::SPLICE_CHUNK,
-            transport::SPLICE_CHUNK,
-        );
-        let revoked = tokio::select! {
-            result = copy => {
-                if let Err(e) = result {
-                    debug!(error = %e, "websocket ended");
-                }
-                false
-            }
-            () = revoked.cancelled() => true,
-        };
-        if revoked {
-            let (mut recv, mut send) = tunnel.into_inner();
-            send.reset(StreamError::Cancelled);
-            recv.stop(StreamError::Cancelled);
-            debug!("websocket closed: certificate revoked");
-        }
+        let spliced =
+            transport::splice(TokioIo::new(upgraded), send, recv, revoked.cancelled()).await;
         // Counted whatever way it ended: what went through went through.
-        let (up, down) = (client.read, client.written);
+        let (up, down) = (spliced.up, spliced.down);
         meters.up.inc_by(up);
         meters.down.inc_by(down);
+        match spliced.end {
+            SpliceEnd::Closed => debug!(up, down, "websocket closed"),
+            SpliceEnd::Cancelled => debug!("websocket closed: certificate revoked"),
+            SpliceEnd::Local(e) => debug!(error = %e, "websocket ended by the client side"),
+            SpliceEnd::Tunnel(e) => debug!(error = %e, "websocket ended by the tunnel side"),
+        }
         if let Some(on_close) = on_close {
             on_close(Delivered::WebSocket { up, down });
         }
-    }
-}
-
-/// An IO that counts the bytes read from it and written to it.
-struct Counted<T> {
-    inner: T,
-    read: u64,
-    written: u64,
-}
-
-impl<T> Counted<T> {
-    fn new(inner: T) -> Self {
-        Self {
-            inner,
-            read: 0,
-            written: 0,
-        }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
-        if let std::task::Poll::Ready(Ok(n)) = &polled {
-            self.written += *n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,16 +1,17 @@
 //! Step 6 of the request path: site → the tunnel that carries the request, and its stream slot.
 //!
-//! [`route`] picks among the site's usable tunnels (registered, not draining) the first with a
-//! free stream slot, best first (most free slots), else waits up to
-//! `limits.stream_open_timeout` on the best one. The [`Route`] it returns holds the slot for as
-//! long as the request (or its WebSocket) lives, and is also how a request finds out that its
-//! tunnel died under it ([`Route::until_unresponsive`]).
+//! [`route`] picks among the site's usable tunnels (registered, not draining) the least loaded
+//! one with a free stream slot (fewest active streams across all connectors and connections,
+//! ties broken at random), else waits up to `limits.stream_open_timeout` on the least loaded.
+//! The [`Route`] it returns holds the slot; [`Route::open_stream`] hands it to the stream,
+//! which keeps it until the stream is closed in both directions and acknowledged, so the
+//! edge's count of a tunnel's streams is the transport's count.
 //!
-//! What this module is not: the registry of tunnels (`tunnels`) or the tunnel listener
-//! (`connectors`). It chooses; it does not keep.
+//! What this module is not: the registry of tunnels (`tunnels`), the tunnel listener and its
+//! liveness watch (`connectors`), or the decision to retry (`proxy`). It chooses; it does not
+//! keep.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
@@ -21,23 +22,28 @@ use crate::error::ProxyError;
 use crate::metrics::SiteReason;
 use crate::tunnels::Tunnel;
 
-/// How long a response head may take before we check that the connector is still there.
-const PROBE_AFTER: Duration = Duration::from_millis(500);
-/// While still waiting, re-check this often (long polls can legitimately take minutes).
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-
 /// The tunnel chosen for one request, with the stream slot it holds there.
 #[derive(Debug)]
 pub(crate) struct Route {
     /// The chosen tunnel.
     pub(crate) tunnel: Arc<Tunnel>,
-    /// One of its stream slots, held until the request's stream ends.
-    _permit: OwnedSemaphorePermit,
+    /// One of its stream slots, until the stream takes it over.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Chooses a tunnel of `site` with a free stream slot.
-pub(crate) async fn route(shared: &Shared, site: &str) -> Result<Route, ProxyError> {
-    let candidates = shared.tunnels.candidates(site);
+/// Chooses a tunnel of `site` with a free stream slot; never `avoid` (the tunnel a request
+/// just failed on, when it is tried again).
+pub(crate) async fn route(
+    shared: &Shared,
+    site: &str,
+    avoid: Option<u64>,
+) -> Result<Route, ProxyError> {
+    let candidates: Vec<_> = shared
+        .tunnels
+        .candidates(site)
+        .into_iter()
+        .filter(|t| Some(t.id) != avoid)
+        .collect();
     if candidates.is_empty() {
         return Err(ProxyError::NoConnector);
     }
@@ -56,44 +62,22 @@ pub(crate) async fn route(shared: &Shared, site: &str) -> Result<Route, ProxyErr
     };
     Ok(Route {
         tunnel,
-        _permit: permit,
+        permit: Some(permit),
     })
 }
 
 impl Route {
-    /// Opens the request's stream on the chosen tunnel.
+    /// Opens the request's stream on the chosen tunnel; the stream takes over the slot.
     pub(crate) async fn open_stream(
-        &self,
+        &mut self,
         shared: &Shared,
     ) -> Result<(SendHalf, RecvHalf), ProxyError> {
         let limit = shared.config.limits.stream_open_timeout;
-        self.tunnel.conn.open(limit).await.map_err(|e| {
+        let permit = self.permit.take();
+        self.tunnel.conn.open_holding(limit, permit).await.map_err(|e| {
             debug!(error = %e, connector = %self.tunnel.connector_id, "opening tunnel stream failed");
             stream_failed(shared, &self.tunnel.site, "open_failed")
         })
-    }
-
-    /// Resolves only if the tunnel stops answering pings while a response is awaited.
-    pub(crate) async fn until_unresponsive(&self) {
-        tokio::time::sleep(PROBE_AFTER).await;
-        loop {
-            if !self.tunnel.alive().await {
-                return;
-            }
-            tokio::time::sleep(PROBE_EVERY).await;
-        }
-    }
-
-    /// The tunnel stopped answering: its connector's process is gone (crash, power cut) and
-    /// cannot have answered. Closes it so no other request waits on it, and checks the rest of
-    /// the site's tunnels the same way.
-    pub(crate) fn abandon(&self, shared: &Shared) {
-        self.tunnel
-            .conn
-            .close(proto::CloseCode::Timeout, "no answer to liveness probe");
-        for other in shared.tunnels.candidates(&self.tunnel.site) {
-            tokio::spawn(reap_if_dead(other));
-        }
     }
 }
 
@@ -107,7 +91,20 @@ pub(crate) async fn reap_if_dead(tunnel: Arc<Tunnel>) {
     }
 }
 
-fn stream_failed(shared: &Shared, site: &str, reason: &'static str) -> ProxyError {
+/// Every `reason` of `doorless_edge_tunnel_stream_failures_total`: no free slot in time, the
+/// stream could not be opened, the request was sent again on another tunnel (`retried`), a
+/// body went idle past `limits.body_idle_timeout` (`body_idle`).
+pub(crate) const STREAM_FAILURE_REASONS: [&str; 4] =
+    ["no_slot", "open_failed", "retried", "body_idle"];
+
+/// Counts a failure to get a stream for `site`.
+pub(crate) fn stream_failed(shared: &Shared, site: &str, reason: &'static str) -> ProxyError {
+    count_stream_failure(shared, site, reason);
+    ProxyError::TunnelUnavailable
+}
+
+/// Counts a stream of `site` that ended for `reason` (`doorless_edge_stream_failures_total`).
+pub(crate) fn count_stream_failure(shared: &Shared, site: &str, reason: &'static str) {
     shared
         .metrics
         .stream_failures
@@ -116,5 +113,4 @@ fn stream_failed(shared: &Shared, site: &str, reason: &'static str) -> ProxyErro
             reason,
         })
         .inc();
-    ProxyError::TunnelUnavailable
 }

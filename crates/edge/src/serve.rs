@@ -177,7 +177,7 @@ async fn proxy_request(
     who.grant = Some(grant.as_str());
     let auth = authenticate(grant, websocket.is_some(), peer, shared);
     who.device = auth.device.clone();
-    let route = route::route(shared, &site.name).await?;
+    let route = route::route(shared, &site.name, None).await?;
     let host = host.unwrap_or_default();
     let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let Grant::Certificate(cert) = grant
@@ -263,6 +263,11 @@ fn unix_now() -> u64 {
 fn denial(e: ProxyError) -> Response<ResponseBody> {
     let mut response = Response::new(body::empty());
     *response.status_mut() = e.status();
+    if let Some(secs) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
     response.extensions_mut().insert(e);
     response
 }

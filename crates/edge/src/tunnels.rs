@@ -109,9 +109,17 @@ impl Tunnel {
         }
     }
 
-    /// Streams in use.
+    /// Streams in use. A stream counts until it is closed in both directions and what the
+    /// edge sent was acknowledged (its slot rides in the stream's halves, see
+    /// `transport::Connection::open_holding`), so this is the connector's count too.
     pub(crate) fn active_streams(&self) -> usize {
         self.max_streams - self.streams.available_permits()
+    }
+
+    /// Waits until no stream is in use (taking every slot, so none opens meanwhile).
+    pub(crate) async fn idle(&self) {
+        let all = u32::try_from(self.max_streams).unwrap_or(u32::MAX);
+        let _all = self.streams.acquire_many(all).await;
     }
 
     fn usable(&self) -> bool {
@@ -178,15 +186,22 @@ impl Tunnels {
         }
     }
 
-    /// Usable tunnels of `site`, best first (most free slots).
+    /// Usable tunnels of `site`, best first: fewest active streams, ties in random order, so
+    /// idle connectors (and each connector's connections) share the load and one connector's
+    /// death costs only its share.
     pub(crate) fn candidates(&self, site: &str) -> Vec<Arc<Tunnel>> {
         let map = self.lock();
-        let mut list: Vec<_> = map
+        let mut list: Vec<(usize, u64, Arc<Tunnel>)> = map
             .get(site)
-            .map(|l| l.iter().filter(|s| s.usable()).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .filter(|s| s.usable())
+                    .map(|s| (s.active_streams(), random_u64(), s.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
-        list.sort_by_key(|s| s.active_streams());
-        list
+        list.sort_by_key(|(active, tie, _)| (*active, *tie));
+        list.into_iter().map(|(_, _, tunnel)| tunnel).collect()
     }
 
     /// Status of `site`'s connectors, sorted by id.
@@ -244,4 +259,13 @@ impl Tunnels {
         // a single push/retain), so a poisoned lock is still usable.
         self.by_site.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A random tie-breaker; a fixed one would send every request to the same idle tunnel.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The system RNG does not fail on supported platforms; a zero only makes a tie fall back
+    // to registration order.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }

@@ -26,6 +26,10 @@ pub enum StreamError {
     Refused,
     /// 0x6: a bug or resource failure in the sender.
     Internal,
+    /// 0x7: refused, not processed: the connector did nothing with the request (it never
+    /// read past the head, nothing reached the upstream), like HTTP/3's `H3_REQUEST_REJECTED`.
+    /// The edge may send it again on another connection.
+    NotProcessed,
     /// Any other code, kept as received.
     Unknown(u32),
 }
@@ -62,6 +66,7 @@ impl StreamError {
             Self::BadRequest => 0x4,
             Self::Refused => 0x5,
             Self::Internal => 0x6,
+            Self::NotProcessed => 0x7,
             Self::Unknown(code) => code,
         }
     }
@@ -76,6 +81,7 @@ impl StreamError {
             0x4 => Self::BadRequest,
             0x5 => Self::Refused,
             0x6 => Self::Internal,
+            0x7 => Self::NotProcessed,
             other => Self::Unknown(other),
         }
     }
@@ -90,6 +96,7 @@ impl StreamError {
             Self::BadRequest => "bad_request",
             Self::Refused => "refused",
             Self::Internal => "internal",
+            Self::NotProcessed => "not_processed",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -166,6 +173,7 @@ mod tests {
             "bad_request",
             "refused",
             "internal",
+            "not_processed",
         ];
         for (code, name) in (0..).zip(names) {
             let err = StreamError::from_code(code);
@@ -173,8 +181,8 @@ mod tests {
             assert_eq!(err.name(), name);
             assert!(!matches!(err, StreamError::Unknown(_)));
         }
-        assert_eq!(StreamError::from_code(7), StreamError::Unknown(7));
-        assert_eq!(StreamError::Unknown(7).name(), "unknown");
+        assert_eq!(StreamError::from_code(8), StreamError::Unknown(8));
+        assert_eq!(StreamError::Unknown(8).name(), "unknown");
         assert_eq!(
             StreamError::UpstreamTimeout.to_string(),
             "upstream_timeout (0x2)"

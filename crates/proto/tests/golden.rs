@@ -334,6 +334,25 @@ fn vectors_appear_in_protocol_md() {
     }
 }
 
+/// The stream reset code table of docs/protocol.md names every code as the code does, so an
+/// edge and a connector built from the spec agree on what a reset means.
+#[test]
+fn stream_error_codes_appear_in_protocol_md() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md");
+    let docs = std::fs::read_to_string(path).unwrap();
+    for code in 0..=7u32 {
+        let error = proto::StreamError::from_code(code);
+        assert!(!matches!(error, proto::StreamError::Unknown(_)), "{code}");
+        let row = format!("| {code:#x} | `{}` |", error.name());
+        assert!(
+            docs.lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .any(|l| l.starts_with(&row)),
+            "docs/protocol.md lacks the stream code row {row}"
+        );
+    }
+}
+
 fn strip_whitespace(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }

@@ -3,7 +3,8 @@
 //! It is NOT Home Assistant and does not try to look like it beyond what the tunnel has to
 //! carry: an HTML page with a WebSocket, the WebSocket echo on `/api/websocket`, an endless
 //! Server-Sent Events stream, streamed downloads and uploads of any size, slow answers, any
-//! status code, and a `/debug/request` endpoint that reports exactly what arrived (method,
+//! status code, a body that stalls half-way (`/stall/{n}`), unique request ids it counts
+//! (`/id/{id}`, see [`Recorder::id_counts`]), and a `/debug/request` endpoint that reports exactly what arrived (method,
 //! raw target, every header line, TCP peer).
 //!
 //! Start at [`serve`]; every request is counted and logged in a [`Recorder`] *before* it is
@@ -96,6 +97,7 @@ pub struct Recorder {
     self_checks: AtomicU64,
     websockets_open: AtomicU64,
     log: Mutex<VecDeque<SeenRequest>>,
+    ids: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Recorder {
@@ -123,6 +125,24 @@ impl Recorder {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// How often each id of `GET /id/{id}` arrived (a test sends each id once, so anything
+    /// but 1 is a lost or a duplicated request).
+    pub fn id_counts(&self) -> std::collections::HashMap<String, u64> {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn count_id(&self, id: &str) {
+        *self
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default() += 1;
     }
 
     /// WebSocket connections currently open.
@@ -308,6 +328,14 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
             Ok(Ok(status)) => empty(status),
             _ => not_found(),
         },
+        (&Method::GET, ["id", id]) => {
+            ctx.recorder.count_id(id);
+            full(StatusCode::OK, Some("text/plain"), id.to_string())
+        }
+        (&Method::GET, ["stall", n]) => match n.parse::<u64>() {
+            Ok(n) => stall(n),
+            Err(_) => not_found(),
+        },
         (&Method::GET, ["slow", ms]) => match ms.parse::<u64>() {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -415,6 +443,19 @@ async fn upload(req: Request<Incoming>) -> Response<Body> {
     }
     let json = serde_json::json!({ "bytes": n, "sha256": hex(ctx.finish().as_ref()) });
     full(StatusCode::OK, Some("application/json"), json.to_string())
+}
+
+/// `n` pattern bytes, then nothing more, ever (until shutdown): an upstream stalled mid-body.
+fn stall(n: u64) -> Response<Body> {
+    let body = pattern_stream(n)
+        .map(|b| Ok::<_, std::io::Error>(Frame::data(b)))
+        .chain(futures_util::stream::pending());
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }
 
 fn sse() -> Response<Body> {

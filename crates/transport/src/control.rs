@@ -11,6 +11,8 @@ use crate::{Error, RecvHalf, SendHalf, Wait};
 /// Control frames are small; this bounds what a peer can make us buffer on the control stream.
 const MAX_CONTROL_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Send priority of the control stream; data streams have 0.
+const CONTROL_PRIORITY: i32 = 100;
 
 /// The control stream of one tunnel connection: the sans-IO state machine plus its stream.
 ///
@@ -28,6 +30,9 @@ pub struct ControlDriver {
 impl ControlDriver {
     /// Wraps an opened control stream and the state machine for our role.
     pub fn new(send: SendHalf, recv: RecvHalf, state: ControlState) -> Self {
+        // Pings and pongs are how each end knows the other is alive: they must not queue
+        // behind megabytes of body data on a busy link.
+        send.set_priority(CONTROL_PRIORITY);
         Self {
             send,
             recv,

@@ -311,6 +311,10 @@ pub struct PathStats {
     pub lost_packets: u64,
     /// Current path MTU (QUIC only; 0 over TCP).
     pub mtu: u16,
+    /// What was received on this connection so far: UDP datagrams over QUIC, socket reads
+    /// over TCP (data, acks-by-PONG, pings). Anything received is proof that the peer is
+    /// alive, so liveness checks compare this counter over time.
+    pub received: u64,
 }
 
 impl Connection {
@@ -358,16 +362,44 @@ impl Connection {
     /// Opens a bidirectional data stream, waiting at most `limit` for the peer's stream
     /// credit. Over TCP only the edge opens data streams.
     pub async fn open(&self, limit: Duration) -> Result<(SendHalf, RecvHalf), Error> {
+        self.open_with(limit, None).await
+    }
+
+    /// Opens a bidirectional stream like [`Connection::open`] that keeps `hold` alive until
+    /// the stream is closed in both directions and what we sent was acknowledged (over TCP:
+    /// finished and handed to the connection, which delivers in order): the moment the stream
+    /// stops counting against the peer's stream credit (see [`crate::stream`]). The edge
+    /// holds its stream slot this way, so its count agrees with the transport's.
+    pub async fn open_holding<H>(
+        &self,
+        limit: Duration,
+        hold: H,
+    ) -> Result<(SendHalf, RecvHalf), Error>
+    where
+        H: Send + Sync + 'static,
+    {
+        let hold: crate::stream::Hold = std::sync::Arc::new(hold);
+        self.open_with(limit, Some(hold)).await
+    }
+
+    async fn open_with(
+        &self,
+        limit: Duration,
+        hold: Option<crate::stream::Hold>,
+    ) -> Result<(SendHalf, RecvHalf), Error> {
         match &self.inner {
             Inner::Quic(conn) => {
                 let (send, recv) = tokio::time::timeout(limit, conn.open_bi())
                     .await
                     .map_err(|_| Error::TimedOut(Wait::StreamCredit))??;
-                Ok((SendHalf::quic(send), RecvHalf::quic(recv)))
+                Ok((
+                    SendHalf::quic(send, hold.clone()),
+                    RecvHalf::quic(recv, hold),
+                ))
             }
             Inner::Tcp(conn) => {
                 let (send, recv) = conn.open(limit).await?;
-                Ok((SendHalf::tcp(send), RecvHalf::tcp(recv)))
+                Ok((SendHalf::tcp(send, hold.clone()), RecvHalf::tcp(recv, hold)))
             }
         }
     }
@@ -377,12 +409,23 @@ impl Connection {
         match &self.inner {
             Inner::Quic(conn) => {
                 let (send, recv) = conn.accept_bi().await?;
-                Ok((SendHalf::quic(send), RecvHalf::quic(recv)))
+                Ok((SendHalf::quic(send, None), RecvHalf::quic(recv, None)))
             }
             Inner::Tcp(conn) => {
                 let (send, recv) = conn.accept().await?;
-                Ok((SendHalf::tcp(send), RecvHalf::tcp(recv)))
+                Ok((SendHalf::tcp(send, None), RecvHalf::tcp(recv, None)))
             }
+        }
+    }
+
+    /// How many bidirectional streams the peer may have open towards us at once from now on.
+    /// The connector sets this to what the edge's `Welcome` says the edge will use, so the
+    /// edge's slot count and the transport's stream credit describe the same streams. Over
+    /// TCP the HTTP/2 limit is fixed at the handshake (`Tuning::max_incoming_streams`), and the edge's
+    /// own slot count is what bounds its streams.
+    pub fn set_max_incoming_streams(&self, count: u32) {
+        if let Inner::Quic(conn) = &self.inner {
+            conn.set_max_concurrent_bi_streams(count.into());
         }
     }
 
@@ -393,7 +436,7 @@ impl Connection {
             Inner::Quic(_) => self.open(limit).await,
             Inner::Tcp(conn) => {
                 let (send, recv) = conn.control(limit).await?;
-                Ok((SendHalf::tcp(send), RecvHalf::tcp(recv)))
+                Ok((SendHalf::tcp(send, None), RecvHalf::tcp(recv, None)))
             }
         }
     }
@@ -405,7 +448,7 @@ impl Connection {
             Inner::Quic(_) => self.accept().await,
             Inner::Tcp(conn) => {
                 let (send, recv) = conn.control(CONTROL_READY).await?;
-                Ok((SendHalf::tcp(send), RecvHalf::tcp(recv)))
+                Ok((SendHalf::tcp(send, None), RecvHalf::tcp(recv, None)))
             }
         }
     }
@@ -455,6 +498,7 @@ impl Connection {
                     cwnd: s.path.cwnd,
                     lost_packets: s.path.lost_packets,
                     mtu: s.path.current_mtu,
+                    received: s.udp_rx.datagrams,
                 }
             }
             Inner::Tcp(conn) => PathStats {
@@ -462,6 +506,7 @@ impl Connection {
                 cwnd: 0,
                 lost_packets: 0,
                 mtu: 0,
+                received: conn.reads(),
             },
         }
     }

@@ -96,6 +96,22 @@ pub enum Error {
     Io(io::Error),
 }
 
+impl Error {
+    /// Whether the whole connection is gone (closed by either end, reset, silent past its
+    /// timeout), as opposed to one stream failing. A request whose stream died this way may
+    /// never have reached the peer's application.
+    pub fn is_connection_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::ClosedByPeer { .. }
+                | Self::ResetByPeer
+                | Self::TimedOut(Wait::PeerSilent)
+                | Self::LocallyClosed
+                | Self::Failed(_)
+        )
+    }
+}
+
 /// What a [`Error::TimedOut`] waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Wait {

@@ -19,6 +19,7 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod head;
+pub mod liveness;
 pub mod stream;
 mod tcp;
 pub mod tuning;
@@ -29,5 +30,6 @@ pub use endpoint::{
     TcpClient, Transport,
 };
 pub use error::{Alert, CertificateProblem, Error, Wait};
-pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf};
+pub use liveness::Liveness;
+pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf, SpliceEnd, Spliced, splice};
 pub use tuning::Tuning;

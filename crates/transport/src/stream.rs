@@ -9,14 +9,33 @@
 //! FIN is END_STREAM and `reset` is RST_STREAM with the code as the reason; `stop` is too,
 //! except `stop(Cancelled)` ("I need no more"), which only stops reading, since HTTP/2 cannot
 //! stop one direction alone and a reset would end our response as well.
+//!
+//! # Stream lifecycle
+//!
+//! Every stream ends in both directions, on every path, on both transports, in one of these
+//! ways:
+//! - our sending direction is **finished** (FIN after everything written) or **reset** with a
+//!   code. Dropping a [`SendHalf`] that was neither finished nor reset resets it
+//!   ([`StreamError::Cancelled`]): an abandoned body must never look complete to the peer.
+//! - our receiving direction is **read to its end** (the peer's FIN or reset seen) or
+//!   **stopped** with a code. Dropping a [`RecvHalf`] before its end stops it.
+//!
+//! A stream's slot (its share of the peer's stream credit) is only free again once both
+//! directions are closed and what we sent was acknowledged (or refused with a stop); over TCP,
+//! which delivers in order, once our side is finished and both halves are gone. That is what
+//! the *hold* of [`crate::Connection::open_holding`] tracks: it is dropped exactly then, so a
+//! caller that counts streams by their holds counts what the transport counts.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use proto::StreamError;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::Error;
 use crate::error::code_u32;
@@ -32,10 +51,27 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 /// with 16 KiB buffers (copy buffers are zeroed, so every byte of them is resident).
 pub const SPLICE_CHUNK: usize = 4 * 1024;
 
+/// What a stream keeps alive until it is closed in both directions (see the module docs).
+pub(crate) type Hold = Arc<dyn Send + Sync>;
+
 /// The sending side of a data stream.
-#[derive(Debug)]
 pub struct SendHalf {
     inner: SendInner,
+    /// Finished or reset explicitly.
+    ended: bool,
+    /// Reset (by us): nothing more will be delivered, nothing to wait for.
+    was_reset: bool,
+    hold: Option<Hold>,
+}
+
+impl std::fmt::Debug for SendHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHalf")
+            .field("inner", &self.inner)
+            .field("ended", &self.ended)
+            .field("holds", &self.hold.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -45,15 +81,20 @@ enum SendInner {
 }
 
 impl SendHalf {
-    pub(crate) fn quic(inner: quinn::SendStream) -> Self {
-        Self {
-            inner: SendInner::Quic(inner),
-        }
+    pub(crate) fn quic(inner: quinn::SendStream, hold: Option<Hold>) -> Self {
+        Self::new(SendInner::Quic(inner), hold)
     }
 
-    pub(crate) fn tcp(inner: tcp::Send) -> Self {
+    pub(crate) fn tcp(inner: tcp::Send, hold: Option<Hold>) -> Self {
+        Self::new(SendInner::Tcp(inner), hold)
+    }
+
+    fn new(inner: SendInner, hold: Option<Hold>) -> Self {
         Self {
-            inner: SendInner::Tcp(inner),
+            inner,
+            ended: false,
+            was_reset: false,
+            hold,
         }
     }
 
@@ -90,6 +131,7 @@ impl SendHalf {
 
     /// Ends the stream cleanly (FIN) after everything written so far.
     pub fn finish(&mut self) {
+        self.ended = true;
         // Err means the stream is already finished or reset: nothing left to end.
         match &mut self.inner {
             SendInner::Quic(s) => {
@@ -103,6 +145,8 @@ impl SendHalf {
 
     /// Abandons the stream: the peer's reads fail with `error`.
     pub fn reset(&mut self, error: StreamError) {
+        self.ended = true;
+        self.was_reset = true;
         match &mut self.inner {
             SendInner::Quic(s) => {
                 let _ = s.reset(varint(error.code()));
@@ -124,11 +168,85 @@ impl SendHalf {
         }
     }
 
+    /// After [`SendHalf::finish`]: waits until the peer acknowledged every byte and the FIN
+    /// (over TCP, which delivers in order: until our side is finished with the connection
+    /// still up), so closing the connection now loses nothing. Fails if the peer stopped
+    /// reading or the connection is gone. Bounded by the connection's own idle timeout.
+    pub async fn delivered(&mut self) -> Result<(), Error> {
+        match &mut self.inner {
+            SendInner::Quic(s) => match s.stopped().await {
+                Ok(None) => Ok(()),
+                Ok(Some(code)) => Err(Error::StreamStopped(StreamError::from_code(code_u32(code)))),
+                Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
+                Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+            },
+            SendInner::Tcp(s) => s.delivered().await,
+        }
+    }
+
+    /// Resolves when the peer refuses the rest of this stream (a stop, over TCP a reset), or
+    /// the connection is gone. Independent of `self`, so a [`splice`] watches it while it
+    /// writes. `Ok(None)` over QUIC once everything sent was acknowledged.
+    fn peer_stopped(&self) -> impl Future<Output = Result<Option<StreamError>, Error>> + use<> {
+        enum Watch<Q, T> {
+            Quic(Q),
+            Tcp(T),
+        }
+        let watch = match &self.inner {
+            SendInner::Quic(s) => Watch::Quic(s.stopped()),
+            SendInner::Tcp(s) => Watch::Tcp(s.peer_reset()),
+        };
+        async move {
+            match watch {
+                Watch::Quic(stopped) => match stopped.await {
+                    Ok(code) => Ok(code.map(|c| StreamError::from_code(code_u32(c)))),
+                    Err(quinn::StoppedError::ConnectionLost(e)) => Err(e.into()),
+                    Err(quinn::StoppedError::ZeroRttRejected) => Err(Error::LocallyClosed),
+                },
+                Watch::Tcp(reset) => Ok(Some(reset.await)),
+            }
+        }
+    }
+
     /// Gives the stream a scheduling priority; higher goes first when the link is busy.
     /// (QUIC only: HTTP/2 priorities are deprecated and h2 ignores them.)
     pub fn set_priority(&self, priority: i32) {
         if let SendInner::Quic(s) = &self.inner {
             let _ = s.set_priority(priority);
+        }
+    }
+}
+
+impl Drop for SendHalf {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Neither finished nor reset: whoever held us gave up (an error path, a cancelled
+            // task). A FIN would make a cut-off body look complete; say so instead.
+            self.reset(StreamError::Cancelled);
+        }
+        // The transport's own drop finishes what is left (quinn; over TCP the h2 handle
+        // lingers so queued DATA goes out). The hold of a finished QUIC stream lives until the
+        // peer acknowledged all of it: only then is the slot free on both ends. A reset
+        // stream is over as soon as the peer reads the reset (quinn reports no
+        // acknowledgement of a reset), so its hold goes now; the peer's credit is back one
+        // round trip later, which its stream limit leaves room for. Over TCP, which delivers
+        // in order, a finished stream's send side is done here; the receive half keeps its
+        // share of the hold until it is gone too.
+        let Some(hold) = self.hold.take() else { return };
+        if self.was_reset {
+            return;
+        }
+        let SendInner::Quic(s) = &self.inner else {
+            return;
+        };
+        let done = s.stopped();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Resolves at the acknowledgement, a stop, or when the connection is gone
+            // (closed, or silent past its idle timeout): never later.
+            runtime.spawn(async move {
+                let _ = done.await;
+                drop(hold);
+            });
         }
     }
 }
@@ -153,6 +271,7 @@ impl AsyncWrite for SendHalf {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ended = true;
         Poll::Ready(match &mut self.inner {
             SendInner::Quic(s) => s.finish().map_err(|e| Error::from(e).into_io()),
             SendInner::Tcp(s) => s.finish().map_err(Error::into_io),
@@ -161,9 +280,17 @@ impl AsyncWrite for SendHalf {
 }
 
 /// The receiving side of a data stream.
-#[derive(Debug)]
 pub struct RecvHalf {
     inner: RecvInner,
+    _hold: Option<Hold>,
+}
+
+impl std::fmt::Debug for RecvHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvHalf")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -173,15 +300,17 @@ enum RecvInner {
 }
 
 impl RecvHalf {
-    pub(crate) fn quic(inner: quinn::RecvStream) -> Self {
+    pub(crate) fn quic(inner: quinn::RecvStream, hold: Option<Hold>) -> Self {
         Self {
             inner: RecvInner::Quic(inner),
+            _hold: hold,
         }
     }
 
-    pub(crate) fn tcp(inner: tcp::Recv) -> Self {
+    pub(crate) fn tcp(inner: tcp::Recv, hold: Option<Hold>) -> Self {
         Self {
             inner: RecvInner::Tcp(inner),
+            _hold: hold,
         }
     }
 
@@ -252,6 +381,113 @@ impl AsyncRead for RecvHalf {
                 Poll::Pending => Poll::Pending,
             },
         }
+    }
+}
+
+/// How a [`splice`] ended.
+#[derive(Debug)]
+pub enum SpliceEnd {
+    /// Both directions ended cleanly: each side's FIN was passed on.
+    Closed,
+    /// The local side (`io`) failed; the tunnel stream was reset and stopped.
+    Local(io::Error),
+    /// The tunnel stream failed (reset or stopped by the peer, or the connection is gone);
+    /// what was left of it was reset and stopped, and `io` dropped.
+    Tunnel(Error),
+    /// `until` fired; the tunnel stream was reset and stopped with `cancelled`.
+    Cancelled,
+}
+
+/// What a [`splice`] moved, and how it ended.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes from `io` into the tunnel.
+    pub up: u64,
+    /// Bytes from the tunnel into `io`.
+    pub down: u64,
+    /// How it ended.
+    pub end: SpliceEnd,
+}
+
+/// Copies raw bytes both ways between `io` (an upgraded client or upstream connection) and a
+/// tunnel stream until both directions ended, keeping the stream lifecycle: each side's EOF
+/// becomes the other side's FIN / write shutdown; a failure on either side, a peer that stops
+/// reading, or `until` resetting and stopping whatever of the stream is still open. Both ends
+/// of the tunnel use this, so a WebSocket ends the same way whichever side closes it.
+pub async fn splice<S, U>(io: S, mut send: SendHalf, mut recv: RecvHalf, until: U) -> Spliced
+where
+    S: AsyncRead + AsyncWrite,
+    U: Future<Output = ()>,
+{
+    let (mut io_read, mut io_write) = tokio::io::split(io);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    // 'static: lives apart from `send`, so it can be watched while `send` is being written.
+    let peer_stopped = send.peer_stopped();
+    let mut up_done = false;
+    let mut down_done = false;
+    let end = {
+        let to_tunnel = async {
+            let mut buf = vec![0u8; SPLICE_CHUNK];
+            loop {
+                let n = io_read.read(&mut buf).await.map_err(SpliceEnd::Local)?;
+                if n == 0 {
+                    send.finish();
+                    return Ok::<(), SpliceEnd>(());
+                }
+                send.write_all(&buf[..n]).await.map_err(SpliceEnd::Tunnel)?;
+                up.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        };
+        let from_tunnel = async {
+            loop {
+                let chunk = recv
+                    .read_chunk(SPLICE_CHUNK)
+                    .await
+                    .map_err(SpliceEnd::Tunnel)?;
+                let Some(chunk) = chunk else {
+                    io_write.shutdown().await.map_err(SpliceEnd::Local)?;
+                    return Ok::<(), SpliceEnd>(());
+                };
+                io_write.write_all(&chunk).await.map_err(SpliceEnd::Local)?;
+                down.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        };
+        tokio::pin!(to_tunnel, from_tunnel, peer_stopped, until);
+        loop {
+            tokio::select! {
+                r = &mut to_tunnel, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(end) => break end,
+                },
+                r = &mut from_tunnel, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(end) => break end,
+                },
+                stopped = &mut peer_stopped, if !up_done => {
+                    break SpliceEnd::Tunnel(match stopped {
+                        Ok(Some(code)) => Error::StreamStopped(code),
+                        Ok(None) => Error::LocallyClosed,
+                        Err(e) => e,
+                    });
+                }
+                () = &mut until => break SpliceEnd::Cancelled,
+            }
+            if up_done && down_done {
+                break SpliceEnd::Closed;
+            }
+        }
+    };
+    if !up_done {
+        send.reset(StreamError::Cancelled);
+    }
+    if !down_done {
+        recv.stop(StreamError::Cancelled);
+    }
+    Spliced {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
     }
 }
 

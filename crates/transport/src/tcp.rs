@@ -110,6 +110,9 @@ struct Shared {
     rtt_us: AtomicU64,
     /// When we last read anything from the socket, in ms since `started`.
     last_read_ms: AtomicU64,
+    /// Socket reads that returned data so far (the liveness input, like QUIC's datagram
+    /// count).
+    reads: AtomicU64,
     started: Instant,
 }
 
@@ -126,6 +129,7 @@ impl Shared {
             close_pending: Mutex::new(None),
             rtt_us: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             started: Instant::now(),
         })
     }
@@ -155,6 +159,7 @@ impl Shared {
     fn heard(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_read_ms.store(ms, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     fn silent_for(&self) -> Duration {
@@ -504,6 +509,29 @@ impl Send {
         })
         .await
     }
+    /// After [`Send::finish`]: TCP delivers in order, so our side is delivered once it is
+    /// finished and the connection is still up (a close flushes what was queued first); fails
+    /// with the peer's reset, or the connection's end.
+    pub(crate) async fn delivered(&mut self) -> Result<(), Error> {
+        if let Some(code) = self.stopped().await {
+            return Err(Error::StreamStopped(code));
+        }
+        if !*lock(&self.finished) {
+            return Err(Error::LocallyClosed);
+        }
+        self.shared.check_open()
+    }
+
+    /// Resolves with the peer's reset of this stream if one comes, else never. Independent of
+    /// `self`, so it can be watched while the stream is being written.
+    pub(crate) fn peer_reset(&self) -> impl std::future::Future<Output = StreamError> + use<> {
+        let stream = self.stream.clone();
+        std::future::poll_fn(move |cx| match lock(&stream).poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => Poll::Ready(stream_error_of(reason)),
+            // The connection failed: the reads of the stream report that.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        })
+    }
 }
 
 impl Drop for Send {
@@ -682,6 +710,11 @@ impl Connection {
 
     pub(crate) fn id(&self) -> usize {
         self.inner.shared.id
+    }
+
+    /// Socket reads that returned data so far.
+    pub(crate) fn reads(&self) -> u64 {
+        self.inner.shared.reads.load(Ordering::Relaxed)
     }
 
     pub(crate) fn rtt(&self) -> Duration {
