@@ -568,12 +568,26 @@ async fn setup_refusals_name_the_problem_and_change_nothing() {
 
     // --force replaces it, keeping the old file.
     args.push("--force".into());
-    let (status, stdout, stderr) = run(args).await;
+    let (status, stdout, stderr) = run(args.clone()).await;
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(printed_code(&stdout).is_some(), "{stdout}");
     let old = dir.path().join("edge.toml.old");
     assert_eq!(
         std::fs::read_to_string(old).unwrap(),
         "state_dir = \"/elsewhere\"\n"
+    );
+
+    // The state directory now tells connectors the hostname's tunnel: another --edge-addr
+    // would split the site's connectors, and is refused (78) without minting anything.
+    args.extend(["--edge-addr".into(), "elsewhere.test:4443".into()]);
+    let (status, stdout, stderr) = run(args).await;
+    assert_eq!(status.code(), Some(78), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--edge-addr elsewhere.test:4443"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pki::StateDir::open(&state).unwrap().codes().unwrap().len(),
+        1
     );
 }
