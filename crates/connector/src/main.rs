@@ -125,7 +125,9 @@ fn run(
 ) -> anyhow::Result<()> {
     // A code and no credentials yet: enroll first (once); from then on the stored
     // credentials are used and the code is ignored.
-    if let Some(pending) = Config::pending_enrollment(config)? {
+    let pending = Config::pending_enrollment(config)?;
+    let just_enrolled = pending.is_some();
+    if let Some(pending) = pending {
         eprintln!(
             "doorless-connector: enrolling with the code for {} ...",
             pending.code.edge()
@@ -140,7 +142,10 @@ fn run(
     }
     let config = Config::load(config)?;
     let _log = daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
-    if config.credentials == (connector::config::Credentials::Enrolled { code_ignored: true }) {
+    // Right after enrolling the code is still configured, but it was not ignored: it was used.
+    if !just_enrolled
+        && config.credentials == (connector::config::Credentials::Enrolled { code_ignored: true })
+    {
         tracing::info!(
             "already enrolled: the configured enrollment_code is ignored (it may be removed)"
         );

@@ -9,14 +9,16 @@
 //!   that file where it is.
 //! - the hostname `ha.example.com` becomes [`HOST`] (a reserved `.test` name that resolves
 //!   nowhere), and the commands that reach the VPS by name get loopback instead: curl
-//!   `--resolve HOST:PORT:127.0.0.1`, the connector `DOORLESS_EDGES=127.0.0.1:PORT` (standing
-//!   in for DNS; the token is first checked to name `HOST:PORT`).
+//!   `--resolve HOST:PORT:127.0.0.1`; the connector, the enrollment code setup printed with its
+//!   host replaced by `127.0.0.1` (standing in for DNS; the code is first checked to name
+//!   `HOST:PORT`), so the edge tells it the tunnel at `127.0.0.1:PORT`.
 //! - `setup` gets `--yes --no-systemd` (no systemd in tests), a temp `--state-dir` and
-//!   `--config`, loopback listeners (HTTPS on port 0, the tunnel on a free port so the token
-//!   carries it), and `--no-acme` in place of `--email ADDR`: the edge's ACME integration (issue
-//!   11 §1) is not on this branch yet; with it, this becomes pebble's directory and root.
-//! - `run` (the command setup printed) gets `--ready-file`; the connector, `--ready-file` and
-//!   an admin listener on port 0; its `DOORLESS_UPSTREAM` is the stand-in Home Assistant.
+//!   `--config`, loopback listeners (HTTPS and the tunnel on free ports, so the code and the
+//!   enrolled connector carry them), and `--no-acme` in place of `--email ADDR` (ACME has its
+//!   own tests with pebble, tests/tests/e2e/acme.rs).
+//! - `run` (the command setup printed) gets `--ready-file`; the connector, `--ready-file`, an
+//!   admin listener on port 0 and a temp `DOORLESS_STATE_DIR`; its `DOORLESS_UPSTREAM` is the
+//!   stand-in Home Assistant.
 //! - `client add` gets `--out DIR` (the README's working directory on the VPS); `fetch` (scp
 //!   back) checks that the files it names were written there; curl gets those paths, the
 //!   local CA (no ACME) and `-sS -o /dev/null -w %{http_code}`.
@@ -29,8 +31,8 @@ use e2e::{Spawned, StandIn, binaries, run_to_exit};
 /// The README's hostname and the one the test uses instead.
 const README_HOST: &str = "ha.example.com";
 const HOST: &str = "ha.readme.test";
-/// The README's placeholder for the token setup prints.
-const TOKEN_PLACEHOLDER: &str = "dl1.…";
+/// What setup prints before the connector command for installs without the add-on.
+const NOT_ADDON: &str = "Not on Home Assistant OS?";
 
 /// The steps, in the README's order.
 const STEPS: &[&str] = &[
@@ -186,6 +188,22 @@ fn line_after(text: &str, heading: &str) -> String {
         .unwrap_or_else(|| panic!("no line after {heading:?} in:\n{text}"))
 }
 
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("binding a TCP port: {e}"))
+}
+
+/// The enrollment code setup printed: the line that is only a code.
+fn printed_code(printed: &str) -> Option<pki::EnrollmentCode> {
+    printed
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("/1-") && !l.contains(' '))
+        .find_map(|l| pki::EnrollmentCode::parse(l).ok())
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -230,6 +248,7 @@ async fn readme_setup_path_works_on_loopback() {
     let out = dir.path().join("home-of-root");
     std::fs::create_dir(&out).unwrap();
     let tunnel_port = free_udp_port();
+    let https_port = free_tcp_port();
     let started = Instant::now();
 
     // setup
@@ -253,7 +272,7 @@ async fn readme_setup_path_works_on_loopback() {
         "--config".to_owned(),
         config.display().to_string(),
         "--https".to_owned(),
-        "127.0.0.1:0".to_owned(),
+        format!("127.0.0.1:{https_port}"),
         "--tunnel".to_owned(),
         format!("127.0.0.1:{tunnel_port}"),
         "--admin".to_owned(),
@@ -261,34 +280,38 @@ async fn readme_setup_path_works_on_loopback() {
     ];
     setup.extend(test_flags);
     let printed = run_ok(edge_bin, &setup, "setup").await;
-    let token = printed
-        .split_whitespace()
-        .find(|w| w.starts_with("dl1."))
-        .unwrap_or_else(|| panic!("setup printed no token:\n{printed}"))
-        .to_owned();
-    let decoded = pki::EnrollmentToken::decode(&token).unwrap();
-    assert_eq!(
-        decoded.edges,
-        [format!("{HOST}:{tunnel_port}")],
-        "token edges"
+    let code = printed_code(&printed)
+        .unwrap_or_else(|| panic!("setup printed no enrollment code:\n{printed}"))
+        .encode();
+    assert!(
+        code.starts_with(&format!("{HOST}:{https_port}/1-")),
+        "the code names the HTTPS listener: {code}"
     );
-    let site = decoded.site.clone();
-    // The order the README promises: the connector's token, then the first device.
-    let token_at = printed.find(&token).unwrap();
+    let codes = pki::StateDir::open(&state).unwrap().codes().unwrap();
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert_eq!(codes[0].current_state(), pki::CodeState::Pending);
+    let site = codes[0].site.clone();
+    // The order the README promises: the connector's code, then the first device.
+    let code_at = printed.find(&code).unwrap();
     let device_at = printed.find("first device").unwrap();
-    assert!(token_at < device_at, "{printed}");
+    assert!(code_at < device_at, "{printed}");
 
-    // Run again: reports what exists, mints nothing, changes nothing.
+    // Run again: reports what exists, mints nothing, changes nothing, says how to mint.
     let config_before = std::fs::read(&config).unwrap();
     let again = run_ok(edge_bin, &setup, "setup again").await;
     assert!(
-        !again.contains("dl1."),
-        "a second run minted a token:\n{again}"
+        printed_code(&again).is_none() && !again.contains("/1-"),
+        "a second run minted a code:\n{again}"
     );
     assert!(again.contains("exists"), "{again}");
+    assert!(again.contains(&format!("site code {site}")), "{again}");
     assert_eq!(std::fs::read(&config).unwrap(), config_before);
-    let connectors = pki::StateDir::open(&state).unwrap().clients().unwrap();
-    assert_eq!(connectors.len(), 1, "{connectors:?}");
+    let state_now = pki::StateDir::open(&state).unwrap();
+    assert_eq!(state_now.codes().unwrap().len(), 1, "a second code");
+    assert!(
+        state_now.clients().unwrap().is_empty(),
+        "a connector before enrolling"
+    );
 
     // The edge, with the exact command setup printed (no systemd here).
     let run_line = line_after(&printed, "Run the edge with:");
@@ -296,29 +319,74 @@ async fn readme_setup_path_works_on_loopback() {
     assert_eq!(run.remove(0), edge_bin.display().to_string(), "{run_line}");
     let edge = Spawned::start("edge", edge_bin, &run, &[]).await.unwrap();
     let https = edge.addr("https").unwrap();
+    assert_eq!(https.port(), https_port);
     assert_eq!(edge.addr("tunnel").unwrap().port(), tunnel_port);
 
-    // The connector, with the token setup printed.
+    // The connector: the README's command is the one setup printed, and enrolls with the
+    // code setup printed.
     let ha = StandIn::start().await.unwrap();
     let connector_step = step(&steps, "connector");
     let connector_args = args_of(connector_step, "doorless-connector").to_vec();
+    let setup_said = shell_words(
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(NOT_ADDON))
+            .unwrap_or_else(|| panic!("setup printed no {NOT_ADDON:?} line:\n{printed}")),
+    );
+    let env_keys = |words: &[String]| -> Vec<String> {
+        words
+            .iter()
+            .take_while(|w| is_assignment(w))
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect()
+    };
+    let readme_keys: Vec<String> = connector_step.env.iter().map(|(k, _)| k.clone()).collect();
+    let setup_argv: Vec<String> = setup_said
+        .iter()
+        .skip_while(|w| is_assignment(w))
+        .cloned()
+        .collect();
+    assert_eq!(
+        (readme_keys, &connector_step.argv),
+        (env_keys(&setup_said), &setup_argv),
+        "README's connector command vs setup's"
+    );
+    let connector_state = dir.path().join("connector-state");
     let mut env = Vec::new();
     for (key, value) in &connector_step.env {
         let value = match key.as_str() {
-            "DOORLESS_TOKEN" => {
-                assert_eq!(value, TOKEN_PLACEHOLDER);
-                token.clone()
+            "DOORLESS_ENROLLMENT_CODE" => {
+                let example = pki::EnrollmentCode::parse(value).unwrap_or_else(|e| {
+                    panic!("the README's code {value:?} is no enrollment code: {e}")
+                });
+                assert_eq!(example.edge(), README_HOST, "the README's code");
+                code.replacen(&format!("{HOST}:"), "127.0.0.1:", 1)
             }
             "DOORLESS_UPSTREAM" => format!("http://{}", ha.addr),
             other => panic!("the README's connector sets {other}, which the test does not know"),
         };
         env.push((key.clone(), value));
     }
-    env.push(("DOORLESS_EDGES".into(), format!("127.0.0.1:{tunnel_port}")));
+    env.push((
+        "DOORLESS_STATE_DIR".into(),
+        connector_state.display().to_string(),
+    ));
     env.push(("DOORLESS_LISTEN__ADMIN".into(), "127.0.0.1:0".into()));
     let connector = Spawned::start("connector", &binaries().connector, &connector_args, &env)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.output()));
+    // Enrolled: the code is used, the edge told the tunnel's port, and the key stayed home.
+    let enrolled = pki::load_enrolled(&connector_state)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no credentials stored\n{}", connector.output()));
+    assert_eq!(enrolled.site, site);
+    assert_eq!(enrolled.edges, [format!("127.0.0.1:{tunnel_port}")]);
+    let state_now = pki::StateDir::open(&state).unwrap();
+    assert_eq!(
+        state_now.codes().unwrap()[0].current_state(),
+        pki::CodeState::Used
+    );
+    assert_eq!(state_now.clients().unwrap().len(), 1);
 
     // The first device: the README's command is the one setup printed.
     let device_step = step(&steps, "device");
@@ -414,8 +482,8 @@ fn shell_words_follow_sh_quoting() {
         ["A=x y", "B=z", "cmd", "--f", "a b", "c"]
     );
     assert_eq!(
-        shell_words("DOORLESS_TOKEN='dl1.…' x")[0],
-        "DOORLESS_TOKEN=dl1.…"
+        shell_words("DOORLESS_ENROLLMENT_CODE='ha.example.com/1-AB' x")[0],
+        "DOORLESS_ENROLLMENT_CODE=ha.example.com/1-AB"
     );
 }
 
@@ -464,7 +532,7 @@ async fn setup_refusals_name_the_problem_and_change_nothing() {
     let (status, _, stderr) = run(setup(&["--hostname", HOST, "--no-acme"])).await;
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("--yes"), "{stderr}");
-    // A tunnel on port 0 leaves the token nothing to dial.
+    // A tunnel on port 0 leaves connectors no fixed port to dial.
     let (status, _, stderr) = run(setup(&["--hostname", HOST, "--no-acme", "--yes"])).await;
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("--tunnel"), "{stderr}");
@@ -479,6 +547,12 @@ async fn setup_refusals_name_the_problem_and_change_nothing() {
     let port = free_udp_port().to_string();
     let tunnel = args.iter().position(|a| a == "--tunnel").unwrap() + 1;
     args[tunnel] = format!("127.0.0.1:{port}");
+    // An HTTPS listener on port 0 leaves the code nothing to reach.
+    let (status, _, stderr) = run(args.clone()).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--https"), "{stderr}");
+    let https = args.iter().position(|a| a == "--https").unwrap() + 1;
+    args[https] = format!("127.0.0.1:{}", free_tcp_port());
     let (status, _, stderr) = run(args.clone()).await;
     assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(
@@ -494,12 +568,26 @@ async fn setup_refusals_name_the_problem_and_change_nothing() {
 
     // --force replaces it, keeping the old file.
     args.push("--force".into());
-    let (status, stdout, stderr) = run(args).await;
+    let (status, stdout, stderr) = run(args.clone()).await;
     assert!(status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("dl1."), "{stdout}");
+    assert!(printed_code(&stdout).is_some(), "{stdout}");
     let old = dir.path().join("edge.toml.old");
     assert_eq!(
         std::fs::read_to_string(old).unwrap(),
         "state_dir = \"/elsewhere\"\n"
+    );
+
+    // The state directory now tells connectors the hostname's tunnel: another --edge-addr
+    // would split the site's connectors, and is refused (78) without minting anything.
+    args.extend(["--edge-addr".into(), "elsewhere.test:4443".into()]);
+    let (status, stdout, stderr) = run(args).await;
+    assert_eq!(status.code(), Some(78), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--edge-addr elsewhere.test:4443"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pki::StateDir::open(&state).unwrap().codes().unwrap().len(),
+        1
     );
 }

@@ -5,8 +5,9 @@
 //! Two phases: [`Plan`] looks at everything and decides, with no side effect (so a conflict
 //! found late never leaves a half-done setup, and never a credential minted but not printed);
 //! [`Plan::apply`] then does only what is missing. Run again, it reports what exists and
-//! changes nothing: it never mints a second connector credential and never overwrites a file
-//! that differs from what it would write unless `--force` says so.
+//! changes nothing: it never mints a second enrollment code (a lost one is replaced with
+//! `site code`) and never overwrites a file that differs from what it would write unless
+//! `--force` says so.
 //!
 //! Not the verbs it stands on: `init`, `site add`, `run` stay the manual path (docs/setup-vps.md)
 //! and share their building blocks (`pki::StateDir`, `run::load_config`) with this.
@@ -76,7 +77,8 @@ pub(crate) struct Setup {
     /// Admin listener (/healthz, /readyz, /status, /metrics); keep it on loopback.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9470")]
     admin: SocketAddr,
-    /// Tunnel address (HOST:PORT) the connector dials. Default: the hostname on the tunnel
+    /// Tunnel address (HOST:PORT) the connector dials, told to it when it enrolls (kept in the
+    /// state directory, as `init --edge-addr` does). Default: the hostname on the tunnel
     /// listener's port.
     #[arg(long, value_name = "HOST:PORT")]
     edge_addr: Option<String>,
@@ -262,7 +264,13 @@ struct Plan {
     config: FileStep,
     service: ServiceStep,
     listen: Listen,
+    /// Where connectors dial the tunnel (for what setup prints; the edge tells them when they
+    /// enroll).
     edge: pki::EdgeTarget,
+    /// `--edge-addr`, for a state directory setup creates.
+    edge_addr: Option<String>,
+    /// `HOST[:PORT]` of the HTTPS listener, as written into the enrollment code.
+    code_edge: String,
     /// How the user invoked us (`sudo doorless-edge`, or the path tests run).
     program: String,
 }
@@ -334,6 +342,17 @@ impl Plan {
             )
             .into());
         }
+        // The code carries the HTTPS port the connector enrolls at; a random one cannot be.
+        let code_edge = match listen.https.port() {
+            0 => {
+                return Err(Refusal::usage(
+                    "--https with port 0 gives the enrollment code no port to reach: name a port",
+                )
+                .into());
+            }
+            443 => hostname.clone(),
+            port => format!("{hostname}:{port}"),
+        };
 
         let state = match state_dir.join("state.json").exists() {
             true => StateStep::Exists(
@@ -354,6 +373,21 @@ impl Plan {
                 StateStep::Create
             }
         };
+        // Connectors learn the tunnel address when they enroll, from the state directory; an
+        // existing one keeps what it says (changing it would split the site's connectors).
+        if let (StateStep::Exists(existing), Some(addr)) = (&state, &args.edge_addr)
+            && existing.edge_addr() != Some(addr.as_str())
+        {
+            return Err(Refusal::config(format!(
+                "--edge-addr {addr}: the state directory {} already tells connectors {} \
+                 (set when it was created); setup does not change it",
+                state_dir.display(),
+                existing
+                    .edge_addr()
+                    .map_or_else(|| "the site's hostname".into(), |a| a.to_owned())
+            ))
+            .into());
+        }
         let site = plan_site(&state, &hostname, args.site.as_deref())?;
 
         let config_text = render_config(&state_dir, &listen, acme.as_ref());
@@ -375,6 +409,8 @@ impl Plan {
             service,
             listen,
             edge,
+            edge_addr: args.edge_addr.clone(),
+            code_edge,
             program: program_name(),
         })
     }
@@ -400,7 +436,7 @@ impl Plan {
                 list_or_none(connectors)
             ),
             SiteStep::Add { name } => println!(
-                "  site       {name} ({}): add, with one connector credential",
+                "  site       {name} ({}): add, with a one-time enrollment code for its connector",
                 self.hostname
             ),
         }
@@ -449,28 +485,32 @@ impl Plan {
                 state.clone()
             }
             StateStep::Create => {
-                let state = pki::StateDir::init(&self.state_dir, &pki::InitOptions::default())?;
+                let options = pki::InitOptions {
+                    edge_addr: self.edge_addr.clone(),
+                };
+                let state = pki::StateDir::init(&self.state_dir, &options)?;
                 println!("State dir {}: created.", self.state_dir.display());
                 state
             }
         };
-        let token = match &self.site {
+        let code = match &self.site {
             SiteStep::Exists { name, .. } => {
                 println!("Site {name} ({}): exists.", self.hostname);
                 None
             }
             SiteStep::Add { name } => {
                 state.add_site(name, std::slice::from_ref(&self.hostname))?;
-                let token = state.issue_connector_to(name, None, &self.edge)?;
+                let (code, record) =
+                    state.mint_code(name, &self.code_edge, pki::DEFAULT_CODE_LIFETIME)?;
                 println!(
-                    "Site {name} ({}): added, with connector credential {}.",
-                    self.hostname, token.connector_id
+                    "Site {name} ({}): added, with a one-time enrollment code for its connector.",
+                    self.hostname
                 );
-                Some(token)
+                Some((code, record))
             }
         };
-        // From here on a credential may exist that only this run can print: a later failure
-        // is reported after the next steps, never instead of them.
+        // From here on a code may exist that only this run can print: a later failure is
+        // reported after the next steps, never instead of them.
         let mut failure = None;
         match write_step(&self.config_path, &self.config_text, self.config, 0o644) {
             Ok(()) => println!(
@@ -484,7 +524,7 @@ impl Plan {
             failure = self.start_service().err();
         }
         println!();
-        self.print_next_steps(&state, token.as_ref());
+        self.print_next_steps(&state, code.as_ref());
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
@@ -551,14 +591,13 @@ impl Plan {
     }
 
     /// What to do next, in this order: the connector at home, then the first device.
-    fn print_next_steps(&self, state: &pki::StateDir, token: Option<&pki::EnrollmentToken>) {
+    fn print_next_steps(
+        &self,
+        state: &pki::StateDir,
+        code: Option<&(pki::EnrollmentCode, pki::CodeRecord)>,
+    ) {
         println!("Next, at home: the connector.");
-        print_connector_enrollment(
-            &self.site,
-            token,
-            &self.program,
-            self.state_dir_flag.as_deref(),
-        );
+        self.print_connector_enrollment(state, code);
         println!();
         println!("Then your first device:");
         println!();
@@ -583,46 +622,88 @@ impl Plan {
             );
         }
     }
-}
 
-/// What to paste into the Home Assistant add-on (or the connector's environment). The one
-/// place that decides what a connector enrolls with: teammate "enroll" (issue 12) replaces
-/// the `dl1.` token with a short one-time code here.
-fn print_connector_enrollment(
-    site: &SiteStep,
-    token: Option<&pki::EnrollmentToken>,
-    program: &str,
-    state_dir_flag: Option<&Path>,
-) {
-    if let Some(token) = token {
+    /// What to paste into the Home Assistant add-on (or the connector's environment): the
+    /// code this run minted, or, when it minted none, how to mint one. The one place that
+    /// decides what a connector enrolls with.
+    fn print_connector_enrollment(
+        &self,
+        state: &pki::StateDir,
+        code: Option<&(pki::EnrollmentCode, pki::CodeRecord)>,
+    ) {
+        let name = self.site_name();
+        // Where the enrolled connector dials: what the edge will tell it.
+        let tunnel = state
+            .site(name)
+            .and_then(|site| state.edge_addr_for(&site, &self.edge))
+            .ok();
+        if let Some((code, record)) = code {
+            let code = code.encode();
+            println!(
+                "In Home Assistant, install the add-on \"doorless connector\" and paste this \
+                 one-time enrollment code into its Configuration tab as `enrollment_code` (it \
+                 works once, for 24 hours: until {}):",
+                record.expires
+            );
+            println!();
+            println!("    {code}");
+            println!();
+            println!(
+                "Not on Home Assistant OS? DOORLESS_ENROLLMENT_CODE='{code}' \
+                 DOORLESS_UPSTREAM='http://HOME-ASSISTANT:8123' doorless-connector run"
+            );
+            match tunnel {
+                Some(tunnel) => println!(
+                    "The connector makes its own key, enrolls at {} (TCP), then dials {tunnel} \
+                     (UDP).",
+                    self.code_edge_with_port()
+                ),
+                None => println!("The connector makes its own key and enrolls with the code."),
+            }
+            return;
+        }
+        let connectors = match &self.site {
+            SiteStep::Exists { connectors, .. } => connectors.as_slice(),
+            SiteStep::Add { .. } => &[][..],
+        };
+        let pending = state
+            .codes()
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter(|c| c.site == name && c.current_state() == pki::CodeState::Pending)
+                    .count()
+            })
+            .unwrap_or(0);
         println!(
-            "In Home Assistant, install the add-on \"doorless connector\" and paste this \
-             enrollment token (a secret) into its Configuration tab as `token`:"
+            "Site {name} has connector(s): {}; unused enrollment codes: {pending}. A code is \
+             printed only when it is minted, and setup mints one only when it adds the site. \
+             Lost it, or want another connector? Mint a new code:",
+            list_or_none(connectors)
         );
         println!();
-        println!("{}", token.encode());
-        println!();
         println!(
-            "Not on Home Assistant OS? DOORLESS_TOKEN='<the token>' \
-             DOORLESS_UPSTREAM='http://HOME-ASSISTANT:8123' doorless-connector run"
+            "    {}",
+            with_state_dir(self.site_code_command(), self.state_dir_flag.as_deref())
         );
-        println!("The connector dials {} (UDP).", token.edges.join(", "));
-        return;
     }
-    let (name, connectors) = match site {
-        SiteStep::Exists { name, connectors } => (name.as_str(), connectors.as_slice()),
-        SiteStep::Add { name } => (name.as_str(), &[][..]),
-    };
-    println!(
-        "Site {name} has connector credential(s): {}. A token is printed only when it is \
-         minted, and setup never mints another by itself. Lost it, or want a second connector?",
-        list_or_none(connectors)
-    );
-    println!();
-    println!(
-        "    {}",
-        with_state_dir(format!("{program} site token {name}"), state_dir_flag)
-    );
+
+    /// `site code SITE`, with `--edge` when the HTTPS port is not the 443 it assumes.
+    fn site_code_command(&self) -> String {
+        let command = format!("{} site code {}", self.program, self.site_name());
+        match self.listen.https.port() {
+            443 => command,
+            _ => format!("{command} --edge {}", self.code_edge),
+        }
+    }
+
+    /// The code's `HOST[:PORT]`, always with the port (what the connector connects to).
+    fn code_edge_with_port(&self) -> String {
+        match self.listen.https.port() {
+            443 => format!("{}:443", self.code_edge),
+            _ => self.code_edge.clone(),
+        }
+    }
 }
 
 /// The command that issues the first device's certificate. The one place that decides how a
