@@ -22,6 +22,8 @@ mod faults;
 mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/links.rs"]
+mod links;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/policy.rs"]

@@ -34,6 +34,7 @@ mod cookie;
 mod enroll;
 mod error;
 mod limit;
+mod link;
 mod metrics;
 mod policy;
 mod proxy;
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) denial_log: limit::LogLimiter,
     /// Connector enrollment: its rate limits and the lock that serialises redemptions.
     pub(crate) enrollment: enroll::Enrollment,
+    /// Per-address budget of device-link requests.
+    pub(crate) link_limit: link::LinkLimit,
     request_ids: AtomicU64,
 }
 
@@ -170,6 +173,7 @@ impl Edge {
             ),
             request_ids: AtomicU64::new(1),
             enrollment: enroll::Enrollment::new(addrs.tunnel.port()),
+            link_limit: link::LinkLimit::new(),
             config,
         });
         Ok(Self {

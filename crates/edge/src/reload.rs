@@ -1,5 +1,5 @@
-//! Hot reload: picks up `client revoke`, `site add` and renewed certificates without a
-//! restart.
+//! Hot reload: picks up `client revoke`, `site add`, renewed certificates and device links
+//! (made, used up, or expired) without a restart.
 //!
 //! The watcher polls the few files that matter four times a second (cheaper and more robust
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
@@ -39,7 +39,11 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             Some(()) = recv_hangup(&mut hangup) => true,
         };
         let now = stamp(&shared);
-        if now == last && !forced {
+        let link_expired = shared
+            .sites
+            .load()
+            .link_expired(std::time::SystemTime::now());
+        if now == last && !forced && !link_expired {
             continue;
         }
         last = now;

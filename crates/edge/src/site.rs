@@ -35,6 +35,18 @@ pub(crate) struct Site {
     /// The enrollment ALPN's configuration for this SNI: the site's certificate, no client
     /// authentication.
     pub(crate) enroll_tls: Arc<rustls::ServerConfig>,
+    /// Pending device links, by id (SHA-256 of the path secret) → device name. While any is
+    /// pending, a handshake without a certificate completes (so the phone can fetch its
+    /// link); see `link` for what such a connection can reach.
+    pub(crate) links: HashMap<String, String>,
+}
+
+impl Site {
+    /// Whether a handshake may complete without a client certificate: the policy allows it
+    /// (session mode, public paths), or a device link of this site is pending.
+    pub(crate) fn certificate_optional(&self) -> bool {
+        self.policy.certificate_optional() || !self.links.is_empty()
+    }
 }
 
 /// All sites, by hostname and by name. Immutable; a reload builds a new one.
@@ -46,6 +58,9 @@ pub(crate) struct Sites {
     expiries: Vec<CertExpiry>,
     /// The enrollment ALPN's configuration without a site's SNI: the tunnel certificate.
     enroll_tls: Arc<rustls::ServerConfig>,
+    /// When the first pending device link expires: the watcher reloads then, so the site's
+    /// handshake becomes mandatory again without waiting for a file change.
+    next_link_expiry: Option<std::time::SystemTime>,
 }
 
 /// When one of the edge's certificates expires.
@@ -74,7 +89,18 @@ impl Sites {
                 pki::load_certs(&state.tunnel_cert_path())?,
                 pki::load_key(&state.tunnel_key_path())?,
             )?,
+            next_link_expiry: None,
         };
+        // Unreadable links fail closed: no link pending, certificates mandatory.
+        let links = state.links().unwrap_or_else(|e| {
+            warn!(error = %e, "device links unreadable; serving none");
+            Vec::new()
+        });
+        sites.next_link_expiry = links
+            .iter()
+            .filter_map(|l| l.record.expires_at())
+            .map(std::time::SystemTime::from)
+            .min();
         for (kind, path) in [
             ("tunnel", state.tunnel_cert_path()),
             ("tunnel_ca", state.tunnel_ca_path()),
@@ -105,12 +131,17 @@ impl Sites {
             let revoked = sites.revoked.devices_of(&site.name);
             let enroll_tls = enroll_config(chain.clone(), key.clone_key())
                 .with_context(|| format!("enrollment TLS setup of site {}", site.name))?;
+            let site_links: HashMap<String, String> = links
+                .iter()
+                .filter(|l| l.record.site == site.name)
+                .map(|l| (l.id.clone(), l.record.name.clone()))
+                .collect();
             let tls = server_config(
                 chain,
                 key,
                 client_ca,
                 revoked,
-                settings.policy.certificate_optional(),
+                settings.policy.certificate_optional() || !site_links.is_empty(),
             )
             .with_context(|| format!("TLS setup of site {}", site.name))?;
             let entry = Arc::new(Site {
@@ -121,6 +152,7 @@ impl Sites {
                 identity_header: settings.identity_header,
                 tls,
                 enroll_tls,
+                links: site_links,
             });
             for host in &site.hostnames {
                 sites
@@ -140,6 +172,11 @@ impl Sites {
     /// The enrollment ALPN's configuration for a ClientHello whose SNI names no site.
     pub(crate) fn enroll_tls(&self) -> Arc<rustls::ServerConfig> {
         self.enroll_tls.clone()
+    }
+
+    /// Whether a pending device link has expired since the load (time to reload).
+    pub(crate) fn link_expired(&self, now: std::time::SystemTime) -> bool {
+        self.next_link_expiry.is_some_and(|t| t <= now)
     }
 
     /// The site called `name`.

@@ -65,6 +65,8 @@
 //!   sites/<site>/crl.json                 {"crl_number": N}, the last CRL number used
 //!   sites/<site>/clients/<name>.crt       issued device certs (keys are never stored)
 //!   sites/<site>/connectors/<id>.crt      issued connector certs
+//!   links/<sha256 of secret>.json         one-time device links (0600): site, device, expiry,
+//!                                         the password-protected .p12 and .mobileconfig
 //! ```
 //!
 //! Every `*.key` and `session.key` is 0600 from creation, every directory 0700. Every file is
@@ -81,6 +83,7 @@ mod export;
 mod fs;
 mod identity;
 mod inspect;
+mod links;
 mod mobileconfig;
 mod pem;
 mod state;
@@ -99,6 +102,7 @@ pub use identity::{
     normalize_hostname, validate_name,
 };
 pub use inspect::cert_not_after;
+pub use links::{DEFAULT_LINK_LIFETIME, LinkPackage, LinkRecord, LinkSecret, PendingLink};
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};
