@@ -38,11 +38,19 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tick.tick() => false,
             Some(()) = recv_hangup(&mut hangup) => true,
         };
-        let now = stamp(&shared);
         let link_expired = shared
             .sites
             .load()
             .link_expired(std::time::SystemTime::now());
+        if link_expired {
+            // An expired link's package (a password-protected .p12) has no use left: delete
+            // it. Its certificate stays issued until revoked, as any other.
+            match shared.state.prune_links() {
+                Ok(n) => info!(expired = n, "expired device links deleted"),
+                Err(e) => warn!(error = %e, "could not delete expired device links"),
+            }
+        }
+        let now = stamp(&shared);
         if now == last && !forced && !link_expired {
             continue;
         }

@@ -17,11 +17,13 @@
 //!   certificate and key to package with [`export_p12`], [`generate_password`] and
 //!   [`MobileConfig`]), [`StateDir::sign_client_csr`] (a [`Certified`] device certificate for a
 //!   key the device keeps), [`StateDir::clients`], [`StateDir::revoke_any`] (by name or
-//!   serial), [`StateDir::renew`] and [`StateDir::write_crl`].
+//!   serial), [`StateDir::renew`] and [`StateDir::write_crl`]; `client add --link` stores the
+//!   package with [`StateDir::save_link`].
 //! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
 //!   [`load_key`], [`StateDir::revoked`] and [`StateDir::watched_paths`] (what to enforce and
 //!   what to watch), [`Identity::from_cert_der`] and [`Fingerprint::of`] on verified peer
-//!   certificates.
+//!   certificates; device links with [`StateDir::links`], [`StateDir::link`] and
+//!   [`StateDir::take_link`].
 //! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
 //!   [`parse_key`] on its fields, pinning `tunnel_ca_pem` and verifying [`TUNNEL_SERVER_NAME`].
 //! - Tests and the demo: [`Ca`] directly.

@@ -365,6 +365,9 @@ async fn an_expired_device_link_gives_nothing() {
     // Served while pending (so the refusal below is the expiry's doing), then nothing.
     wait_for_link(&bare, &printed.url).await;
     wait_for_mandatory(&stack, &stack.url("/")).await;
+    // The expired package is deleted (by the same wake-up that made the handshake mandatory).
+    let links = root.join("links");
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 0, "{links:?}");
     for url in [printed.url.clone(), format!("{}/late.p12", printed.url)] {
         let fresh = bare_client(&stack);
         assert!(fetch(&fresh, &url, DESKTOP).await.is_none(), "{url}");
