@@ -382,6 +382,24 @@ mod tests {
                 .save_link(package("c"), std::time::Duration::ZERO)
                 .is_err()
         );
+        // Renewing replaces the certificate: its pending link goes.
+        state
+            .add_client(
+                "home",
+                "b",
+                crate::Validity::days(30),
+                crate::KeyType::EcdsaP256,
+            )
+            .unwrap();
+        state
+            .renew(
+                "home",
+                "b",
+                crate::Validity::days(30),
+                crate::KeyType::EcdsaP256,
+            )
+            .unwrap();
+        assert!(state.link(&b).unwrap().is_none());
         assert!(LinkSecret::parse("short").is_none());
         assert!(LinkSecret::parse(&"a/".repeat(14)[..27]).is_none());
     }

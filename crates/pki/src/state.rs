@@ -593,6 +593,9 @@ impl StateDir {
                 site: site.name.clone(),
                 name: name.to_owned(),
             })?;
+        // A pending link would hand out the certificate being replaced: it goes first, before
+        // anything is written, so a failure here leaves the renewal undone and nothing lost.
+        self.remove_links_of(&site.name, name)?;
         let issued = ca.issue_client(&identity, validity, key)?;
         sfs::write_atomic(
             &self.cert_path(Kind::Device, &site.name, name),
