@@ -56,7 +56,7 @@ enum Wanted {
 
 /// Serves the request if it is a certificate-less GET of a pending link of the connection's
 /// site; `None` sends it on to policy (and so to the bare denial).
-pub(crate) fn serve<B>(
+pub(crate) async fn serve<B>(
     req: &Request<B>,
     peer: &Peer,
     host_site: Option<&str>,
@@ -100,18 +100,26 @@ pub(crate) fn serve<B>(
         }
         return None;
     }
-    let record = match wanted {
-        Wanted::Page => shared.state.link(&secret),
-        Wanted::P12 | Wanted::MobileConfig => shared.state.take_link(&secret),
-    };
+    // Off the runtime: a few small file reads, and for a download a rename and an fsync.
+    let state = shared.state.clone();
+    let lookup = secret.clone();
+    let record = tokio::task::spawn_blocking(move || match wanted {
+        Wanted::Page => state.link(&lookup),
+        Wanted::P12 | Wanted::MobileConfig => state.take_link(&lookup),
+    })
+    .await;
     let record = match record {
-        Ok(Some(record)) if record.site == *site => record,
-        Ok(_) => {
+        Ok(Ok(Some(record))) if record.site == *site => record,
+        Err(e) => {
+            tracing::warn!(site = %site, error = %e, "device link lookup failed");
+            return None;
+        }
+        Ok(Ok(_)) => {
             count("used");
             info!(site = %site, client = %client, result = "used", "device link");
             return None;
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(site = %site, error = %e, "device link unreadable");
             return None;
         }

@@ -133,7 +133,7 @@ async fn proxy_request(
         .map(|s| s.name.clone());
     // A certificate-less request for a pending device link of this site gets it here, before
     // anything else; every other request goes on (see `link`).
-    if let Some(response) = link::serve(&req, peer, host_site.as_deref(), shared) {
+    if let Some(response) = link::serve(&req, peer, host_site.as_deref(), shared).await {
         who.grant = Some("device_link");
         return Ok(response);
     }

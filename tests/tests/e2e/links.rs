@@ -408,6 +408,45 @@ async fn client_add_link_prints_the_url_password_and_qr_code() {
     let quiet = add_link(&root, "three", &["--no-qr"]).await;
     assert!(!quiet.stdout.contains('▀'));
 
+    // On a terminal (a pseudo-terminal by util-linux `script`, where available) the QR code
+    // is drawn without asking; `--no-qr` still suppresses it.
+    let script = Path::new("/usr/bin/script");
+    if script.exists() {
+        let on_tty = |name: &str, extra: &str| {
+            format!(
+                "{} client add {name} --site home --link --state-dir {}{extra}",
+                binaries().edge.display(),
+                root.display()
+            )
+        };
+        for (name, extra, drawn) in [("four", "", true), ("five", " --no-qr", false)] {
+            let command = on_tty(name, extra);
+            let (status, stdout, stderr) =
+                run_to_exit(script, &["-qec", &command, "/dev/null"], &[], CLI_DEADLINE)
+                    .await
+                    .unwrap();
+            assert!(status.success(), "{command}: {stdout}{stderr}");
+            assert!(stdout.contains("https://"), "{stdout}");
+            assert_eq!(
+                stdout.contains('▀') || stdout.contains('▄'),
+                drawn,
+                "{stdout}"
+            );
+            edge_cli(&[
+                "client",
+                "revoke",
+                name,
+                "--site",
+                "home",
+                "--state-dir",
+                root.to_str().unwrap(),
+            ])
+            .await;
+        }
+    } else {
+        eprintln!("no /usr/bin/script: terminal detection not exercised");
+    }
+
     let links: Vec<_> = std::fs::read_dir(root.join("links"))
         .unwrap()
         .map(|e| e.unwrap().path())
