@@ -36,6 +36,8 @@ mod hostile_upstream;
 mod http;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/links.rs"]
+mod links;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/policy.rs"]

@@ -37,6 +37,7 @@ mod cookie;
 mod enroll;
 mod error;
 mod limit;
+mod link;
 mod metrics;
 mod policy;
 mod proxy;
@@ -103,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
     /// Where `accept` hands TLS/TCP tunnel connections to `connectors`.
     pub(crate) tcp_tunnels: tokio::sync::mpsc::Sender<connectors::TcpTunnel>,
+    /// Per-address budget of device-link requests.
+    pub(crate) link_limit: link::LinkLimit,
     request_ids: AtomicU64,
 }
 
@@ -207,6 +210,7 @@ impl Edge {
             enrollment: enroll::Enrollment::new(addrs.tunnel.port(), prefixes),
             tunnel_tls: tunnel.tcp_tls_config(),
             tcp_tunnels: tcp_tunnels_tx,
+            link_limit: link::LinkLimit::new(prefixes),
             config,
         });
         Ok(Self {

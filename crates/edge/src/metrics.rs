@@ -461,6 +461,12 @@ impl Metrics {
                 result,
             });
         }
+        for result in crate::link::LINK_RESULTS {
+            let _ = self.enrollments.get_or_create(&EnrollLabels {
+                kind: "device",
+                result,
+            });
+        }
         for denial in [
             crate::tls::HandshakeDenial::UnknownSite,
             crate::tls::HandshakeDenial::Timeout,

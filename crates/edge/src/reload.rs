@@ -1,5 +1,5 @@
-//! Hot reload: picks up `client revoke`, `site add` and renewed certificates without a
-//! restart.
+//! Hot reload: picks up `client revoke`, `site add`, renewed certificates and device links
+//! (made, used up, or expired) without a restart.
 //!
 //! The watcher polls the few files that matter four times a second (cheaper and more robust
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
@@ -38,8 +38,20 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tick.tick() => false,
             Some(()) = recv_hangup(&mut hangup) => true,
         };
+        let link_expired = shared
+            .sites
+            .load()
+            .link_expired(std::time::SystemTime::now());
+        if link_expired {
+            // An expired link's package (a password-protected .p12) has no use left: delete
+            // it. Its certificate stays issued until revoked, as any other.
+            match shared.state.prune_links() {
+                Ok(n) => info!(expired = n, "expired device links deleted"),
+                Err(e) => warn!(error = %e, "could not delete expired device links"),
+            }
+        }
         let now = stamp(&shared);
-        if now == last && !forced {
+        if now == last && !forced && !link_expired {
             continue;
         }
         last = now;

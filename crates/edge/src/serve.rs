@@ -1,7 +1,8 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
-//! [`handle_request`] is the whole path for one request, top to bottom: host, cookie, policy,
-//! upgrade, route, proxy, cookie refresh, and one finish point that logs every outcome exactly once.
+//! [`handle_request`] is the whole path for one request, top to bottom: host, device link,
+//! cookie, policy, upgrade, route, proxy, cookie refresh, and one finish point that logs every
+//! outcome exactly once.
 //! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
@@ -27,7 +28,7 @@ use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
 use crate::proxy::{Auth, Forwarded};
 use crate::revocation::LiveClients;
 use crate::tls::Peer;
-use crate::{proxy, route, upgrade};
+use crate::{link, proxy, route, upgrade};
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN) on one authenticated TLS connection until the client
 /// leaves or `shutdown` asks for a graceful close.
@@ -147,6 +148,15 @@ async fn proxy_request(
         .as_deref()
         .and_then(|h| sites.by_host(h))
         .map(|s| s.name.clone());
+    // A certificate-less request for a pending device link of this site gets it here, before
+    // anything else; every other request goes on (see `link`).
+    if let Some(response) = link::serve(&req, peer, host_site.as_deref(), shared).await {
+        who.grant = Some("device_link");
+        return Ok(Forwarded {
+            response,
+            splice: None,
+        });
+    }
     let now = unix_now();
     // The session cookie matters only in session mode; elsewhere it is just stripped.
     let session_mode = site.policy.client_auth == ClientAuth::RequiredOrSession;

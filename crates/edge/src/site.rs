@@ -39,6 +39,18 @@ pub(crate) struct Site {
     pub(crate) enroll_tls: Arc<rustls::ServerConfig>,
     /// The server certificate `tls` presents (swapped in place by ACME renewals).
     pub(crate) certificate: Arc<ServerCert>,
+    /// Pending device links, by id (SHA-256 of the path secret) → device name. While any is
+    /// pending, a handshake without a certificate completes (so the phone can fetch its
+    /// link); see `link` for what such a connection can reach.
+    pub(crate) links: HashMap<String, String>,
+}
+
+impl Site {
+    /// Whether a handshake may complete without a client certificate: the policy allows it
+    /// (session mode, public paths), or a device link of this site is pending.
+    pub(crate) fn certificate_optional(&self) -> bool {
+        self.policy.certificate_optional() || !self.links.is_empty()
+    }
 }
 
 /// All sites, by hostname and by name. Immutable; a reload builds a new one.
@@ -54,6 +66,9 @@ pub(crate) struct Sites {
     acme_sites: Vec<String>,
     /// Issued device and connector certificates, per site and kind.
     issued: Vec<IssuedExpiry>,
+    /// When the first pending device link expires: the watcher reloads then, so the site's
+    /// handshake becomes mandatory again without waiting for a file change.
+    next_link_expiry: Option<std::time::SystemTime>,
 }
 
 /// When one of the edge's certificates expires.
@@ -89,7 +104,18 @@ impl Sites {
             ))?,
             acme_sites: Vec::new(),
             issued: Vec::new(),
+            next_link_expiry: None,
         };
+        // Unreadable links fail closed: no link pending, certificates mandatory.
+        let links = state.links().unwrap_or_else(|e| {
+            warn!(error = %e, "device links unreadable; serving none");
+            Vec::new()
+        });
+        sites.next_link_expiry = links
+            .iter()
+            .filter_map(|l| l.record.expires_at())
+            .map(std::time::SystemTime::from)
+            .min();
         for (kind, path) in [
             ("tunnel", state.tunnel_cert_path()),
             ("tunnel_ca", state.tunnel_ca_path()),
@@ -130,11 +156,16 @@ impl Sites {
             // Enrollment presents the site's certificate too, renewals included.
             let enroll_tls = enroll_config(certificate.clone())
                 .with_context(|| format!("enrollment TLS setup of site {}", site.name))?;
+            let site_links: HashMap<String, String> = links
+                .iter()
+                .filter(|l| l.record.site == site.name)
+                .map(|l| (l.id.clone(), l.record.name.clone()))
+                .collect();
             let tls = server_config(
                 certificate.clone(),
                 client_ca,
                 revoked,
-                settings.policy.certificate_optional(),
+                settings.policy.certificate_optional() || !site_links.is_empty(),
             )
             .with_context(|| format!("TLS setup of site {}", site.name))?;
             let entry = Arc::new(Site {
@@ -146,6 +177,7 @@ impl Sites {
                 tls,
                 enroll_tls,
                 certificate,
+                links: site_links,
             });
             for host in &site.hostnames {
                 sites
@@ -165,6 +197,11 @@ impl Sites {
     /// The enrollment ALPN's configuration for a ClientHello whose SNI names no site.
     pub(crate) fn enroll_tls(&self) -> Arc<rustls::ServerConfig> {
         self.enroll_tls.clone()
+    }
+
+    /// Whether a pending device link has expired since the load (time to reload).
+    pub(crate) fn link_expired(&self, now: std::time::SystemTime) -> bool {
+        self.next_link_expiry.is_some_and(|t| t <= now)
     }
 
     /// The site called `name`.

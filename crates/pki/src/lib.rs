@@ -17,11 +17,13 @@
 //!   certificate and key to package with [`export_p12`], [`generate_password`] and
 //!   [`MobileConfig`]), [`StateDir::sign_client_csr`] (a [`Certified`] device certificate for a
 //!   key the device keeps), [`StateDir::clients`], [`StateDir::revoke_any`] (by name or
-//!   serial), [`StateDir::renew`] and [`StateDir::write_crl`].
+//!   serial), [`StateDir::renew`] and [`StateDir::write_crl`]; `client add --link` stores the
+//!   package with [`StateDir::save_link`].
 //! - The edge at run time: [`StateDir::open`], the `*_path` accessors, [`load_certs`] /
 //!   [`load_key`], [`StateDir::revoked`] and [`StateDir::watched_paths`] (what to enforce and
 //!   what to watch), [`Identity::from_cert_der`] and [`Fingerprint::of`] on verified peer
-//!   certificates.
+//!   certificates; device links with [`StateDir::links`], [`StateDir::link`] and
+//!   [`StateDir::take_link`].
 //! - The connector: [`EnrollmentToken::decode`] (also `str::parse`), then [`parse_certs`] /
 //!   [`parse_key`] on its fields, pinning `tunnel_ca_pem` and verifying [`TUNNEL_SERVER_NAME`].
 //! - Tests and the demo: [`Ca`] directly.
@@ -65,6 +67,8 @@
 //!   sites/<site>/crl.json                 {"crl_number": N}, the last CRL number used
 //!   sites/<site>/clients/<name>.crt       issued device certs (keys are never stored)
 //!   sites/<site>/connectors/<id>.crt      issued connector certs
+//!   links/<sha256 of secret>.json         one-time device links (0600): site, device, expiry,
+//!                                         the password-protected .p12 and .mobileconfig
 //! ```
 //!
 //! Every `*.key` and `session.key` is 0600 from creation, every directory 0700. Every file is
@@ -81,6 +85,7 @@ mod export;
 mod fs;
 mod identity;
 mod inspect;
+mod links;
 mod mobileconfig;
 mod pem;
 mod state;
@@ -99,6 +104,7 @@ pub use identity::{
     normalize_hostname, validate_name,
 };
 pub use inspect::{cert_not_after, cert_serial};
+pub use links::{DEFAULT_LINK_LIFETIME, LinkPackage, LinkRecord, LinkSecret, PendingLink};
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{

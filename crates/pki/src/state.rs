@@ -626,6 +626,8 @@ impl StateDir {
         // The index is what the edge acts on: it goes first, the CRL (for other tools) after.
         self.write_index(&index)?;
         if entry.kind == Kind::Device {
+            // A pending link would hand out the revoked certificate: it goes with it.
+            self.remove_links_of(&entry.site, &entry.name)?;
             self.write_crl(&entry.site)
                 .map_err(|e| Error::CrlAfterRevoke {
                     site: entry.site.clone(),
@@ -661,6 +663,9 @@ impl StateDir {
                 site: site.name.clone(),
                 name: name.to_owned(),
             })?;
+        // A pending link would hand out the certificate being replaced: it goes first, before
+        // anything is written, so a failure here leaves the renewal undone and nothing lost.
+        self.remove_links_of(&site.name, name)?;
         let issued = ca.issue_client(&identity, validity, key)?;
         sfs::write_atomic(
             &self.cert_path(Kind::Device, &site.name, name),
@@ -751,11 +756,11 @@ impl StateDir {
     }
 
     /// The files a change of the state goes through, for a process that serves from it and
-    /// reloads on change: the index, the sites directory, and each site's `site.json` and
+    /// reloads on change: the index, the sites directory, the links directory, and each site's `site.json` and
     /// server certificate. Sorted, so two calls compare equal when nothing changed.
     pub fn watched_paths(&self) -> Vec<PathBuf> {
         let sites = self.sites_path();
-        let mut paths = vec![self.index_path(), sites.clone()];
+        let mut paths = vec![self.index_path(), sites.clone(), self.links_path()];
         if let Ok(entries) = std::fs::read_dir(&sites) {
             let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             dirs.sort();

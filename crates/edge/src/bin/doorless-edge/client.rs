@@ -38,9 +38,36 @@ pub(crate) struct PackageArgs {
     force: bool,
 }
 
+/// `client add --link`: a one-time link instead of files.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LinkArgs {
+    /// Print a one-time HTTPS link (and its QR code) that hands the certificate to the device,
+    /// instead of writing files.
+    #[arg(long)]
+    link: bool,
+    /// How long the link stays usable (e.g. `15m`, `2h`; at most a week).
+    #[arg(long, default_value = "15m", requires = "link", value_parser = humantime_serde::re::humantime::parse_duration)]
+    valid_for: std::time::Duration,
+    /// The edge's public HTTPS port, when it is not 443 (default: the port of `listen.https`
+    /// in `--config`, else 443).
+    #[arg(long, requires = "link")]
+    port: Option<u16>,
+    /// The edge's configuration file, to read the HTTPS port from.
+    #[arg(long, requires = "link")]
+    config: Option<PathBuf>,
+    /// Do not draw the QR code (it is drawn only when the output is a terminal).
+    #[arg(long, requires = "link", conflicts_with = "qr")]
+    no_qr: bool,
+    /// Draw the QR code even when the output is not a terminal.
+    #[arg(long, requires = "link")]
+    qr: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientCommand {
-    /// Issue a device certificate; writes NAME.p12, NAME.mobileconfig, NAME.crt and NAME.key.
+    /// Issue a device certificate; with --link, prints a one-time link (and QR code) the
+    /// device opens to install it; otherwise writes NAME.p12, NAME.mobileconfig, NAME.crt and
+    /// NAME.key.
     Add {
         /// Device name (lowercase letters, digits, `.`, `_`, `-`).
         name: String,
@@ -49,6 +76,8 @@ pub(crate) enum ClientCommand {
         site: String,
         #[command(flatten)]
         package: PackageArgs,
+        #[command(flatten)]
+        link: LinkArgs,
         #[command(flatten)]
         state: StateArg,
     },
@@ -128,9 +157,13 @@ impl ClientCommand {
                 name,
                 site,
                 package,
+                link,
                 state,
             } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
+                if link.link {
+                    return add_link(&state, &site, &name, &package, &link);
+                }
                 let plan = Package::prepare(&state, &name, &package)?;
                 let issued =
                     state.add_client(&site, &name, pki::Validity::days(package.days), plan.key)?;
@@ -209,7 +242,25 @@ impl ClientCommand {
                     .into_iter()
                     .filter(|c| site.as_ref().is_none_or(|s| &c.site == s))
                     .collect();
+                let pending: Vec<(String, String)> = state
+                    .links()?
+                    .into_iter()
+                    .map(|l| (l.record.site, l.record.serial))
+                    .collect();
+                let is_pending = |c: &pki::IndexEntry| {
+                    pending.iter().any(|(s, n)| *s == c.site && *n == c.serial)
+                };
                 if json {
+                    let clients: Vec<serde_json::Value> = clients
+                        .iter()
+                        .map(|c| {
+                            let mut v = serde_json::to_value(c)?;
+                            if let Some(o) = v.as_object_mut() {
+                                o.insert("link_pending".into(), is_pending(c).into());
+                            }
+                            Ok(v)
+                        })
+                        .collect::<Result<_, serde_json::Error>>()?;
                     println!("{}", serde_json::to_string_pretty(&clients)?);
                 } else {
                     println!(
@@ -224,7 +275,11 @@ impl ClientCommand {
                             c.name,
                             c.serial,
                             c.not_after,
-                            c.revoked_at.as_deref().unwrap_or("-")
+                            match (&c.revoked_at, is_pending(&c)) {
+                                (Some(at), _) => at.as_str(),
+                                (None, true) => "- (link pending)",
+                                (None, false) => "-",
+                            }
                         );
                     }
                 }
@@ -402,6 +457,135 @@ impl<'a> Package<'a> {
         println!("How to install it on each kind of device: docs/devices.md");
         Ok(())
     }
+}
+
+/// `client add --link`: issues and records the certificate, packages it and stores the
+/// package behind a one-time link; prints the link, its QR code and the password.
+fn add_link(
+    state: &pki::StateDir,
+    site: &str,
+    name: &str,
+    args: &PackageArgs,
+    link: &LinkArgs,
+) -> anyhow::Result<()> {
+    pki::validate_name(name)?;
+    let site = state.site(site)?;
+    let host = site
+        .hostnames
+        .first()
+        .with_context(|| format!("site {} has no hostname", site.name))?
+        .clone();
+    let port = match (link.port, &link.config) {
+        (Some(port), _) => port,
+        (None, Some(config)) => edge::config::Config::load(config)?.listen.https.port(),
+        (None, None) => 443,
+    };
+    let password = match &args.password {
+        Some(p) => {
+            pki::check_password(p)?;
+            p.clone()
+        }
+        None => pki::generate_password()?,
+    };
+    let server_ca = match args.no_server_ca {
+        true => None,
+        false => Some(read_cert_der(&state.server_ca_path())?),
+    };
+    let client_ca = read_cert_der(&site.client_ca_path)?;
+    let key = if args.rsa {
+        pki::KeyType::Rsa2048
+    } else {
+        pki::KeyType::EcdsaP256
+    };
+    let issued = state.add_client(&site.name, name, pki::Validity::days(args.days), key)?;
+    let saved = (|| {
+        let profile = if args.modern {
+            pki::P12Profile::Modern
+        } else {
+            pki::P12Profile::Legacy
+        };
+        let p12 = pki::export_p12(
+            name,
+            &issued.cert_der,
+            &issued.key_der,
+            &client_ca,
+            &password,
+            profile,
+        )?;
+        let mobileconfig = pki::MobileConfig {
+            site: &site.name,
+            name,
+            cert_der: &issued.cert_der,
+            p12: &p12,
+            server_ca_der: server_ca.as_deref(),
+        }
+        .to_xml();
+        let package = pki::LinkPackage {
+            site: &site.name,
+            name,
+            serial: &issued.serial,
+            p12: &p12,
+            mobileconfig: &mobileconfig,
+        };
+        anyhow::Ok(state.save_link(package, link.valid_for)?)
+    })();
+    let (secret, record) = match saved {
+        Ok(saved) => saved,
+        Err(e) => {
+            // The key exists nowhere else: a certificate nobody can use must not stay valid.
+            let _ = state.revoke(pki::Kind::Device, &site.name, name);
+            return Err(e.context("storing the device link (the certificate was revoked again)"));
+        }
+    };
+    let authority = match port {
+        443 => host,
+        port => format!("{host}:{port}"),
+    };
+    let url = format!("https://{authority}/{}", secret.as_str());
+    println!(
+        "Issued device {name} for site {}: serial {}, valid until {}.",
+        site.name,
+        hex(&issued.serial),
+        issued.not_after.date()
+    );
+    println!(
+        "Open this link on the device (once; valid until {}):",
+        record.expires
+    );
+    println!();
+    println!("    {url}");
+    println!();
+    use std::io::IsTerminal as _;
+    let draw = link.qr || (!link.no_qr && std::io::stdout().is_terminal());
+    if draw {
+        match qr(&url) {
+            Ok(art) => println!("{art}"),
+            Err(e) => eprintln!("doorless-edge: no QR code ({e}); type the link instead"),
+        }
+    }
+    println!("Password of the certificate (shown only now, stored nowhere; not in the link):");
+    println!();
+    println!("    {password}");
+    println!();
+    println!(
+        "The page offers the right file for the device. Until the link is used, `client list` \
+         shows the device as pending; `client revoke {name} --site {}` cancels it.",
+        site.name
+    );
+    Ok(())
+}
+
+/// The QR code of `text` in Unicode half blocks, light on dark so that it scans from a dark
+/// terminal, with its quiet zone.
+fn qr(text: &str) -> Result<String, qrcode::types::QrError> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes())?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 fn refuse_existing(files: &[&PathBuf], force: bool) -> anyhow::Result<()> {
