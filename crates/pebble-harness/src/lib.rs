@@ -159,6 +159,13 @@ impl Pebble {
         log.wait_for(&mut pebble, "ACME directory available at", DEADLINE)
             .await?;
         wait_connectable(listen_port).await?;
+        // Pebble prints its ready line before it binds its management listener, and exits
+        // if that port was taken in the meantime (the pick-then-bind race above): only a
+        // pebble whose management interface answers and which is still running has started.
+        wait_connectable(management_port).await?;
+        if let Ok(Some(status)) = pebble.try_wait() {
+            return Err(format!("pebble exited at start: {status}").into());
+        }
         Ok(Self {
             listen_port,
             management_port,
