@@ -20,6 +20,8 @@ mod faults;
 mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/policy.rs"]

@@ -1075,7 +1075,7 @@ fn addon_run_script_feeds_the_real_connector() {
     assert_eq!(env["DOORLESS_UPSTREAM"], "http://192.168.1.10:8123");
     options["upstream"] = json!("https://homeassistant:8123");
     let (out, _) = run_addon_script(&jq, &options, tmp.path());
-    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("upstream"),
         "{}",
@@ -1851,8 +1851,13 @@ fn systemd_units_are_hardened_and_verify() {
             ("ProtectControlGroups", "yes"),
             ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
             ("SystemCallFilter", "@system-service"),
+            // The binaries send READY=1 / STOPPING=1 (e2e lifecycle test).
+            ("Type", "notify"),
             ("Restart", "on-failure"),
             ("RestartSec", "2"),
+            // EX_CONFIG: the exit code of a configuration error (asserted above with the real
+            // connector's check-config): restarting cannot fix the file.
+            ("RestartPreventExitStatus", "78"),
             ("LimitNOFILE", "65536"),
             ("KillSignal", "SIGTERM"),
             ("TimeoutStopSec", "40"),

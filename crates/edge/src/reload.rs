@@ -59,7 +59,7 @@ pub(crate) fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "reload failed; keeping the previous state");
+            warn!(error = %daemon::error_chain(&e), "reload failed; keeping the previous state");
             shared
                 .metrics
                 .reloads

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("doorless-edge: {e:#}");
+            eprintln!("doorless-edge: {}", daemon::error_chain(&e));
             if e.downcast_ref::<edge::config::ConfigError>().is_some() {
                 ExitCode::from(daemon::EXIT_CONFIG)
             } else {
