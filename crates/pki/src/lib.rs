@@ -76,10 +76,12 @@
 mod ca;
 mod csr;
 mod error;
+#[cfg(feature = "p12")]
 mod export;
 mod fs;
 mod identity;
 mod inspect;
+#[cfg(feature = "p12")]
 mod mobileconfig;
 mod pem;
 mod state;
@@ -88,12 +90,14 @@ mod token;
 pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS, Validity};
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use error::{Error, Result};
+#[cfg(feature = "p12")]
 pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{
     Fingerprint, Identity, InvalidFingerprint, Kind, fingerprint, fingerprint_hex,
     normalize_hostname, validate_name,
 };
 pub use inspect::cert_not_after;
+#[cfg(feature = "p12")]
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{CRL_DAYS, IndexEntry, InitOptions, Renewed, Revocation, Site, StateDir};
