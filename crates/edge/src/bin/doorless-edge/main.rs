@@ -39,6 +39,13 @@ enum Command {
     Run(run::Run),
     /// Check a configuration file and exit.
     CheckConfig(run::CheckConfig),
+    /// Print a shell completion script: `doorless-edge completions bash >
+    /// /etc/bash_completion.d/doorless-edge` (zsh: a `_doorless-edge` file on $fpath; fish:
+    /// ~/.config/fish/completions/doorless-edge.fish).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Run a complete local demo: edge, connector and a stand-in Home Assistant.
     #[cfg(feature = "demo")]
     Demo(demo::Demo),
@@ -76,6 +83,16 @@ fn main() -> ExitCode {
         Command::Client(client) => client.run(),
         Command::Run(run) => run.run(),
         Command::CheckConfig(check) => check.run(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "doorless-edge",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         #[cfg(feature = "demo")]
         Command::Demo(demo) => demo.run(),
         // Exit code 2, as clap gives for a verb that does not exist.

@@ -9,8 +9,8 @@ use crate::StateArg;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
-    /// Add a site and print the enrollment token for its connector. On an existing site (with
-    /// no new hostnames), mint an additional connector credential instead.
+    /// Add a site and print the enrollment token for its connector. Refuses an existing site
+    /// (`site token` mints another connector credential).
     Add {
         /// Site name (lowercase letters, digits, `.`, `_`, `-`).
         name: String,
@@ -49,8 +49,10 @@ impl SiteCommand {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 match state.site(&name) {
                     Ok(site) => {
-                        // An existing site: mint one more connector credential, but never
-                        // silently ignore hostnames the user expected to be added.
+                        // Refuse, and change nothing: minting a connector credential (a
+                        // secret) as a side effect of a repeated `add` is how stray tokens
+                        // appear; that is `site token`'s job. Hostnames are still checked so
+                        // a bad one is reported as such.
                         let mut new = Vec::new();
                         for hostname in &hostnames {
                             let hostname = pki::normalize_hostname(hostname)?;
@@ -58,22 +60,19 @@ impl SiteCommand {
                                 new.push(hostname);
                             }
                         }
-                        if !new.is_empty() {
-                            anyhow::bail!(
-                                "site {} already exists with hostname(s) {}; adding {} to an existing \
-                             site is not supported (run `site add` with only its hostnames to mint \
-                             another connector credential)",
-                                site.name,
-                                site.hostnames.join(", "),
-                                new.join(", ")
-                            );
-                        }
-                        let token = state.issue_connector(&site.name, None)?;
-                        println!(
-                            "Site {} already exists; minted an additional connector credential.",
+                        anyhow::ensure!(
+                            new.is_empty(),
+                            "site {} already exists with hostname(s) {}; adding {} to an                              existing site is not supported; nothing changed",
+                            site.name,
+                            site.hostnames.join(", "),
+                            new.join(", ")
+                        );
+                        anyhow::bail!(
+                            "site {} already exists (hostname(s) {}); nothing changed. To mint                              another connector credential for it run `doorless-edge site token {}`",
+                            site.name,
+                            site.hostnames.join(", "),
                             site.name
                         );
-                        print_token(&token);
                     }
                     Err(pki::Error::SiteNotFound { .. }) => {
                         let site = state.add_site(&name, &hostnames)?;
