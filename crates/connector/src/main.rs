@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("doorless-connector: {e:#}");
+            eprintln!("doorless-connector: {}", daemon::error_chain(&e));
             if e.downcast_ref::<connector::config::ConfigError>().is_some() {
                 ExitCode::from(daemon::EXIT_CONFIG)
             } else {
@@ -117,6 +117,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// How long `run` waits for its first tunnel before telling systemd it is up anyway.
+const READY_WITHOUT_EDGE: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn run(
     config: Option<&Path>,
@@ -163,19 +166,40 @@ fn run(
                 .log();
         });
         let shutdown = daemon::shutdown_on_signal();
-        if let Some(path) = ready_file {
-            let path = path.to_owned();
-            let admin = connector.admin_addr();
-            let mut ready = connector.ready();
-            tokio::spawn(async move {
-                if ready.wait_for(|connected| *connected > 0).await.is_ok() {
-                    let body = serde_json::json!({ "admin": admin });
-                    if let Err(e) = daemon::write_ready_file(&path, &body) {
-                        tracing::error!(error = %e, "cannot write the ready file");
+        let ready_file = ready_file.map(Path::to_owned);
+        let admin = connector.admin_addr();
+        let mut ready = connector.ready();
+        tokio::spawn(async move {
+            // systemd (Type=notify) hears READY=1 once the first tunnel is registered, so
+            // `systemctl start` returns with the connector really connected; but no later
+            // than READY_WITHOUT_EDGE: an unreachable edge is retried forever by the
+            // connector itself, and must not hold up the boot or fail the unit.
+            let registered = tokio::time::timeout(
+                READY_WITHOUT_EDGE,
+                ready.wait_for(|connected| *connected > 0),
+            )
+            .await
+            .map(|connected| connected.is_ok());
+            match registered {
+                Ok(true) => daemon::notify::ready(),
+                // The connector stopped before it ever connected.
+                Ok(false) => return,
+                Err(_) => {
+                    daemon::notify::status("no edge reachable yet; still dialing");
+                    daemon::notify::ready();
+                    if ready.wait_for(|connected| *connected > 0).await.is_err() {
+                        return;
                     }
+                    daemon::notify::status("registered with an edge");
                 }
-            });
-        }
+            }
+            if let Some(path) = ready_file {
+                let body = serde_json::json!({ "admin": admin });
+                if let Err(e) = daemon::write_ready_file(&path, &body) {
+                    tracing::error!(error = %e, "cannot write the ready file");
+                }
+            }
+        });
         connector.run(shutdown).await
     })
 }

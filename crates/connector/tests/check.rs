@@ -499,7 +499,7 @@ async fn cli_exit_codes() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(64),
+        Some(78),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -1,9 +1,12 @@
 //! Process glue shared by `doorless-edge` and `doorless-connector`.
 //!
 //! Everything here is about running as a service, nothing about the tunnel: logging setup,
-//! shutdown signals, the `--ready-file`, the loopback admin listener, and the shape of
-//! configuration errors (exit code 64, naming the key). Each binary's `config`, `admin` and
-//! `main` modules use it so the two behave alike.
+//! shutdown signals, the `--ready-file` and systemd's readiness notification ([`notify`]), the
+//! loopback admin listener, the shape of configuration errors (exit code 78, naming the key),
+//! and how an error chain is printed. Each binary's `config`, `admin` and `main` modules use it
+//! so the two behave alike.
+
+pub mod notify;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
-pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for bad configuration: `EX_CONFIG` from BSD's sysexits.h. The systemd units say
+/// `RestartPreventExitStatus=78`, so a bad file is reported once instead of restarted every
+/// few seconds.
+pub const EXIT_CONFIG: u8 = 78;
 
 /// Content type of `/metrics`.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -145,12 +150,42 @@ pub fn init_logging(format: LogFormat, filter: &str) -> LogGuard {
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.compact().init(),
     }
     LogGuard { _worker: worker }
+}
+
+/// Colour (ANSI escapes) in text logs only when stderr is a terminal: journald, `docker logs`
+/// and files get plain text. A non-empty `NO_COLOR` turns it off on a terminal too
+/// (<https://no-color.org>).
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// An error and its causes on one line, `outer: cause: root`, like anyhow's `{:#}`, but a
+/// cause whose text the line already carries is not repeated. Error types that put their
+/// source into their own message (`"{path}: {source}"`, with `source` also the error's
+/// source) otherwise print the OS error twice: `x: No such file (os error 2): No such file
+/// (os error 2)`.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Resolves on SIGTERM or SIGINT (or never, if the handlers cannot be installed).
@@ -168,12 +203,13 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A token cancelled by SIGTERM or SIGINT.
+/// A token cancelled by SIGTERM or SIGINT (which also tells systemd `STOPPING=1`).
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        notify::stopping();
         cancel.cancel();
     });
     token
@@ -264,4 +300,59 @@ pub fn register_build_info(
     let build: Family<VersionLabel, Gauge> = Family::default();
     build.get_or_create(&VersionLabel { version }).set(1);
     registry.register("build_info", "Build version", build);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None), "journald, docker logs, files");
+    }
+
+    /// Like pki's and acme's I/O errors: the message names the path and the OS error, and the
+    /// OS error is also the source.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{}: {source}", path)]
+    struct PathError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn the_os_error_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let os = io.to_string();
+        let error = anyhow::Error::new(PathError {
+            path: "/etc/doorless/edge.toml".into(),
+            source: io,
+        })
+        .context("loading the configuration");
+        // anyhow's own chain repeats it...
+        assert_eq!(format!("{error:#}").matches(&os).count(), 2);
+        // ...this does not, and keeps every distinct part.
+        let line = error_chain(&error);
+        assert_eq!(line.matches(&os).count(), 1, "{line}");
+        assert_eq!(
+            line,
+            format!("loading the configuration: /etc/doorless/edge.toml: {os}")
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept() {
+        let error = anyhow::anyhow!("root cause")
+            .context("middle")
+            .context("outer");
+        assert_eq!(error_chain(&error), "outer: middle: root cause");
+    }
 }

@@ -137,7 +137,8 @@ fn must_succeed(cmd: &mut Command) -> String {
     output_text(&out)
 }
 
-/// All files below `dir` (relative to the repository root), skipping `target` and `.git`.
+/// All files below `dir` (relative to the repository root), skipping `target`, `.git` and
+/// `dist` (deploy/release/build.sh's output, git-ignored).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
@@ -145,7 +146,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = entry.file_name();
         let ty = entry.file_type().unwrap();
         if ty.is_dir() {
-            if name != "target" && name != ".git" {
+            if name != "target" && name != ".git" && name != "dist" {
                 walk(&p, out);
             }
         } else {
@@ -935,12 +936,6 @@ fn repository_yaml_points_at_this_repository() {
         s(&config["url"], "url").starts_with(url),
         "config.yaml url must lie inside repository.yaml's url {url}"
     );
-    let dockerfile = parse_dockerfile(&format!("{ADDON}/Dockerfile"));
-    assert_eq!(
-        arg_default(&dockerfile, "DOORLESS_REPO").as_deref(),
-        Some(url),
-        "the add-on Dockerfile must download the sources from repository.yaml's url"
-    );
 }
 
 #[test]
@@ -1096,7 +1091,7 @@ fn addon_run_script_feeds_the_real_connector() {
     assert_eq!(env["DOORLESS_UPSTREAM"], "http://192.168.1.10:8123");
     options["upstream"] = json!("https://homeassistant:8123");
     let (out, _) = run_addon_script(&jq, &options, tmp.path());
-    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("upstream"),
         "{}",
@@ -1307,10 +1302,31 @@ fn check_dockerfile(rel: &str, context: &Path) -> Vec<Instruction> {
     instructions
 }
 
+/// Runs deploy/release/build.sh with `steps`, its output under `dist`.
+fn release_script(dist: &Path, steps: &[&str]) -> String {
+    must_succeed(
+        Command::new("bash")
+            .arg(path("deploy/release/build.sh"))
+            .args(steps)
+            .env("DIST", dist),
+    )
+}
+
 #[test]
-fn addon_dockerfile_builds_from_a_release_and_has_a_healthcheck() {
+fn addon_builds_from_its_own_folder_and_has_a_healthcheck() {
+    // The Supervisor builds a local add-on with the add-on folder as the whole build context.
+    // The release script assembles that folder; everything the Dockerfile copies is inside it,
+    // and nothing is downloaded from a hard-coded place.
+    let tmp = tempfile::tempdir().unwrap();
+    release_script(tmp.path(), &["addon"]);
+    let folder = tmp.path().join("addon/doorless-connector");
     let rel = format!("{ADDON}/Dockerfile");
-    let instructions = check_dockerfile(&rel, &path(ADDON));
+    let instructions = check_dockerfile(&rel, &folder);
+    assert_eq!(
+        std::fs::read(folder.join("Dockerfile")).unwrap(),
+        std::fs::read(path(&rel)).unwrap(),
+        "the assembled folder carries the add-on's own Dockerfile"
+    );
     let config = addon_config();
     assert_eq!(
         arg_default(&instructions, "BUILD_VERSION").as_deref(),
@@ -1321,6 +1337,20 @@ fn addon_dockerfile_builds_from_a_release_and_has_a_healthcheck() {
         !instructions.iter().any(|i| i.args.contains("BUILD_FROM")),
         "{rel}: BUILD_FROM is no longer provided by the Supervisor"
     );
+    for i in instructions.iter().filter(|i| i.keyword == "RUN") {
+        for word in ["curl", "wget", "http://", "https://", "git clone"] {
+            assert!(
+                !i.args.contains(word),
+                "{rel}: RUN downloads something (`{word}`): build from the folder's source/"
+            );
+        }
+    }
+    assert!(
+        instructions
+            .iter()
+            .any(|i| i.keyword == "COPY" && i.args.starts_with("source/")),
+        "{rel}: builds from the sources in its own folder"
+    );
     let check = healthcheck(&instructions, &rel);
     assert_eq!(check[..2], ["doorless-connector", "health"]);
     assert!(check.iter().any(|a| a.ends_with(":9471/healthz")));
@@ -1330,14 +1360,142 @@ fn addon_dockerfile_builds_from_a_release_and_has_a_healthcheck() {
         .find(|i| i.keyword == "CMD")
         .unwrap();
     assert_eq!(exec_form(&cmd.args, "CMD"), ["/run.sh"]);
-    let text = read(&rel);
-    for needle in [
-        "archive/refs/tags/v${BUILD_VERSION}.tar.gz",
-        "sha256sum -c",
-        "jq",
-    ] {
-        assert!(text.contains(needle), "{rel}: `{needle}` expected");
+    for label in ["io.hass.type", "io.hass.version", "io.hass.arch"] {
+        assert!(
+            read(&rel).contains(label),
+            "{rel}: a pulled image must carry {label}"
+        );
     }
+
+    // The assembled manifest: no `image:` (so the Supervisor builds), otherwise the add-on's.
+    let assembled: Value =
+        serde_norway::from_str(&std::fs::read_to_string(folder.join("config.yaml")).unwrap())
+            .unwrap();
+    assert!(assembled.get("image").is_none(), "{assembled}");
+    let mut without_image = config.clone();
+    without_image.as_object_mut().unwrap().remove("image");
+    assert_eq!(assembled, without_image);
+    for file in ["run.sh", "DOCS.md", "translations/en.yaml", "icon.png"] {
+        assert!(folder.join(file).exists(), "assembled folder lacks {file}");
+    }
+    // source/ is a complete workspace: every member, a lock file that still fits (offline:
+    // this resolves against what the build already fetched, and fails if anything is missing).
+    let source = folder.join("source");
+    for member in workspace_members() {
+        assert!(
+            source.join(&member).join("Cargo.toml").exists(),
+            "source/ lacks workspace member {member}"
+        );
+    }
+    assert!(
+        !source.join("target").exists(),
+        "source/ must not carry a target dir"
+    );
+    must_succeed(
+        Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--locked",
+                "--offline",
+                "-e",
+                "normal",
+                "-p",
+                "connector",
+            ])
+            .current_dir(&source)
+            .env_remove("CARGO_TARGET_DIR"),
+    );
+}
+
+#[test]
+fn release_artifacts_have_one_version_and_one_image_owner() {
+    let config = addon_config();
+    let tmp = tempfile::tempdir().unwrap();
+    let version = release_script(tmp.path(), &["version"]);
+    assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(config["version"], env!("CARGO_PKG_VERSION"));
+
+    // The image owner is named once, in config.yaml's `image:`; the release script derives
+    // every image from it, and repository.yaml's url names the same GitHub account.
+    let image = s(&config["image"], "image");
+    let prefix = release_script(tmp.path(), &["prefix"]);
+    assert_eq!(
+        format!("{}/doorless-connector-addon-{{arch}}", prefix.trim()),
+        image
+    );
+    let owner = prefix.trim().strip_prefix("ghcr.io/").unwrap();
+    assert_eq!(
+        owner,
+        owner.to_ascii_lowercase(),
+        "registry names are lower-case"
+    );
+    let repo = yaml("repository.yaml");
+    let url = s(&repo["url"], "url");
+    let repo_owner = url
+        .strip_prefix("https://github.com/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    assert_eq!(repo_owner.to_ascii_lowercase(), owner);
+
+    // The workflow calls the script for every build step and covers the add-on's arches.
+    let workflow = yaml(".github/workflows/release.yml");
+    let text = read(".github/workflows/release.yml");
+    for step in ["binaries", "addon images", "manifest"] {
+        assert!(
+            text.contains(&format!("deploy/release/build.sh {step}")),
+            "release.yml: runs `build.sh {step}`"
+        );
+    }
+    assert!(
+        !text.contains("cargo build"),
+        "release.yml: builds only through build.sh"
+    );
+    let arches: BTreeSet<&str> = workflow["jobs"]["binaries"]["strategy"]["matrix"]["include"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| s(&e["arch"], "arch"))
+        .collect();
+    let addon_arches: BTreeSet<&str> = config["arch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| s(a, "arch"))
+        .collect();
+    assert_eq!(arches, addon_arches);
+    assert_eq!(
+        workflow["jobs"]["images"]["strategy"],
+        workflow["jobs"]["binaries"]["strategy"]
+    );
+}
+
+#[test]
+fn release_script_refuses_a_version_mismatch() {
+    // A copy of the script and the two files it reads, with the add-on a version behind.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path();
+    std::fs::create_dir_all(copy.join("deploy/release")).unwrap();
+    std::fs::create_dir_all(copy.join(ADDON)).unwrap();
+    std::fs::copy(
+        path("deploy/release/build.sh"),
+        copy.join("deploy/release/build.sh"),
+    )
+    .unwrap();
+    std::fs::copy(path("Cargo.toml"), copy.join("Cargo.toml")).unwrap();
+    let manifest = read(&format!("{ADDON}/config.yaml")).replace(
+        &format!("version: \"{}\"", env!("CARGO_PKG_VERSION")),
+        "version: \"0.0.1\"",
+    );
+    std::fs::write(copy.join(ADDON).join("config.yaml"), manifest).unwrap();
+    let out = run(Command::new("bash")
+        .arg(copy.join("deploy/release/build.sh"))
+        .arg("version"));
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    assert!(
+        text.contains("0.0.1") && text.contains(env!("CARGO_PKG_VERSION")),
+        "{text}"
+    );
 }
 
 /// `[workspace] members` of the root Cargo.toml.
@@ -1732,8 +1890,13 @@ fn systemd_units_are_hardened_and_verify() {
             ("ProtectControlGroups", "yes"),
             ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
             ("SystemCallFilter", "@system-service"),
+            // The binaries send READY=1 / STOPPING=1 (e2e lifecycle test).
+            ("Type", "notify"),
             ("Restart", "on-failure"),
             ("RestartSec", "2"),
+            // EX_CONFIG: the exit code of a configuration error (asserted above with the real
+            // connector's check-config): restarting cannot fix the file.
+            ("RestartPreventExitStatus", "78"),
             ("LimitNOFILE", "65536"),
             ("KillSignal", "SIGTERM"),
             ("TimeoutStopSec", "40"),
@@ -2259,6 +2422,7 @@ fn every_deploy_file_is_checked_here() {
         "deploy/ha-addon/doorless-connector/icon.png",
         "deploy/ha-addon/doorless-connector/logo.png",
         "deploy/ha-addon/doorless-connector/translations/en.yaml",
+        "deploy/release/build.sh", // addon_builds_from_its_own_folder_..., release_artifacts_...
         "deploy/systemd/doorless-edge.service",
         "deploy/systemd/doorless-connector.service",
         "deploy/systemd/doorless.sysusers",

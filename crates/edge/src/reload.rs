@@ -71,7 +71,7 @@ pub(crate) fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config, shared.acme.as_ref()) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "reload failed; keeping the previous state");
+            warn!(error = %daemon::error_chain(&e), "reload failed; keeping the previous state");
             shared
                 .metrics
                 .reloads

@@ -241,15 +241,20 @@ fn init_site_client_add_list_revoke_and_a_second_connector() {
     let err = cli.fails(&["client", "revoke", &serial]);
     assert!(err.contains("already revoked"), "{err}");
 
-    // `site add` on the existing site mints a second connector credential.
-    let second = token_in(&cli.ok(&[
-        "site",
-        "add",
-        "home",
-        "--hostname",
-        "ha.example.com",
-        "--token",
-    ]));
+    // `site add` on the existing site refuses, names `site token`, and mints nothing...
+    let err = cli.fails(&["site", "add", "home", "--hostname", "ha.example.com"]);
+    assert!(
+        err.contains("already exists") && err.contains("site token home"),
+        "{err}"
+    );
+    let connectors = cli
+        .list()
+        .into_iter()
+        .filter(|e| e["kind"] == "connector")
+        .count();
+    assert_eq!(connectors, 1, "a refused `site add` minted a credential");
+    // ...`site token` mints the second connector credential.
+    let second = token_in(&cli.ok(&["site", "token", "home"]));
     assert_eq!(second.site, "home");
     assert_ne!(second.connector_id, first.connector_id);
     assert_ne!(second.cert_pem, first.cert_pem);
@@ -259,9 +264,12 @@ fn init_site_client_add_list_revoke_and_a_second_connector() {
         .filter(|e| e["kind"] == "connector")
         .count();
     assert_eq!(connectors, 2);
-    // ...but does not silently drop a hostname it cannot add.
+    // A new hostname for an existing site is refused too, not silently dropped.
     let err = cli.fails(&["site", "add", "home", "--hostname", "other.example.com"]);
-    assert!(err.contains("other.example.com"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("other.example.com"),
+        "{err}"
+    );
     let sites = cli.ok(&["site", "list"]);
     assert_eq!(sites.trim(), "home\tha.example.com");
 }
@@ -537,4 +545,48 @@ fn absurd_validity_and_ip_hostnames_are_refused() {
         cert.to_str().unwrap(),
     ]);
     assert!(verify.status.success());
+}
+
+#[test]
+fn completions_cover_the_verbs_and_load_in_bash() {
+    let cli = Cli::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+            .args(["completions", shell])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["site", "client", "revoke", "check-config", "state-dir"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // bash really loads it and registers the completion.
+    let path = cli.path("doorless-edge.bash");
+    let out = Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    std::fs::write(&path, out.stdout).unwrap();
+    let loaded = Command::new("bash")
+        .args(["-c", &format!("source {path} && complete -p doorless-edge")])
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a shell clap_complete lacks"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("tcsh"), "{err}");
 }

@@ -81,11 +81,13 @@ mod ca;
 mod csr;
 mod enroll;
 mod error;
+#[cfg(feature = "p12")]
 mod export;
 mod fs;
 mod identity;
 mod inspect;
 mod links;
+#[cfg(feature = "p12")]
 mod mobileconfig;
 mod pem;
 mod state;
@@ -98,6 +100,7 @@ pub use enroll::{
     RedeemError, Redeemed, connector_csr, load_enrolled, save_enrolled,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "p12")]
 pub use export::{P12Profile, check_password, export_p12, generate_password};
 pub use identity::{
     Fingerprint, Identity, InvalidFingerprint, Kind, fingerprint, fingerprint_hex,
@@ -105,6 +108,7 @@ pub use identity::{
 };
 pub use inspect::{cert_not_after, cert_serial};
 pub use links::{DEFAULT_LINK_LIFETIME, LinkPackage, LinkRecord, LinkSecret, PendingLink};
+#[cfg(feature = "p12")]
 pub use mobileconfig::MobileConfig;
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 pub use state::{

@@ -1,4 +1,4 @@
-//! Configuration: unknown keys are refused with exit code 64 naming the key; the connector can
+//! Configuration: unknown keys are refused with exit code 78 (EX_CONFIG) naming the key; the connector can
 //! take its token and upstream from the environment and its edges from the file.
 
 use std::time::Duration;
@@ -7,7 +7,7 @@ use e2e::{ConnectorConfig, HttpVersion, Pki, Stack, StackOptions, binaries, run_
 
 use crate::get;
 
-const EXIT_CONFIG: i32 = 64;
+const EXIT_CONFIG: i32 = 78;
 
 async fn assert_config_error(program: &std::path::Path, config: &str, key: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -34,7 +34,7 @@ async fn assert_config_error(program: &std::path::Path, config: &str, key: &str)
 }
 
 #[tokio::test]
-async fn connector_unknown_key_exits_64_naming_it() {
+async fn connector_unknown_key_exits_78_naming_it() {
     let mut pki = Pki::new().unwrap();
     pki.add_site("home", e2e::HOME_HOST).unwrap();
     let token = pki.connector_token("home", "connector-1").unwrap().encode();
@@ -56,7 +56,7 @@ async fn connector_unknown_key_exits_64_naming_it() {
 }
 
 #[tokio::test]
-async fn edge_unknown_key_exits_64_naming_it() {
+async fn edge_unknown_key_exits_78_naming_it() {
     let pki = Pki::new().unwrap();
     let state = pki.root().to_str().unwrap().to_owned();
     let listen =

@@ -43,6 +43,13 @@ enum Command {
     Run(run::Run),
     /// Check a configuration file and exit.
     CheckConfig(run::CheckConfig),
+    /// Print a shell completion script: `doorless-edge completions bash >
+    /// /etc/bash_completion.d/doorless-edge` (zsh: a `_doorless-edge` file on $fpath; fish:
+    /// ~/.config/fish/completions/doorless-edge.fish).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Run a complete local demo: edge, connector and a stand-in Home Assistant.
     #[cfg(feature = "demo")]
     Demo(demo::Demo),
@@ -81,6 +88,16 @@ fn main() -> ExitCode {
         Command::Client(client) => client.run(),
         Command::Run(run) => run.run(),
         Command::CheckConfig(check) => check.run(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "doorless-edge",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         #[cfg(feature = "demo")]
         Command::Demo(demo) => demo.run(),
         // Exit code 2, as clap gives for a verb that does not exist.
@@ -96,7 +113,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("doorless-edge: {e:#}");
+            eprintln!("doorless-edge: {}", daemon::error_chain(&e));
             if let Some(refusal) = e.downcast_ref::<setup::Refusal>() {
                 ExitCode::from(refusal.exit_code())
             } else if e.downcast_ref::<edge::config::ConfigError>().is_some() {

@@ -40,6 +40,8 @@ impl Run {
             if let Some(path) = &self.ready_file {
                 daemon::write_ready_file(path, &serde_json::to_value(edge.addrs())?)?;
             }
+            // Listeners bound, state loaded: `systemctl start` (Type=notify) returns now.
+            daemon::notify::ready();
             edge.run(daemon::shutdown_on_signal()).await
         })
     }

@@ -60,8 +60,9 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SiteCommand {
-    /// Add a site and print a one-time enrollment code for its connector. On an existing site
-    /// (with no new hostnames), mint an additional connector credential instead.
+    /// Add a site and print a one-time enrollment code for its connector (`--token`: an
+    /// enrollment token). Refuses an existing site (`site code` / `site token` mint another
+    /// connector credential).
     Add {
         /// Site name (lowercase letters, digits, `.`, `_`, `-`).
         name: String,
@@ -160,8 +161,10 @@ impl SiteCommand {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 match state.site(&name) {
                     Ok(site) => {
-                        // An existing site: mint one more connector credential, but never
-                        // silently ignore hostnames the user expected to be added.
+                        // Refuse, and change nothing: minting a connector credential (a
+                        // secret) as a side effect of a repeated `add` is how stray tokens
+                        // appear; that is `site token`'s job. Hostnames are still checked so
+                        // a bad one is reported as such.
                         let mut new = Vec::new();
                         for hostname in &hostnames {
                             let hostname = pki::normalize_hostname(hostname)?;
@@ -169,21 +172,23 @@ impl SiteCommand {
                                 new.push(hostname);
                             }
                         }
-                        if !new.is_empty() {
-                            anyhow::bail!(
-                                "site {} already exists with hostname(s) {}; adding {} to an existing \
-                             site is not supported (run `site add` with only its hostnames to mint \
-                             another connector credential)",
-                                site.name,
-                                site.hostnames.join(", "),
-                                new.join(", ")
-                            );
-                        }
-                        println!(
-                            "Site {} already exists; minted an additional connector credential.",
+                        anyhow::ensure!(
+                            new.is_empty(),
+                            "site {} already exists with hostname(s) {}; adding {} to an existing \
+                             site is not supported; nothing changed",
+                            site.name,
+                            site.hostnames.join(", "),
+                            new.join(", ")
+                        );
+                        anyhow::bail!(
+                            "site {} already exists (hostname(s) {}); nothing changed. To let \
+                             another connector join it run `doorless-edge site code {}` (a one-time \
+                             code) or `doorless-edge site token {}` (a token)",
+                            site.name,
+                            site.hostnames.join(", "),
+                            site.name,
                             site.name
                         );
-                        credential(&state, &site, token.then_some(&target), &code)?;
                     }
                     Err(pki::Error::SiteNotFound { .. }) => {
                         // Checked before the site is made, so a bad address leaves nothing behind.
