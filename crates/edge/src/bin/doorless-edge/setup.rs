@@ -61,6 +61,15 @@ pub(crate) struct Setup {
     /// ACME directory URL. Default: Let's Encrypt production.
     #[arg(long, value_name = "URL", conflicts_with = "no_acme")]
     acme_directory: Option<String>,
+    /// PEM file of the CA roots that sign a private ACME CA's own HTTPS (step-ca, pebble), for
+    /// `--acme-directory`; written as `extra_roots` in `[acme]`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "acme_directory",
+        conflicts_with = "no_acme"
+    )]
+    acme_ca: Option<PathBuf>,
     /// Use the ACME CA's staging environment (untrusted certificates, generous rate limits).
     #[arg(long, conflicts_with = "no_acme")]
     staging: bool,
@@ -179,6 +188,7 @@ impl Setup {
                 Some(Acme::new(
                     email.trim(),
                     self.acme_directory.as_deref(),
+                    self.acme_ca.as_deref(),
                     self.staging,
                 )?)
             }
@@ -206,11 +216,18 @@ struct Answers {
 struct Acme {
     email: String,
     directory: Option<String>,
+    /// `extra_roots`: absolute, since `run` may start from another directory.
+    ca: Option<PathBuf>,
     staging: bool,
 }
 
 impl Acme {
-    fn new(email: &str, directory: Option<&str>, staging: bool) -> Result<Self, Refusal> {
+    fn new(
+        email: &str,
+        directory: Option<&str>,
+        ca: Option<&Path>,
+        staging: bool,
+    ) -> Result<Self, Refusal> {
         let plausible = match email.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
@@ -233,9 +250,18 @@ impl Acme {
                 "--acme-directory: {url:?} is not an https:// URL"
             )));
         }
+        // The file itself is read (and its PEM checked) when the rendered configuration is
+        // loaded before anything is written.
+        let ca = ca
+            .map(|path| {
+                std::path::absolute(path)
+                    .map_err(|e| Refusal::usage(format!("--acme-ca {}: {e}", path.display())))
+            })
+            .transpose()?;
         Ok(Self {
             email: email.to_owned(),
             directory: directory.map(str::to_owned),
+            ca,
             staging,
         })
     }
@@ -833,6 +859,12 @@ fn render_config(state_dir: &Path, listen: &Listen, acme: Option<&Acme>) -> Stri
         if let Some(url) = &acme.directory {
             text.push_str(&format!("directory = {}\n", toml_string(url)));
         }
+        if let Some(ca) = &acme.ca {
+            text.push_str(&format!(
+                "extra_roots = {}\n",
+                toml_string(&ca.to_string_lossy())
+            ));
+        }
         if acme.staging {
             text.push_str("staging = true\n");
         }
@@ -1262,13 +1294,14 @@ mod tests {
             admin: "127.0.0.1:9470".parse().unwrap_or_else(|e| panic!("{e}")),
         };
         let dir = Path::new("/var/lib/doorless-edge");
-        let plain = Acme::new("you@example.com", None, false).unwrap_or_else(|e| panic!("{e}"));
+        let plain =
+            Acme::new("you@example.com", None, None, false).unwrap_or_else(|e| panic!("{e}"));
         let text = render_config(dir, &listen, Some(&plain));
         assert!(
             text.ends_with("\n[acme]\nemail = \"you@example.com\"\n"),
             "{text}"
         );
-        let both = Acme::new("you@example.com", Some("https://acme.test/dir"), true)
+        let both = Acme::new("you@example.com", Some("https://acme.test/dir"), None, true)
             .unwrap_or_else(|e| panic!("{e}"));
         let text = render_config(dir, &listen, Some(&both));
         assert!(
@@ -1278,6 +1311,20 @@ mod tests {
             "{text}"
         );
         assert!(!render_config(dir, &listen, None).contains("[acme]"));
+        let private = Acme::new(
+            "you@example.com",
+            Some("https://ca.internal/acme/acme/directory"),
+            Some(Path::new("/etc/doorless/step-ca-root.pem")),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = render_config(dir, &listen, Some(&private));
+        assert!(
+            text.ends_with(
+                "\ndirectory = \"https://ca.internal/acme/acme/directory\"\nextra_roots = \"/etc/doorless/step-ca-root.pem\"\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1290,12 +1337,12 @@ mod tests {
             "you@example",
             "a b@example.com",
         ] {
-            let Err(e) = Acme::new(email, None, false) else {
+            let Err(e) = Acme::new(email, None, None, false) else {
                 panic!("{email:?} must be refused");
             };
             assert_eq!(e.exit_code(), EX_USAGE);
         }
-        let Err(e) = Acme::new("you@example.com", Some("http://acme.test/dir"), false) else {
+        let Err(e) = Acme::new("you@example.com", Some("http://acme.test/dir"), None, false) else {
             panic!("http directory must be refused");
         };
         assert_eq!(e.exit_code(), EX_USAGE);
