@@ -50,6 +50,8 @@ mod readme;
 mod resilience;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/setup_acme.rs"]
+mod setup_acme;
 #[path = "e2e/tcp_fallback.rs"]
 mod tcp_fallback;
 #[path = "e2e/upgrades.rs"]

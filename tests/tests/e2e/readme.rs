@@ -107,7 +107,7 @@ fn is_assignment(word: &str) -> bool {
 
 /// Splits a command line as sh does for what the README uses: whitespace, single and double
 /// quotes. Anything fancier (expansions, pipes) is refused so the README stays followable.
-fn shell_words(line: &str) -> Vec<String> {
+pub(super) fn shell_words(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut quote: Option<char> = None;
@@ -165,7 +165,7 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
     value
 }
 
-async fn run_ok(program: &Path, args: &[String], what: &str) -> String {
+pub(super) async fn run_ok(program: &Path, args: &[String], what: &str) -> String {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, stdout, stderr) = run_to_exit(program, &refs, &[], Duration::from_secs(60))
         .await
@@ -179,7 +179,7 @@ async fn run_ok(program: &Path, args: &[String], what: &str) -> String {
 }
 
 /// The line after `heading` that is not empty, trimmed.
-fn line_after(text: &str, heading: &str) -> String {
+pub(super) fn line_after(text: &str, heading: &str) -> String {
     text.lines()
         .skip_while(|l| !l.contains(heading))
         .skip(1)
@@ -188,7 +188,7 @@ fn line_after(text: &str, heading: &str) -> String {
         .unwrap_or_else(|| panic!("no line after {heading:?} in:\n{text}"))
 }
 
-fn free_tcp_port() -> u16 {
+pub(super) fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
@@ -196,7 +196,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// The enrollment code setup printed: the line that is only a code.
-fn printed_code(printed: &str) -> Option<pki::EnrollmentCode> {
+pub(super) fn printed_code(printed: &str) -> Option<pki::EnrollmentCode> {
     printed
         .lines()
         .map(str::trim)
@@ -204,7 +204,7 @@ fn printed_code(printed: &str) -> Option<pki::EnrollmentCode> {
         .find_map(|l| pki::EnrollmentCode::parse(l).ok())
 }
 
-fn free_udp_port() -> u16 {
+pub(super) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
