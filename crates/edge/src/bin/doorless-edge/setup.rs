@@ -1327,6 +1327,22 @@ mod tests {
         );
     }
 
+    /// `--acme-ca` names roots for a CA the user names: alone (Let's Encrypt needs none) or
+    /// with `--no-acme` it is a usage error.
+    #[test]
+    fn acme_ca_needs_an_acme_directory() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["doorless-edge", "setup", "--hostname", "ha.example.com"];
+            args.extend_from_slice(extra);
+            crate::Cli::try_parse_from(args).map(|_| ())
+        };
+        assert!(parse(&["--acme-ca", "root.pem"]).is_err());
+        assert!(parse(&["--no-acme", "--acme-ca", "root.pem"]).is_err());
+        let dir = ["--acme-directory", "https://ca.internal/dir"];
+        assert!(parse(&[&dir[..], &["--acme-ca", "root.pem"]].concat()).is_ok());
+    }
+
     #[test]
     fn bad_emails_and_directories_are_usage_errors() {
         for email in [
