@@ -590,3 +590,75 @@ fn completions_cover_the_verbs_and_load_in_bash() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("tcsh"), "{err}");
 }
+
+#[test]
+fn site_add_and_list_print_stable_json() {
+    let cli = Cli::new();
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "home");
+    assert_eq!(added["hostnames"], serde_json::json!(["ha.example.org"]));
+    let code = added["code"]["code"].as_str().unwrap();
+    assert!(!code.is_empty(), "{added}");
+    assert!(added["code"]["id"].as_str().is_some(), "{added}");
+    assert!(added["code"]["expires"].as_str().is_some(), "{added}");
+    assert!(added.get("token").is_none(), "{added}");
+
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "cabin",
+        "--hostname",
+        "cabin.example.org",
+        "--token",
+        "--edge-addr",
+        "edge.example.org:443",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "cabin");
+    let token = pki::EnrollmentToken::decode(added["token"]["token"].as_str().unwrap()).unwrap();
+    assert_eq!(token.site, "cabin");
+    assert_eq!(added["token"]["connector_id"], token.connector_id.as_str());
+    assert_eq!(
+        added["token"]["edges"],
+        serde_json::json!(["edge.example.org:443"])
+    );
+
+    // Refusing an existing site stays an error, with nothing on stdout.
+    let out = cli.run(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--json",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+
+    let sites: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["site", "list", "--json"])).unwrap();
+    assert_eq!(
+        sites,
+        serde_json::json!([
+            {"name": "cabin", "hostnames": ["cabin.example.org"]},
+            {"name": "home", "hostnames": ["ha.example.org"]},
+        ])
+    );
+    // The connector cabin's token made is listed by `client list --json`.
+    let clients = cli.list();
+    assert!(
+        clients
+            .iter()
+            .any(|c| c["site"] == "cabin" && c["name"] == token.connector_id.as_str()),
+        "{clients:?}"
+    );
+}

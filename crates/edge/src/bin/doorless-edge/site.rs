@@ -73,6 +73,9 @@ pub(crate) enum SiteCommand {
         /// code.
         #[arg(long)]
         token: bool,
+        /// Print JSON (`site`, `hostnames`, and `code` or `token`) instead of instructions.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         code: CodeArgs,
         #[command(flatten)]
@@ -107,6 +110,9 @@ pub(crate) enum SiteCommand {
     },
     /// List sites.
     List {
+        /// Print JSON (an array of `{name, hostnames}`) instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         state: StateArg,
     },
@@ -153,6 +159,7 @@ impl SiteCommand {
                 name,
                 hostnames,
                 token,
+                json,
                 code,
                 edge,
                 state,
@@ -194,6 +201,9 @@ impl SiteCommand {
                         // Checked before the site is made, so a bad address leaves nothing behind.
                         target.check()?;
                         let site = state.add_site(&name, &hostnames)?;
+                        if json {
+                            return print_add_json(&state, &site, token.then_some(&target), &code);
+                        }
                         println!(
                             "Site {} added for {}.",
                             site.name,
@@ -205,8 +215,17 @@ impl SiteCommand {
                 }
                 Ok(())
             }
-            SiteCommand::List { state } => {
+            SiteCommand::List { json, state } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
+                if json {
+                    let sites: Vec<_> = state
+                        .sites()?
+                        .iter()
+                        .map(|s| serde_json::json!({"name": s.name, "hostnames": s.hostnames}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&sites)?);
+                    return Ok(());
+                }
                 for site in state.sites()? {
                     println!("{}\t{}", site.name, site.hostnames.join(","));
                 }
@@ -291,15 +310,56 @@ fn credential(
     }
 }
 
-fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
-    let edge = match &args.edge {
-        Some(edge) => edge.clone(),
+/// `site add --json`: the new site and its connector credential, for scripts. Keys are stable:
+/// `site`, `hostnames`, and either `code` (`code`, `id`, `expires`) or `token` (`token`,
+/// `connector_id`, `edges`).
+fn print_add_json(
+    state: &pki::StateDir,
+    site: &pki::Site,
+    token_target: Option<&pki::EdgeTarget>,
+    code: &CodeArgs,
+) -> anyhow::Result<()> {
+    let credential = match token_target {
+        Some(target) => {
+            let token = state.issue_connector_to(&site.name, None, target)?;
+            serde_json::json!({"token": {
+                "token": token.encode(),
+                "connector_id": token.connector_id,
+                "edges": token.edges,
+            }})
+        }
+        None => {
+            let (code, record) =
+                state.mint_code(&site.name, &code_edge(site, code)?, code.valid_for)?;
+            serde_json::json!({"code": {
+                "code": code.encode(),
+                "id": record.id,
+                "expires": record.expires,
+            }})
+        }
+    };
+    let mut out = serde_json::json!({"site": site.name, "hostnames": site.hostnames});
+    if let (Some(out), Some(credential)) = (out.as_object_mut(), credential.as_object()) {
+        out.extend(credential.clone());
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Where a code sends its connector: `--edge`, else the site's first hostname.
+fn code_edge(site: &pki::Site, args: &CodeArgs) -> anyhow::Result<String> {
+    match &args.edge {
+        Some(edge) => Ok(edge.clone()),
         None => site
             .hostnames
             .first()
             .cloned()
-            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name))?,
-    };
+            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name)),
+    }
+}
+
+fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
+    let edge = code_edge(site, args)?;
     let (code, record) = state.mint_code(&site.name, &edge, args.valid_for)?;
     println!(
         "One-time enrollment code for a new connector of site {} (valid until {}, id {}):",
