@@ -662,3 +662,37 @@ fn site_add_and_list_print_stable_json() {
         "{clients:?}"
     );
 }
+
+#[test]
+fn client_list_expiring_shows_only_live_certificates_expiring_within() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let out = cli.path("out");
+    for (name, days) in [("soon", "10"), ("later", "730"), ("gone", "5")] {
+        cli.ok(&[
+            "client",
+            "add",
+            name,
+            "--site",
+            "home",
+            "--days",
+            days,
+            "--out",
+            &out,
+            "--password",
+            "pw-123456",
+        ]);
+    }
+    cli.ok(&["client", "revoke", "gone", "--site", "home"]);
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["client", "list", "--json", "--expiring", "30d"])).unwrap();
+    let names: Vec<&str> = listed.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["soon"], "{listed:?}");
+    let table = cli.ok(&["client", "list", "--expiring", "800d"]);
+    assert!(table.contains("soon") && table.contains("later"), "{table}");
+    assert!(!table.contains("gone"), "{table}");
+    let table = cli.ok(&["client", "list", "--expiring", "1d"]);
+    assert_eq!(table.lines().count(), 1, "only the header: {table}");
+    let err = cli.fails(&["client", "list", "--expiring", "soon"]);
+    assert!(err.contains("--expiring"), "{err}");
+}
