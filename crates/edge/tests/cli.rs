@@ -696,3 +696,76 @@ fn client_list_expiring_shows_only_live_certificates_expiring_within() {
     let err = cli.fails(&["client", "list", "--expiring", "soon"]);
     assert!(err.contains("--expiring"), "{err}");
 }
+
+#[test]
+fn site_remove_revokes_and_deletes_and_needs_yes_without_a_terminal() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    cli.ok(&[
+        "site",
+        "add",
+        "cabin",
+        "--hostname",
+        "cabin.example.org",
+        "--token",
+    ]);
+    cli.ok(&["site", "token", "home"]);
+    let out = cli.path("out");
+    for (name, site) in [("phone", "home"), ("laptop", "cabin")] {
+        cli.ok(&[
+            "client",
+            "add",
+            name,
+            "--site",
+            site,
+            "--out",
+            &out,
+            "--password",
+            "pw-123456",
+        ]);
+    }
+    cli.ok(&[
+        "client", "add", "tablet", "--site", "home", "--link", "--no-qr",
+    ]);
+    let home_dir = cli.state.join("sites").join("home");
+    assert!(home_dir.is_dir());
+
+    // stdin is not a terminal (null): refused, nothing changed.
+    let err = cli.fails(&["site", "remove", "home"]);
+    assert!(err.contains("--yes"), "{err}");
+    assert!(home_dir.is_dir());
+    assert!(cli.list().iter().all(|c| c["revoked_at"].is_null()));
+
+    let err = cli.fails(&["site", "remove", "nowhere", "--yes"]);
+    assert!(err.contains("nowhere"), "{err}");
+
+    let printed = cli.ok(&["site", "remove", "home", "--yes"]);
+    assert!(printed.contains("revoked 3 certificate(s)"), "{printed}");
+    assert!(!home_dir.exists());
+    let sites: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["site", "list", "--json"])).unwrap();
+    assert_eq!(
+        sites,
+        serde_json::json!([{"name": "cabin", "hostnames": ["cabin.example.org"]}])
+    );
+    // Every certificate of home is revoked (the record stays); cabin's are untouched.
+    for c in cli.list() {
+        match c["site"].as_str() {
+            Some("home") => assert!(c["revoked_at"].is_string(), "{c}"),
+            _ => assert!(c["revoked_at"].is_null(), "{c}"),
+        }
+    }
+    // Its pending enrollment codes are revoked; the pending device link is gone.
+    let codes = cli.ok(&["site", "codes"]);
+    assert!(codes.contains("\thome\trevoked\t"), "{codes}");
+    for line in codes.lines().filter(|l| l.contains("\thome\t")) {
+        assert!(!line.contains("pending"), "{codes}");
+    }
+    let links = cli.state.join("links");
+    let left = std::fs::read_dir(&links)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "links left in {}", links.display());
+    // The site can be added again from scratch.
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+}

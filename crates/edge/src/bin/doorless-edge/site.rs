@@ -108,6 +108,18 @@ pub(crate) enum SiteCommand {
         #[command(flatten)]
         state: StateArg,
     },
+    /// Remove a site: revoke its devices, connectors and pending codes (a running edge drops
+    /// them within a second), and delete its files (CAs, keys, certificates) from the state
+    /// directory. Asks first; without a terminal it needs --yes.
+    Remove {
+        /// Site name.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// List sites.
     List {
         /// Print JSON (an array of `{name, hostnames}`) instead of a table.
@@ -215,6 +227,32 @@ impl SiteCommand {
                 }
                 Ok(())
             }
+            SiteCommand::Remove { name, yes, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                let site = state.site(&name)?;
+                if !yes && !confirm_remove(&site)? {
+                    anyhow::bail!("site {} not removed", site.name);
+                }
+                let revoked = state.remove_site(&site.name)?;
+                println!(
+                    "Removed site {} ({}): revoked {} certificate(s), deleted its files.",
+                    site.name,
+                    site.hostnames.join(", "),
+                    revoked.len()
+                );
+                for entry in &revoked {
+                    println!(
+                        "  revoked {} {} (serial {})",
+                        entry.kind, entry.name, entry.serial
+                    );
+                }
+                println!(
+                    "A running edge stops serving it within a second. Remove any [sites.{}] \
+                     section from the edge configuration.",
+                    site.name
+                );
+                Ok(())
+            }
             SiteCommand::List { json, state } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 if json {
@@ -291,6 +329,28 @@ impl SiteCommand {
             }
         }
     }
+}
+
+/// Asks on the terminal whether to remove `site`; refuses when stdin is not a terminal, so a
+/// script cannot remove a site by accident.
+fn confirm_remove(site: &pki::Site) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "site remove revokes every device and connector of site {} and deletes its files; \
+         stdin is not a terminal to confirm on, so pass --yes; nothing changed",
+        site.name
+    );
+    print!(
+        "Remove site {} ({}), revoking all its devices and connectors? [y/N] ",
+        site.name,
+        site.hostnames.join(", ")
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    // One line; a terminal line is short, and `take` bounds it anyway.
+    std::io::stdin().lock().take(1024).read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// Prints a new connector credential for `site`: a code, or a token dialing `token_target`
