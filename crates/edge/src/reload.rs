@@ -4,7 +4,8 @@
 //! The watcher polls the few files that matter four times a second (cheaper and more robust
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
 //! once on SIGHUP. A reload builds a complete new [`Sites`] and swaps it in; if anything fails
-//! to load, the old one stays and the error is logged. Connections of certificates that the
+//! to load, the old one stays, the error is logged and kept for `/status` (`last_reload`), and
+//! `doorless_edge_config_reloads_total{result="error"}` counts it. Connections of certificates that the
 //! new state revokes are closed, WebSockets included (`revocation::enforce`). Which files to
 //! watch is the state dir's to say (`pki::StateDir::watched_paths`), plus any `tls_cert` /
 //! `tls_key` the config names.
