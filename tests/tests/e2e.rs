@@ -42,6 +42,8 @@ mod limits;
 mod links;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/operations.rs"]
+mod operations;
 #[path = "e2e/policy.rs"]
 mod policy;
 #[path = "e2e/readme.rs"]

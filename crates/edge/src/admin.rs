@@ -55,7 +55,18 @@ fn status(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "version": env!("CARGO_PKG_VERSION"), "sites": sites })
+    let last_reload = shared.last_reload.get().map(|r| {
+        json!({
+            "result": if r.ok { "ok" } else { "error" },
+            "at": rfc3339(r.at),
+            "error": r.error,
+        })
+    });
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "sites": sites,
+        "last_reload": last_reload,
+    })
 }
 
 /// The site's served certificate and, for an ACME site, what its task is doing.

@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) tcp_tunnels: tokio::sync::mpsc::Sender<connectors::TcpTunnel>,
     /// Per-address budget of device-link requests.
     pub(crate) link_limit: link::LinkLimit,
+    /// How the last reload went, for `/status`.
+    pub(crate) last_reload: reload::ReloadRecord,
     request_ids: AtomicU64,
 }
 
@@ -211,6 +213,7 @@ impl Edge {
             tunnel_tls: tunnel.tcp_tls_config(),
             tcp_tunnels: tcp_tunnels_tx,
             link_limit: link::LinkLimit::new(prefixes),
+            last_reload: reload::ReloadRecord::default(),
             config,
         });
         Ok(Self {

@@ -4,15 +4,16 @@
 //! The watcher polls the few files that matter four times a second (cheaper and more robust
 //! than inotify across renames, editors and bind mounts) and reloads on any change, or at
 //! once on SIGHUP. A reload builds a complete new [`Sites`] and swaps it in; if anything fails
-//! to load, the old one stays and the error is logged. Connections of certificates that the
+//! to load, the old one stays, the error is logged and kept for `/status` (`last_reload`), and
+//! `doorless_edge_config_reloads_total{result="error"}` counts it. Connections of certificates that the
 //! new state revokes are closed, WebSockets included (`revocation::enforce`). Which files to
 //! watch is the state dir's to say (`pki::StateDir::watched_paths`), plus any `tls_cert` /
 //! `tls_key` the config names.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -66,12 +67,46 @@ async fn recv_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
+/// How the last reload went, for `/status`: a failed reload keeps the previous state (so a
+/// `client revoke` may not have applied), and the operator has to be able to see that.
+#[derive(Debug, Clone)]
+pub(crate) struct LastReload {
+    /// Whether the new state was taken.
+    pub(crate) ok: bool,
+    /// When the reload finished.
+    pub(crate) at: SystemTime,
+    /// Why it failed (the error chain), if it did.
+    pub(crate) error: Option<String>,
+}
+
+/// The outcome of the last reload since start (none yet: the state is the one loaded at start).
+#[derive(Debug, Default)]
+pub(crate) struct ReloadRecord(Mutex<Option<LastReload>>);
+
+impl ReloadRecord {
+    fn set(&self, last: LastReload) {
+        // A poisoned lock only means a panic elsewhere mid-assignment; the value is whole.
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+    }
+
+    /// The last reload's outcome, if there was one.
+    pub(crate) fn get(&self) -> Option<LastReload> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Reloads the state now. Returns whether the new state was taken.
 pub(crate) fn reload(shared: &Shared) -> bool {
     let sites = match Sites::load(&shared.config, shared.acme.as_ref()) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %daemon::error_chain(&e), "reload failed; keeping the previous state");
+            let error = daemon::error_chain(&e).to_string();
+            warn!(error = %error, "reload failed; keeping the previous state");
+            shared.last_reload.set(LastReload {
+                ok: false,
+                at: SystemTime::now(),
+                error: Some(error),
+            });
             shared
                 .metrics
                 .reloads
@@ -96,6 +131,11 @@ pub(crate) fn reload(shared: &Shared) -> bool {
         .get_or_create(&ResultLabel { result: "ok" })
         .inc();
     metrics.revoked_connections_closed.inc_by(closed as u64);
+    shared.last_reload.set(LastReload {
+        ok: true,
+        at: SystemTime::now(),
+        error: None,
+    });
     info!(
         newly_revoked = newly_revoked.devices(),
         connections_closed = closed,

@@ -590,3 +590,182 @@ fn completions_cover_the_verbs_and_load_in_bash() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("tcsh"), "{err}");
 }
+
+#[test]
+fn site_add_and_list_print_stable_json() {
+    let cli = Cli::new();
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "home");
+    assert_eq!(added["hostnames"], serde_json::json!(["ha.example.org"]));
+    let code = added["code"]["code"].as_str().unwrap();
+    assert!(!code.is_empty(), "{added}");
+    assert!(added["code"]["id"].as_str().is_some(), "{added}");
+    assert!(added["code"]["expires"].as_str().is_some(), "{added}");
+    assert!(added.get("token").is_none(), "{added}");
+
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "cabin",
+        "--hostname",
+        "cabin.example.org",
+        "--token",
+        "--edge-addr",
+        "edge.example.org:443",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "cabin");
+    let token = pki::EnrollmentToken::decode(added["token"]["token"].as_str().unwrap()).unwrap();
+    assert_eq!(token.site, "cabin");
+    assert_eq!(added["token"]["connector_id"], token.connector_id.as_str());
+    assert_eq!(
+        added["token"]["edges"],
+        serde_json::json!(["edge.example.org:443"])
+    );
+
+    // Refusing an existing site stays an error, with nothing on stdout.
+    let out = cli.run(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--json",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+
+    let sites: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["site", "list", "--json"])).unwrap();
+    assert_eq!(
+        sites,
+        serde_json::json!([
+            {"name": "cabin", "hostnames": ["cabin.example.org"]},
+            {"name": "home", "hostnames": ["ha.example.org"]},
+        ])
+    );
+    // The connector cabin's token made is listed by `client list --json`.
+    let clients = cli.list();
+    assert!(
+        clients
+            .iter()
+            .any(|c| c["site"] == "cabin" && c["name"] == token.connector_id.as_str()),
+        "{clients:?}"
+    );
+}
+
+#[test]
+fn client_list_expiring_shows_only_live_certificates_expiring_within() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let out = cli.path("out");
+    for (name, days) in [("soon", "10"), ("later", "730"), ("gone", "5")] {
+        cli.ok(&[
+            "client",
+            "add",
+            name,
+            "--site",
+            "home",
+            "--days",
+            days,
+            "--out",
+            &out,
+            "--password",
+            "pw-123456",
+        ]);
+    }
+    cli.ok(&["client", "revoke", "gone", "--site", "home"]);
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["client", "list", "--json", "--expiring", "30d"])).unwrap();
+    let names: Vec<&str> = listed.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["soon"], "{listed:?}");
+    let table = cli.ok(&["client", "list", "--expiring", "800d"]);
+    assert!(table.contains("soon") && table.contains("later"), "{table}");
+    assert!(!table.contains("gone"), "{table}");
+    let table = cli.ok(&["client", "list", "--expiring", "1d"]);
+    assert_eq!(table.lines().count(), 1, "only the header: {table}");
+    let err = cli.fails(&["client", "list", "--expiring", "soon"]);
+    assert!(err.contains("--expiring"), "{err}");
+}
+
+#[test]
+fn site_remove_revokes_and_deletes_and_needs_yes_without_a_terminal() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    cli.ok(&[
+        "site",
+        "add",
+        "cabin",
+        "--hostname",
+        "cabin.example.org",
+        "--token",
+    ]);
+    cli.ok(&["site", "token", "home"]);
+    let out = cli.path("out");
+    for (name, site) in [("phone", "home"), ("laptop", "cabin")] {
+        cli.ok(&[
+            "client",
+            "add",
+            name,
+            "--site",
+            site,
+            "--out",
+            &out,
+            "--password",
+            "pw-123456",
+        ]);
+    }
+    cli.ok(&[
+        "client", "add", "tablet", "--site", "home", "--link", "--no-qr",
+    ]);
+    let home_dir = cli.state.join("sites").join("home");
+    assert!(home_dir.is_dir());
+
+    // stdin is not a terminal (null): refused, nothing changed.
+    let err = cli.fails(&["site", "remove", "home"]);
+    assert!(err.contains("--yes"), "{err}");
+    assert!(home_dir.is_dir());
+    assert!(cli.list().iter().all(|c| c["revoked_at"].is_null()));
+
+    let err = cli.fails(&["site", "remove", "nowhere", "--yes"]);
+    assert!(err.contains("nowhere"), "{err}");
+
+    let printed = cli.ok(&["site", "remove", "home", "--yes"]);
+    assert!(printed.contains("revoked 3 certificate(s)"), "{printed}");
+    assert!(!home_dir.exists());
+    let sites: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["site", "list", "--json"])).unwrap();
+    assert_eq!(
+        sites,
+        serde_json::json!([{"name": "cabin", "hostnames": ["cabin.example.org"]}])
+    );
+    // Every certificate of home is revoked (the record stays); cabin's are untouched.
+    for c in cli.list() {
+        match c["site"].as_str() {
+            Some("home") => assert!(c["revoked_at"].is_string(), "{c}"),
+            _ => assert!(c["revoked_at"].is_null(), "{c}"),
+        }
+    }
+    // Its pending enrollment codes are revoked; the pending device link is gone.
+    let codes = cli.ok(&["site", "codes"]);
+    assert!(codes.contains("\thome\trevoked\t"), "{codes}");
+    for line in codes.lines().filter(|l| l.contains("\thome\t")) {
+        assert!(!line.contains("pending"), "{codes}");
+    }
+    let links = cli.state.join("links");
+    let left = std::fs::read_dir(&links)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "links left in {}", links.display());
+    // The site can be added again from scratch.
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+}

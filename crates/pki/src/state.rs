@@ -551,6 +551,35 @@ impl StateDir {
         self.revoke_at(index, position)
     }
 
+    /// Removes site `name`: revokes its pending enrollment codes, revokes every live device
+    /// and connector certificate of it in one index write (the entries stay, for the record),
+    /// deletes the devices' pending links, then deletes the site's directory (its CAs, keys,
+    /// certificates and CRL). Revocation goes first so that a failure half-way leaves a
+    /// revoked site, never a deleted one whose certificates are still live. Returns the
+    /// certificates it revoked.
+    pub fn remove_site(&self, name: &str) -> Result<Vec<IndexEntry>> {
+        let site = self.site(name)?;
+        self.revoke_codes(&site.name, None)?;
+        let mut index = self.read_index()?;
+        let at = rfc3339(now());
+        let mut revoked = Vec::new();
+        for entry in index
+            .iter_mut()
+            .filter(|e| e.site == site.name && e.revoked_at.is_none())
+        {
+            entry.revoked_at = Some(at.clone());
+            revoked.push(entry.clone());
+        }
+        self.write_index(&index)?;
+        for entry in revoked.iter().filter(|e| e.kind == Kind::Device) {
+            self.remove_links_of(&site.name, &entry.name)?;
+        }
+        let dir = self.site_dir(&site.name);
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        sfs::sync_dir(&self.sites_path())?;
+        Ok(revoked)
+    }
+
     /// Revokes one certificate named by device (or connector) name or by serial number.
     ///
     /// A serial is hex, case-insensitive, with or without colons or a `0x` prefix (as

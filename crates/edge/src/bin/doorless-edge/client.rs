@@ -112,6 +112,10 @@ pub(crate) enum ClientCommand {
         /// Only this site.
         #[arg(long)]
         site: Option<String>,
+        /// Only certificates that expire within this duration (e.g. `30d`, `2w`) and are
+        /// neither revoked nor expired already.
+        #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+        expiring: Option<std::time::Duration>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -232,16 +236,29 @@ impl ClientCommand {
                 );
                 Ok(())
             }
-            ClientCommand::List { json, site, state } => {
+            ClientCommand::List {
+                json,
+                site,
+                expiring,
+                state,
+            } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 if let Some(site) = &site {
                     state.site(site)?;
                 }
-                let clients: Vec<pki::IndexEntry> = state
-                    .clients()?
-                    .into_iter()
-                    .filter(|c| site.as_ref().is_none_or(|s| &c.site == s))
-                    .collect();
+                let now = time::OffsetDateTime::now_utc();
+                let mut clients = Vec::new();
+                for c in state.clients()? {
+                    if site.as_ref().is_some_and(|s| &c.site != s) {
+                        continue;
+                    }
+                    if let Some(within) = expiring
+                        && !expires_within(&c, now, within)?
+                    {
+                        continue;
+                    }
+                    clients.push(c);
+                }
                 let pending: Vec<(String, String)> = state
                     .links()?
                     .into_iter()
@@ -324,6 +341,28 @@ impl ClientCommand {
             }
         }
     }
+}
+
+/// Whether `entry` is live (not revoked, not expired at `now`) and expires within `within`.
+fn expires_within(
+    entry: &pki::IndexEntry,
+    now: time::OffsetDateTime,
+    within: std::time::Duration,
+) -> anyhow::Result<bool> {
+    if entry.revoked_at.is_some() {
+        return Ok(false);
+    }
+    let not_after = time::OffsetDateTime::parse(
+        &entry.not_after,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .with_context(|| {
+        format!(
+            "index entry {} of site {}: bad not_after {:?}",
+            entry.name, entry.site, entry.not_after
+        )
+    })?;
+    Ok(not_after > now && not_after <= now + within)
 }
 
 /// The output of `client add` / `client renew`, checked before anything is issued so that a

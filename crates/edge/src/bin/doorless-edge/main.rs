@@ -1,5 +1,5 @@
 //! The `doorless-edge` command line: parses the verb and dispatches to its module (`setup`;
-//! PKI verbs `init`, `site`, `client`; `run` and `check-config`; `demo`), and turns an error
+//! PKI verbs `init`, `site`, `client`; `run`, `check-config` and `status`; `demo`), and turns an error
 //! into the exit code. Nothing else happens here.
 
 mod client;
@@ -9,6 +9,7 @@ mod init;
 mod run;
 mod setup;
 mod site;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ enum Command {
     Run(run::Run),
     /// Check a configuration file and exit.
     CheckConfig(run::CheckConfig),
+    /// Show what the running edge reports on its admin listener: sites, connectors (transport,
+    /// age, streams), the last reload, certificates about to expire.
+    Status(status::Status),
     /// Print a shell completion script: `doorless-edge completions bash >
     /// /etc/bash_completion.d/doorless-edge` (zsh: a `_doorless-edge` file on $fpath; fish:
     /// ~/.config/fish/completions/doorless-edge.fish).
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Client(client) => client.run(),
         Command::Run(run) => run.run(),
         Command::CheckConfig(check) => check.run(),
+        Command::Status(status) => status.run(),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

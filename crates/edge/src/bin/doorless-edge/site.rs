@@ -73,6 +73,9 @@ pub(crate) enum SiteCommand {
         /// code.
         #[arg(long)]
         token: bool,
+        /// Print JSON (`site`, `hostnames`, and `code` or `token`) instead of instructions.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         code: CodeArgs,
         #[command(flatten)]
@@ -105,8 +108,23 @@ pub(crate) enum SiteCommand {
         #[command(flatten)]
         state: StateArg,
     },
+    /// Remove a site: revoke its devices, connectors and pending codes (a running edge drops
+    /// them within a second), and delete its files (CAs, keys, certificates) from the state
+    /// directory. Asks first; without a terminal it needs --yes.
+    Remove {
+        /// Site name.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// List sites.
     List {
+        /// Print JSON (an array of `{name, hostnames}`) instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         state: StateArg,
     },
@@ -153,6 +171,7 @@ impl SiteCommand {
                 name,
                 hostnames,
                 token,
+                json,
                 code,
                 edge,
                 state,
@@ -194,6 +213,9 @@ impl SiteCommand {
                         // Checked before the site is made, so a bad address leaves nothing behind.
                         target.check()?;
                         let site = state.add_site(&name, &hostnames)?;
+                        if json {
+                            return print_add_json(&state, &site, token.then_some(&target), &code);
+                        }
                         println!(
                             "Site {} added for {}.",
                             site.name,
@@ -205,8 +227,43 @@ impl SiteCommand {
                 }
                 Ok(())
             }
-            SiteCommand::List { state } => {
+            SiteCommand::Remove { name, yes, state } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
+                let site = state.site(&name)?;
+                if !yes && !confirm_remove(&site)? {
+                    anyhow::bail!("site {} not removed", site.name);
+                }
+                let revoked = state.remove_site(&site.name)?;
+                println!(
+                    "Removed site {} ({}): revoked {} certificate(s), deleted its files.",
+                    site.name,
+                    site.hostnames.join(", "),
+                    revoked.len()
+                );
+                for entry in &revoked {
+                    println!(
+                        "  revoked {} {} (serial {})",
+                        entry.kind, entry.name, entry.serial
+                    );
+                }
+                println!(
+                    "A running edge stops serving it within a second. Remove any [sites.{}] \
+                     section from the edge configuration.",
+                    site.name
+                );
+                Ok(())
+            }
+            SiteCommand::List { json, state } => {
+                let state = pki::StateDir::open(&state.state_dir)?;
+                if json {
+                    let sites: Vec<_> = state
+                        .sites()?
+                        .iter()
+                        .map(|s| serde_json::json!({"name": s.name, "hostnames": s.hostnames}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&sites)?);
+                    return Ok(());
+                }
                 for site in state.sites()? {
                     println!("{}\t{}", site.name, site.hostnames.join(","));
                 }
@@ -274,6 +331,28 @@ impl SiteCommand {
     }
 }
 
+/// Asks on the terminal whether to remove `site`; refuses when stdin is not a terminal, so a
+/// script cannot remove a site by accident.
+fn confirm_remove(site: &pki::Site) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "site remove revokes every device and connector of site {} and deletes its files; \
+         stdin is not a terminal to confirm on, so pass --yes; nothing changed",
+        site.name
+    );
+    print!(
+        "Remove site {} ({}), revoking all its devices and connectors? [y/N] ",
+        site.name,
+        site.hostnames.join(", ")
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    // One line; a terminal line is short, and `take` bounds it anyway.
+    std::io::stdin().lock().take(1024).read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
 /// Prints a new connector credential for `site`: a code, or a token dialing `token_target`
 /// if one was asked for.
 fn credential(
@@ -291,15 +370,56 @@ fn credential(
     }
 }
 
-fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
-    let edge = match &args.edge {
-        Some(edge) => edge.clone(),
+/// `site add --json`: the new site and its connector credential, for scripts. Keys are stable:
+/// `site`, `hostnames`, and either `code` (`code`, `id`, `expires`) or `token` (`token`,
+/// `connector_id`, `edges`).
+fn print_add_json(
+    state: &pki::StateDir,
+    site: &pki::Site,
+    token_target: Option<&pki::EdgeTarget>,
+    code: &CodeArgs,
+) -> anyhow::Result<()> {
+    let credential = match token_target {
+        Some(target) => {
+            let token = state.issue_connector_to(&site.name, None, target)?;
+            serde_json::json!({"token": {
+                "token": token.encode(),
+                "connector_id": token.connector_id,
+                "edges": token.edges,
+            }})
+        }
+        None => {
+            let (code, record) =
+                state.mint_code(&site.name, &code_edge(site, code)?, code.valid_for)?;
+            serde_json::json!({"code": {
+                "code": code.encode(),
+                "id": record.id,
+                "expires": record.expires,
+            }})
+        }
+    };
+    let mut out = serde_json::json!({"site": site.name, "hostnames": site.hostnames});
+    if let (Some(out), Some(credential)) = (out.as_object_mut(), credential.as_object()) {
+        out.extend(credential.clone());
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Where a code sends its connector: `--edge`, else the site's first hostname.
+fn code_edge(site: &pki::Site, args: &CodeArgs) -> anyhow::Result<String> {
+    match &args.edge {
+        Some(edge) => Ok(edge.clone()),
         None => site
             .hostnames
             .first()
             .cloned()
-            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name))?,
-    };
+            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name)),
+    }
+}
+
+fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
+    let edge = code_edge(site, args)?;
     let (code, record) = state.mint_code(&site.name, &edge, args.valid_for)?;
     println!(
         "One-time enrollment code for a new connector of site {} (valid until {}, id {}):",
