@@ -19,9 +19,13 @@
 //! - `run` (the command setup printed) gets `--ready-file`; the connector, `--ready-file`, an
 //!   admin listener on port 0 and a temp `DOORLESS_STATE_DIR`; its `DOORLESS_UPSTREAM` is the
 //!   stand-in Home Assistant.
-//! - `client add` gets `--out DIR` (the README's working directory on the VPS); `fetch` (scp
-//!   back) checks that the files it names were written there; curl gets those paths, the
-//!   local CA (no ACME) and `-sS -o /dev/null -w %{http_code}`.
+//! - `client add --link` gets `--port` (the HTTPS listener is not on 443; setup prints it so)
+//!   and `--out DIR` (the README's working directory on the VPS), which must stay empty. The phone that scans the QR code is a
+//!   certificate-less client that opens the printed link, downloads the `.p12` the page offers,
+//!   imports it with `openssl pkcs12 -legacy` and the printed password, and curls with it: 200.
+//! - curl gets `--resolve` to loopback, the local CA (no ACME) and
+//!   `-sS -o /dev/null -w %{http_code}`; the README's certificate-less check must then fail in
+//!   the handshake.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,16 +38,16 @@ const HOST: &str = "ha.readme.test";
 /// What setup prints before the connector command for installs without the add-on.
 const NOT_ADDON: &str = "Not on Home Assistant OS?";
 
+/// What `client add --link` prints before the link and before the password.
+const LINK_HEADING: &str = "Open this link on the device (once; valid until ";
+const PASSWORD_HEADING: &str =
+    "Password of the certificate (shown only now, stored nowhere; not in the link):";
+/// How long the edge may take to notice a link made or used up (it promises a second; the
+/// machine running the tests may be loaded).
+const LINK_DEADLINE: Duration = Duration::from_secs(20);
+
 /// The steps, in the README's order.
-const STEPS: &[&str] = &[
-    "build",
-    "copy",
-    "setup",
-    "connector",
-    "device",
-    "fetch",
-    "curl",
-];
+const STEPS: &[&str] = &["build", "copy", "setup", "connector", "device", "curl"];
 
 /// One marked command: its step name and words (shell quoting removed).
 #[derive(Debug)]
@@ -388,88 +392,178 @@ async fn readme_setup_path_works_on_loopback() {
     );
     assert_eq!(state_now.clients().unwrap().len(), 1);
 
-    // The first device: the README's command is the one setup printed.
+    // The first device: the README's command is the one setup printed (which adds the
+    // HTTPS port, not 443 here, and the test's state directory), and makes a link.
     let device_step = step(&steps, "device");
     let mut device: Vec<String> = args_of(device_step, "doorless-edge").to_vec();
     let device_line = line_after(&printed, "Then your first device:");
     let mut expected = shell_words(&device_line);
     assert_eq!(expected.remove(0), edge_bin.display().to_string());
-    let mut readme_device = device.clone();
-    readme_device.extend(["--state-dir".into(), state.display().to_string()]);
-    assert_eq!(
-        readme_device, expected,
-        "README's device command vs setup's"
-    );
-    assert!(device.windows(2).any(|w| w[0] == "--site" && w[1] == site));
     device.extend([
+        "--port".into(),
+        https_port.to_string(),
         "--state-dir".into(),
         state.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
     ]);
-    run_ok(edge_bin, &device, "client add").await;
-
-    // Fetch: the files the README copies off the VPS exist.
-    let fetch = args_of(step(&steps, "fetch"), "scp");
-    for source in &fetch[..fetch.len() - 1] {
-        let (_, file) = source
-            .split_once(':')
-            .unwrap_or_else(|| panic!("fetch source {source} is not HOST:FILE"));
-        assert!(out.join(file).is_file(), "client add wrote no {file}");
+    assert_eq!(device, expected, "README's device command vs setup's");
+    assert!(device.windows(2).any(|w| w[0] == "--site" && w[1] == site));
+    assert!(device.iter().any(|a| a == "--link"), "{device:?}");
+    let name = device
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| panic!("no device name in {device:?}"));
+    device.extend(["--out".into(), out.display().to_string()]);
+    let added = run_ok(edge_bin, &device, "client add --link").await;
+    // The README shows the output's headings as the binary prints them.
+    for heading in [LINK_HEADING, PASSWORD_HEADING] {
+        assert!(added.contains(heading), "client add printed:\n{added}");
+        assert!(readme.contains(heading), "the README lacks {heading:?}");
     }
+    let url = added
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("https://"))
+        .unwrap_or_else(|| panic!("client add printed no link:\n{added}"))
+        .to_owned();
+    assert!(
+        url.starts_with(&format!("https://{HOST}:{https_port}/")),
+        "{url}"
+    );
+    let password = line_after(&added, PASSWORD_HEADING);
+    assert!(
+        out.read_dir().unwrap().next().is_none(),
+        "--link wrote files"
+    );
 
-    // curl, presenting the device certificate.
-    let curl_step = step(&steps, "curl");
-    let mut curl: Vec<String> = args_of(curl_step, "curl")
-        .iter()
-        .map(|a| match a.as_str() {
-            "phone.crt" | "phone.key" => out.join(a).display().to_string(),
-            url if url.starts_with("https://") => {
-                host(url).replacen(HOST, &format!("{HOST}:{}", https.port()), 1)
-            }
-            other => other.to_owned(),
-        })
-        .collect();
-    let server_ca = pki::StateDir::open(&state).unwrap().server_ca_path();
-    curl.extend([
-        "--resolve".into(),
-        format!("{HOST}:{}:127.0.0.1", https.port()),
-        "--cacert".into(),
-        server_ca.display().to_string(),
-        "-sS".into(),
-        "-o".into(),
-        "/dev/null".into(),
-        "-w".into(),
-        "%{http_code}".into(),
-        "--max-time".into(),
-        "20".into(),
-    ]);
-    let code = run_ok(Path::new("curl"), &curl, "curl").await;
+    // The phone: opens the link without a certificate, downloads the .p12 the page offers,
+    // imports it with the printed password, and opens Home Assistant with it.
+    let server_ca_path = pki::StateDir::open(&state).unwrap().server_ca_path();
+    let server_ca = std::fs::read(&server_ca_path).unwrap();
+    let bare = e2e::client_builder(&server_ca, HOST, https, None)
+        .unwrap()
+        .build()
+        .unwrap();
+    let get = |url: String| {
+        let bare = bare.clone();
+        async move {
+            let response = bare.get(url).send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.bytes().await.ok()?))
+        }
+    };
+    // The edge picks the link up within a second.
+    let page = e2e::poll_until("the link's page", LINK_DEADLINE, || async {
+        get(url.clone()).await.filter(|(status, _)| *status == 200)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.output()));
+    let origin = format!("https://{HOST}:{https_port}");
+    let p12_href = format!("{}/{name}.p12", url.trim_start_matches(&origin));
+    assert!(
+        String::from_utf8_lossy(&page.1).contains(&format!("href=\"{p12_href}\"")),
+        "the page offers no {p12_href}"
+    );
+    let (status, p12) = get(format!("{url}/{name}.p12"))
+        .await
+        .unwrap_or_else(|| panic!("fetching {url}/{name}.p12 failed"));
+    assert_eq!(status, 200, "{url}/{name}.p12");
+    let p12_path = dir.path().join(format!("{name}.p12"));
+    std::fs::write(&p12_path, &p12).unwrap();
+    let (cert, key) = (dir.path().join("phone.crt"), dir.path().join("phone.key"));
+    for (what, file) in [("-nokeys", &cert), ("-nocerts", &key)] {
+        let imported = std::process::Command::new("openssl")
+            .args([
+                "pkcs12",
+                "-legacy",
+                "-nodes",
+                what,
+                "-passin",
+                "env:P12_PASSWORD",
+            ])
+            .arg("-in")
+            .arg(&p12_path)
+            .arg("-out")
+            .arg(file)
+            .env("P12_PASSWORD", &password)
+            .output()
+            .unwrap();
+        assert!(
+            imported.status.success(),
+            "openssl pkcs12 -legacy {what}: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    }
+    let curl_to = |url: &str, extra: &[String]| -> Vec<String> {
+        let mut args = vec![
+            host(url).replacen(HOST, &format!("{HOST}:{https_port}"), 1),
+            "--resolve".into(),
+            format!("{HOST}:{https_port}:127.0.0.1"),
+            "--cacert".into(),
+            server_ca_path.display().to_string(),
+            "-sS".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--max-time".into(),
+            "20".into(),
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let with_cert = curl_to(
+        &format!("https://{README_HOST}/"),
+        &[
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+    );
+    let code = run_ok(
+        Path::new("curl"),
+        &with_cert,
+        "curl with the phone's certificate",
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(
         code.trim(),
         "200",
-        "{curl:?}\n{}\n{}",
+        "{with_cert:?}\n{}\n{}",
         edge.output(),
         connector.output()
     );
     assert_eq!(ha.requests(), 1);
 
-    // Without the certificate: refused, Home Assistant sees nothing.
-    let bare: Vec<String> = curl
-        .iter()
-        .enumerate()
-        .filter(|(i, a)| {
-            !(["--cert", "--key"].contains(&a.as_str())
-                || (*i > 0 && ["--cert", "--key"].contains(&curl[i - 1].as_str())))
-        })
-        .map(|(_, a)| a.clone())
-        .collect();
-    let refs: Vec<&str> = bare.iter().map(String::as_str).collect();
-    let (status, code, _) = run_to_exit(Path::new("curl"), &refs, &[], Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert!(!status.success() && code.trim() == "000", "{status} {code}");
+    // The README's check from the computer: without a certificate the edge refuses the
+    // handshake (once it has noticed the link is used up) and Home Assistant sees nothing.
+    let curl_step = step(&steps, "curl");
+    let readme_curl = args_of(curl_step, "curl");
+    assert!(
+        curl_step.env.is_empty() && readme_curl.len() == 1,
+        "the README's curl check is one URL: {readme_curl:?}"
+    );
+    let bare_curl = curl_to(&readme_curl[0], &[]);
+    let refs: Vec<&str> = bare_curl.iter().map(String::as_str).collect();
+    // The handshake reached the edge and failed there: curl's TLS errors (35 handshake,
+    // 55/56 send/receive, which of them depends on when the edge's alert arrives), never
+    // 7 (nothing listening) or 28 (timeout, the firewall).
+    let refused = e2e::poll_until("a refused handshake", LINK_DEADLINE, || async {
+        let (status, code, stderr) =
+            run_to_exit(Path::new("curl"), &refs, &[], Duration::from_secs(30))
+                .await
+                .ok()?;
+        (!status.success() && code.trim() == "000").then_some((status.code(), stderr))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.output()));
+    assert!(
+        matches!(refused.0, Some(35 | 55 | 56)),
+        "curl without a certificate: {refused:?}"
+    );
+    let refused = refused.1;
+    eprintln!("curl without a certificate: {}", refused.trim());
     assert_eq!(ha.requests(), 1);
 
     eprintln!("README path (setup → curl 200) on loopback: {elapsed:.2?}");

@@ -632,13 +632,15 @@ impl Plan {
             first_device_command(
                 &self.program,
                 self.site_name(),
+                self.listen.https.port(),
                 self.state_dir_flag.as_deref()
             )
         );
         println!();
         println!(
-            "It writes phone.p12 (import it on the phone; the password is printed once) and \
-             phone.crt/phone.key for curl. Every device: docs/devices.md."
+            "It prints a one-time link and its QR code: scan it with the phone, which installs \
+             the certificate with the password printed once. Files instead (a computer, curl): \
+             leave out --link. Every device: docs/devices.md."
         );
         if self.acme.is_none() {
             println!(
@@ -733,10 +735,21 @@ impl Plan {
 }
 
 /// The command that issues the first device's certificate. The one place that decides how a
-/// device enrolls: teammate "enroll" (issue 12) adds `--link` (a one-time URL and QR code).
-fn first_device_command(program: &str, site: &str, state_dir_flag: Option<&Path>) -> String {
+/// device enrolls: a one-time link the phone opens by its QR code, so no file has to be copied
+/// off the VPS. The link names the HTTPS port when it is not 443 (`client add --link` cannot
+/// know it otherwise without `--config`).
+fn first_device_command(
+    program: &str,
+    site: &str,
+    https_port: u16,
+    state_dir_flag: Option<&Path>,
+) -> String {
+    let port = match https_port {
+        443 => String::new(),
+        port => format!(" --port {port}"),
+    };
     with_state_dir(
-        format!("{program} client add phone --site {site}"),
+        format!("{program} client add phone --site {site} --link{port}"),
         state_dir_flag,
     )
 }
@@ -1277,6 +1290,18 @@ fn confirm() -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_device_gets_a_link_naming_a_port_other_than_443() {
+        assert_eq!(
+            first_device_command("doorless-edge", "ha", 443, None),
+            "doorless-edge client add phone --site ha --link"
+        );
+        assert_eq!(
+            first_device_command("edge", "ha", 8443, Some(Path::new("/s"))),
+            "edge client add phone --site ha --link --port 8443 --state-dir /s"
+        );
+    }
 
     #[test]
     fn site_names_from_hostnames() {
