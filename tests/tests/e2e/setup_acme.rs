@@ -148,9 +148,22 @@ async fn setup_with_a_private_acme_ca_serves_a_certificate_curl_trusts() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", edge.output()));
 
-    // The first device, with the command setup printed.
+    // The first device, with the command setup printed, the way setup says to get files for
+    // a computer instead of a link for a phone: without `--link` (and its `--port`).
     let mut device = shell_words(&line_after(&printed, "Then your first device:"));
     assert_eq!(device.remove(0), edge_bin.display().to_string());
+    assert!(
+        printed.contains("Files instead (a computer, curl): leave out --link."),
+        "{printed}"
+    );
+    let link_at = device.iter().position(|a| a == "--link");
+    let Some(link_at) = link_at else {
+        panic!("setup's device command has no --link: {device:?}");
+    };
+    device.remove(link_at);
+    if let Some(port_at) = device.iter().position(|a| a == "--port") {
+        device.drain(port_at..port_at + 2);
+    }
     let name = device
         .iter()
         .skip_while(|a| *a != "add")
