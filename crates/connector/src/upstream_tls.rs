@@ -67,21 +67,21 @@ pub(crate) fn client_config(
 }
 
 /// Whether `error` (or anything it was caused by) is a TLS failure: a certificate that did
-/// not verify, a handshake alert. Walks the typed source chain; hyper-util and tokio-rustls
-/// wrap rustls' error in an `io::Error`.
+/// not verify, a handshake alert. Walks the typed chain: hyper-rustls wraps tokio-rustls'
+/// `io::Error` (which wraps the `rustls::Error`) in another `io::Error`, and an `io::Error`'s
+/// `source()` skips the error it wraps, so an `io::Error` is followed through `get_ref()`.
 pub(crate) fn is_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
         if e.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && inner.is::<rustls::Error>()
-        {
-            return true;
-        }
-        next = e.source();
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
@@ -148,5 +148,22 @@ impl ServerCertVerifier for Accept {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_errors_are_found_through_nested_io_errors() {
+        let rustls_error =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // tokio-rustls' error, wrapped again by hyper-rustls.
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_error);
+        let outer = std::io::Error::other(inner);
+        assert!(is_tls_error(&outer));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_tls_error(&std::io::Error::other(refused)));
     }
 }
