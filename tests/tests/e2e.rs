@@ -34,6 +34,8 @@ mod headers;
 mod hostile_upstream;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/https_upstream.rs"]
+mod https_upstream;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -195,7 +196,7 @@ impl fmt::Display for Report {
 
 /// Runs every check against `config`: Home Assistant's two while the edges are dialled.
 pub async fn run(config: &Config, timeouts: Timeouts) -> Report {
-    let upstream = check_upstream(&config.upstream, timeouts.http);
+    let upstream = check_upstream(&config.upstream, &config.upstream_tls, timeouts.http);
     let edges = futures_util::future::join_all(
         config
             .edges
@@ -213,8 +214,24 @@ pub async fn run(config: &Config, timeouts: Timeouts) -> Report {
 const REACHABLE: &str = "Home Assistant reachable";
 const TRUSTS: &str = "Home Assistant trusts the connector as a proxy";
 
-async fn check_upstream(upstream: &Uri, limit: Duration) -> Vec<CheckItem> {
-    let plain = match probe(upstream, false, limit).await {
+async fn check_upstream(
+    upstream: &Uri,
+    mode: &crate::config::UpstreamTls,
+    limit: Duration,
+) -> Vec<CheckItem> {
+    // The same TLS configuration the forwarding client uses, so the check verifies what
+    // forwarding will.
+    let tls = match crate::upstream_tls::client_config(mode) {
+        Ok(tls) => tls,
+        Err(e) => {
+            return vec![
+                CheckItem::fail(REACHABLE, format!("{}: {e}", base(upstream))),
+                CheckItem::skip(TRUSTS, "Home Assistant is not reachable"),
+            ];
+        }
+    };
+    let tls = tls.as_ref();
+    let plain = match probe(upstream, tls, false, limit).await {
         Ok(p) => p,
         Err(e) => {
             return vec![
@@ -232,7 +249,7 @@ async fn check_upstream(upstream: &Uri, limit: Duration) -> Vec<CheckItem> {
             plain.elapsed.as_millis()
         ),
     );
-    let forwarded = match probe(upstream, true, limit).await {
+    let forwarded = match probe(upstream, tls, true, limit).await {
         Ok(p) => p,
         Err(e) => {
             return vec![
@@ -286,6 +303,7 @@ struct Probe {
 enum ProbeError {
     Timeout(Duration),
     Connect(std::io::Error),
+    Tls(std::io::Error),
     Http(String),
 }
 
@@ -294,15 +312,24 @@ impl fmt::Display for ProbeError {
         match self {
             Self::Timeout(limit) => write!(f, "no answer within {} s", limit.as_secs_f32()),
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::Tls(e) => write!(
+                f,
+                "TLS handshake failed: {e} (see upstream_ca, upstream_pin_sha256 in docs/config.md)"
+            ),
             Self::Http(e) => write!(f, "{e}"),
         }
     }
 }
 
 /// `GET /` on a fresh connection, with the tunnel's forwarding headers if `forwarded`.
-async fn probe(upstream: &Uri, forwarded: bool, limit: Duration) -> Result<Probe, ProbeError> {
+async fn probe(
+    upstream: &Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    forwarded: bool,
+    limit: Duration,
+) -> Result<Probe, ProbeError> {
     let started = Instant::now();
-    tokio::time::timeout(limit, probe_inner(upstream, forwarded))
+    tokio::time::timeout(limit, probe_inner(upstream, tls, forwarded))
         .await
         .map_err(|_| ProbeError::Timeout(limit))?
         .map(|(status, local)| Probe {
@@ -314,6 +341,7 @@ async fn probe(upstream: &Uri, forwarded: bool, limit: Duration) -> Result<Probe
 
 async fn probe_inner(
     upstream: &Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     forwarded: bool,
 ) -> Result<(StatusCode, SocketAddr), ProbeError> {
     let authority = upstream
@@ -324,16 +352,35 @@ async fn probe_inner(
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let stream = TcpStream::connect((host, port))
         .await
         .map_err(ProbeError::Connect)?;
     let local = stream.local_addr().map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProbeError::Http(format!("HTTP handshake: {e}")))?;
-    let driver = tokio::spawn(conn);
+    let (mut sender, driver) = match tls {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ProbeError::Http(format!("HTTP handshake: {e}")))?;
+            (sender, tokio::spawn(async move { conn.await.map(drop) }))
+        }
+        Some(tls) => {
+            // SNI and the name check: the host, or (an IP address) no SNI and its IP SANs.
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| ProbeError::Http(format!("upstream host: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(ProbeError::Tls)?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ProbeError::Http(format!("HTTP handshake: {e}")))?;
+            (sender, tokio::spawn(async move { conn.await.map(drop) }))
+        }
+    };
     let mut request = Request::get("/")
         .header(HOST, authority.as_str())
         .header(USER_AGENT, USER_AGENT_VALUE);
@@ -354,7 +401,7 @@ async fn probe_inner(
 
 fn base(upstream: &Uri) -> String {
     match upstream.authority() {
-        Some(a) => format!("http://{a}"),
+        Some(a) => format!("{}://{a}", upstream.scheme_str().unwrap_or("http")),
         None => upstream.to_string(),
     }
 }

@@ -25,6 +25,9 @@ const ENV_KEYS: &[&str] = &[
     "tcp_edges",
     "transport",
     "upstream",
+    "upstream_ca",
+    "upstream_pin_sha256",
+    "upstream_tls_insecure",
     "connections",
     "listen",
     "limits",
@@ -78,9 +81,21 @@ pub struct RawConfig {
     /// `edges`. Default: the same HOST:PORT as each edge (the edge serves both on 443).
     #[serde(default)]
     pub tcp_edges: Vec<String>,
-    /// Home Assistant's base URL, `http://HOST:PORT`.
+    /// Home Assistant's base URL, `http://HOST:PORT` or `https://HOST:PORT`.
     #[serde(default = "default_upstream")]
     pub upstream: String,
+    /// An `https://` upstream: verify its certificate against this CA file (PEM) instead of
+    /// the system's trust store.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// An `https://` upstream: trust exactly the certificate with this SHA-256 (hex, of the
+    /// DER; colons allowed) instead of the system's trust store.
+    #[serde(default)]
+    pub upstream_pin_sha256: Option<String>,
+    /// An `https://` upstream: accept any certificate (self-signed). Anyone on the path to
+    /// Home Assistant can then read and change its traffic; logged as a warning at start.
+    #[serde(default)]
+    pub upstream_tls_insecure: bool,
     /// QUIC connections kept to each edge (≥ 1; 2 rides out one connection's loss).
     #[serde(default = "default_connections")]
     pub connections: usize,
@@ -113,6 +128,9 @@ impl Default for RawConfig {
             transport: TransportPolicy::default(),
             tcp_edges: Vec::new(),
             upstream: default_upstream(),
+            upstream_ca: None,
+            upstream_pin_sha256: None,
+            upstream_tls_insecure: false,
             connections: default_connections(),
             listen: RawListen::default(),
             limits: RawLimits::default(),
@@ -270,8 +288,10 @@ pub struct Config {
     pub transport: TransportPolicy,
     /// Each edge's HTTPS address for TLS/TCP (same order and length as `edges`).
     pub tcp_edges: Vec<String>,
-    /// Upstream base URI (scheme http, authority).
+    /// Upstream base URI (scheme http or https, authority).
     pub upstream: Uri,
+    /// How an `https://` upstream's certificate is verified.
+    pub upstream_tls: UpstreamTls,
     /// Connections per edge.
     pub connections: usize,
     /// Listening addresses.
@@ -284,6 +304,26 @@ pub struct Config {
     pub reconnect: RawReconnect,
     /// Logging.
     pub log: RawLog,
+}
+
+/// How the upstream's TLS certificate is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// `http://`: no TLS.
+    Plain,
+    /// `https://`, verified against the system's trust store (the default).
+    SystemRoots,
+    /// `https://`, verified against the CA certificates of `upstream_ca`.
+    Ca {
+        /// The file they came from.
+        path: PathBuf,
+        /// The certificates in it.
+        certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    },
+    /// `https://`, exactly the certificate with this SHA-256 (`upstream_pin_sha256`).
+    Pin([u8; 32]),
+    /// `https://`, any certificate (`upstream_tls_insecure`).
+    Insecure,
 }
 
 /// Where a connector's credentials came from.
@@ -441,15 +481,28 @@ impl Config {
             .upstream
             .parse()
             .map_err(|e| invalid("upstream", format!("not a URL: {e}")))?;
-        if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        let https = match upstream.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(invalid(
+                    "upstream",
+                    "must be http://HOST:PORT or https://HOST:PORT (e.g. http://homeassistant:8123)"
+                        .into(),
+                ));
+            }
+        };
+        if upstream.authority().is_none() {
             return Err(invalid(
                 "upstream",
-                "must be http://HOST:PORT (e.g. http://homeassistant:8123)".into(),
+                "must be http://HOST:PORT or https://HOST:PORT (e.g. http://homeassistant:8123)"
+                    .into(),
             ));
         }
         if upstream.path() != "/" && !upstream.path().is_empty() {
             return Err(invalid("upstream", "must not have a path".into()));
         }
+        let upstream_tls = upstream_tls(&raw, https, &invalid)?;
         if raw.connections == 0 || raw.connections > 16 {
             return Err(invalid("connections", "must be between 1 and 16".into()));
         }
@@ -510,6 +563,7 @@ impl Config {
             transport: raw.transport,
             tcp_edges,
             upstream,
+            upstream_tls,
             connections: raw.connections,
             listen: raw.listen,
             limits: raw.limits,
@@ -518,6 +572,83 @@ impl Config {
             log: raw.log,
         })
     }
+}
+
+/// The upstream's TLS verification from the three keys: at most one of them, and only with an
+/// `https://` upstream (a key that would be silently ignored is refused by name).
+fn upstream_tls(
+    raw: &RawConfig,
+    https: bool,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<UpstreamTls, ConfigError> {
+    let given: Vec<&str> = [
+        ("upstream_ca", raw.upstream_ca.is_some()),
+        ("upstream_pin_sha256", raw.upstream_pin_sha256.is_some()),
+        ("upstream_tls_insecure", raw.upstream_tls_insecure),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    if let Some(first) = given.first()
+        && !https
+    {
+        return Err(invalid(
+            first,
+            "only applies to an https:// upstream; `upstream` is http://".into(),
+        ));
+    }
+    if let [first, second, ..] = given.as_slice() {
+        return Err(invalid(
+            second,
+            format!("conflicts with `{first}`: choose one way to trust the upstream"),
+        ));
+    }
+    if !https {
+        return Ok(UpstreamTls::Plain);
+    }
+    if let Some(path) = &raw.upstream_ca {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| invalid("upstream_ca", format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "upstream_ca",
+                format!("{}: no PEM certificate in it", path.display()),
+            ));
+        }
+        return Ok(UpstreamTls::Ca {
+            path: path.clone(),
+            certs,
+        });
+    }
+    if let Some(hex) = &raw.upstream_pin_sha256 {
+        return parse_sha256(hex).map(UpstreamTls::Pin).ok_or_else(|| {
+            invalid(
+                "upstream_pin_sha256",
+                "must be 64 hex digits (the certificate's SHA-256; colons allowed)".into(),
+            )
+        });
+    }
+    if raw.upstream_tls_insecure {
+        return Ok(UpstreamTls::Insecure);
+    }
+    Ok(UpstreamTls::SystemRoots)
+}
+
+/// 32 bytes from 64 hex digits, optionally colon-separated (as `openssl x509 -fingerprint`
+/// prints them).
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = hex.bytes().filter(|&b| b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A list of strings, or one string of comma-separated items (spaces around them trimmed).
@@ -598,10 +729,131 @@ mod tests {
         assert_eq!(config.connections, default_connections());
         assert_eq!(config.reconnect.max, RawReconnect::default().max);
         // Validated like a file: a bad upstream is refused by name.
-        let Err(e) = Config::new(&token, "https://ha:8123", admin) else {
-            panic!("an https upstream must be refused");
+        let Err(e) = Config::new(&token, "ftp://ha:8123", admin) else {
+            panic!("an ftp upstream must be refused");
         };
         assert!(e.to_string().contains("`upstream`"), "{e}");
+        // An https upstream is verified against the system's roots unless told otherwise.
+        match Config::new(&token, "https://ha.example.org:8123", admin) {
+            Ok(config) => assert_eq!(config.upstream_tls, UpstreamTls::SystemRoots),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn upstream_tls_options_one_at_a_time_and_only_for_https() {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("{e}"),
+        };
+        let issue = || -> Result<_, Box<dyn std::error::Error>> {
+            let state = pki::StateDir::init(dir.path(), &pki::InitOptions::default())?;
+            state.add_site("demo", &["home.localhost".to_owned()])?;
+            Ok(state.issue_connector("demo", None)?)
+        };
+        let token = match issue() {
+            Ok(token) => token,
+            Err(e) => panic!("issuing a token: {e}"),
+        };
+        let ca = dir.path().join("ca.pem");
+        let cert = match rcgen::generate_simple_self_signed(vec!["ha.local".to_owned()]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        if let Err(e) = std::fs::write(&ca, cert.cert.pem()) {
+            panic!("{e}");
+        }
+        let empty = dir.path().join("empty.pem");
+        if let Err(e) = std::fs::write(&empty, "not a certificate\n") {
+            panic!("{e}");
+        }
+        let pin = "ab".repeat(32);
+        let with = |upstream: &str, edit: &dyn Fn(&mut RawConfig)| {
+            let mut raw = RawConfig {
+                token: Some(Secret(token.encode())),
+                upstream: upstream.to_owned(),
+                ..RawConfig::default()
+            };
+            edit(&mut raw);
+            Config::from_raw(raw)
+        };
+        let refused = |result: Result<Config, ConfigError>, key: &str| match result {
+            Ok(_) => panic!("must be refused naming `{key}`"),
+            Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}"),
+        };
+        let ok = |result: Result<Config, ConfigError>| match result {
+            Ok(config) => config.upstream_tls,
+            Err(e) => panic!("{e}"),
+        };
+        let https = "https://192.168.1.10:8123";
+        assert_eq!(
+            ok(with(https, &|r| r.upstream_pin_sha256 = Some(pin.clone()))),
+            UpstreamTls::Pin([0xab; 32])
+        );
+        let colons = ["AB"; 32].join(":");
+        assert_eq!(
+            ok(with(https, &|r| r.upstream_pin_sha256 = Some(colons.clone()))),
+            UpstreamTls::Pin([0xab; 32])
+        );
+        assert_eq!(
+            ok(with(https, &|r| r.upstream_tls_insecure = true)),
+            UpstreamTls::Insecure
+        );
+        assert!(matches!(
+            ok(with(https, &|r| r.upstream_ca = Some(ca.clone()))),
+            UpstreamTls::Ca { certs, .. } if certs.len() == 1
+        ));
+        assert_eq!(ok(with("http://ha:8123", &|_| {})), UpstreamTls::Plain);
+        // Conflicting ways to trust the upstream: the second one is named.
+        refused(
+            with(https, &|r| {
+                r.upstream_ca = Some(ca.clone());
+                r.upstream_tls_insecure = true;
+            }),
+            "upstream_tls_insecure",
+        );
+        refused(
+            with(https, &|r| {
+                r.upstream_ca = Some(ca.clone());
+                r.upstream_pin_sha256 = Some(pin.clone());
+            }),
+            "upstream_pin_sha256",
+        );
+        refused(
+            with(https, &|r| {
+                r.upstream_pin_sha256 = Some(pin.clone());
+                r.upstream_tls_insecure = true;
+            }),
+            "upstream_tls_insecure",
+        );
+        // A TLS option on an http upstream would be silently ignored: refused by name.
+        refused(
+            with("http://ha:8123", &|r| r.upstream_tls_insecure = true),
+            "upstream_tls_insecure",
+        );
+        refused(
+            with("http://ha:8123", &|r| r.upstream_ca = Some(ca.clone())),
+            "upstream_ca",
+        );
+        // Bad values.
+        refused(
+            with(https, &|r| r.upstream_pin_sha256 = Some("abcd".into())),
+            "upstream_pin_sha256",
+        );
+        refused(
+            with(https, &|r| r.upstream_pin_sha256 = Some("zz".repeat(32))),
+            "upstream_pin_sha256",
+        );
+        refused(
+            with(https, &|r| r.upstream_ca = Some(empty.clone())),
+            "upstream_ca",
+        );
+        refused(
+            with(https, &|r| {
+                r.upstream_ca = Some(dir.path().join("missing.pem"))
+            }),
+            "upstream_ca",
+        );
     }
 
     #[test]

@@ -162,6 +162,14 @@ async fn forward(
             };
             debug!(error = %e, "upstream request failed");
             send.reset(code);
+            // A certificate that did not verify is a 502 like a refused connection, but counted
+            // apart: it is fixed in the TLS settings, not by starting Home Assistant.
+            if code == StreamError::UpstreamConnect && crate::upstream_tls::is_tls_error(&e) {
+                return Err(Failed {
+                    code,
+                    kind: Some("tls"),
+                });
+            }
             return Err(code.into());
         }
     };

@@ -3,7 +3,7 @@
 //! It dials OUT to the edge over QUIC, or TLS over TCP where UDP is blocked (no port
 //! forwarding either way), registers with its enrollment
 //! credential, and serves the streams the edge opens: each one is a request (or WebSocket)
-//! for Home Assistant, forwarded through a pooled HTTP client.
+//! for Home Assistant, forwarded through a pooled HTTP client (TLS for an `https://` upstream).
 //!
 //! What it is not: it never listens on the network except for its loopback admin endpoint,
 //! and it never decides who may come in: the edge does that before a stream exists.
@@ -19,11 +19,13 @@ pub mod enroll;
 pub mod forward;
 pub mod metrics;
 mod register;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -32,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::forward::UpstreamBody;
@@ -42,8 +44,8 @@ use crate::forward::UpstreamBody;
 pub struct Shared {
     /// Validated configuration.
     pub config: Config,
-    /// Pooled client to Home Assistant.
-    pub client: Client<HttpConnector, UpstreamBody>,
+    /// Pooled client to Home Assistant (TLS for an `https://` upstream).
+    pub client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
     /// The edge connections registered right now.
@@ -149,6 +151,16 @@ impl Drop for ConnectedGuard<'_> {
     }
 }
 
+/// The TLS configuration of the client to a plain `http://` upstream: no roots, and never
+/// used, since every request goes to that one `http://` upstream.
+fn plain_placeholder() -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// A connector with its admin listener bound, ready to run.
 #[derive(Debug)]
 pub struct Connector {
@@ -167,12 +179,28 @@ impl Connector {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
         http.set_nodelay(true);
-        http.enforce_http(true);
+        // The TLS layer below checks the scheme; the TCP connector must pass https through.
+        http.enforce_http(false);
+        let https =
+            match upstream_tls::client_config(&config.upstream_tls).map_err(anyhow::Error::msg)? {
+                // SNI and the name check use the upstream's host (none for an IP address).
+                Some(tls) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(Arc::unwrap_or_clone(tls))
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+                // A plain upstream: a TLS configuration that is never used, for one client type.
+                None => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(plain_placeholder()?)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http),
+            };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.pool_idle_timeout)
             .pool_max_idle_per_host(config.limits.pool_max_idle)
-            .build(http);
+            .build(https);
         let metrics = metrics::Metrics::new();
         let connected = Connected::new(
             metrics.edge_connections.clone(),
@@ -214,6 +242,13 @@ impl Connector {
             connections = shared.config.connections,
             "connector starting"
         );
+        if shared.config.upstream_tls == config::UpstreamTls::Insecure {
+            warn!(
+                upstream = %shared.config.upstream,
+                "upstream_tls_insecure: Home Assistant's certificate is NOT verified; anyone on \
+                 the network path to it can read and change its traffic (see docs/security.md)"
+            );
+        }
         tasks.spawn(admin::serve(self.admin, shared.clone(), shutdown.clone()));
         let per_edge = shared.config.connections;
         let edges = shared.config.edges.iter().zip(&shared.config.tcp_edges);

@@ -1089,7 +1089,9 @@ fn addon_run_script_feeds_the_real_connector() {
     let (out, env) = run_addon_script(&jq, &options, tmp.path());
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(env["DOORLESS_UPSTREAM"], "http://192.168.1.10:8123");
-    options["upstream"] = json!("https://homeassistant:8123");
+    // (https:// is a valid upstream since the connector verifies TLS; a scheme it cannot
+    // speak is not.)
+    options["upstream"] = json!("ftp://homeassistant:8123");
     let (out, _) = run_addon_script(&jq, &options, tmp.path());
     assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
     assert!(
