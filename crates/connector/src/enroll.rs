@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use proto::enroll::{ENROLL_ALPN, EnrollRequest, EnrollResponse, MAX_ENROLL_FRAME, Refusal};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+
+use crate::upstream_tls::Accept;
 
 /// Time to connect, and for each read or write afterwards.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -217,7 +216,10 @@ fn client_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MacAuthenticatesEdge(provider)))
+        // Any server certificate (its handshake signature is still checked): the response MAC
+        // authenticates the edge, which a certificate could not, since most edges'
+        // certificates chain to a CA only the edge knows.
+        .with_custom_certificate_verifier(Arc::new(Accept::any(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -228,56 +230,5 @@ fn bracket(host: &str) -> String {
         format!("[{host}]")
     } else {
         host.to_owned()
-    }
-}
-
-/// Accepts any server certificate (the handshake signature is still checked against it):
-/// the response MAC authenticates the edge, which a certificate could not, since most edges'
-/// certificates chain to a CA only the edge knows.
-#[derive(Debug)]
-struct MacAuthenticatesEdge(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for MacAuthenticatesEdge {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

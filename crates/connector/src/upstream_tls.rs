@@ -57,10 +57,7 @@ pub(crate) fn client_config(
             .with_no_client_auth(),
         UpstreamTls::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Accept {
-                provider,
-                pin: None,
-            }))
+            .with_custom_certificate_verifier(Arc::new(Accept::any(provider)))
             .with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
@@ -91,9 +88,20 @@ pub(crate) fn is_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
 /// nor name nor expiry is checked; the handshake signature is still checked against it, so
 /// the peer holds that certificate's key.
 #[derive(Debug)]
-struct Accept {
+pub(crate) struct Accept {
     provider: Arc<CryptoProvider>,
     pin: Option<[u8; 32]>,
+}
+
+impl Accept {
+    /// Any certificate, its handshake signature still checked: for a peer that something else
+    /// authenticates (enrollment's response MAC) or that the user chose not to verify.
+    pub(crate) fn any(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            pin: None,
+        }
+    }
 }
 
 impl ServerCertVerifier for Accept {
