@@ -450,6 +450,11 @@ where
                     return Ok::<(), SpliceEnd>(());
                 };
                 io_write.write_all(&chunk).await.map_err(SpliceEnd::Local)?;
+                // A TLS writer (the edge's client side) may keep the tail of what it accepted
+                // in its own buffer when the socket is full, and writes it only on the next
+                // write or flush; without this flush the end of a message could wait forever
+                // for a next one.
+                io_write.flush().await.map_err(SpliceEnd::Local)?;
                 down.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
         };
