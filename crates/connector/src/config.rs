@@ -338,13 +338,17 @@ pub enum Credentials {
     },
 }
 
-/// A code to enroll with before running: configured, and no credentials yet.
+/// A code to enroll with before running: configured, and not the one the stored credentials
+/// (if any) came from.
 #[derive(Debug, Clone)]
 pub struct PendingEnrollment {
     /// The code, parsed.
     pub code: pki::EnrollmentCode,
     /// Where to store the credentials.
     pub state_dir: PathBuf,
+    /// `state_dir` already holds credentials: the code is a renewal (or a re-enrollment) that
+    /// replaces them once it succeeds. If it fails, `run` goes on with the stored ones.
+    pub replaces: bool,
 }
 
 impl RawConfig {
@@ -369,8 +373,10 @@ impl Config {
         Self::from_figment(figment, &source)
     }
 
-    /// The enrollment `run` must do before [`Config::load`] can succeed: an
-    /// `enrollment_code` is set, no token, and `state_dir` holds no credentials yet.
+    /// The enrollment `run` must do before [`Config::load`]: an `enrollment_code` is set, no
+    /// token, and `state_dir` holds no credentials yet, or credentials that came from another
+    /// code (a renewal code from `doorless-edge client renew` pasted where the first code
+    /// was). The code the stored credentials came from is ignored.
     pub fn pending_enrollment(
         path: Option<&Path>,
     ) -> Result<Option<PendingEnrollment>, ConfigError> {
@@ -387,17 +393,22 @@ impl Config {
             return Ok(None);
         }
         let invalid = |key: &str, problem: String| ConfigError::invalid(&source, key, problem);
-        if pki::load_enrolled(&raw.state_dir)
+        let enrolled = pki::load_enrolled(&raw.state_dir)
             .map_err(|e| invalid("state_dir", e.to_string()))?
-            .is_some()
+            .is_some();
+        let code = pki::EnrollmentCode::parse(&code.0)
+            .map_err(|e| invalid("enrollment_code", e.to_string()))?;
+        if enrolled
+            && pki::enrolled_with(&raw.state_dir, &code.keys().id)
+                .map_err(|e| invalid("state_dir", e.to_string()))?
+                == Some(true)
         {
             return Ok(None);
         }
-        let code = pki::EnrollmentCode::parse(&code.0)
-            .map_err(|e| invalid("enrollment_code", e.to_string()))?;
         Ok(Some(PendingEnrollment {
             code,
             state_dir: raw.state_dir,
+            replaces: enrolled,
         }))
     }
 
@@ -463,7 +474,8 @@ impl Config {
                     return Err(invalid(
                         "enrollment_code",
                         format!(
-                            "not enrolled yet ({} holds no credentials): `doorless-connector run`                              enrolls with the code first, or run `doorless-connector enroll CODE`",
+                            "not enrolled yet ({} holds no credentials): `doorless-connector run` \
+                             enrolls with the code first, or run `doorless-connector enroll CODE`",
                             raw.state_dir.display()
                         ),
                     ));
@@ -471,7 +483,8 @@ impl Config {
                 None => {
                     return Err(invalid(
                         "enrollment_code",
-                        "missing: paste the enrollment code from `doorless-edge site add`                          (DOORLESS_ENROLLMENT_CODE), or set a `token`"
+                        "missing: paste the enrollment code from `doorless-edge site add` \
+                         (DOORLESS_ENROLLMENT_CODE), or set a `token`"
                             .into(),
                     ));
                 }

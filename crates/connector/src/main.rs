@@ -127,7 +127,8 @@ fn run(
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
     // A code and no credentials yet: enroll first (once); from then on the stored
-    // credentials are used and the code is ignored.
+    // credentials are used and that code is ignored. A different code beside stored
+    // credentials is a renewal (`doorless-edge client renew`): enroll with it, replacing them.
     let pending = Config::pending_enrollment(config)?;
     let just_enrolled = pending.is_some();
     if let Some(pending) = pending {
@@ -135,13 +136,33 @@ fn run(
             "doorless-connector: enrolling with the code for {} ...",
             pending.code.edge()
         );
-        let enrolled = connector::enroll::enroll(&pending.code, &pending.state_dir)?;
-        eprintln!(
-            "doorless-connector: enrolled as connector {} of site {}; credentials stored in {}",
-            enrolled.connector_id,
-            enrolled.site,
-            pending.state_dir.display()
-        );
+        match connector::enroll::enroll(&pending.code, &pending.state_dir) {
+            Ok(enrolled) => eprintln!(
+                "doorless-connector: {} as connector {} of site {}; credentials stored in {}",
+                if pending.replaces {
+                    "renewed: enrolled again"
+                } else {
+                    "enrolled"
+                },
+                enrolled.connector_id,
+                enrolled.site,
+                pending.state_dir.display()
+            ),
+            Err(e) if pending.replaces => {
+                // The stored credentials still stand (the edge revokes them only when it
+                // redeems a renewal code), so a code that fails must not stop the tunnel.
+                if let connector::enroll::EnrollError::Refused(proto::enroll::Refusal::Used) = e {
+                    // Not offered again at every start (a file written before the code id
+                    // was recorded still has the code it came from configured).
+                    pki::record_enrolled_code(&pending.state_dir, &pending.code.keys().id)?;
+                }
+                eprintln!(
+                    "doorless-connector: warning: the configured enrollment_code was not used                      ({e}); running with the credentials stored in {}",
+                    pending.state_dir.display()
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let config = Config::load(config)?;
     let _log = daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
@@ -209,7 +230,9 @@ fn enroll(code: &str, state_dir: &Path, force: bool) -> anyhow::Result<()> {
     let code = pki::EnrollmentCode::parse(code)?;
     if !force && let Some(existing) = pki::load_enrolled(state_dir)? {
         anyhow::bail!(
-            "{} already holds the credentials of connector {} of site {}; `doorless-connector              run` uses them. To enroll again (replacing them), add --force",
+            "{} already holds the credentials of connector {} of site {}; `doorless-connector \
+             run` uses them. To renew them with a code from `doorless-edge client renew`, or to \
+             enroll again, replacing them, add --force",
             state_dir.display(),
             existing.connector_id,
             existing.site

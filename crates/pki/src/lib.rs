@@ -97,7 +97,8 @@ pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use enroll::{
     CODE_ID_LEN, CodeKeys, CodeRecord, CodeState, DEFAULT_CODE_LIFETIME, EnrollmentCode,
-    RedeemError, Redeemed, connector_csr, load_enrolled, save_enrolled,
+    RedeemError, Redeemed, connector_csr, enrolled_with, load_enrolled, record_enrolled_code,
+    save_enrolled,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "p12")]

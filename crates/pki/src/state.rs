@@ -109,7 +109,7 @@ pub struct Revocation {
 
 impl IndexEntry {
     /// Whether this entry is `kind`/`site`/`name` and not revoked.
-    fn is_live(&self, kind: Kind, site: &str, name: &str) -> bool {
+    pub(crate) fn is_live(&self, kind: Kind, site: &str, name: &str) -> bool {
         self.kind == kind && self.site == site && self.name == name && self.revoked_at.is_none()
     }
 }
@@ -493,6 +493,43 @@ impl StateDir {
         self.record(identity, index, || {
             ca.issue_client_csr(csr_pem, identity, validity)
         })
+    }
+
+    /// Re-issues the live connector certificate of `identity` on the public key of the
+    /// connector's new CSR, and revokes the old one in the same index write (as
+    /// [`StateDir::renew`] does for devices): there is no moment with both or neither live.
+    pub(crate) fn renew_connector_csr(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        validity: Validity,
+        mut index: Vec<IndexEntry>,
+    ) -> Result<Certified> {
+        let Identity { kind, site, name } = identity;
+        let old = index
+            .iter()
+            .position(|e| e.is_live(*kind, site, name))
+            .ok_or_else(|| Error::NotIssued {
+                kind: *kind,
+                site: site.clone(),
+                name: name.clone(),
+            })?;
+        let ca = Ca::load(&self.connector_ca_path(), &self.connector_ca_key_path())?;
+        let certified = ca.issue_client_csr(csr_pem, identity, validity)?;
+        sfs::write_atomic(
+            &self.cert_path(*kind, site, name),
+            certified.cert_pem.as_bytes(),
+            PUBLIC,
+        )?;
+        index[old].revoked_at = Some(rfc3339(now()));
+        index.push(new_entry(
+            identity,
+            &certified.serial,
+            &certified.fingerprint,
+            certified.not_after,
+        ));
+        self.write_index(&index)?;
+        Ok(certified)
     }
 
     /// Issues, writes the certificate file, then records it: a crash in between leaves an

@@ -103,3 +103,108 @@ fn codes_expire() {
         Err(RedeemError::Expired)
     ));
 }
+
+/// A renewal code re-issues a live connector's certificate under the same id on the new key,
+/// and revokes the old certificate only when it is redeemed (never before: the site keeps its
+/// connector meanwhile); a code for a connector revoked since is refused.
+#[test]
+fn a_renewal_code_replaces_a_connectors_certificate_when_used() {
+    let (_dir, state) = state();
+    let (code, _) = state
+        .mint_code("home", "ha.example.com", pki::DEFAULT_CODE_LIFETIME)
+        .unwrap();
+    let (_, csr) = pki::connector_csr().unwrap();
+    let first = redeem(&state, &code, &csr).unwrap();
+    let live = |state: &StateDir| -> Vec<pki::IndexEntry> {
+        state
+            .clients()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == pki::Kind::Connector && e.revoked_at.is_none())
+            .collect()
+    };
+    let old = live(&state);
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        old[0].fingerprint,
+        pki::fingerprint_hex(&pem_der(&first.cert_pem))
+    );
+
+    // Only a live connector can be renewed.
+    assert!(matches!(
+        state.mint_renewal_code(
+            "home",
+            "connector-9",
+            "ha.example.com",
+            pki::DEFAULT_CODE_LIFETIME
+        ),
+        Err(pki::Error::NotIssued { .. })
+    ));
+    let (renewal, record) = state
+        .mint_renewal_code(
+            "home",
+            "connector-1",
+            "ha.example.com",
+            pki::DEFAULT_CODE_LIFETIME,
+        )
+        .unwrap();
+    assert_eq!(record.renews.as_deref(), Some("connector-1"));
+    // Minting changes nothing yet.
+    assert_eq!(live(&state), old);
+
+    let (key_pem, csr) = pki::connector_csr().unwrap();
+    let renewed = redeem(&state, &renewal, &csr).unwrap();
+    assert_eq!(
+        (renewed.site.as_str(), renewed.connector_id.as_str()),
+        ("home", "connector-1")
+    );
+    pki::EnrollmentToken {
+        edges: vec!["ha.example.com:443".into()],
+        server_name: pki::TUNNEL_SERVER_NAME.into(),
+        site: renewed.site.clone(),
+        connector_id: renewed.connector_id.clone(),
+        cert_pem: renewed.cert_pem.clone(),
+        key_pem,
+        tunnel_ca_pem: renewed.tunnel_ca_pem.clone(),
+    }
+    .validate()
+    .unwrap();
+    let now_live = live(&state);
+    assert_eq!(now_live.len(), 1, "{now_live:?}");
+    assert_eq!(now_live[0].name, "connector-1");
+    assert_eq!(
+        now_live[0].fingerprint,
+        pki::fingerprint_hex(&pem_der(&renewed.cert_pem))
+    );
+    assert_ne!(now_live[0].serial, old[0].serial);
+    let revoked = state.revoked().unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].fingerprint.to_string(), old[0].fingerprint);
+    // Once only.
+    assert!(matches!(
+        redeem(&state, &renewal, &csr),
+        Err(RedeemError::Used { .. })
+    ));
+
+    // A renewal code whose connector is revoked before it is used is refused.
+    let (late, _) = state
+        .mint_renewal_code(
+            "home",
+            "connector-1",
+            "ha.example.com",
+            pki::DEFAULT_CODE_LIFETIME,
+        )
+        .unwrap();
+    state
+        .revoke(pki::Kind::Connector, "home", "connector-1")
+        .unwrap();
+    assert!(matches!(
+        redeem(&state, &late, &csr),
+        Err(RedeemError::Revoked)
+    ));
+    assert!(live(&state).is_empty());
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    pki::parse_certs(pem).unwrap().remove(0).to_vec()
+}

@@ -130,15 +130,20 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         state: StateArg,
     },
-    /// Re-issue a device certificate (new key, new serial) and revoke the old one.
+    /// Renew a certificate. A device: re-issue it now (new key, new serial), write its files
+    /// and revoke the old one. A connector: print a one-time renewal code; the connector
+    /// enrolls with it (a new key made at home) under the same id, and its old certificate is
+    /// revoked only then, so the site keeps its connector meanwhile.
     Renew {
-        /// Device name.
+        /// Device or connector name (as `client list` shows it).
         name: String,
-        /// Site of the device.
+        /// Site of the device or connector.
         #[arg(long)]
         site: String,
         #[command(flatten)]
         package: PackageArgs,
+        #[command(flatten)]
+        code: crate::site::CodeArgs,
         #[command(flatten)]
         state: StateArg,
     },
@@ -182,9 +187,13 @@ impl ClientCommand {
                 name,
                 site,
                 package,
+                code,
                 state,
             } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
+                if renews_connector(&state, &site, &name)? {
+                    return crate::site::print_renewal_code(&state, &site, &name, &code);
+                }
                 let plan = Package::prepare(&state, &name, &package)?;
                 let renewed =
                     state.renew(&site, &name, pki::Validity::days(package.days), plan.key)?;
@@ -341,6 +350,27 @@ impl ClientCommand {
             }
         }
     }
+}
+
+/// Whether `client renew NAME --site SITE` is about a connector: NAME is a live connector of
+/// the site and not also a live device (a device and a connector may share a name; the device,
+/// renewed as before, wins only when there is no connector of that name).
+fn renews_connector(state: &pki::StateDir, site: &str, name: &str) -> anyhow::Result<bool> {
+    let site = state.site(site)?;
+    let clients = state.clients()?;
+    let live = |kind| {
+        clients.iter().any(|e| {
+            e.kind == kind && e.site == site.name && e.name == name && e.revoked_at.is_none()
+        })
+    };
+    let connector = live(pki::Kind::Connector);
+    let device = live(pki::Kind::Device);
+    anyhow::ensure!(
+        !(connector && device),
+        "site {} has both a device and a connector named {name}; revoke one of them first",
+        site.name
+    );
+    Ok(connector)
 }
 
 /// Whether `entry` is live (not revoked, not expired at `now`) and expires within `within`.

@@ -439,6 +439,40 @@ The connector makes its own key; the code works once.",
     Ok(())
 }
 
+/// `client renew CONNECTOR`: a one-time renewal code for a live connector of `site`.
+pub(crate) fn print_renewal_code(
+    state: &pki::StateDir,
+    site: &str,
+    connector_id: &str,
+    args: &CodeArgs,
+) -> anyhow::Result<()> {
+    let site = state.site(site)?;
+    let edge = code_edge(&site, args)?;
+    let (code, record) =
+        state.mint_renewal_code(&site.name, connector_id, &edge, args.valid_for)?;
+    println!(
+        "One-time renewal code for connector {connector_id} of site {} (valid until {}, id {}):",
+        site.name,
+        record.expires,
+        short(&record.id)
+    );
+    println!();
+    println!("    {}", code.encode());
+    println!();
+    println!(
+        "At home: paste it into the add-on's `enrollment_code` option (in place of the old code) \
+         and restart the add-on; or run
+             doorless-connector enroll --force {}
+         and restart the connector. It makes a new key and gets a new certificate as connector \
+         {connector_id}; the old certificate keeps working until then, and is revoked the moment \
+         the code is used. The code works once; `site code {} --revoke {}` cancels it.",
+        code.encode(),
+        site.name,
+        short(&record.id)
+    );
+    Ok(())
+}
+
 fn print_codes(state: &pki::StateDir, site: Option<&str>) -> anyhow::Result<()> {
     println!("ID\tSITE\tSTATE\tEXPIRES\tCONNECTOR");
     for record in state
