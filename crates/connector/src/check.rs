@@ -171,6 +171,47 @@ impl Report {
     }
 }
 
+impl Status {
+    /// Lowercase name, as `check --json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl Report {
+    /// The report as `doorless-connector check --json` prints it. Keys are stable:
+    /// `site`, `connector_id`, `upstream`, `ok`, `passed`, `failed`, `skipped`, and `checks`
+    /// (in order, each `name`, `status` (`pass`, `fail`, `skip`) and `detail`).
+    pub fn to_json(&self, config: &Config) -> serde_json::Value {
+        let count = |s| self.items.iter().filter(|i| i.status == s).count();
+        let checks: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name,
+                    "status": i.status.as_str(),
+                    "detail": i.detail,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "site": config.token.site,
+            "connector_id": config.token.connector_id,
+            "upstream": config.upstream.to_string(),
+            "ok": self.ok(),
+            "passed": count(Status::Pass),
+            "failed": count(Status::Fail),
+            "skipped": count(Status::Skip),
+            "checks": checks,
+        })
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for item in &self.items {

@@ -67,6 +67,9 @@ enum Command {
         /// Configuration file (optional: DOORLESS_TOKEN and DOORLESS_UPSTREAM suffice).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print the report as JSON (docs/connector-check.md); the exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration and exit.
     CheckConfig {
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
             ready_file,
             log_format,
         } => run(config.as_deref(), ready_file.as_deref(), log_format),
-        Command::Check { config } => check(config.as_deref()),
+        Command::Check { config, json } => check(config.as_deref(), json),
         Command::Health { url, timeout } => health(&url, std::time::Duration::from_secs(timeout)),
         Command::CheckConfig { config } => Config::load(config.as_deref())
             .map(|c| {
@@ -251,12 +254,14 @@ fn enroll(code: &str, state_dir: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 /// `doorless-connector check`: prints the report; fails (exit 1) if any check failed.
-fn check(config: Option<&Path>) -> anyhow::Result<()> {
+fn check(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    println!(
-        "doorless-connector check: site {}, connector {}, upstream {}",
-        config.token.site, config.token.connector_id, config.upstream
-    );
+    if !json {
+        println!(
+            "doorless-connector check: site {}, connector {}, upstream {}",
+            config.token.site, config.token.connector_id, config.upstream
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -264,7 +269,14 @@ fn check(config: Option<&Path>) -> anyhow::Result<()> {
         &config,
         connector::check::Timeouts::default(),
     ));
-    println!("{report}");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json(&config))?
+        );
+    } else {
+        println!("{report}");
+    }
     let failed = report.items.iter().filter(|i| !i.ok()).count();
     anyhow::ensure!(failed == 0, "{failed} check(s) did not pass");
     Ok(())

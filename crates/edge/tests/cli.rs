@@ -769,3 +769,87 @@ fn site_remove_revokes_and_deletes_and_needs_yes_without_a_terminal() {
     // The site can be added again from scratch.
     cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
 }
+
+#[test]
+fn client_add_prints_stable_json() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let out = cli.path("out");
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client", "add", "phone", "--site", "home", "--out", &out, "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "home");
+    assert_eq!(added["name"], "phone");
+    assert!(added["link"].is_null(), "{added}");
+    // The serial and expiry are those `client list` records.
+    let listed = cli.list();
+    let entry = listed.iter().find(|e| e["name"] == "phone").unwrap();
+    assert_eq!(added["serial"], entry["serial"]);
+    assert_eq!(added["not_after"], entry["not_after"]);
+    // The files are where it says, and the generated password opens the .p12.
+    let password = added["password"].as_str().unwrap();
+    for (key, ext) in [
+        ("p12", "p12"),
+        ("mobileconfig", "mobileconfig"),
+        ("crt", "crt"),
+        ("key", "key"),
+    ] {
+        let path = added["files"][key].as_str().unwrap();
+        assert_eq!(
+            Path::new(path),
+            Path::new(&out).join(format!("phone.{ext}"))
+        );
+        assert!(Path::new(path).exists(), "{path}");
+    }
+    let p12 = added["files"]["p12"].as_str().unwrap();
+    let imported = openssl(&[
+        "pkcs12",
+        "-in",
+        p12,
+        "-passin",
+        &format!("pass:{password}"),
+        "-nokeys",
+        "-legacy",
+    ]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+
+    // A given password is not echoed back.
+    let given: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client",
+        "add",
+        "laptop",
+        "--site",
+        "home",
+        "--out",
+        &out,
+        "--password",
+        "correct-horse-battery",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(given["password"].is_null(), "{given}");
+
+    // --link: the link instead of files, and no QR code in the JSON output.
+    let linked: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client", "add", "tablet", "--site", "home", "--link", "--port", "8443", "--qr", "--json",
+    ]))
+    .unwrap();
+    assert!(linked["files"].is_null(), "{linked}");
+    let url = linked["link"]["url"].as_str().unwrap();
+    assert!(url.starts_with("https://ha.example.org:8443/"), "{url}");
+    assert!(linked["link"]["expires"].as_str().is_some(), "{linked}");
+    assert!(linked["password"].as_str().is_some(), "{linked}");
+    assert_eq!(linked["name"], "tablet");
+
+    // A refusal stays an error with nothing on stdout.
+    let refused = cli.run(&[
+        "client", "add", "phone", "--site", "home", "--out", &out, "--json",
+    ]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+}

@@ -74,6 +74,11 @@ pub(crate) enum ClientCommand {
         /// Site the device may open.
         #[arg(long)]
         site: String,
+        /// Print JSON instead of instructions (no QR code): `site`, `name`, `serial`,
+        /// `not_after`, `password` (null when given with --password), and `files` or `link`
+        /// (docs/devices.md).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         package: PackageArgs,
         #[command(flatten)]
@@ -165,23 +170,42 @@ impl ClientCommand {
             ClientCommand::Add {
                 name,
                 site,
+                json,
                 package,
                 link,
                 state,
             } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 if link.link {
-                    return add_link(&state, &site, &name, &package, &link);
+                    return add_link(&state, &site, &name, &package, &link, json);
                 }
-                let plan = Package::prepare(&state, &name, &package)?;
+                let mut plan = Package::prepare(&state, &name, &package)?;
+                plan.quiet = json;
                 let issued =
                     state.add_client(&site, &name, pki::Validity::days(package.days), plan.key)?;
-                println!(
-                    "Issued device {name} for site {site}: serial {}, valid until {}.",
-                    hex(&issued.serial),
-                    issued.not_after.date()
-                );
-                plan.write(&state, &site, &name, &issued)
+                if !json {
+                    println!(
+                        "Issued device {name} for site {site}: serial {}, valid until {}.",
+                        hex(&issued.serial),
+                        issued.not_after.date()
+                    );
+                }
+                plan.write(&state, &site, &name, &issued)?;
+                if json {
+                    let [p12, mobileconfig, crt, key] = &plan.files;
+                    let files = serde_json::json!({
+                        "p12": p12, "mobileconfig": mobileconfig, "crt": crt, "key": key,
+                    });
+                    print_add_json(
+                        &site,
+                        &name,
+                        &issued,
+                        plan.shown_password(),
+                        Some(files),
+                        None,
+                    )?;
+                }
+                Ok(())
             }
             ClientCommand::Renew {
                 name,
@@ -403,6 +427,8 @@ struct Package<'a> {
     password: String,
     generated: bool,
     files: [PathBuf; 4],
+    /// Print nothing (`--json` prints the outcome instead).
+    quiet: bool,
 }
 
 impl<'a> Package<'a> {
@@ -433,7 +459,13 @@ impl<'a> Package<'a> {
             password,
             generated,
             files,
+            quiet: false,
         })
+    }
+
+    /// The password, if it was generated (one given by the user is not echoed back).
+    fn shown_password(&self) -> Option<&str> {
+        self.generated.then_some(self.password.as_str())
     }
 
     fn write(
@@ -495,6 +527,9 @@ impl<'a> Package<'a> {
         write_file(crt_path, issued.cert_pem.as_bytes(), 0o644, force)?;
         write_file(p12_path, &p12, 0o600, force)?;
         write_file(mc_path, mobileconfig.as_bytes(), 0o600, force)?;
+        if self.quiet {
+            return Ok(());
+        }
 
         println!(
             "  {}  PKCS#12, {profile}: import on the device",
@@ -536,6 +571,7 @@ fn add_link(
     name: &str,
     args: &PackageArgs,
     link: &LinkArgs,
+    json: bool,
 ) -> anyhow::Result<()> {
     pki::validate_name(name)?;
     let site = state.site(site)?;
@@ -549,12 +585,12 @@ fn add_link(
         (None, Some(config)) => edge::config::Config::load(config)?.listen.https.port(),
         (None, None) => 443,
     };
-    let password = match &args.password {
+    let (password, generated) = match &args.password {
         Some(p) => {
             pki::check_password(p)?;
-            p.clone()
+            (p.clone(), false)
         }
-        None => pki::generate_password()?,
+        None => (pki::generate_password()?, true),
     };
     let server_ca = match args.no_server_ca {
         true => None,
@@ -611,6 +647,11 @@ fn add_link(
         port => format!("{host}:{port}"),
     };
     let url = format!("https://{authority}/{}", secret.as_str());
+    if json {
+        let link = serde_json::json!({"url": url, "expires": record.expires});
+        let password = generated.then_some(password.as_str());
+        return print_add_json(&site.name, name, &issued, password, None, Some(link));
+    }
     println!(
         "Issued device {name} for site {}: serial {}, valid until {}.",
         site.name,
@@ -641,6 +682,34 @@ fn add_link(
          shows the device as pending; `client revoke {name} --site {}` cancels it.",
         site.name
     );
+    Ok(())
+}
+
+/// `client add --json`: what was issued, for scripts. Keys are stable and always present:
+/// `site`, `name`, `serial` (hex), `not_after` (RFC 3339), `password` (the generated one, or
+/// null when given), `files` (`p12`, `mobileconfig`, `crt`, `key`: paths) or null, and `link`
+/// (`url`, `expires`) or null.
+fn print_add_json(
+    site: &str,
+    name: &str,
+    issued: &pki::Issued,
+    password: Option<&str>,
+    files: Option<serde_json::Value>,
+    link: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let not_after = issued
+        .not_after
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let out = serde_json::json!({
+        "site": site,
+        "name": name,
+        "serial": hex(&issued.serial),
+        "not_after": not_after,
+        "password": password,
+        "files": files,
+        "link": link,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
