@@ -555,7 +555,10 @@ async fn cli_json_report() {
     let checks = report["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 3, "{report}");
     assert_eq!(checks[0]["name"], "Home Assistant reachable");
-    assert_eq!(checks[2]["name"], format!("Edge {edge} reachable over QUIC"));
+    assert_eq!(
+        checks[2]["name"],
+        format!("Edge {edge} reachable over QUIC")
+    );
     assert!(
         checks
             .iter()
