@@ -190,6 +190,10 @@ pub struct RawLimits {
     /// Time to connect to Home Assistant; then the edge answers 502.
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
+    /// An `https://` upstream: time for the TLS handshake once TCP is connected; then the
+    /// edge answers 504 (Home Assistant is there but does not answer, like a slow response).
+    #[serde(with = "humantime_serde")]
+    pub upstream_tls_handshake_timeout: Duration,
     /// Time Home Assistant has to send a response head; then the edge answers 504.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -215,6 +219,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             upstream_connect_timeout: Duration::from_secs(10),
+            upstream_tls_handshake_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(90),
             max_streams: 1024,
             pool_max_idle: 32,
@@ -544,6 +549,12 @@ impl Config {
         if raw.limits.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
         }
+        if raw.limits.upstream_tls_handshake_timeout.is_zero() {
+            return Err(invalid(
+                "limits.upstream_tls_handshake_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
         if raw.limits.body_idle_timeout.is_zero() {
             return Err(invalid(
                 "limits.body_idle_timeout",
@@ -861,6 +872,17 @@ mod tests {
             with(https, &|r| r.upstream_ca = Some(empty.clone())),
             "upstream_ca",
         );
+        // The handshake's own timeout: 10 s unless set, never zero.
+        assert_eq!(
+            RawLimits::default().upstream_tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+        refused(
+            with(https, &|r| {
+                r.limits.upstream_tls_handshake_timeout = Duration::ZERO;
+            }),
+            "limits.upstream_tls_handshake_timeout",
+        );
         refused(
             with(https, &|r| {
                 r.upstream_ca = Some(dir.path().join("missing.pem"))
@@ -959,6 +981,10 @@ mod tests {
         assert_eq!(
             raw.limits.upstream_timeout,
             RawLimits::default().upstream_timeout
+        );
+        assert_eq!(
+            raw.limits.upstream_tls_handshake_timeout,
+            RawLimits::default().upstream_tls_handshake_timeout
         );
         assert_eq!(raw.reconnect.max, RawReconnect::default().max);
         // The placeholder token is refused with a message naming the key.
