@@ -853,3 +853,35 @@ fn client_add_prints_stable_json() {
     assert!(!refused.status.success());
     assert!(refused.stdout.is_empty());
 }
+
+/// Eight `site code` processes at once against one state directory (as the CLI and a running
+/// edge write it at once): every code is recorded, none lost to another writer.
+#[test]
+fn concurrent_site_code_processes_lose_no_code() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+                .args(["site", "code", "home", "--state-dir"])
+                .arg(&cli.state)
+                .env_remove("DOORLESS_STATE_DIR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = cli.ok(&["site", "code", "home", "--list"]);
+    let pending = listed.lines().filter(|l| l.contains("\tpending\t")).count();
+    assert_eq!(pending, 1 + 8, "{listed}");
+}

@@ -481,6 +481,7 @@ impl StateDir {
         edge: &str,
         lifetime: std::time::Duration,
     ) -> Result<(EnrollmentCode, CodeRecord)> {
+        let _lock = crate::lock::lock(self.root())?;
         let site = self.site(site)?;
         if !self
             .read_index()?
@@ -503,6 +504,7 @@ impl StateDir {
         lifetime: std::time::Duration,
         renews: Option<String>,
     ) -> Result<(EnrollmentCode, CodeRecord)> {
+        let _lock = crate::lock::lock(self.root())?;
         let site = self.site(site)?;
         let lifetime = Duration::try_from(lifetime)
             .ok()
@@ -545,6 +547,7 @@ impl StateDir {
     /// Revokes the pending code whose id starts with `prefix` (at least 6 hex digits), or every
     /// pending code of `site` when `prefix` is `None`. Returns the codes revoked.
     pub fn revoke_codes(&self, site: &str, prefix: Option<&str>) -> Result<Vec<CodeRecord>> {
+        let _lock = crate::lock::lock(self.root())?;
         let site = self.site(site)?;
         let now = now();
         let mut codes = self.codes()?;
@@ -587,6 +590,7 @@ impl StateDir {
         mac: &[u8; 32],
         csr_pem: &str,
     ) -> Result<Redeemed, RedeemError> {
+        let _lock = crate::lock::lock(self.root()).map_err(RedeemError::State)?;
         let now = now();
         let mut codes = self.codes().map_err(RedeemError::State)?;
         let id = hex(code_id);

@@ -379,6 +379,7 @@ impl StateDir {
         connector_id: Option<&str>,
         edge: &EdgeTarget,
     ) -> Result<EnrollmentToken> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         // Everything that can fail without side effects comes before the certificate is
         // recorded: a refused token leaves no orphan connector in the index.
@@ -453,6 +454,7 @@ impl StateDir {
         validity: Validity,
         key: KeyType,
     ) -> Result<Issued> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -470,6 +472,7 @@ impl StateDir {
         csr_pem: &str,
         validity: Validity,
     ) -> Result<Certified> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -576,6 +579,7 @@ impl StateDir {
     /// The certificate file stays, for the record. For devices, the site's CRL is rewritten
     /// afterwards (see [`StateDir::write_crl`]).
     pub fn revoke(&self, kind: Kind, site: &str, name: &str) -> Result<IndexEntry> {
+        let _lock = crate::lock::lock(&self.root)?;
         let index = self.read_index()?;
         let position = index
             .iter()
@@ -595,6 +599,7 @@ impl StateDir {
     /// revoked site, never a deleted one whose certificates are still live. Returns the
     /// certificates it revoked.
     pub fn remove_site(&self, name: &str) -> Result<Vec<IndexEntry>> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(name)?;
         self.revoke_codes(&site.name, None)?;
         let mut index = self.read_index()?;
@@ -625,6 +630,7 @@ impl StateDir {
     /// [`Error::Ambiguous`] (the message lists them). Revoking a revoked serial is
     /// [`Error::AlreadyRevoked`].
     pub fn revoke_any(&self, site: Option<&str>, target: &str) -> Result<IndexEntry> {
+        let _lock = crate::lock::lock(&self.root)?;
         if let Some(site) = site {
             self.site(site)?;
         }
@@ -716,6 +722,7 @@ impl StateDir {
         validity: Validity,
         key: KeyType,
     ) -> Result<Renewed> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -761,6 +768,7 @@ impl StateDir {
     /// last (kept in `sites/<site>/crl.json`). Called by every revocation; run it from cron
     /// (`doorless-edge client crl`) before `next_update` if other tools consume the CRL.
     pub fn write_crl(&self, site: &str) -> Result<PathBuf> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let ca = self.client_ca(&site.name)?;
         let index = self.read_index()?;

@@ -208,3 +208,81 @@ fn a_renewal_code_replaces_a_connectors_certificate_when_used() {
 fn pem_der(pem: &str) -> Vec<u8> {
     pki::parse_certs(pem).unwrap().remove(0).to_vec()
 }
+
+/// Concurrent writers of `enroll-codes.json` (and `index.json`), each with its own handle on
+/// the state directory as separate processes have: minting, redeeming and issuing at once
+/// loses no record.
+#[test]
+fn concurrent_writers_lose_nothing() {
+    let (_dir, state) = state();
+    let root = state.root().to_owned();
+    // Codes for the redeemers, minted up front.
+    let to_redeem: Vec<pki::EnrollmentCode> = (0..4)
+        .map(|_| {
+            state
+                .mint_code("home", "ha.example.com", pki::DEFAULT_CODE_LIFETIME)
+                .unwrap()
+                .0
+        })
+        .collect();
+    let (_, csr) = pki::connector_csr().unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(12));
+    let mut threads = Vec::new();
+    for t in 0..8 {
+        let root = root.clone();
+        let barrier = barrier.clone();
+        threads.push(std::thread::spawn(move || {
+            let state = StateDir::open(&root).unwrap();
+            barrier.wait();
+            for i in 0..5 {
+                state
+                    .mint_code("home", "ha.example.com", pki::DEFAULT_CODE_LIFETIME)
+                    .unwrap();
+                state
+                    .add_client(
+                        "home",
+                        &format!("dev-{t}-{i}"),
+                        pki::Validity::days(30),
+                        pki::KeyType::EcdsaP256,
+                    )
+                    .unwrap();
+            }
+        }));
+    }
+    for code in to_redeem {
+        let root = root.clone();
+        let barrier = barrier.clone();
+        let csr = csr.clone();
+        threads.push(std::thread::spawn(move || {
+            let state = StateDir::open(&root).unwrap();
+            barrier.wait();
+            redeem(&state, &code, &csr).unwrap();
+        }));
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let codes = state.codes().unwrap();
+    assert_eq!(codes.len(), 4 + 8 * 5);
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| c.current_state() == CodeState::Used)
+            .count(),
+        4
+    );
+    let index = state.clients().unwrap();
+    assert_eq!(
+        index.iter().filter(|e| e.kind == pki::Kind::Device).count(),
+        8 * 5
+    );
+    // Four connectors, four distinct ids.
+    let mut connectors: Vec<&str> = index
+        .iter()
+        .filter(|e| e.kind == pki::Kind::Connector)
+        .map(|e| e.name.as_str())
+        .collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    assert_eq!(connectors.len(), 4, "{index:?}");
+}
