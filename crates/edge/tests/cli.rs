@@ -885,3 +885,81 @@ fn concurrent_site_code_processes_lose_no_code() {
     let pending = listed.lines().filter(|l| l.contains("\tpending\t")).count();
     assert_eq!(pending, 1 + 8, "{listed}");
 }
+
+/// A code carries the edge's real HTTPS port: `listen.https` of the configuration (`--config`),
+/// left out when it is 443; `--edge` still wins. Renewal codes too.
+#[test]
+fn codes_carry_the_https_port_of_the_configuration() {
+    let cli = Cli::new();
+    let config = |name: &str, https: &str| {
+        let path = cli.dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"{}\"\n[listen]\nhttps = \"{https}\"\ntunnel = \"0.0.0.0:8443\"\n",
+                cli.state.display()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let on_8443 = config("edge-8443.toml", "0.0.0.0:8443");
+    let on_443 = config("edge-443.toml", "[::]:443");
+    let code_in = |stdout: &str| -> pki::EnrollmentCode {
+        let line = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.contains("/1-") && !l.contains(' '))
+            .unwrap_or_else(|| panic!("no code printed:\n{stdout}"));
+        pki::EnrollmentCode::parse(line).unwrap()
+    };
+
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--config",
+        &on_8443,
+        "--json",
+    ]))
+    .unwrap();
+    let code = pki::EnrollmentCode::parse(added["code"]["code"].as_str().unwrap()).unwrap();
+    assert_eq!((code.host(), code.port()), ("ha.example.org", 8443));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+
+    let code = code_in(&cli.ok(&["site", "code", "home", "--config", &on_8443]));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+    let code = code_in(&cli.ok(&["site", "code", "home", "--config", &on_443]));
+    assert_eq!(code.edge(), "ha.example.org");
+    let code = code_in(&cli.ok(&[
+        "site",
+        "code",
+        "home",
+        "--config",
+        &on_8443,
+        "--edge",
+        "edge.example.net:9443",
+    ]));
+    assert_eq!(code.edge(), "edge.example.net:9443");
+
+    // A renewal code for a connector, likewise.
+    let token = token_in(&cli.ok(&["site", "token", "home"]));
+    let code = code_in(&cli.ok(&[
+        "client",
+        "renew",
+        &token.connector_id,
+        "--site",
+        "home",
+        "--config",
+        &on_8443,
+    ]));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+
+    // A configuration that does not load is an error, not a silent 443.
+    let broken = cli.path("broken.toml");
+    std::fs::write(&broken, "[listen]\nhttps = \"not an address\"\n").unwrap();
+    let err = cli.fails(&["site", "code", "home", "--config", &broken]);
+    assert!(err.contains("broken.toml"), "{err}");
+}

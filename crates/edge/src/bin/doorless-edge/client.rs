@@ -150,6 +150,8 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         code: crate::site::CodeArgs,
         #[command(flatten)]
+        config: crate::site::EdgeConfigArg,
+        #[command(flatten)]
         state: StateArg,
     },
     /// Re-sign the site's CRL (crl.pem, valid for 7 days); run it from cron if other tools read
@@ -212,11 +214,16 @@ impl ClientCommand {
                 site,
                 package,
                 code,
+                config,
                 state,
             } => {
-                let state = pki::StateDir::open(&state.state_dir)?;
+                let state_dir = state.state_dir;
+                let state = pki::StateDir::open(&state_dir)?;
                 if renews_connector(&state, &site, &name)? {
-                    return crate::site::print_renewal_code(&state, &site, &name, &code);
+                    let https_port = config.https_port(&state_dir)?;
+                    return crate::site::print_renewal_code(
+                        &state, &site, &name, &code, https_port,
+                    );
                 }
                 let plan = Package::prepare(&state, &name, &package)?;
                 let renewed =
