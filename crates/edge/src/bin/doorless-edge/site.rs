@@ -505,14 +505,18 @@ pub(crate) fn print_renewal_code(
     println!();
     println!("    {}", code.encode());
     println!();
+    println!("At home, give it to the connector in place of its first code:");
+    println!("  - the add-on: paste it into the `enrollment_code` option and restart the add-on;");
     println!(
-        "At home: paste it into the add-on's `enrollment_code` option (in place of the old code) \
-         and restart the add-on; or run
-             doorless-connector enroll --force {}
-         and restart the connector. It makes a new key and gets a new certificate as connector \
-         {connector_id}; the old certificate keeps working until then, and is revoked the moment \
-         the code is used. The code works once; `site code {} --revoke {}` cancels it.",
-        code.encode(),
+        "  - otherwise: doorless-connector enroll --force {}   then restart the connector.",
+        code.encode()
+    );
+    println!(
+        "The connector makes a new key and gets a new certificate as {connector_id}; the old \
+         certificate keeps working until then and is revoked the moment the code is used."
+    );
+    println!(
+        "The code works once; `doorless-edge site code {} --revoke {}` cancels it.",
         site.name,
         short(&record.id)
     );
