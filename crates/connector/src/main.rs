@@ -139,18 +139,36 @@ fn run(
             "doorless-connector: enrolling with the code for {} ...",
             pending.code.edge()
         );
+        // Who we were, to tell a renewal (same connector) from a new enrollment.
+        let before = match pending.replaces {
+            true => pki::load_enrolled(&pending.state_dir)?,
+            false => None,
+        };
         match connector::enroll::enroll(&pending.code, &pending.state_dir) {
-            Ok(enrolled) => eprintln!(
-                "doorless-connector: {} as connector {} of site {}; credentials stored in {}",
-                if pending.replaces {
-                    "renewed: enrolled again"
-                } else {
-                    "enrolled"
-                },
-                enrolled.connector_id,
-                enrolled.site,
-                pending.state_dir.display()
-            ),
+            Ok(enrolled) => {
+                eprintln!(
+                    "doorless-connector: {} as connector {} of site {}; credentials stored in {}",
+                    if pending.replaces {
+                        "renewed: enrolled again"
+                    } else {
+                        "enrolled"
+                    },
+                    enrolled.connector_id,
+                    enrolled.site,
+                    pending.state_dir.display()
+                );
+                if let Some(old) = before.filter(|old| {
+                    old.site != enrolled.site || old.connector_id != enrolled.connector_id
+                }) {
+                    // A code from `site code` rather than `client renew`: a new connector.
+                    eprintln!(
+                        "doorless-connector: warning: this replaced connector {} of site {}, \
+                         whose certificate is still valid on the edge (its key is gone from \
+                         here); revoke it there: doorless-edge client revoke {} --site {}",
+                        old.connector_id, old.site, old.connector_id, old.site
+                    );
+                }
+            }
             Err(e) if pending.replaces => {
                 // The stored credentials still stand (the edge revokes them only when it
                 // redeems a renewal code), so a code that fails must not stop the tunnel.

@@ -319,7 +319,18 @@ async fn a_connector_renews_with_a_code_and_keeps_its_site() {
     let (live, _) = listed(pki.root(), "connector-1").await;
     assert_eq!(live.len(), 1, "{live:?}");
     let old = live[0].clone();
-    assert_eq!(edge.metric(expiry).await.unwrap(), not_after_unix(&old));
+    // The edge reloads the index within a second of the enrollment: poll.
+    let old_not_after = not_after_unix(&old);
+    e2e::poll_until(
+        "the expiry metric shows the first certificate",
+        Duration::from_secs(10),
+        || async {
+            let value = edge.metric(expiry).await.ok()?;
+            (value == old_not_after).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     // The old credentials, kept aside to show they stop working.
     let stale_dir = home.path().join("stale");
     std::fs::create_dir(&stale_dir).unwrap();
@@ -435,4 +446,21 @@ async fn a_connector_renews_with_a_code_and_keeps_its_site() {
     );
     assert_eq!(listed(pki.root(), "connector-1").await.0.len(), 1);
     assert_eq!(enrollments(&edge, "ok").await, 2);
+
+    // A code from `site code` in its place is no renewal: it enrolls a new connector,
+    // replacing the stored credentials, and says the old certificate is still valid.
+    let fresh = mint_code(pki.root(), &edge, &[]).await;
+    connector.kill();
+    let connector = e2e::Connector::start(connector_from_env(&ha, &state_dir, Some(&fresh)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = connector.all_text();
+    assert!(
+        log.contains("replaced connector connector-1 of site home")
+            && log.contains("client revoke connector-1 --site home"),
+        "{log}"
+    );
+    assert_eq!(listed(pki.root(), "connector-2").await.0.len(), 1);
+    assert_eq!(listed(pki.root(), "connector-1").await.0.len(), 1);
+    crate::poll_status(&client, &url, 200, Duration::from_secs(20)).await;
 }
