@@ -315,6 +315,20 @@ fn renew_sign_csr_and_crl() {
     // Renew into the same directory needs --force, and revokes the old certificate.
     let err = cli.fails(&["client", "renew", "laptop", "--site", "home", "--out", &out]);
     assert!(err.contains("laptop.p12"), "{err}");
+    // --edge is for a connector's renewal code; a device refuses it.
+    let err = cli.fails(&[
+        "client",
+        "renew",
+        "laptop",
+        "--site",
+        "home",
+        "--out",
+        &out,
+        "--force",
+        "--edge",
+        "ha.example.org:8443",
+    ]);
+    assert!(err.contains("--edge only applies"), "{err}");
     let old = std::fs::read_to_string(&crt).unwrap();
     let stdout = cli.ok(&[
         "client", "renew", "laptop", "--site", "home", "--out", &out, "--force",
@@ -956,6 +970,20 @@ fn codes_carry_the_https_port_of_the_configuration() {
         &on_8443,
     ]));
     assert_eq!(code.edge(), "ha.example.org:8443");
+    // Options that only package a device's files mean nothing for a connector: refused,
+    // nothing minted.
+    let before = cli.ok(&["site", "code", "home", "--list"]);
+    let err = cli.fails(&[
+        "client",
+        "renew",
+        &token.connector_id,
+        "--site",
+        "home",
+        "--password",
+        "correct-horse-battery",
+    ]);
+    assert!(err.contains("--password only apply to devices"), "{err}");
+    assert_eq!(cli.ok(&["site", "code", "home", "--list"]), before);
 
     // A configuration that does not load is an error, not a silent 443.
     let broken = cli.path("broken.toml");

@@ -38,6 +38,25 @@ pub(crate) struct PackageArgs {
     force: bool,
 }
 
+impl PackageArgs {
+    /// The options given other than at their defaults, for refusing them where they mean
+    /// nothing (renewing a connector, which packages nothing).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--days", self.days != 730),
+            ("--out", self.out != Path::new(".")),
+            ("--password", self.password.is_some()),
+            ("--modern", self.modern),
+            ("--rsa", self.rsa),
+            ("--no-server-ca", self.no_server_ca),
+            ("--force", self.force),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
 /// `client add --link`: a one-time link instead of files.
 #[derive(Debug, clap::Args)]
 pub(crate) struct LinkArgs {
@@ -220,11 +239,24 @@ impl ClientCommand {
                 let state_dir = state.state_dir;
                 let state = pki::StateDir::open(&state_dir)?;
                 if renews_connector(&state, &site, &name)? {
+                    let given = package.given();
+                    anyhow::ensure!(
+                        given.is_empty(),
+                        "{name} is a connector: {} only apply to devices (a connector makes its \
+                         own key and gets its certificate when it uses the renewal code); nothing \
+                         changed",
+                        given.join(", ")
+                    );
                     let https_port = config.https_port(&state_dir)?;
                     return crate::site::print_renewal_code(
                         &state, &site, &name, &code, https_port,
                     );
                 }
+                anyhow::ensure!(
+                    !code.edge_given(),
+                    "{name} is a device: --edge only applies to renewing a connector; nothing \
+                     changed"
+                );
                 let plan = Package::prepare(&state, &name, &package)?;
                 let renewed =
                     state.renew(&site, &name, pki::Validity::days(package.days), plan.key)?;

@@ -182,6 +182,13 @@ pub(crate) struct CodeArgs {
     valid_for: std::time::Duration,
 }
 
+impl CodeArgs {
+    /// Whether `--edge` was given.
+    pub(crate) fn edge_given(&self) -> bool {
+        self.edge.is_some()
+    }
+}
+
 impl SiteCommand {
     /// Runs the verb.
     pub(crate) fn run(self) -> anyhow::Result<()> {
