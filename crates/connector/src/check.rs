@@ -171,6 +171,47 @@ impl Report {
     }
 }
 
+impl Status {
+    /// Lowercase name, as `check --json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl Report {
+    /// The report as `doorless-connector check --json` prints it. Keys are stable:
+    /// `site`, `connector_id`, `upstream`, `ok`, `passed`, `failed`, `skipped`, and `checks`
+    /// (in order, each `name`, `status` (`pass`, `fail`, `skip`) and `detail`).
+    pub fn to_json(&self, config: &Config) -> serde_json::Value {
+        let count = |s| self.items.iter().filter(|i| i.status == s).count();
+        let checks: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name,
+                    "status": i.status.as_str(),
+                    "detail": i.detail,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "site": config.token.site,
+            "connector_id": config.token.connector_id,
+            "upstream": config.upstream.to_string(),
+            "ok": self.ok(),
+            "passed": count(Status::Pass),
+            "failed": count(Status::Fail),
+            "skipped": count(Status::Skip),
+            "checks": checks,
+        })
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for item in &self.items {
@@ -196,7 +237,12 @@ impl fmt::Display for Report {
 
 /// Runs every check against `config`: Home Assistant's two while the edges are dialled.
 pub async fn run(config: &Config, timeouts: Timeouts) -> Report {
-    let upstream = check_upstream(&config.upstream, &config.upstream_tls, timeouts.http);
+    let upstream = check_upstream(
+        &config.upstream,
+        &config.upstream_tls,
+        config.limits.upstream_tls_handshake_timeout,
+        timeouts.http,
+    );
     let edges = futures_util::future::join_all(
         config
             .edges
@@ -217,6 +263,7 @@ const TRUSTS: &str = "Home Assistant trusts the connector as a proxy";
 async fn check_upstream(
     upstream: &Uri,
     mode: &crate::config::UpstreamTls,
+    handshake: Duration,
     limit: Duration,
 ) -> Vec<CheckItem> {
     // The same TLS configuration the forwarding client uses, so the check verifies what
@@ -231,7 +278,7 @@ async fn check_upstream(
         }
     };
     let tls = tls.as_ref();
-    let plain = match probe(upstream, tls, false, limit).await {
+    let plain = match probe(upstream, tls, handshake, false, limit).await {
         Ok(p) => p,
         Err(e) => {
             return vec![
@@ -249,7 +296,7 @@ async fn check_upstream(
             plain.elapsed.as_millis()
         ),
     );
-    let forwarded = match probe(upstream, tls, true, limit).await {
+    let forwarded = match probe(upstream, tls, handshake, true, limit).await {
         Ok(p) => p,
         Err(e) => {
             return vec![
@@ -304,6 +351,8 @@ enum ProbeError {
     Timeout(Duration),
     Connect(std::io::Error),
     Tls(std::io::Error),
+    /// Connected, but no TLS handshake within `limits.upstream_tls_handshake_timeout`.
+    TlsTimeout(Duration),
     Http(String),
 }
 
@@ -316,6 +365,13 @@ impl fmt::Display for ProbeError {
                 f,
                 "TLS handshake failed: {e} (see upstream_ca, upstream_pin_sha256 in docs/config.md)"
             ),
+            Self::TlsTimeout(limit) => write!(
+                f,
+                "connected, but the TLS handshake did not complete within {} s \
+                 (limits.upstream_tls_handshake_timeout): is `upstream` really an https:// \
+                 server on that port?",
+                limit.as_secs_f32()
+            ),
             Self::Http(e) => write!(f, "{e}"),
         }
     }
@@ -325,11 +381,12 @@ impl fmt::Display for ProbeError {
 async fn probe(
     upstream: &Uri,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    handshake: Duration,
     forwarded: bool,
     limit: Duration,
 ) -> Result<Probe, ProbeError> {
     let started = Instant::now();
-    tokio::time::timeout(limit, probe_inner(upstream, tls, forwarded))
+    tokio::time::timeout(limit, probe_inner(upstream, tls, handshake, forwarded))
         .await
         .map_err(|_| ProbeError::Timeout(limit))?
         .map(|(status, local)| Probe {
@@ -342,6 +399,7 @@ async fn probe(
 async fn probe_inner(
     upstream: &Uri,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    handshake: Duration,
     forwarded: bool,
 ) -> Result<(StatusCode, SocketAddr), ProbeError> {
     let authority = upstream
@@ -371,9 +429,10 @@ async fn probe_inner(
             // SNI and the name check: the host, or (an IP address) no SNI and its IP SANs.
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| ProbeError::Http(format!("upstream host: {e}")))?;
-            let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                .connect(name, stream)
+            let connect = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, stream);
+            let stream = tokio::time::timeout(handshake, connect)
                 .await
+                .map_err(|_| ProbeError::TlsTimeout(handshake))?
                 .map_err(ProbeError::Tls)?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await

@@ -190,6 +190,10 @@ pub struct RawLimits {
     /// Time to connect to Home Assistant; then the edge answers 502.
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
+    /// An `https://` upstream: time for the TLS handshake once TCP is connected; then the
+    /// edge answers 504 (Home Assistant is there but does not answer, like a slow response).
+    #[serde(with = "humantime_serde")]
+    pub upstream_tls_handshake_timeout: Duration,
     /// Time Home Assistant has to send a response head; then the edge answers 504.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -215,6 +219,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             upstream_connect_timeout: Duration::from_secs(10),
+            upstream_tls_handshake_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(90),
             max_streams: 1024,
             pool_max_idle: 32,
@@ -338,13 +343,17 @@ pub enum Credentials {
     },
 }
 
-/// A code to enroll with before running: configured, and no credentials yet.
+/// A code to enroll with before running: configured, and not the one the stored credentials
+/// (if any) came from.
 #[derive(Debug, Clone)]
 pub struct PendingEnrollment {
     /// The code, parsed.
     pub code: pki::EnrollmentCode,
     /// Where to store the credentials.
     pub state_dir: PathBuf,
+    /// `state_dir` already holds credentials: the code is a renewal (or a re-enrollment) that
+    /// replaces them once it succeeds. If it fails, `run` goes on with the stored ones.
+    pub replaces: bool,
 }
 
 impl RawConfig {
@@ -369,8 +378,10 @@ impl Config {
         Self::from_figment(figment, &source)
     }
 
-    /// The enrollment `run` must do before [`Config::load`] can succeed: an
-    /// `enrollment_code` is set, no token, and `state_dir` holds no credentials yet.
+    /// The enrollment `run` must do before [`Config::load`]: an `enrollment_code` is set, no
+    /// token, and `state_dir` holds no credentials yet, or credentials that came from another
+    /// code (a renewal code from `doorless-edge client renew` pasted where the first code
+    /// was). The code the stored credentials came from is ignored.
     pub fn pending_enrollment(
         path: Option<&Path>,
     ) -> Result<Option<PendingEnrollment>, ConfigError> {
@@ -387,17 +398,22 @@ impl Config {
             return Ok(None);
         }
         let invalid = |key: &str, problem: String| ConfigError::invalid(&source, key, problem);
-        if pki::load_enrolled(&raw.state_dir)
+        let enrolled = pki::load_enrolled(&raw.state_dir)
             .map_err(|e| invalid("state_dir", e.to_string()))?
-            .is_some()
+            .is_some();
+        let code = pki::EnrollmentCode::parse(&code.0)
+            .map_err(|e| invalid("enrollment_code", e.to_string()))?;
+        if enrolled
+            && pki::enrolled_with(&raw.state_dir, &code.keys().id)
+                .map_err(|e| invalid("state_dir", e.to_string()))?
+                == Some(true)
         {
             return Ok(None);
         }
-        let code = pki::EnrollmentCode::parse(&code.0)
-            .map_err(|e| invalid("enrollment_code", e.to_string()))?;
         Ok(Some(PendingEnrollment {
             code,
             state_dir: raw.state_dir,
+            replaces: enrolled,
         }))
     }
 
@@ -463,7 +479,8 @@ impl Config {
                     return Err(invalid(
                         "enrollment_code",
                         format!(
-                            "not enrolled yet ({} holds no credentials): `doorless-connector run`                              enrolls with the code first, or run `doorless-connector enroll CODE`",
+                            "not enrolled yet ({} holds no credentials): `doorless-connector run` \
+                             enrolls with the code first, or run `doorless-connector enroll CODE`",
                             raw.state_dir.display()
                         ),
                     ));
@@ -471,7 +488,8 @@ impl Config {
                 None => {
                     return Err(invalid(
                         "enrollment_code",
-                        "missing: paste the enrollment code from `doorless-edge site add`                          (DOORLESS_ENROLLMENT_CODE), or set a `token`"
+                        "missing: paste the enrollment code from `doorless-edge site add` \
+                         (DOORLESS_ENROLLMENT_CODE), or set a `token`"
                             .into(),
                     ));
                 }
@@ -530,6 +548,12 @@ impl Config {
         }
         if raw.limits.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
+        }
+        if raw.limits.upstream_tls_handshake_timeout.is_zero() {
+            return Err(invalid(
+                "limits.upstream_tls_handshake_timeout",
+                "must be greater than zero".into(),
+            ));
         }
         if raw.limits.body_idle_timeout.is_zero() {
             return Err(invalid(
@@ -848,6 +872,17 @@ mod tests {
             with(https, &|r| r.upstream_ca = Some(empty.clone())),
             "upstream_ca",
         );
+        // The handshake's own timeout: 10 s unless set, never zero.
+        assert_eq!(
+            RawLimits::default().upstream_tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
+        refused(
+            with(https, &|r| {
+                r.limits.upstream_tls_handshake_timeout = Duration::ZERO;
+            }),
+            "limits.upstream_tls_handshake_timeout",
+        );
         refused(
             with(https, &|r| {
                 r.upstream_ca = Some(dir.path().join("missing.pem"))
@@ -946,6 +981,10 @@ mod tests {
         assert_eq!(
             raw.limits.upstream_timeout,
             RawLimits::default().upstream_timeout
+        );
+        assert_eq!(
+            raw.limits.upstream_tls_handshake_timeout,
+            RawLimits::default().upstream_tls_handshake_timeout
         );
         assert_eq!(raw.reconnect.max, RawReconnect::default().max);
         // The placeholder token is refused with a message naming the key.

@@ -97,9 +97,12 @@ pub struct Enrolled {
 
 /// Enrolls with `code` and stores the credentials in `state_dir` (see
 /// [`pki::save_enrolled`]).
+/// A renewal code (`doorless-edge client renew`) is enrolled with the same way: the answer
+/// names the same connector, with a certificate for the key made now.
 pub fn enroll(code: &pki::EnrollmentCode, state_dir: &Path) -> Result<Enrolled, EnrollError> {
     let credentials = exchange(code)?;
-    pki::save_enrolled(state_dir, &credentials).map_err(EnrollError::Credentials)?;
+    pki::save_enrolled(state_dir, &credentials, Some(&code.keys().id))
+        .map_err(EnrollError::Credentials)?;
     Ok(Enrolled {
         site: credentials.site,
         connector_id: credentials.connector_id,

@@ -155,6 +155,17 @@ async fn forward(
     let mut response = match response {
         Ok(r) => r,
         Err(e) => {
+            // A handshake that never completed: Home Assistant accepted the connection and
+            // then did not answer, a timeout (504) like a response head that never comes;
+            // counted apart from `timeout`, since its fix is in the upstream's TLS settings.
+            if e.is_connect() && crate::upstream_tls::is_handshake_timeout(&e) {
+                debug!(error = %e, "upstream TLS handshake timed out");
+                send.reset(StreamError::UpstreamTimeout);
+                return Err(Failed {
+                    code: StreamError::UpstreamTimeout,
+                    kind: Some("tls_timeout"),
+                });
+            }
             let code = if e.is_connect() {
                 StreamError::UpstreamConnect
             } else {

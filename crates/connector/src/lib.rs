@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -45,7 +44,7 @@ pub struct Shared {
     /// Validated configuration.
     pub config: Config,
     /// Pooled client to Home Assistant (TLS for an `https://` upstream).
-    pub client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pub client: Client<upstream_tls::UpstreamConnector, UpstreamBody>,
     /// Every exported metric.
     pub metrics: metrics::Metrics,
     /// The edge connections registered right now.
@@ -151,16 +150,6 @@ impl Drop for ConnectedGuard<'_> {
     }
 }
 
-/// The TLS configuration of the client to a plain `http://` upstream: no roots, and never
-/// used, since every request goes to that one `http://` upstream.
-fn plain_placeholder() -> anyhow::Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth())
-}
-
 /// A connector with its admin listener bound, ready to run.
 #[derive(Debug)]
 pub struct Connector {
@@ -181,21 +170,11 @@ impl Connector {
         http.set_nodelay(true);
         // The TLS layer below checks the scheme; the TCP connector must pass https through.
         http.enforce_http(false);
-        let https =
-            match upstream_tls::client_config(&config.upstream_tls).map_err(anyhow::Error::msg)? {
-                // SNI and the name check use the upstream's host (none for an IP address).
-                Some(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(Arc::unwrap_or_clone(tls))
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http),
-                // A plain upstream: a TLS configuration that is never used, for one client type.
-                None => hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(plain_placeholder()?)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http),
-            };
+        let https = upstream_tls::UpstreamConnector::new(
+            http,
+            upstream_tls::client_config(&config.upstream_tls).map_err(anyhow::Error::msg)?,
+            config.limits.upstream_tls_handshake_timeout,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.pool_idle_timeout)

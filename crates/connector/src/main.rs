@@ -67,6 +67,9 @@ enum Command {
         /// Configuration file (optional: DOORLESS_TOKEN and DOORLESS_UPSTREAM suffice).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print the report as JSON (docs/connector-check.md); the exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration and exit.
     CheckConfig {
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
             ready_file,
             log_format,
         } => run(config.as_deref(), ready_file.as_deref(), log_format),
-        Command::Check { config } => check(config.as_deref()),
+        Command::Check { config, json } => check(config.as_deref(), json),
         Command::Health { url, timeout } => health(&url, std::time::Duration::from_secs(timeout)),
         Command::CheckConfig { config } => Config::load(config.as_deref())
             .map(|c| {
@@ -127,7 +130,8 @@ fn run(
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
     // A code and no credentials yet: enroll first (once); from then on the stored
-    // credentials are used and the code is ignored.
+    // credentials are used and that code is ignored. A different code beside stored
+    // credentials is a renewal (`doorless-edge client renew`): enroll with it, replacing them.
     let pending = Config::pending_enrollment(config)?;
     let just_enrolled = pending.is_some();
     if let Some(pending) = pending {
@@ -135,13 +139,51 @@ fn run(
             "doorless-connector: enrolling with the code for {} ...",
             pending.code.edge()
         );
-        let enrolled = connector::enroll::enroll(&pending.code, &pending.state_dir)?;
-        eprintln!(
-            "doorless-connector: enrolled as connector {} of site {}; credentials stored in {}",
-            enrolled.connector_id,
-            enrolled.site,
-            pending.state_dir.display()
-        );
+        // Who we were, to tell a renewal (same connector) from a new enrollment.
+        let before = match pending.replaces {
+            true => pki::load_enrolled(&pending.state_dir)?,
+            false => None,
+        };
+        match connector::enroll::enroll(&pending.code, &pending.state_dir) {
+            Ok(enrolled) => {
+                eprintln!(
+                    "doorless-connector: {} as connector {} of site {}; credentials stored in {}",
+                    if pending.replaces {
+                        "renewed: enrolled again"
+                    } else {
+                        "enrolled"
+                    },
+                    enrolled.connector_id,
+                    enrolled.site,
+                    pending.state_dir.display()
+                );
+                if let Some(old) = before.filter(|old| {
+                    old.site != enrolled.site || old.connector_id != enrolled.connector_id
+                }) {
+                    // A code from `site code` rather than `client renew`: a new connector.
+                    eprintln!(
+                        "doorless-connector: warning: this replaced connector {} of site {}, \
+                         whose certificate is still valid on the edge (its key is gone from \
+                         here); revoke it there: doorless-edge client revoke {} --site {}",
+                        old.connector_id, old.site, old.connector_id, old.site
+                    );
+                }
+            }
+            Err(e) if pending.replaces => {
+                // The stored credentials still stand (the edge revokes them only when it
+                // redeems a renewal code), so a code that fails must not stop the tunnel.
+                if let connector::enroll::EnrollError::Refused(proto::enroll::Refusal::Used) = e {
+                    // Not offered again at every start (a file written before the code id
+                    // was recorded still has the code it came from configured).
+                    pki::record_enrolled_code(&pending.state_dir, &pending.code.keys().id)?;
+                }
+                eprintln!(
+                    "doorless-connector: warning: the configured enrollment_code was not used                      ({e}); running with the credentials stored in {}",
+                    pending.state_dir.display()
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let config = Config::load(config)?;
     let _log = daemon::init_logging(log_format.unwrap_or(config.log.format), &config.log.filter);
@@ -209,7 +251,9 @@ fn enroll(code: &str, state_dir: &Path, force: bool) -> anyhow::Result<()> {
     let code = pki::EnrollmentCode::parse(code)?;
     if !force && let Some(existing) = pki::load_enrolled(state_dir)? {
         anyhow::bail!(
-            "{} already holds the credentials of connector {} of site {}; `doorless-connector              run` uses them. To enroll again (replacing them), add --force",
+            "{} already holds the credentials of connector {} of site {}; `doorless-connector \
+             run` uses them. To renew them with a code from `doorless-edge client renew`, or to \
+             enroll again, replacing them, add --force",
             state_dir.display(),
             existing.connector_id,
             existing.site
@@ -228,12 +272,14 @@ fn enroll(code: &str, state_dir: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 /// `doorless-connector check`: prints the report; fails (exit 1) if any check failed.
-fn check(config: Option<&Path>) -> anyhow::Result<()> {
+fn check(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    println!(
-        "doorless-connector check: site {}, connector {}, upstream {}",
-        config.token.site, config.token.connector_id, config.upstream
-    );
+    if !json {
+        println!(
+            "doorless-connector check: site {}, connector {}, upstream {}",
+            config.token.site, config.token.connector_id, config.upstream
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -241,7 +287,14 @@ fn check(config: Option<&Path>) -> anyhow::Result<()> {
         &config,
         connector::check::Timeouts::default(),
     ));
-    println!("{report}");
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json(&config))?
+        );
+    } else {
+        println!("{report}");
+    }
     let failed = report.items.iter().filter(|i| !i.ok()).count();
     anyhow::ensure!(failed == 0, "{failed} check(s) did not pass");
     Ok(())

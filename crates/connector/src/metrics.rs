@@ -148,6 +148,8 @@ impl Metrics {
         }
         for kind in [
             "connect",
+            "tls",
+            "tls_timeout",
             "timeout",
             "protocol",
             "framing",

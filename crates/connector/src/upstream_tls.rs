@@ -1,6 +1,8 @@
 //! TLS towards an `https://` Home Assistant: the rustls client configuration for the
-//! forwarding client ([`crate::Connector::bind`]) and the self-check ([`crate::check`]), and
-//! the typed test that tells a TLS failure from a plain connect failure.
+//! forwarding client ([`crate::Connector::bind`]) and the self-check ([`crate::check`]), the
+//! forwarding client's connector ([`UpstreamConnector`]: TCP, then the TLS handshake under its
+//! own timeout), and the typed tests that tell a TLS failure or a hung handshake from a plain
+//! connect failure.
 //!
 //! What it is not: it does not choose the trust mode (that is `config.rs`, from
 //! `upstream_ca` / `upstream_pin_sha256` / `upstream_tls_insecure`), and it never touches the
@@ -9,13 +11,22 @@
 //! SNI and name checks follow the upstream's host: rustls sends no SNI for an IP address and
 //! checks IP SANs instead of DNS names.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use aws_lc_rs::digest;
+use http::Uri;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
 
 use crate::config::UpstreamTls;
 
@@ -61,6 +72,116 @@ pub(crate) fn client_config(
             .with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
+}
+
+/// The forwarding client's connector: TCP through hyper's [`HttpConnector`] (bounded by
+/// `limits.upstream_connect_timeout`), then, for an `https://` upstream, the TLS handshake
+/// bounded by `limits.upstream_tls_handshake_timeout`.
+///
+/// Why not hyper-rustls' own connector: it gives the handshake no bound of its own, so a Home
+/// Assistant (or anything else on its port) that accepts TCP and never answers the
+/// ClientHello held a request until `limits.upstream_timeout` (90 s), and the failure looked
+/// like a slow response rather than a handshake that never happened.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    http: HttpConnector,
+    /// `None`: a plain `http://` upstream.
+    tls: Option<tokio_rustls::TlsConnector>,
+    handshake_timeout: Duration,
+}
+
+/// What [`UpstreamConnector`] fails with, as hyper-util wants it.
+pub(crate) type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Debug for UpstreamConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConnector")
+            .field("tls", &self.tls.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConnector {
+    /// `tls` is the configuration from [`client_config`] (`None`: plain HTTP).
+    pub(crate) fn new(
+        http: HttpConnector,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+            handshake_timeout,
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = ConnectError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // The scheme was checked once, by the configuration: TLS or not is its decision.
+        let name = match &self.tls {
+            Some(_) => match server_name(&uri) {
+                Ok(name) => Some(name),
+                Err(e) => return Box::pin(async move { Err(e) }),
+            },
+            None => None,
+        };
+        let tcp = self.http.call(uri);
+        let tls = self.tls.clone();
+        let limit = self.handshake_timeout;
+        Box::pin(async move {
+            let tcp = tcp.await.map_err(|e| Box::new(e) as ConnectError)?;
+            let (Some(tls), Some(name)) = (tls, name) else {
+                return Ok(MaybeHttpsStream::Http(tcp));
+            };
+            match tokio::time::timeout(limit, tls.connect(name, TokioIo::new(tcp))).await {
+                Ok(Ok(stream)) => Ok(MaybeHttpsStream::Https(TokioIo::new(stream))),
+                Ok(Err(e)) => Err(Box::new(e) as ConnectError),
+                Err(_) => Err(Box::new(HandshakeTimeout { limit }) as ConnectError),
+            }
+        })
+    }
+}
+
+/// SNI and the name check: the upstream's host (IPv6 brackets off); an IP address sends no
+/// SNI and is checked against the certificate's IP SANs.
+fn server_name(uri: &Uri) -> Result<ServerName<'static>, ConnectError> {
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host.to_owned()).map_err(|e| Box::new(e) as ConnectError)
+}
+
+/// The upstream accepted the TCP connection but did not complete the TLS handshake within
+/// `limits.upstream_tls_handshake_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the TLS handshake with the upstream did not complete within {} s", limit.as_secs_f32())]
+pub(crate) struct HandshakeTimeout {
+    limit: Duration,
+}
+
+/// Whether `error` (or anything it was caused by) is [`HandshakeTimeout`].
+pub(crate) fn is_handshake_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<HandshakeTimeout>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Whether `error` (or anything it was caused by) is a TLS failure: a certificate that did

@@ -504,3 +504,82 @@ async fn cli_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn cli_json(config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_doorless-connector"))
+        .args(["check", "--json", "--config"])
+        .arg(config)
+        .env_remove("DOORLESS_TOKEN")
+        .env_remove("DOORLESS_UPSTREAM")
+        .output()
+        .unwrap()
+}
+
+/// `check --json`: the report as one JSON document on stdout (nothing else there), the same
+/// exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_json_report() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let edge = standin_edge(&pki.state, &pki.state, Edge::Welcome);
+    let write = |name: &str, ha: std::net::SocketAddr| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "token = \"{}\"\nupstream = \"http://{ha}\"\nedges = [\"{edge}\"]\n",
+                pki.token
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.toml", standin_ha(Ha::Trusting).await);
+    let out = tokio::task::spawn_blocking(move || cli_json(&good))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["site"], "home");
+    assert_eq!(report["connector_id"], "connector-1");
+    assert!(report["upstream"].as_str().unwrap().starts_with("http://"));
+    assert_eq!(report["ok"], true);
+    assert_eq!(
+        (&report["passed"], &report["failed"], &report["skipped"]),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        )
+    );
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{report}");
+    assert_eq!(checks[0]["name"], "Home Assistant reachable");
+    assert_eq!(
+        checks[2]["name"],
+        format!("Edge {edge} reachable over QUIC")
+    );
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["status"] == "pass" && c["detail"].is_string())
+    );
+
+    let bad = write("bad.toml", standin_ha(Ha::Untrusted).await);
+    let out = tokio::task::spawn_blocking(move || cli_json(&bad))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["failed"], 1);
+    let trusts = &report["checks"][1];
+    assert_eq!(trusts["status"], "fail");
+    assert!(
+        trusts["detail"]
+            .as_str()
+            .unwrap()
+            .contains("use_x_forwarded_for: true"),
+        "{report}"
+    );
+}

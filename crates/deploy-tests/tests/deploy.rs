@@ -761,17 +761,24 @@ fn addon_config_passes_the_linter_rules() {
     );
     assert!(config.get("host_network").is_none());
 
-    // Every option has a schema entry and vice versa; defaults match their types.
+    // Every option has a schema entry; a schema entry without an option is optional (`?`,
+    // absent until the user adds it); defaults match their types.
     let options = obj(&config["options"], "options");
     let schema = obj(&config["schema"], "schema");
-    let option_keys: BTreeSet<&String> = options.keys().collect();
-    let schema_keys: BTreeSet<&String> = schema.keys().collect();
-    assert_eq!(
-        option_keys, schema_keys,
-        "config.yaml: options and schema must name the same keys"
-    );
+    for key in options.keys() {
+        assert!(
+            schema.contains_key(key),
+            "config.yaml: option `{key}` has no schema entry"
+        );
+    }
     for (key, ty) in schema {
-        check_option_type(key, s(ty, key), &options[key]);
+        match options.get(key) {
+            Some(default) => check_option_type(key, s(ty, key), default),
+            None => assert!(
+                s(ty, key).ends_with('?'),
+                "config.yaml: `{key}` has no default, so its schema must be optional (`?`)"
+            ),
+        }
     }
     assert_eq!(
         schema["enrollment_code"], "password",
@@ -784,6 +791,22 @@ fn addon_config_passes_the_linter_rules() {
     assert_eq!(schema["upstream"], "url");
     assert_eq!(options["upstream"], "http://homeassistant:8123");
     assert_eq!(schema["log_level"], "list(trace|debug|info|warn|error)");
+    // The upstream TLS keys: optional, unset by default (the connector's defaults apply), and
+    // `insecure` off.
+    assert_eq!(schema["upstream_ca"], "str?");
+    assert!(options.get("upstream_ca").is_none());
+    let pin = s(&schema["upstream_pin_sha256"], "upstream_pin_sha256");
+    assert!(pin.starts_with("match(") && pin.ends_with(")?"), "{pin}");
+    assert!(options.get("upstream_pin_sha256").is_none());
+    assert_eq!(schema["upstream_tls_insecure"], "bool");
+    assert_eq!(options["upstream_tls_insecure"], false);
+    // /ssl, where a CA file for `upstream_ca` goes, is mapped read-only (the default).
+    let map = config["map"].as_array().expect("config.yaml: map");
+    assert!(
+        map.iter()
+            .any(|m| m["type"] == "ssl" && m.get("read_only").is_none_or(|r| r == true)),
+        "config.yaml: map must give /ssl read-only: {map:?}"
+    );
 }
 
 #[test]
@@ -791,7 +814,8 @@ fn addon_translations_cover_every_option() {
     let config = addon_config();
     let translations = yaml(&format!("{ADDON}/translations/en.yaml"));
     let fields = obj(&translations["configuration"], "translations configuration");
-    let options = obj(&config["options"], "options");
+    // Every schema key, optional ones included (the UI shows them when added).
+    let options = obj(&config["schema"], "schema");
     for key in options.keys() {
         let entry = fields
             .get(key)
@@ -912,7 +936,7 @@ fn addon_has_docs_changelog_and_images() {
     ] {
         assert!(docs.contains(needle), "DOCS.md must mention `{needle}`");
     }
-    let options = obj(&config["options"], "options");
+    let options = obj(&config["schema"], "schema");
     for key in options.keys() {
         assert!(
             docs.contains(&format!("`{key}`")),
@@ -979,6 +1003,7 @@ fn connector_config_accepts_the_addon_options() {
     let layered = json!({
         "token": options["enrollment_code"],
         "upstream": options["upstream"],
+        "upstream_tls_insecure": options["upstream_tls_insecure"],
         "log": { "filter": options["log_level"], "format": "text" },
     });
     let raw: RawConfig = Figment::from(Serialized::defaults(layered))
@@ -1137,6 +1162,95 @@ fn addon_run_script_feeds_the_real_connector() {
         text.contains("No enrollment code or token") && text.contains("doorless-edge site add"),
         "{text}"
     );
+}
+
+/// The upstream TLS options reach the real connector as its DOORLESS_UPSTREAM_* keys, only
+/// when set, and its validation applies (one at a time, only for https://).
+#[test]
+fn addon_run_script_maps_the_upstream_tls_options() {
+    let Some(jq) = ensure_tool("jq", "jq") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = addon_config();
+    let mut base = config["options"].clone();
+    base["enrollment_code"] = json!(real_token(tmp.path()));
+    base["upstream"] = json!("https://homeassistant:8123");
+    let keys = [
+        "DOORLESS_UPSTREAM_CA",
+        "DOORLESS_UPSTREAM_PIN_SHA256",
+        "DOORLESS_UPSTREAM_TLS_INSECURE",
+    ];
+    let set = |env: &BTreeMap<String, String>| -> Vec<&str> {
+        keys.iter()
+            .copied()
+            .filter(|k| env.contains_key(*k))
+            .collect()
+    };
+
+    // Defaults (insecure false, the others absent): none exported, system roots.
+    let (out, env) = run_addon_script(&jq, &base, tmp.path());
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(set(&env).is_empty(), "{env:?}");
+
+    // A CA file, as it would sit in /ssl (any CA certificate will do: the edge's server CA
+    // from the token's throwaway state directory).
+    let ca = tmp.path().join("my-ca.pem");
+    std::fs::copy(tmp.path().join("state/server-ca.crt"), &ca).unwrap();
+    let mut options = base.clone();
+    options["upstream_ca"] = json!(ca.to_str().unwrap());
+    let (out, env) = run_addon_script(&jq, &options, tmp.path());
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(set(&env), ["DOORLESS_UPSTREAM_CA"]);
+    assert_eq!(env["DOORLESS_UPSTREAM_CA"], ca.to_str().unwrap());
+
+    // A pin, with colons as openssl prints it.
+    let pin = ["AB"; 32].join(":");
+    let mut options = base.clone();
+    options["upstream_pin_sha256"] = json!(pin);
+    let (out, env) = run_addon_script(&jq, &options, tmp.path());
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(set(&env), ["DOORLESS_UPSTREAM_PIN_SHA256"]);
+    assert_eq!(env["DOORLESS_UPSTREAM_PIN_SHA256"], pin);
+
+    // Insecure.
+    let mut options = base.clone();
+    options["upstream_tls_insecure"] = json!(true);
+    let (out, env) = run_addon_script(&jq, &options, tmp.path());
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(set(&env), ["DOORLESS_UPSTREAM_TLS_INSECURE"]);
+    assert_eq!(env["DOORLESS_UPSTREAM_TLS_INSECURE"], "true");
+    let exported: Vec<String> = env
+        .keys()
+        .filter(|k| *k != "DOORLESS_OPTIONS_FILE")
+        .cloned()
+        .collect();
+    assert_env_documented(&exported, "run.sh");
+
+    // Refused by the connector, naming the key: two at once, and one with http://.
+    options["upstream_pin_sha256"] = json!(pin);
+    let (out, _) = run_addon_script(&jq, &options, tmp.path());
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("upstream_tls_insecure"),
+        "{}",
+        output_text(&out)
+    );
+    let mut options = base.clone();
+    options["upstream"] = json!("http://homeassistant:8123");
+    options["upstream_pin_sha256"] = json!(pin);
+    let (out, _) = run_addon_script(&jq, &options, tmp.path());
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("upstream_pin_sha256"),
+        "{}",
+        output_text(&out)
+    );
+    // A bad pin too.
+    let mut options = base.clone();
+    options["upstream_pin_sha256"] = json!("abcd");
+    let (out, _) = run_addon_script(&jq, &options, tmp.path());
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
 }
 
 #[test]

@@ -315,6 +315,20 @@ fn renew_sign_csr_and_crl() {
     // Renew into the same directory needs --force, and revokes the old certificate.
     let err = cli.fails(&["client", "renew", "laptop", "--site", "home", "--out", &out]);
     assert!(err.contains("laptop.p12"), "{err}");
+    // --edge is for a connector's renewal code; a device refuses it.
+    let err = cli.fails(&[
+        "client",
+        "renew",
+        "laptop",
+        "--site",
+        "home",
+        "--out",
+        &out,
+        "--force",
+        "--edge",
+        "ha.example.org:8443",
+    ]);
+    assert!(err.contains("--edge only applies"), "{err}");
     let old = std::fs::read_to_string(&crt).unwrap();
     let stdout = cli.ok(&[
         "client", "renew", "laptop", "--site", "home", "--out", &out, "--force",
@@ -768,4 +782,212 @@ fn site_remove_revokes_and_deletes_and_needs_yes_without_a_terminal() {
     assert_eq!(left, 0, "links left in {}", links.display());
     // The site can be added again from scratch.
     cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+}
+
+#[test]
+fn client_add_prints_stable_json() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let out = cli.path("out");
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client", "add", "phone", "--site", "home", "--out", &out, "--json",
+    ]))
+    .unwrap();
+    assert_eq!(added["site"], "home");
+    assert_eq!(added["name"], "phone");
+    assert!(added["link"].is_null(), "{added}");
+    // The serial and expiry are those `client list` records.
+    let listed = cli.list();
+    let entry = listed.iter().find(|e| e["name"] == "phone").unwrap();
+    assert_eq!(added["serial"], entry["serial"]);
+    assert_eq!(added["not_after"], entry["not_after"]);
+    // The files are where it says, and the generated password opens the .p12.
+    let password = added["password"].as_str().unwrap();
+    for (key, ext) in [
+        ("p12", "p12"),
+        ("mobileconfig", "mobileconfig"),
+        ("crt", "crt"),
+        ("key", "key"),
+    ] {
+        let path = added["files"][key].as_str().unwrap();
+        assert_eq!(
+            Path::new(path),
+            Path::new(&out).join(format!("phone.{ext}"))
+        );
+        assert!(Path::new(path).exists(), "{path}");
+    }
+    let p12 = added["files"]["p12"].as_str().unwrap();
+    let imported = openssl(&[
+        "pkcs12",
+        "-in",
+        p12,
+        "-passin",
+        &format!("pass:{password}"),
+        "-nokeys",
+        "-legacy",
+    ]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+
+    // A given password is not echoed back.
+    let given: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client",
+        "add",
+        "laptop",
+        "--site",
+        "home",
+        "--out",
+        &out,
+        "--password",
+        "correct-horse-battery",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(given["password"].is_null(), "{given}");
+
+    // --link: the link instead of files, and no QR code in the JSON output.
+    let linked: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "client", "add", "tablet", "--site", "home", "--link", "--port", "8443", "--qr", "--json",
+    ]))
+    .unwrap();
+    assert!(linked["files"].is_null(), "{linked}");
+    let url = linked["link"]["url"].as_str().unwrap();
+    assert!(url.starts_with("https://ha.example.org:8443/"), "{url}");
+    assert!(linked["link"]["expires"].as_str().is_some(), "{linked}");
+    assert!(linked["password"].as_str().is_some(), "{linked}");
+    assert_eq!(linked["name"], "tablet");
+
+    // A refusal stays an error with nothing on stdout.
+    let refused = cli.run(&[
+        "client", "add", "phone", "--site", "home", "--out", &out, "--json",
+    ]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+}
+
+/// Eight `site code` processes at once against one state directory (as the CLI and a running
+/// edge write it at once): every code is recorded, none lost to another writer.
+#[test]
+fn concurrent_site_code_processes_lose_no_code() {
+    let cli = Cli::new();
+    cli.ok(&["site", "add", "home", "--hostname", "ha.example.org"]);
+    let children: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_doorless-edge"))
+                .args(["site", "code", "home", "--state-dir"])
+                .arg(&cli.state)
+                .env_remove("DOORLESS_STATE_DIR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = cli.ok(&["site", "code", "home", "--list"]);
+    let pending = listed.lines().filter(|l| l.contains("\tpending\t")).count();
+    assert_eq!(pending, 1 + 8, "{listed}");
+}
+
+/// A code carries the edge's real HTTPS port: `listen.https` of the configuration (`--config`),
+/// left out when it is 443; `--edge` still wins. Renewal codes too.
+#[test]
+fn codes_carry_the_https_port_of_the_configuration() {
+    let cli = Cli::new();
+    let config = |name: &str, https: &str| {
+        let path = cli.dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"{}\"\n[listen]\nhttps = \"{https}\"\ntunnel = \"0.0.0.0:8443\"\n",
+                cli.state.display()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let on_8443 = config("edge-8443.toml", "0.0.0.0:8443");
+    let on_443 = config("edge-443.toml", "[::]:443");
+    let code_in = |stdout: &str| -> pki::EnrollmentCode {
+        let line = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.contains("/1-") && !l.contains(' '))
+            .unwrap_or_else(|| panic!("no code printed:\n{stdout}"));
+        pki::EnrollmentCode::parse(line).unwrap()
+    };
+
+    let added: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "site",
+        "add",
+        "home",
+        "--hostname",
+        "ha.example.org",
+        "--config",
+        &on_8443,
+        "--json",
+    ]))
+    .unwrap();
+    let code = pki::EnrollmentCode::parse(added["code"]["code"].as_str().unwrap()).unwrap();
+    assert_eq!((code.host(), code.port()), ("ha.example.org", 8443));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+
+    let code = code_in(&cli.ok(&["site", "code", "home", "--config", &on_8443]));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+    let code = code_in(&cli.ok(&["site", "code", "home", "--config", &on_443]));
+    assert_eq!(code.edge(), "ha.example.org");
+    let code = code_in(&cli.ok(&[
+        "site",
+        "code",
+        "home",
+        "--config",
+        &on_8443,
+        "--edge",
+        "edge.example.net:9443",
+    ]));
+    assert_eq!(code.edge(), "edge.example.net:9443");
+
+    // A renewal code for a connector, likewise.
+    let token = token_in(&cli.ok(&["site", "token", "home"]));
+    let code = code_in(&cli.ok(&[
+        "client",
+        "renew",
+        &token.connector_id,
+        "--site",
+        "home",
+        "--config",
+        &on_8443,
+    ]));
+    assert_eq!(code.edge(), "ha.example.org:8443");
+    // Options that only package a device's files mean nothing for a connector: refused,
+    // nothing minted.
+    let before = cli.ok(&["site", "code", "home", "--list"]);
+    let err = cli.fails(&[
+        "client",
+        "renew",
+        &token.connector_id,
+        "--site",
+        "home",
+        "--password",
+        "correct-horse-battery",
+    ]);
+    assert!(err.contains("--password only apply to devices"), "{err}");
+    assert_eq!(cli.ok(&["site", "code", "home", "--list"]), before);
+
+    // A configuration that does not load is an error, not a silent 443.
+    let broken = cli.path("broken.toml");
+    std::fs::write(&broken, "[listen]\nhttps = \"not an address\"\n").unwrap();
+    let err = cli.fails(&["site", "code", "home", "--config", &broken]);
+    assert!(err.contains("broken.toml"), "{err}");
 }

@@ -30,7 +30,7 @@ use time::{Duration, OffsetDateTime};
 use crate::ca::{Validity, now};
 use crate::error::{Error, Result, clip};
 use crate::fs::{self as sfs, PUBLIC, SECRET};
-use crate::identity::{Identity, hex};
+use crate::identity::{Identity, Kind, hex};
 use crate::random_bytes;
 use crate::state::{CONNECTOR_DAYS, StateDir};
 
@@ -238,12 +238,22 @@ struct EnrolledFile {
     edges: Vec<String>,
     server_name: String,
     enrolled_at: String,
+    /// The id (hex) of the code these credentials came from, so that `run` tells the code it
+    /// already used from a new one (a renewal) still configured beside it. Absent in files
+    /// written before renewal existed, and for tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code_id: Option<String>,
 }
 
 /// Stores an enrolled connector's credentials in its state directory `dir` (created 0700):
 /// `connector.key` (0600), `connector.crt`, `tunnel-ca.crt`, and `enrollment.json` last, whose
-/// presence makes the directory enrolled. The credentials are checked first.
-pub fn save_enrolled(dir: &std::path::Path, token: &crate::EnrollmentToken) -> Result<()> {
+/// presence makes the directory enrolled, recording `code_id`, the id of the code they came
+/// from. The credentials are checked first.
+pub fn save_enrolled(
+    dir: &std::path::Path,
+    token: &crate::EnrollmentToken,
+    code_id: Option<&[u8; CODE_ID_LEN]>,
+) -> Result<()> {
     token.validate()?;
     sfs::create_dir_all(dir)?;
     sfs::restrict_dir(dir)?;
@@ -260,9 +270,14 @@ pub fn save_enrolled(dir: &std::path::Path, token: &crate::EnrollmentToken) -> R
         edges: token.edges.clone(),
         server_name: token.server_name.clone(),
         enrolled_at: rfc3339(now()),
+        code_id: code_id.map(|id| hex(id)),
     };
+    write_enrolled_file(dir, &file)
+}
+
+fn write_enrolled_file(dir: &std::path::Path, file: &EnrolledFile) -> Result<()> {
     let path = dir.join(ENROLLED_FILE);
-    let mut json = serde_json::to_vec_pretty(&file).map_err(|source| Error::Json {
+    let mut json = serde_json::to_vec_pretty(file).map_err(|source| Error::Json {
         path: path.clone(),
         source,
     })?;
@@ -270,17 +285,43 @@ pub fn save_enrolled(dir: &std::path::Path, token: &crate::EnrollmentToken) -> R
     sfs::write_atomic(&path, &json, PUBLIC)
 }
 
-/// The credentials [`save_enrolled`] stored in `dir`, checked; `None` if `dir` is not
-/// enrolled (no `enrollment.json`).
-pub fn load_enrolled(dir: &std::path::Path) -> Result<Option<crate::EnrollmentToken>> {
+fn read_enrolled_file(dir: &std::path::Path) -> Result<Option<EnrolledFile>> {
     let path = dir.join(ENROLLED_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let file: EnrolledFile =
-        serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| Error::Json { path, source })
+}
+
+/// Whether the credentials stored in `dir` came from the code with id `code_id`: `Some(true)`
+/// or `Some(false)`, `None` when `dir` is not enrolled or does not record its code (written
+/// before renewal existed, or enrolled with a token).
+pub fn enrolled_with(dir: &std::path::Path, code_id: &[u8; CODE_ID_LEN]) -> Result<Option<bool>> {
+    Ok(read_enrolled_file(dir)?
+        .and_then(|file| file.code_id)
+        .map(|id| id == hex(code_id)))
+}
+
+/// Records in `dir`'s `enrollment.json` that its credentials are past the code `code_id` (one
+/// the edge says was used already), so that `run` does not offer it again at every start.
+pub fn record_enrolled_code(dir: &std::path::Path, code_id: &[u8; CODE_ID_LEN]) -> Result<()> {
+    let Some(mut file) = read_enrolled_file(dir)? else {
+        return Ok(());
+    };
+    file.code_id = Some(hex(code_id));
+    write_enrolled_file(dir, &file)
+}
+
+/// The credentials [`save_enrolled`] stored in `dir`, checked; `None` if `dir` is not
+/// enrolled (no `enrollment.json`).
+pub fn load_enrolled(dir: &std::path::Path) -> Result<Option<crate::EnrollmentToken>> {
+    let Some(file) = read_enrolled_file(dir)? else {
+        return Ok(None);
+    };
     let token = crate::EnrollmentToken {
         edges: file.edges,
         server_name: file.server_name,
@@ -313,6 +354,11 @@ pub struct CodeRecord {
     pub connector_id: Option<String>,
     /// RFC 3339, once revoked.
     pub revoked_at: Option<String>,
+    /// A renewal code (`doorless-edge client renew`): the connector whose certificate it
+    /// replaces. Redeeming it re-issues that connector's certificate on the new key and revokes
+    /// the old one, in one index write; the site keeps its connector id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renews: Option<String>,
 }
 
 /// Where a code stands.
@@ -421,6 +467,44 @@ impl StateDir {
         edge: &str,
         lifetime: std::time::Duration,
     ) -> Result<(EnrollmentCode, CodeRecord)> {
+        self.mint(site, edge, lifetime, None)
+    }
+
+    /// Mints a renewal code for the live connector `connector_id` of `site`: the connector
+    /// enrolls with it as with any code (a new key made at home), and gets a new certificate
+    /// under the same id; the old certificate is revoked when, and only when, the code is
+    /// redeemed, so the site keeps its connector until the new one is in place.
+    pub fn mint_renewal_code(
+        &self,
+        site: &str,
+        connector_id: &str,
+        edge: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<(EnrollmentCode, CodeRecord)> {
+        let _lock = crate::lock::lock(self.root())?;
+        let site = self.site(site)?;
+        if !self
+            .read_index()?
+            .iter()
+            .any(|e| e.is_live(Kind::Connector, &site.name, connector_id))
+        {
+            return Err(Error::NotIssued {
+                kind: Kind::Connector,
+                site: site.name,
+                name: clip(connector_id),
+            });
+        }
+        self.mint(&site.name, edge, lifetime, Some(connector_id.to_owned()))
+    }
+
+    fn mint(
+        &self,
+        site: &str,
+        edge: &str,
+        lifetime: std::time::Duration,
+        renews: Option<String>,
+    ) -> Result<(EnrollmentCode, CodeRecord)> {
+        let _lock = crate::lock::lock(self.root())?;
         let site = self.site(site)?;
         let lifetime = Duration::try_from(lifetime)
             .ok()
@@ -440,6 +524,7 @@ impl StateDir {
             used_at: None,
             connector_id: None,
             revoked_at: None,
+            renews,
         };
         let mut codes = self.codes()?;
         codes.push(record.clone());
@@ -462,6 +547,7 @@ impl StateDir {
     /// Revokes the pending code whose id starts with `prefix` (at least 6 hex digits), or every
     /// pending code of `site` when `prefix` is `None`. Returns the codes revoked.
     pub fn revoke_codes(&self, site: &str, prefix: Option<&str>) -> Result<Vec<CodeRecord>> {
+        let _lock = crate::lock::lock(self.root())?;
         let site = self.site(site)?;
         let now = now();
         let mut codes = self.codes()?;
@@ -504,6 +590,7 @@ impl StateDir {
         mac: &[u8; 32],
         csr_pem: &str,
     ) -> Result<Redeemed, RedeemError> {
+        let _lock = crate::lock::lock(self.root()).map_err(RedeemError::State)?;
         let now = now();
         let mut codes = self.codes().map_err(RedeemError::State)?;
         let id = hex(code_id);
@@ -540,18 +627,34 @@ impl StateDir {
         crate::csr::check_pem(csr_pem).map_err(RedeemError::BadCsr)?;
         let site = self.site(&record.site).map_err(RedeemError::State)?;
         let index = self.read_index().map_err(RedeemError::State)?;
-        let connector_id = self.next_connector_id(&site, &index);
+        let renews = record.renews.clone();
+        let connector_id = match &renews {
+            // The connector was revoked (or its site removed) since the code was minted:
+            // the code went with it.
+            Some(id)
+                if !index
+                    .iter()
+                    .any(|e| e.is_live(Kind::Connector, &site.name, id)) =>
+            {
+                return Err(RedeemError::Revoked);
+            }
+            Some(id) => id.clone(),
+            None => self.next_connector_id(&site, &index),
+        };
         record.used_at = Some(rfc3339(now));
         record.connector_id = Some(connector_id.clone());
         self.write_codes(codes).map_err(RedeemError::State)?;
         let identity =
             Identity::connector(&site.name, &connector_id).map_err(RedeemError::State)?;
-        let certified = self
-            .issue_connector_csr(&identity, csr_pem, Validity::days(CONNECTOR_DAYS), index)
-            .map_err(|e| match e {
-                e @ Error::Csr { .. } => RedeemError::BadCsr(e),
-                e => RedeemError::State(e),
-            })?;
+        let validity = Validity::days(CONNECTOR_DAYS);
+        let certified = match renews {
+            Some(_) => self.renew_connector_csr(&identity, csr_pem, validity, index),
+            None => self.issue_connector_csr(&identity, csr_pem, validity, index),
+        }
+        .map_err(|e| match e {
+            e @ Error::Csr { .. } => RedeemError::BadCsr(e),
+            e => RedeemError::State(e),
+        })?;
         let tunnel_ca_pem =
             sfs::read_to_string(&self.tunnel_ca_path()).map_err(RedeemError::State)?;
         Ok(Redeemed {

@@ -69,13 +69,17 @@
 //!   sites/<site>/connectors/<id>.crt      issued connector certs
 //!   links/<sha256 of secret>.json         one-time device links (0600): site, device, expiry,
 //!                                         the password-protected .p12 and .mobileconfig
+//!   enroll-codes.json         connector enrollment and renewal codes (0600; MAC keys sealed)
+//!   state.lock                empty; its `flock` serialises writers (see below)
 //! ```
 //!
 //! Every `*.key` and `session.key` is 0600 from creation, every directory 0700. Every file is
 //! replaced atomically (temporary file, fsync, rename, fsync of the directory). A directory with
 //! CA files but no `state.json` is an interrupted `init` ([`Error::InterruptedInit`]); a site is
-//! built under `sites/.<site>.tmp-*` and renamed into place when complete. Commands are expected
-//! to run one at a time (no locking); the index is read, modified and atomically replaced.
+//! built under `sites/.<site>.tmp-*` and renamed into place when complete. The index, the
+//! enrollment codes and the CRL numbers are read, modified and atomically replaced under an
+//! advisory lock on `state.lock` (`flock`, re-entrant within a thread, waiting at most 10 s),
+//! so the CLI and the running edge (which redeems codes) can write at the same time.
 
 mod ca;
 mod csr;
@@ -87,6 +91,7 @@ mod fs;
 mod identity;
 mod inspect;
 mod links;
+mod lock;
 #[cfg(feature = "p12")]
 mod mobileconfig;
 mod pem;
@@ -97,7 +102,8 @@ pub use ca::{CA_VALIDITY_DAYS, Ca, Certified, Issued, KeyType, MIN_VALIDITY_DAYS
 pub use csr::{MAX_RSA_BITS, MIN_RSA_BITS};
 pub use enroll::{
     CODE_ID_LEN, CodeKeys, CodeRecord, CodeState, DEFAULT_CODE_LIFETIME, EnrollmentCode,
-    RedeemError, Redeemed, connector_csr, load_enrolled, save_enrolled,
+    RedeemError, Redeemed, connector_csr, enrolled_with, load_enrolled, record_enrolled_code,
+    save_enrolled,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "p12")]

@@ -109,7 +109,7 @@ pub struct Revocation {
 
 impl IndexEntry {
     /// Whether this entry is `kind`/`site`/`name` and not revoked.
-    fn is_live(&self, kind: Kind, site: &str, name: &str) -> bool {
+    pub(crate) fn is_live(&self, kind: Kind, site: &str, name: &str) -> bool {
         self.kind == kind && self.site == site && self.name == name && self.revoked_at.is_none()
     }
 }
@@ -379,6 +379,7 @@ impl StateDir {
         connector_id: Option<&str>,
         edge: &EdgeTarget,
     ) -> Result<EnrollmentToken> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         // Everything that can fail without side effects comes before the certificate is
         // recorded: a refused token leaves no orphan connector in the index.
@@ -453,6 +454,7 @@ impl StateDir {
         validity: Validity,
         key: KeyType,
     ) -> Result<Issued> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -470,6 +472,7 @@ impl StateDir {
         csr_pem: &str,
         validity: Validity,
     ) -> Result<Certified> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -493,6 +496,43 @@ impl StateDir {
         self.record(identity, index, || {
             ca.issue_client_csr(csr_pem, identity, validity)
         })
+    }
+
+    /// Re-issues the live connector certificate of `identity` on the public key of the
+    /// connector's new CSR, and revokes the old one in the same index write (as
+    /// [`StateDir::renew`] does for devices): there is no moment with both or neither live.
+    pub(crate) fn renew_connector_csr(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        validity: Validity,
+        mut index: Vec<IndexEntry>,
+    ) -> Result<Certified> {
+        let Identity { kind, site, name } = identity;
+        let old = index
+            .iter()
+            .position(|e| e.is_live(*kind, site, name))
+            .ok_or_else(|| Error::NotIssued {
+                kind: *kind,
+                site: site.clone(),
+                name: name.clone(),
+            })?;
+        let ca = Ca::load(&self.connector_ca_path(), &self.connector_ca_key_path())?;
+        let certified = ca.issue_client_csr(csr_pem, identity, validity)?;
+        sfs::write_atomic(
+            &self.cert_path(*kind, site, name),
+            certified.cert_pem.as_bytes(),
+            PUBLIC,
+        )?;
+        index[old].revoked_at = Some(rfc3339(now()));
+        index.push(new_entry(
+            identity,
+            &certified.serial,
+            &certified.fingerprint,
+            certified.not_after,
+        ));
+        self.write_index(&index)?;
+        Ok(certified)
     }
 
     /// Issues, writes the certificate file, then records it: a crash in between leaves an
@@ -539,6 +579,7 @@ impl StateDir {
     /// The certificate file stays, for the record. For devices, the site's CRL is rewritten
     /// afterwards (see [`StateDir::write_crl`]).
     pub fn revoke(&self, kind: Kind, site: &str, name: &str) -> Result<IndexEntry> {
+        let _lock = crate::lock::lock(&self.root)?;
         let index = self.read_index()?;
         let position = index
             .iter()
@@ -558,6 +599,7 @@ impl StateDir {
     /// revoked site, never a deleted one whose certificates are still live. Returns the
     /// certificates it revoked.
     pub fn remove_site(&self, name: &str) -> Result<Vec<IndexEntry>> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(name)?;
         self.revoke_codes(&site.name, None)?;
         let mut index = self.read_index()?;
@@ -588,6 +630,7 @@ impl StateDir {
     /// [`Error::Ambiguous`] (the message lists them). Revoking a revoked serial is
     /// [`Error::AlreadyRevoked`].
     pub fn revoke_any(&self, site: Option<&str>, target: &str) -> Result<IndexEntry> {
+        let _lock = crate::lock::lock(&self.root)?;
         if let Some(site) = site {
             self.site(site)?;
         }
@@ -679,6 +722,7 @@ impl StateDir {
         validity: Validity,
         key: KeyType,
     ) -> Result<Renewed> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let identity = Identity::device(&site.name, name)?;
         let ca = self.client_ca(&site.name)?;
@@ -724,6 +768,7 @@ impl StateDir {
     /// last (kept in `sites/<site>/crl.json`). Called by every revocation; run it from cron
     /// (`doorless-edge client crl`) before `next_update` if other tools consume the CRL.
     pub fn write_crl(&self, site: &str) -> Result<PathBuf> {
+        let _lock = crate::lock::lock(&self.root)?;
         let site = self.site(site)?;
         let ca = self.client_ca(&site.name)?;
         let index = self.read_index()?;

@@ -16,6 +16,11 @@ fi
 credential="$(jq -r '.enrollment_code // .token // ""' "${options}")"
 upstream="$(jq -r '.upstream // "http://homeassistant:8123"' "${options}")"
 log_level="$(jq -r '.log_level // "info"' "${options}")"
+# How an https:// upstream is verified (docs/config.md); unset options stay unset, so the
+# connector's own defaults and checks apply (at most one of the three; only for https://).
+upstream_ca="$(jq -r '.upstream_ca // ""' "${options}")"
+upstream_pin="$(jq -r '.upstream_pin_sha256 // ""' "${options}")"
+upstream_insecure="$(jq -r '.upstream_tls_insecure // false' "${options}")"
 # A code or token pasted from a terminal may carry line breaks or spaces; neither contains any.
 credential="${credential//[[:space:]]/}"
 
@@ -52,6 +57,15 @@ else
     export DOORLESS_STATE_DIR="${DOORLESS_STATE_DIR:-/data}"
 fi
 export DOORLESS_UPSTREAM="${upstream}"
+if [[ -n "${upstream_ca}" ]]; then
+    export DOORLESS_UPSTREAM_CA="${upstream_ca}"
+fi
+if [[ -n "${upstream_pin}" ]]; then
+    export DOORLESS_UPSTREAM_PIN_SHA256="${upstream_pin}"
+fi
+if [[ "${upstream_insecure}" == true ]]; then
+    export DOORLESS_UPSTREAM_TLS_INSECURE=true
+fi
 export DOORLESS_LOG__FILTER="${filter}"
 export DOORLESS_LOG__FORMAT="${DOORLESS_LOG__FORMAT:-text}"
 

@@ -256,3 +256,211 @@ async fn wrong_expired_and_guessed_codes_are_refused_and_counted() {
     let log = edge.output();
     assert!(log.contains("enrollment: refused"), "{log}");
 }
+
+/// `doorless-edge client list --json`: the live (unrevoked) certificates of `name`, and all.
+async fn listed(state: &Path, name: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let json = edge_cli(&[
+        "client",
+        "list",
+        "--json",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
+    .await;
+    let all: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let of_name: Vec<serde_json::Value> = all.into_iter().filter(|e| e["name"] == name).collect();
+    let live = of_name
+        .iter()
+        .filter(|e| e["revoked_at"].is_null())
+        .cloned()
+        .collect();
+    (live, of_name)
+}
+
+/// An index entry's `not_after` as a Unix timestamp, as the expiry metric exports it.
+fn not_after_unix(entry: &serde_json::Value) -> f64 {
+    let text = entry["not_after"].as_str().unwrap();
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+    t.unix_timestamp() as f64
+}
+
+/// `client renew` for a connector: prints a one-time renewal code while the connector keeps
+/// serving; the connector, restarted with the code where the first one was, makes a new key
+/// and gets a new certificate under the same id; the old certificate is then revoked (a
+/// connector still holding it is refused and counted), the expiry metric and `client list`
+/// follow the new certificate, and later restarts ignore the used code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_renews_with_a_code_and_keeps_its_site() {
+    let mut pki = Pki::new().unwrap();
+    pki.add_site("home", HOME_HOST).unwrap();
+    let device = pki.device("home", "phone").unwrap();
+    let server_ca = pki.server_ca_pem().unwrap();
+    let ha = StandIn::start().await.unwrap();
+    let edge = Edge::start(pki.root()).await.unwrap();
+    let code = mint_code(pki.root(), &edge, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let state_dir = home.path().join("connector");
+    let mut connector = e2e::Connector::start(connector_from_env(&ha, &state_dir, Some(&code)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = format!(
+        "https://{HOME_HOST}:{}/status/200",
+        edge.https_addr().port()
+    );
+    let client = e2e::client_builder(&server_ca, HOME_HOST, edge.https_addr(), Some(&device))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(get(&client, &url).await.0, 200);
+
+    let expiry =
+        "doorless_edge_certificate_expiry_timestamp_seconds{site=\"home\",kind=\"connector\"}";
+    let (live, _) = listed(pki.root(), "connector-1").await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let old = live[0].clone();
+    // The edge reloads the index within a second of the enrollment: poll.
+    let old_not_after = not_after_unix(&old);
+    e2e::poll_until(
+        "the expiry metric shows the first certificate",
+        Duration::from_secs(10),
+        || async {
+            let value = edge.metric(expiry).await.ok()?;
+            (value == old_not_after).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The old credentials, kept aside to show they stop working.
+    let stale_dir = home.path().join("stale");
+    std::fs::create_dir(&stale_dir).unwrap();
+    for file in std::fs::read_dir(&state_dir).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), stale_dir.join(file.file_name())).unwrap();
+    }
+
+    // Renewing a name that is no connector (or device) of the site is refused.
+    let state = pki.root().to_str().unwrap();
+    let (status, _, stderr) = run_to_exit(
+        &binaries().edge,
+        &[
+            "client",
+            "renew",
+            "connector-7",
+            "--site",
+            "home",
+            "--state-dir",
+            state,
+        ],
+        &[],
+        CLI_DEADLINE,
+    )
+    .await
+    .unwrap();
+    assert!(!status.success(), "{stderr}");
+    let edge_addr = edge.https_addr().to_string();
+    let printed = edge_cli(&[
+        "client",
+        "renew",
+        "connector-1",
+        "--site",
+        "home",
+        "--edge",
+        &edge_addr,
+        "--state-dir",
+        state,
+    ])
+    .await;
+    assert!(
+        printed.contains("renewal code for connector connector-1"),
+        "{printed}"
+    );
+    let renewal = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("/1-") && !l.contains(' '))
+        .unwrap_or_else(|| panic!("no code printed:\n{printed}"))
+        .to_owned();
+    // Until the code is used nothing changes: the connector serves, its certificate is live.
+    assert_eq!(get(&client, &url).await.0, 200);
+    assert_eq!(listed(pki.root(), "connector-1").await.0, vec![old.clone()]);
+
+    // The renewal code goes where the first code was; the connector restarts with it.
+    connector.kill();
+    let mut connector = e2e::Connector::start(connector_from_env(&ha, &state_dir, Some(&renewal)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = connector.all_text();
+    assert!(log.contains("renewed"), "{log}");
+    crate::poll_status(&client, &url, 200, Duration::from_secs(20)).await;
+    let (live, all) = listed(pki.root(), "connector-1").await;
+    assert_eq!(live.len(), 1, "{all:?}");
+    assert_ne!(live[0]["serial"], old["serial"]);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|e| e["serial"] == old["serial"] && !e["revoked_at"].is_null()),
+        "{all:?}"
+    );
+    assert!(listed(pki.root(), "connector-2").await.1.is_empty());
+    let renewed_not_after = not_after_unix(&live[0]);
+    e2e::poll_until(
+        "the expiry metric follows the new certificate",
+        Duration::from_secs(10),
+        || async {
+            let value = edge.metric(expiry).await.ok()?;
+            (value == renewed_not_after).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The old credentials are refused, and counted.
+    let revoked = |transport: &'static str| {
+        format!(
+            "doorless_edge_tunnel_refused_total{{transport=\"{transport}\",reason=\"revoked\"}}"
+        )
+    };
+    let mut stale = e2e::Connector::spawn(connector_from_env(&ha, &stale_dir, None)).unwrap();
+    e2e::poll_until(
+        "the old certificate is refused",
+        Duration::from_secs(20),
+        || async {
+            let refused = edge.metric(&revoked("quic")).await.ok()?
+                + edge.metric(&revoked("tcp")).await.ok()?;
+            (refused >= 1.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!stale.is_ready());
+    stale.kill();
+
+    // Restarted with the same (used) renewal code configured: it is ignored.
+    connector.restart().await.unwrap();
+    crate::poll_status(&client, &url, 200, Duration::from_secs(20)).await;
+    assert!(
+        connector.all_text().contains("enrollment_code is ignored"),
+        "{}",
+        connector.all_text()
+    );
+    assert_eq!(listed(pki.root(), "connector-1").await.0.len(), 1);
+    assert_eq!(enrollments(&edge, "ok").await, 2);
+
+    // A code from `site code` in its place is no renewal: it enrolls a new connector,
+    // replacing the stored credentials, and says the old certificate is still valid.
+    let fresh = mint_code(pki.root(), &edge, &[]).await;
+    connector.kill();
+    let connector = e2e::Connector::start(connector_from_env(&ha, &state_dir, Some(&fresh)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = connector.all_text();
+    assert!(
+        log.contains("replaced connector connector-1 of site home")
+            && log.contains("client revoke connector-1 --site home"),
+        "{log}"
+    );
+    assert_eq!(listed(pki.root(), "connector-2").await.0.len(), 1);
+    assert_eq!(listed(pki.root(), "connector-1").await.0.len(), 1);
+    crate::poll_status(&client, &url, 200, Duration::from_secs(20)).await;
+}

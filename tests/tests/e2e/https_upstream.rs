@@ -244,3 +244,93 @@ async fn https_upstream_self_signed_is_502_unless_insecure() {
         insecure.output()
     );
 }
+
+/// A TCP server that accepts and never answers the ClientHello (it reads and discards what
+/// comes, holding the connection open).
+struct Silent {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Silent {
+    async fn start() -> Self {
+        use tokio::io::AsyncReadExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                conns.spawn(async move {
+                    let mut sink = [0u8; 4096];
+                    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Self {
+            addr,
+            task,
+            accepted,
+        }
+    }
+}
+
+/// An `https://` upstream that accepts TCP and never answers the ClientHello: the request
+/// fails after `limits.upstream_tls_handshake_timeout` (not the 90 s `upstream_timeout`) with
+/// 504, counted by the connector as `tls_timeout` and by the edge as `upstream_timeout`
+/// blamed on the upstream; `check` says the handshake did not complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_that_never_answers_the_handshake_is_504_after_its_own_timeout() {
+    let stack = Stack::start_with(StackOptions {
+        connectors: false,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let silent = Silent::start().await;
+    let upstream = format!("https://127.0.0.1:{}", silent.addr.port());
+    // Insecure, so that nothing but the handshake's silence can fail it.
+    let extra = "upstream_tls_insecure = true\n[limits]\nupstream_tls_handshake_timeout = \"1s\"";
+    let connector = connector(&stack, upstream.clone(), extra).await;
+    let client = stack.client(0, HttpVersion::Http1).unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, _) = get(&client, &stack.url("/")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, 504);
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(15),
+        "answered after {elapsed:?}: the handshake timeout is 1 s, upstream_timeout 90 s"
+    );
+    assert!(silent.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(upstream_errors(&connector, "tls_timeout").await, 1.0);
+    for kind in ["tls", "timeout", "connect"] {
+        assert_eq!(upstream_errors(&connector, kind).await, 0.0, "{kind}");
+    }
+    let edge_errors = stack
+        .edge
+        .metric(
+            "doorless_edge_request_errors_total{site=\"home\",blame=\"upstream\",reason=\"upstream_timeout\"}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(edge_errors, 1.0);
+    assert_eq!(stack.home().ha.requests(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, output) = check(&stack, dir.path(), &upstream, extra).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("the TLS handshake did not complete within 1 s"),
+        "{output}"
+    );
+}

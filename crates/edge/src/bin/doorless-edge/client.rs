@@ -38,6 +38,25 @@ pub(crate) struct PackageArgs {
     force: bool,
 }
 
+impl PackageArgs {
+    /// The options given other than at their defaults, for refusing them where they mean
+    /// nothing (renewing a connector, which packages nothing).
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--days", self.days != 730),
+            ("--out", self.out != Path::new(".")),
+            ("--password", self.password.is_some()),
+            ("--modern", self.modern),
+            ("--rsa", self.rsa),
+            ("--no-server-ca", self.no_server_ca),
+            ("--force", self.force),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
 /// `client add --link`: a one-time link instead of files.
 #[derive(Debug, clap::Args)]
 pub(crate) struct LinkArgs {
@@ -74,6 +93,11 @@ pub(crate) enum ClientCommand {
         /// Site the device may open.
         #[arg(long)]
         site: String,
+        /// Print JSON instead of instructions (no QR code): `site`, `name`, `serial`,
+        /// `not_after`, `password` (null when given with --password), and `files` or `link`
+        /// (docs/devices.md).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         package: PackageArgs,
         #[command(flatten)]
@@ -130,15 +154,22 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         state: StateArg,
     },
-    /// Re-issue a device certificate (new key, new serial) and revoke the old one.
+    /// Renew a certificate. A device: re-issue it now (new key, new serial), write its files
+    /// and revoke the old one. A connector: print a one-time renewal code; the connector
+    /// enrolls with it (a new key made at home) under the same id, and its old certificate is
+    /// revoked only then, so the site keeps its connector meanwhile.
     Renew {
-        /// Device name.
+        /// Device or connector name (as `client list` shows it).
         name: String,
-        /// Site of the device.
+        /// Site of the device or connector.
         #[arg(long)]
         site: String,
         #[command(flatten)]
         package: PackageArgs,
+        #[command(flatten)]
+        code: crate::site::CodeArgs,
+        #[command(flatten)]
+        config: crate::site::EdgeConfigArg,
         #[command(flatten)]
         state: StateArg,
     },
@@ -160,31 +191,72 @@ impl ClientCommand {
             ClientCommand::Add {
                 name,
                 site,
+                json,
                 package,
                 link,
                 state,
             } => {
                 let state = pki::StateDir::open(&state.state_dir)?;
                 if link.link {
-                    return add_link(&state, &site, &name, &package, &link);
+                    return add_link(&state, &site, &name, &package, &link, json);
                 }
-                let plan = Package::prepare(&state, &name, &package)?;
+                let mut plan = Package::prepare(&state, &name, &package)?;
+                plan.quiet = json;
                 let issued =
                     state.add_client(&site, &name, pki::Validity::days(package.days), plan.key)?;
-                println!(
-                    "Issued device {name} for site {site}: serial {}, valid until {}.",
-                    hex(&issued.serial),
-                    issued.not_after.date()
-                );
-                plan.write(&state, &site, &name, &issued)
+                if !json {
+                    println!(
+                        "Issued device {name} for site {site}: serial {}, valid until {}.",
+                        hex(&issued.serial),
+                        issued.not_after.date()
+                    );
+                }
+                plan.write(&state, &site, &name, &issued)?;
+                if json {
+                    let [p12, mobileconfig, crt, key] = &plan.files;
+                    let files = serde_json::json!({
+                        "p12": p12, "mobileconfig": mobileconfig, "crt": crt, "key": key,
+                    });
+                    print_add_json(
+                        &site,
+                        &name,
+                        &issued,
+                        plan.shown_password(),
+                        Some(files),
+                        None,
+                    )?;
+                }
+                Ok(())
             }
             ClientCommand::Renew {
                 name,
                 site,
                 package,
+                code,
+                config,
                 state,
             } => {
-                let state = pki::StateDir::open(&state.state_dir)?;
+                let state_dir = state.state_dir;
+                let state = pki::StateDir::open(&state_dir)?;
+                if renews_connector(&state, &site, &name)? {
+                    let given = package.given();
+                    anyhow::ensure!(
+                        given.is_empty(),
+                        "{name} is a connector: {} only apply to devices (a connector makes its \
+                         own key and gets its certificate when it uses the renewal code); nothing \
+                         changed",
+                        given.join(", ")
+                    );
+                    let https_port = config.https_port(&state_dir)?;
+                    return crate::site::print_renewal_code(
+                        &state, &site, &name, &code, https_port,
+                    );
+                }
+                anyhow::ensure!(
+                    !code.edge_given(),
+                    "{name} is a device: --edge only applies to renewing a connector; nothing \
+                     changed"
+                );
                 let plan = Package::prepare(&state, &name, &package)?;
                 let renewed =
                     state.renew(&site, &name, pki::Validity::days(package.days), plan.key)?;
@@ -343,6 +415,27 @@ impl ClientCommand {
     }
 }
 
+/// Whether `client renew NAME --site SITE` is about a connector: NAME is a live connector of
+/// the site and not also a live device (a device and a connector may share a name; the device,
+/// renewed as before, wins only when there is no connector of that name).
+fn renews_connector(state: &pki::StateDir, site: &str, name: &str) -> anyhow::Result<bool> {
+    let site = state.site(site)?;
+    let clients = state.clients()?;
+    let live = |kind| {
+        clients.iter().any(|e| {
+            e.kind == kind && e.site == site.name && e.name == name && e.revoked_at.is_none()
+        })
+    };
+    let connector = live(pki::Kind::Connector);
+    let device = live(pki::Kind::Device);
+    anyhow::ensure!(
+        !(connector && device),
+        "site {} has both a device and a connector named {name}; revoke one of them first",
+        site.name
+    );
+    Ok(connector)
+}
+
 /// Whether `entry` is live (not revoked, not expired at `now`) and expires within `within`.
 fn expires_within(
     entry: &pki::IndexEntry,
@@ -373,6 +466,8 @@ struct Package<'a> {
     password: String,
     generated: bool,
     files: [PathBuf; 4],
+    /// Print nothing (`--json` prints the outcome instead).
+    quiet: bool,
 }
 
 impl<'a> Package<'a> {
@@ -403,7 +498,13 @@ impl<'a> Package<'a> {
             password,
             generated,
             files,
+            quiet: false,
         })
+    }
+
+    /// The password, if it was generated (one given by the user is not echoed back).
+    fn shown_password(&self) -> Option<&str> {
+        self.generated.then_some(self.password.as_str())
     }
 
     fn write(
@@ -465,6 +566,9 @@ impl<'a> Package<'a> {
         write_file(crt_path, issued.cert_pem.as_bytes(), 0o644, force)?;
         write_file(p12_path, &p12, 0o600, force)?;
         write_file(mc_path, mobileconfig.as_bytes(), 0o600, force)?;
+        if self.quiet {
+            return Ok(());
+        }
 
         println!(
             "  {}  PKCS#12, {profile}: import on the device",
@@ -506,6 +610,7 @@ fn add_link(
     name: &str,
     args: &PackageArgs,
     link: &LinkArgs,
+    json: bool,
 ) -> anyhow::Result<()> {
     pki::validate_name(name)?;
     let site = state.site(site)?;
@@ -519,12 +624,12 @@ fn add_link(
         (None, Some(config)) => edge::config::Config::load(config)?.listen.https.port(),
         (None, None) => 443,
     };
-    let password = match &args.password {
+    let (password, generated) = match &args.password {
         Some(p) => {
             pki::check_password(p)?;
-            p.clone()
+            (p.clone(), false)
         }
-        None => pki::generate_password()?,
+        None => (pki::generate_password()?, true),
     };
     let server_ca = match args.no_server_ca {
         true => None,
@@ -581,6 +686,11 @@ fn add_link(
         port => format!("{host}:{port}"),
     };
     let url = format!("https://{authority}/{}", secret.as_str());
+    if json {
+        let link = serde_json::json!({"url": url, "expires": record.expires});
+        let password = generated.then_some(password.as_str());
+        return print_add_json(&site.name, name, &issued, password, None, Some(link));
+    }
     println!(
         "Issued device {name} for site {}: serial {}, valid until {}.",
         site.name,
@@ -611,6 +721,34 @@ fn add_link(
          shows the device as pending; `client revoke {name} --site {}` cancels it.",
         site.name
     );
+    Ok(())
+}
+
+/// `client add --json`: what was issued, for scripts. Keys are stable and always present:
+/// `site`, `name`, `serial` (hex), `not_after` (RFC 3339), `password` (the generated one, or
+/// null when given), `files` (`p12`, `mobileconfig`, `crt`, `key`: paths) or null, and `link`
+/// (`url`, `expires`) or null.
+fn print_add_json(
+    site: &str,
+    name: &str,
+    issued: &pki::Issued,
+    password: Option<&str>,
+    files: Option<serde_json::Value>,
+    link: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let not_after = issued
+        .not_after
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let out = serde_json::json!({
+        "site": site,
+        "name": name,
+        "serial": hex(&issued.serial),
+        "not_after": not_after,
+        "password": password,
+        "files": files,
+        "link": link,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

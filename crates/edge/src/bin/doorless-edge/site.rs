@@ -12,6 +12,38 @@ use clap::Subcommand;
 use crate::StateArg;
 use crate::run::{DEFAULT_CONFIG, load_config};
 
+/// The edge's configuration file, where the ports a credential carries come from.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EdgeConfigArg {
+    /// The edge's configuration: a token carries its `listen.tunnel` port, a code its
+    /// `listen.https` port. Default: /etc/doorless/edge.toml if it exists and uses this state
+    /// directory, else port 443 for both.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl EdgeConfigArg {
+    /// The configuration of the edge serving `state`, if there is one.
+    fn load(&self, state: &Path) -> anyhow::Result<Option<edge::config::Config>> {
+        if let Some(path) = &self.config {
+            return Ok(Some(load_config(path)?));
+        }
+        let path = Path::new(DEFAULT_CONFIG);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let config = load_config(path)?;
+        // Another edge's file (a test state dir on a machine that runs a real edge) says
+        // nothing about this one.
+        Ok(same_dir(&config.state, state).then_some(config))
+    }
+
+    /// The public HTTPS port a code for the edge serving `state` carries.
+    pub(crate) fn https_port(&self, state: &Path) -> anyhow::Result<u16> {
+        Ok(self.load(state)?.map_or(443, |c| c.listen.https.port()))
+    }
+}
+
 /// Where a new token sends its connector.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EdgeArgs {
@@ -20,10 +52,8 @@ pub(crate) struct EdgeArgs {
     /// `listen.tunnel`.
     #[arg(long, value_name = "HOST:PORT")]
     edge_addr: Option<String>,
-    /// Configuration whose `listen.tunnel` port the token carries. Default:
-    /// /etc/doorless/edge.toml if it exists and uses this state directory, else port 443.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: EdgeConfigArg,
 }
 
 impl EdgeArgs {
@@ -32,24 +62,10 @@ impl EdgeArgs {
         if let Some(addr) = &self.edge_addr {
             return Ok(pki::EdgeTarget::Addr(addr.clone()));
         }
-        let tunnel_port = match &self.config {
-            Some(path) => load_config(path)?.listen.tunnel.port(),
-            None => {
-                let path = Path::new(DEFAULT_CONFIG);
-                match path.exists() {
-                    // Another edge's file (a test state dir on a machine that runs a real
-                    // edge) says nothing about this one.
-                    true => {
-                        let config = load_config(path)?;
-                        match same_dir(&config.state, state) {
-                            true => config.listen.tunnel.port(),
-                            false => 443,
-                        }
-                    }
-                    false => 443,
-                }
-            }
-        };
+        let tunnel_port = self
+            .config
+            .load(state)?
+            .map_or(443, |c| c.listen.tunnel.port());
         Ok(pki::EdgeTarget::Default { tunnel_port })
     }
 }
@@ -100,6 +116,8 @@ pub(crate) enum SiteCommand {
         revoke_all: bool,
         #[command(flatten)]
         code: CodeArgs,
+        #[command(flatten)]
+        config: EdgeConfigArg,
         #[command(flatten)]
         state: StateArg,
     },
@@ -155,12 +173,20 @@ pub(crate) enum SiteCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CodeArgs {
     /// Where the connector reaches the edge's HTTPS port, `HOST[:PORT]`, as written into the
-    /// code (default: the site's first hostname, port 443).
+    /// code (default: the site's first hostname, on the port of the configuration's
+    /// `listen.https`, else 443).
     #[arg(long, value_name = "HOST[:PORT]")]
     edge: Option<String>,
     /// How long the code stays usable (e.g. `24h`, `30m`, `7d`).
     #[arg(long, default_value = "24h", value_parser = humantime_serde::re::humantime::parse_duration)]
     valid_for: std::time::Duration,
+}
+
+impl CodeArgs {
+    /// Whether `--edge` was given.
+    pub(crate) fn edge_given(&self) -> bool {
+        self.edge.is_some()
+    }
 }
 
 impl SiteCommand {
@@ -177,6 +203,7 @@ impl SiteCommand {
                 state,
             } => {
                 let target = edge.target(&state.state_dir)?;
+                let https_port = edge.config.https_port(&state.state_dir)?;
                 let state = pki::StateDir::open(&state.state_dir)?;
                 match state.site(&name) {
                     Ok(site) => {
@@ -214,14 +241,20 @@ impl SiteCommand {
                         target.check()?;
                         let site = state.add_site(&name, &hostnames)?;
                         if json {
-                            return print_add_json(&state, &site, token.then_some(&target), &code);
+                            return print_add_json(
+                                &state,
+                                &site,
+                                token.then_some(&target),
+                                &code,
+                                https_port,
+                            );
                         }
                         println!(
                             "Site {} added for {}.",
                             site.name,
                             site.hostnames.join(", ")
                         );
-                        credential(&state, &site, token.then_some(&target), &code)?;
+                        credential(&state, &site, token.then_some(&target), &code, https_port)?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -275,8 +308,13 @@ impl SiteCommand {
                 revoke,
                 revoke_all,
                 code,
+                config,
                 state,
             } => {
+                let https_port = match list || revoke.is_some() || revoke_all {
+                    true => 443,
+                    false => config.https_port(&state.state_dir)?,
+                };
                 let state = pki::StateDir::open(&state.state_dir)?;
                 let site = state.site(&name)?;
                 if list {
@@ -291,7 +329,7 @@ impl SiteCommand {
                     }
                     Ok(())
                 } else {
-                    print_code(&state, &site, &code)
+                    print_code(&state, &site, &code, https_port)
                 }
             }
             SiteCommand::Codes { state } => {
@@ -360,13 +398,14 @@ fn credential(
     site: &pki::Site,
     token_target: Option<&pki::EdgeTarget>,
     code: &CodeArgs,
+    https_port: u16,
 ) -> anyhow::Result<()> {
     match token_target {
         Some(target) => {
             print_token(&state.issue_connector_to(&site.name, None, target)?);
             Ok(())
         }
-        None => print_code(state, site, code),
+        None => print_code(state, site, code, https_port),
     }
 }
 
@@ -378,6 +417,7 @@ fn print_add_json(
     site: &pki::Site,
     token_target: Option<&pki::EdgeTarget>,
     code: &CodeArgs,
+    https_port: u16,
 ) -> anyhow::Result<()> {
     let credential = match token_target {
         Some(target) => {
@@ -389,8 +429,11 @@ fn print_add_json(
             }})
         }
         None => {
-            let (code, record) =
-                state.mint_code(&site.name, &code_edge(site, code)?, code.valid_for)?;
+            let (code, record) = state.mint_code(
+                &site.name,
+                &code_edge(site, code, https_port)?,
+                code.valid_for,
+            )?;
             serde_json::json!({"code": {
                 "code": code.encode(),
                 "id": record.id,
@@ -406,20 +449,29 @@ fn print_add_json(
     Ok(())
 }
 
-/// Where a code sends its connector: `--edge`, else the site's first hostname.
-fn code_edge(site: &pki::Site, args: &CodeArgs) -> anyhow::Result<String> {
-    match &args.edge {
-        Some(edge) => Ok(edge.clone()),
-        None => site
-            .hostnames
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name)),
+/// Where a code sends its connector: `--edge`, else the site's first hostname on
+/// `https_port` (the edge's `listen.https`; left out when it is 443, the code's default).
+fn code_edge(site: &pki::Site, args: &CodeArgs, https_port: u16) -> anyhow::Result<String> {
+    if let Some(edge) = &args.edge {
+        return Ok(edge.clone());
     }
+    let host = site
+        .hostnames
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("site {} has no hostname", site.name))?;
+    Ok(match https_port {
+        443 => host.clone(),
+        port => format!("{host}:{port}"),
+    })
 }
 
-fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyhow::Result<()> {
-    let edge = code_edge(site, args)?;
+fn print_code(
+    state: &pki::StateDir,
+    site: &pki::Site,
+    args: &CodeArgs,
+    https_port: u16,
+) -> anyhow::Result<()> {
+    let edge = code_edge(site, args, https_port)?;
     let (code, record) = state.mint_code(&site.name, &edge, args.valid_for)?;
     println!(
         "One-time enrollment code for a new connector of site {} (valid until {}, id {}):",
@@ -435,6 +487,45 @@ fn print_code(state: &pki::StateDir, site: &pki::Site, args: &CodeArgs) -> anyho
              doorless-connector enroll {}
 The connector makes its own key; the code works once.",
         code.encode()
+    );
+    Ok(())
+}
+
+/// `client renew CONNECTOR`: a one-time renewal code for a live connector of `site`.
+pub(crate) fn print_renewal_code(
+    state: &pki::StateDir,
+    site: &str,
+    connector_id: &str,
+    args: &CodeArgs,
+    https_port: u16,
+) -> anyhow::Result<()> {
+    let site = state.site(site)?;
+    let edge = code_edge(&site, args, https_port)?;
+    let (code, record) =
+        state.mint_renewal_code(&site.name, connector_id, &edge, args.valid_for)?;
+    println!(
+        "One-time renewal code for connector {connector_id} of site {} (valid until {}, id {}):",
+        site.name,
+        record.expires,
+        short(&record.id)
+    );
+    println!();
+    println!("    {}", code.encode());
+    println!();
+    println!("At home, give it to the connector in place of its first code:");
+    println!("  - the add-on: paste it into the `enrollment_code` option and restart the add-on;");
+    println!(
+        "  - otherwise: doorless-connector enroll --force {}   then restart the connector.",
+        code.encode()
+    );
+    println!(
+        "The connector makes a new key and gets a new certificate as {connector_id}; the old \
+         certificate keeps working until then and is revoked the moment the code is used."
+    );
+    println!(
+        "The code works once; `doorless-edge site code {} --revoke {}` cancels it.",
+        site.name,
+        short(&record.id)
     );
     Ok(())
 }
