@@ -30,10 +30,14 @@ fi
 
 # --- crates.io tools: oha (HTTP load with client certs), rathole (the peer tunnel) ------
 export PATH="$HOME/.cargo/bin:$PATH"
+# rathole 0.5.0's lock file pins a `time` release that no longer compiles on current rustc
+# (E0282 in time 0.3.x), so it is installed with freshly resolved semver-compatible deps.
 for tool in oha rathole; do
     if ! command -v "$tool" >/dev/null 2>&1; then
-        say "installing $tool from crates.io (cargo install --locked $tool): compiles for a few minutes, once"
-        cargo install --locked -j2 "$tool"
+        locked=(--locked)
+        [ "$tool" = rathole ] && locked=()
+        say "installing $tool from crates.io (cargo install ${locked[*]} $tool): compiles for a few minutes, once"
+        cargo install "${locked[@]}" -j2 "$tool"
     fi
 done
 
