@@ -41,6 +41,9 @@ pub(crate) async fn connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        bound_unsent(tls.get_ref().0);
+    }
     let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);
     let limits = &shared.config.limits;
@@ -91,6 +94,25 @@ pub(crate) async fn connection(
             let _ = tokio::time::timeout(shared.config.limits.shutdown_grace, conn).await;
         }
     }
+}
+
+/// Unsent bytes the kernel may queue on an HTTP/2 client connection (`TCP_NOTSENT_LOWAT`).
+///
+/// Why: without a bound, Linux lets a socket's send buffer fill with as much unsent data as
+/// its auto-tuned size allows (megabytes on a long path), and whatever HTTP/2 writes next
+/// waits behind all of it. Measured with the client 45 ms away (packet delay) and an 8 MB
+/// download on the same connection, an RFC 8441 WebSocket's 200 took 127 ms instead of 48,
+/// and its `auth` → `auth_ok` 121 ms instead of 44 (medians of 10); with the bound, 60 and
+/// 54. The backlog then waits in h2, which interleaves streams, so a small frame goes out
+/// after about a frame per busy stream. It bounds data not yet sent, not data in flight, so
+/// it does not cap throughput; it costs a wake-up per 16 KiB a bulk transfer drains, which
+/// is why HTTP/1.1 connections (one response at a time, nothing to overtake) go without.
+/// 16 KiB is what h2o and Cloudflare's edge use for HTTP/2.
+const H2_NOTSENT_LOWAT: u32 = 16 * 1024;
+
+/// Applies [`H2_NOTSENT_LOWAT`]. Best effort: a socket that refuses it still works.
+fn bound_unsent(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(H2_NOTSENT_LOWAT);
 }
 
 /// What a request shares with the others of its client connection.
@@ -422,4 +444,28 @@ fn finish(
             ),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bound is on the socket (read back from the kernel).
+    #[tokio::test]
+    async fn http2_sockets_queue_little_unsent_data() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let _client = client.unwrap_or_else(|e| panic!("connect: {e}"));
+        let (tcp, _) = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+        bound_unsent(&tcp);
+        let lowat = socket2::SockRef::from(&tcp)
+            .tcp_notsent_lowat()
+            .unwrap_or_else(|e| panic!("getsockopt: {e}"));
+        assert_eq!(lowat, H2_NOTSENT_LOWAT);
+    }
 }
