@@ -337,3 +337,15 @@ async fn no_http2_websocket_on_a_public_path_without_credentials() {
     assert_eq!(anonymous.get("/api/webhook/plain").await.unwrap().0, 404);
     assert_eq!(stack.ha_requests(), before_ha + 1);
 }
+
+/// As `websocket::the_server_speaks_first_and_each_message_gets_through_alone`, over HTTP/2:
+/// `auth_required` arrives after the 200 with nothing sent, `auth_ok` after `auth`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_speaks_first_over_http2() {
+    let stack = Stack::start().await.unwrap();
+    let mut h2 = stack.h2(0).await.unwrap();
+    let mut ws = h2.websocket("/api/websocket?auth").await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text(standin::AUTH_REQUIRED));
+    ws.send(Message::text(r#"{"type":"auth"}"#)).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text(standin::AUTH_OK));
+}
