@@ -101,12 +101,14 @@ pub(crate) async fn connection(
 /// Why: without a bound, Linux lets a socket's send buffer fill with as much unsent data as
 /// its auto-tuned size allows (megabytes on a long path), and whatever HTTP/2 writes next
 /// waits behind all of it. Measured with the client 45 ms away (packet delay) and an 8 MB
-/// download on the same connection, an RFC 8441 WebSocket's 200 took 127 ms instead of 48,
-/// and its `auth` → `auth_ok` 121 ms instead of 44 (medians of 10); with the bound, 60 and
-/// 54. The backlog then waits in h2, which interleaves streams, so a small frame goes out
-/// after about a frame per busy stream. It bounds data not yet sent, not data in flight, so
-/// it does not cap throughput; it costs a wake-up per 16 KiB a bulk transfer drains, which
-/// is why HTTP/1.1 connections (one response at a time, nothing to overtake) go without.
+/// download on the same connection, an RFC 8441 WebSocket's 200 took 117–145 ms and its
+/// `auth` → `auth_ok` 88–106 ms (medians of 25, two runs; ~50 and ~45 with the download on
+/// another connection); with the bound, 63–80 and 58–66 ms (`examples/ws_auth_latency.rs`,
+/// `client … busy`). The backlog then waits in h2, which interleaves streams, so a small
+/// frame goes out after about a frame per busy stream. It bounds data not yet sent, not data
+/// in flight, so it does not cap throughput; it costs a wake-up per 16 KiB a bulk transfer
+/// drains, which is why HTTP/1.1 connections (one response at a time, nothing to overtake)
+/// go without.
 /// 16 KiB is what h2o and Cloudflare's edge use for HTTP/2.
 const H2_NOTSENT_LOWAT: u32 = 16 * 1024;
 
