@@ -70,8 +70,10 @@ impl WebSocketKey {
     fn fresh() -> Self {
         let mut nonce = [0u8; 16];
         let _ = aws_lc_rs::rand::fill(&mut nonce);
-        // Base64 is ASCII: always a valid header value.
-        Self(HeaderValue::from_str(&STANDARD.encode(nonce)).unwrap_or(HeaderValue::from_static("")))
+        let encoded = STANDARD.encode(nonce);
+        // Base64 is visible ASCII, always a valid header value: the fallback cannot happen,
+        // and would only fail closed (no 101 answers an empty key).
+        Self(HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static("")))
     }
 
     /// The `Sec-WebSocket-Accept` a server that read this handshake must answer (RFC 6455
