@@ -17,7 +17,9 @@
 //! client certificate must be selectable without a dialog (an NSS db in `$HOME/.pki/nssdb`
 //! and the `AutoSelectCertificateForUrls` policy).
 //! `idle-ms`: a pause before each exchange; `tcp`: the tunnel over TLS/TCP instead of QUIC.
-//! `serve` + `client` put the client behind a delayed link (a network namespace with netem)
+//! `serve` + `client` put the client behind a delayed link (a network namespace reached over
+//! netem, or, where the kernel has no netem, over a pair of TUN devices whose relay holds each
+//! packet for the delay)
 //! while edge, connector and stand-in stay on loopback. Debug binaries, as the e2e harness
 //! builds them; `RUST_LOG=debug` gives both processes' µs-stamped traces.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
