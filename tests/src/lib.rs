@@ -1583,6 +1583,128 @@ pub async fn ws_connect(
     Ok(ws)
 }
 
+/// One HTTP/2 connection to the edge (ALPN `h2`, SNI = host), driven by hyper's HTTP/2 client
+/// (the `h2` crate) on a background task: ordinary requests and RFC 8441 WebSockets
+/// (extended CONNECT, `:protocol`) share it, as a browser's would.
+/// Clones share the connection; it closes when the last one is dropped.
+#[derive(Clone)]
+pub struct H2Connection {
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    authority: String,
+    _driver: Arc<AbortOnDrop>,
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A WebSocket carried on one stream of an [`H2Connection`].
+pub type H2WebSocket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+impl H2Connection {
+    /// Connects with `identity` (or none) and sends one `GET /status/204`, so the server's
+    /// SETTINGS (with `SETTINGS_ENABLE_CONNECT_PROTOCOL`) are known before any CONNECT.
+    pub async fn connect(
+        server_ca_pem: &[u8],
+        host: &str,
+        https: SocketAddr,
+        identity: Option<&pki::Issued>,
+    ) -> Result<Self> {
+        let tls = tls_connect(server_ca_pem, host, https, identity, &[b"h2"]).await?;
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tls))
+                .await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut connection = Self {
+            send,
+            authority: format!("{host}:{}", https.port()),
+            _driver: Arc::new(AbortOnDrop(driver)),
+        };
+        connection.get("/status/204").await?;
+        Ok(connection)
+    }
+
+    /// Whether the connection still takes requests.
+    pub fn is_open(&self) -> bool {
+        !self.send.is_closed()
+    }
+
+    /// `GET path`: the status and the whole body (15 s).
+    pub async fn get(&mut self, path: &str) -> Result<(u16, bytes::Bytes)> {
+        use http_body_util::BodyExt as _;
+        let request = http::Request::get(format!("https://{}{path}", self.authority))
+            .body(http_body_util::Empty::new())?;
+        tokio::time::timeout(Duration::from_secs(15), async {
+            let response = self.send.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok((status, body))
+        })
+        .await
+        .context("no HTTP/2 response within 15 s")?
+    }
+
+    /// An extended CONNECT for `path` with `:protocol` (none: a plain CONNECT to the
+    /// authority) and `headers`; the answer as it came (a 200's stream is the tunnel).
+    pub async fn extended_connect(
+        &mut self,
+        path: &str,
+        protocol: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let uri = match protocol {
+            Some(_) => format!("https://{}{path}", self.authority),
+            None => self.authority.clone(),
+        };
+        let mut builder = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        if let Some(protocol) = protocol {
+            builder = builder.extension(hyper::ext::Protocol::from(protocol));
+        }
+        let request = builder.body(http_body_util::Empty::new())?;
+        tokio::time::timeout(Duration::from_secs(15), self.send.send_request(request))
+            .await
+            .context("no answer to the CONNECT within 15 s")?
+            .map_err(Into::into)
+    }
+
+    /// A WebSocket to `path` (RFC 8441: `:protocol = websocket`, `Sec-WebSocket-Version: 13`),
+    /// or an error naming the status it was answered with.
+    pub async fn websocket(&mut self, path: &str) -> Result<H2WebSocket> {
+        let response = self
+            .extended_connect(path, Some("websocket"), &[("sec-websocket-version", "13")])
+            .await?;
+        ensure!(
+            response.status() == 200,
+            "WebSocket over HTTP/2 answered {}",
+            response.status()
+        );
+        let upgraded = hyper::upgrade::on(response).await?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(standin::WS_MAX_MESSAGE))
+            .max_frame_size(Some(standin::WS_MAX_MESSAGE));
+        Ok(WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            Some(config),
+        )
+        .await)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // a whole stack
 
@@ -1744,6 +1866,18 @@ impl Stack {
     pub async fn ws(&self, site: usize) -> Result<WebSocketStream<TlsStream<TcpStream>>> {
         let s = &self.sites[site];
         ws_connect(
+            &self.server_ca,
+            &s.host,
+            self.edge.https_addr(),
+            Some(&s.device),
+        )
+        .await
+    }
+
+    /// An HTTP/2 connection to the site with its device certificate (see [`H2Connection`]).
+    pub async fn h2(&self, site: usize) -> Result<H2Connection> {
+        let s = &self.sites[site];
+        H2Connection::connect(
             &self.server_ca,
             &s.host,
             self.edge.https_addr(),

@@ -62,6 +62,8 @@ mod tcp_fallback;
 mod upgrades;
 #[path = "e2e/websocket.rs"]
 mod websocket;
+#[path = "e2e/websocket_h2.rs"]
+mod websocket_h2;
 
 use std::time::Duration;
 

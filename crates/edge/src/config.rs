@@ -137,6 +137,10 @@ pub struct RawLimits {
     pub max_header_bytes: usize,
     /// Maximum concurrent HTTP/2 streams per client connection.
     pub h2_max_streams: u32,
+    /// Maximum WebSockets open at once on one HTTP/2 client connection (RFC 8441; each holds
+    /// one of its `h2_max_streams` until it closes); more → 429. At most `h2_max_streams`;
+    /// below it, so that a page with many tabs' WebSockets still loads.
+    pub h2_max_websockets: u32,
     /// Time the connector has to return the response head; then 504.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -181,6 +185,7 @@ impl Default for RawLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             h2_max_streams: 128,
+            h2_max_websockets: 64,
             upstream_timeout: Duration::from_secs(100),
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
@@ -349,6 +354,12 @@ impl Config {
         }
         if limits.h2_max_streams == 0 {
             return Err(invalid("limits.h2_max_streams", "must be at least 1"));
+        }
+        if limits.h2_max_websockets == 0 || limits.h2_max_websockets > limits.h2_max_streams {
+            return Err(invalid(
+                "limits.h2_max_websockets",
+                "must be at least 1 and at most limits.h2_max_streams",
+            ));
         }
         for (key, d) in [
             ("limits.handshake_timeout", limits.handshake_timeout),

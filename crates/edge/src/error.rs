@@ -67,12 +67,16 @@ pub(crate) enum ProxyError {
     ConnectorUnresponsive,
     /// The request head could not be encoded for the tunnel (too large).
     RequestTooLarge,
-    /// An upgrade to anything but a WebSocket (`h2c`, `TLS/1.0`, several tokens), or
-    /// `CONNECT`: never forwarded, never spliced.
+    /// An upgrade to anything but a WebSocket (`h2c`, `TLS/1.0`, several tokens), a plain
+    /// `CONNECT`, or an extended CONNECT for another `:protocol`: never forwarded, never
+    /// spliced.
     UpgradeRefused,
     /// `Upgrade: websocket`, but not a valid RFC 6455 opening handshake (method, version,
-    /// `Connection`, `Sec-WebSocket-Key`/`-Version`, a body).
+    /// `Connection`, `Sec-WebSocket-Key`/`-Version`, a body); or an extended CONNECT for
+    /// `websocket` (RFC 8441) without a valid `Sec-WebSocket-Version`, or with a body.
     BadWebSocketHandshake,
+    /// One WebSocket more than `limits.h2_max_websockets` on one HTTP/2 connection.
+    TooManyWebSockets,
     /// The upstream answered a WebSocket handshake with a 101 that does not agree with it
     /// (wrong `Upgrade`, no `Connection: upgrade`, wrong `Sec-WebSocket-Accept`): not spliced.
     BadUpgradeResponse,
@@ -83,7 +87,7 @@ pub(crate) enum ProxyError {
 
 impl ProxyError {
     /// Every variant, for pre-creating metric series.
-    pub(crate) const ALL: [Self; 20] = [
+    pub(crate) const ALL: [Self; 21] = [
         Self::MissingHost,
         Self::HostConflict,
         Self::MisdirectedRequest,
@@ -102,6 +106,7 @@ impl ProxyError {
         Self::RequestTooLarge,
         Self::UpgradeRefused,
         Self::BadWebSocketHandshake,
+        Self::TooManyWebSockets,
         Self::BadUpgradeResponse,
         Self::BadRequestBody,
     ];
@@ -115,6 +120,7 @@ impl ProxyError {
             | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::NoCredentials | Self::AddressDenied => StatusCode::FORBIDDEN,
+            Self::TooManyWebSockets => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoConnector
             | Self::TunnelUnavailable
@@ -147,6 +153,7 @@ impl ProxyError {
             | Self::AddressDenied
             | Self::UpgradeRefused
             | Self::BadWebSocketHandshake
+            | Self::TooManyWebSockets
             | Self::BadRequestBody => Blame::Client,
             Self::NoConnector
             | Self::TunnelUnavailable
@@ -183,6 +190,7 @@ impl ProxyError {
             Self::ConnectorUnresponsive => "connector_unresponsive",
             Self::UpgradeRefused => "upgrade_refused",
             Self::BadWebSocketHandshake => "bad_websocket_handshake",
+            Self::TooManyWebSockets => "too_many_websockets",
             Self::BadUpgradeResponse => "bad_upgrade_response",
             Self::BadRequestBody => "bad_request_body",
         }

@@ -3,9 +3,11 @@
 //! The request head goes into a [`proto::StreamHeader`], the request body follows as raw bytes
 //! until FIN; the connector answers with a [`proto::ResponseHead`] and the response body until
 //! FIN. Bodies stream both ways through bounded QUIC flow-control windows, never buffered
-//! whole, and a body silent for `limits.body_idle_timeout` ends the stream. A WebSocket upgrade
-//! that the upstream accepts (101) turns the stream into a raw byte splice
-//! ([`transport::splice`]) between the client's upgraded connection and the tunnel.
+//! whole, and a body silent for `limits.body_idle_timeout` ends the stream. A WebSocket that
+//! the upstream accepts (101) turns the stream into a raw byte splice ([`transport::splice`])
+//! between the client's upgraded connection (HTTP/1.1) or extended-CONNECT stream (HTTP/2)
+//! and the tunnel; both kinds travel the tunnel as the same HTTP/1.1 handshake
+//! (`upgrade::WebSocket`).
 //!
 //! A request that fails before its response head is sent once more, on another tunnel, when
 //! that cannot do harm: it has no body to replay, and either the connector refused it unread
@@ -26,6 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use proto::headers::{is_forwarding, is_hop_by_hop};
 use proto::{BodyKind, ClientInfo, ResponseHead, StreamError, StreamHeader, StreamKind};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use transport::{RecvHalf, SendHalf, SpliceEnd};
@@ -39,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::revocation::Registration;
 use crate::route::{self, Route};
 use crate::tls::Peer;
-use crate::upgrade::WebSocketKey;
+use crate::upgrade::WebSocket;
 
 /// Largest response head we accept from a connector.
 const MAX_RESPONSE_HEAD: usize = proto::stream::MAX_HEAD_FRAME;
@@ -68,11 +71,11 @@ pub(crate) struct Forwarded {
 }
 
 /// Proxies `req` through a new stream on `route`'s tunnel (or, once, another tunnel).
-/// `websocket` is the key of a validated WebSocket handshake (`upgrade::classify`); only then
-/// may a 101 be spliced.
+/// `websocket` is a validated WebSocket request (`upgrade::classify`); only then may a 101 be
+/// spliced.
 pub(crate) async fn forward(
     mut req: Request<Incoming>,
-    websocket: Option<WebSocketKey>,
+    websocket: Option<WebSocket>,
     host: &str,
     peer: &Peer,
     auth: Auth,
@@ -97,13 +100,18 @@ pub(crate) async fn forward(
             StreamKind::Http
         },
         request_id: shared.next_request_id(),
-        method: Bytes::copy_from_slice(req.method().as_str().as_bytes()),
+        // A WebSocket goes upstream as an HTTP/1.1 handshake, a GET, however it was asked for.
+        method: if upgrade {
+            Bytes::from_static(b"GET")
+        } else {
+            Bytes::copy_from_slice(req.method().as_str().as_bytes())
+        },
         target: raw_target(&req),
         headers: request_headers(
             req.headers(),
             drop_underscored,
             host,
-            upgrade,
+            websocket.as_ref().map(WebSocket::key),
             peer.site.identity_header.as_ref(),
             &auth.device,
         ),
@@ -152,16 +160,17 @@ pub(crate) async fn forward(
     let mut response = Response::new(empty());
     *response.status_mut() = status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let checked = copy_response_headers(&head.headers, response.headers_mut(), switching).and_then(
-        |()| match (switching, &websocket) {
-            (false, _) => Ok(()),
-            // The connector refuses a 101 nobody asked for; a connector that relays one anyway
-            // is at fault.
-            (true, None) => Err(ProxyError::BadResponseHead),
-            // A 101 that does not answer this WebSocket handshake is never spliced.
-            (true, Some(key)) => key.check_101(response.headers()),
-        },
-    );
+    let checked =
+        copy_response_headers(&head.headers, response.headers_mut(), switching).and_then(|()| {
+            match &websocket {
+                // The connector refuses a 101 nobody asked for; a connector that relays one anyway
+                // is at fault.
+                None if switching => Err(ProxyError::BadResponseHead),
+                None => Ok(()),
+                // A 101 that does not answer this WebSocket handshake is never spliced.
+                Some(websocket) => websocket.check_answer(status, response.headers()),
+            }
+        });
     if let Err(e) = checked {
         recv.stop(StreamError::Cancelled);
         if let Some(s) = send.as_mut() {
@@ -173,6 +182,9 @@ pub(crate) async fn forward(
     let mut splice = None;
     match (switching, on_upgrade, send) {
         (true, Some(on_upgrade), Some(send)) => {
+            if let Some(websocket) = &websocket {
+                websocket.answer(&mut response);
+            }
             let site = Metrics::site(&peer.site.name);
             splice = Some(Splice {
                 on_upgrade,
@@ -183,6 +195,7 @@ pub(crate) async fn forward(
                     _registration: auth.registration,
                 },
                 revoked: auth.revoked,
+                slot: None,
                 meters: SpliceMeters {
                     open: shared.metrics.active_websockets.get_or_create_owned(&site),
                     up: shared.metrics.request_bytes.get_or_create_owned(&site),
@@ -467,10 +480,17 @@ pub(crate) struct Splice {
     recv: RecvHalf,
     hold: Hold,
     revoked: CancellationToken,
+    /// Its place under `limits.h2_max_websockets` (HTTP/2 only).
+    slot: Option<OwnedSemaphorePermit>,
     meters: SpliceMeters,
 }
 
 impl Splice {
+    /// Holds `slot` (the WebSocket's place on its HTTP/2 connection) until it closes.
+    pub(crate) fn keep(&mut self, slot: OwnedSemaphorePermit) {
+        self.slot = Some(slot);
+    }
+
     /// Splices raw bytes both ways ([`transport::splice`]) until both sides ended (or either
     /// failed, or the client's certificate is revoked). `connection` keeps the client
     /// connection's limits and gauge held, and `on_close` (the access-log line) runs with the
@@ -486,6 +506,7 @@ impl Splice {
             recv,
             hold: _hold,
             revoked,
+            slot: _slot,
             meters,
         } = self;
         let upgraded = match on_upgrade.await {
@@ -595,13 +616,14 @@ fn count_underscored(headers: &HeaderMap, site: &str, shared: &Shared) {
 }
 
 /// The headers to forward, in order: hop-by-hop and forwarding headers removed, `Host` kept
-/// (or set from `:authority` for HTTP/2), upgrade headers kept for WebSocket, our session
-/// cookie removed from `Cookie`, and the site's identity header replaced by ours.
+/// (or set from `:authority` for HTTP/2), our session cookie removed from `Cookie`, and the
+/// site's identity header replaced by ours. A WebSocket (`websocket_key`) gets the HTTP/1.1
+/// handshake's own lines re-created at the end, with the key it is checked against.
 fn request_headers(
     headers: &HeaderMap,
     drop_underscored: bool,
     host: &str,
-    upgrade: bool,
+    websocket_key: Option<&HeaderValue>,
     identity_header: Option<&HeaderName>,
     device: &str,
 ) -> Vec<(Bytes, Bytes)> {
@@ -621,6 +643,7 @@ fn request_headers(
             || (drop_underscored && n.contains('_'))
             || named.iter().any(|t| t.as_slice() == n.as_bytes())
             || identity_header == Some(name)
+            || name == header::SEC_WEBSOCKET_KEY
         {
             continue;
         }
@@ -649,8 +672,9 @@ fn request_headers(
             Bytes::copy_from_slice(device.as_bytes()),
         ));
     }
-    if upgrade {
-        // Re-created, not copied: `upgrade::classify` accepted exactly this and nothing else.
+    if let Some(key) = websocket_key {
+        // Re-created, not copied: `upgrade::classify` accepted exactly this and nothing else,
+        // and an extended CONNECT (HTTP/2) has none of these lines to copy.
         out.push((
             Bytes::from_static(b"connection"),
             Bytes::from_static(b"upgrade"),
@@ -658,6 +682,10 @@ fn request_headers(
         out.push((
             Bytes::from_static(b"upgrade"),
             Bytes::from_static(b"websocket"),
+        ));
+        out.push((
+            Bytes::from_static(b"sec-websocket-key"),
+            Bytes::copy_from_slice(key.as_bytes()),
         ));
     }
     out
@@ -715,7 +743,7 @@ mod tests {
             ("te", "trailers"),
             ("accept", "*/*"),
         ]);
-        let out = request_headers(&h, true, "ha.example", false, None, "");
+        let out = request_headers(&h, true, "ha.example", None, None, "");
         assert_eq!(names(&out), ["host", "accept"]);
     }
 
@@ -727,7 +755,7 @@ mod tests {
             ("x-device", "forged-by-client"),
         ]);
         let name = HeaderName::from_static("x-device");
-        let out = request_headers(&h, true, "ha.example", false, Some(&name), "alice-phone");
+        let out = request_headers(&h, true, "ha.example", None, Some(&name), "alice-phone");
         assert_eq!(
             out,
             vec![
@@ -746,7 +774,7 @@ mod tests {
             ]
         );
         // A request without a device (public path) gets no identity header at all.
-        let out = request_headers(&h, true, "ha.example", false, Some(&name), "");
+        let out = request_headers(&h, true, "ha.example", None, Some(&name), "");
         assert!(!out.iter().any(|(n, _)| n.as_ref() == b"x-device"));
     }
 
@@ -756,7 +784,7 @@ mod tests {
             &headers(&[("accept", "*/*")]),
             true,
             "ha.example:8443",
-            false,
+            None,
             None,
             "",
         );
@@ -777,9 +805,9 @@ mod tests {
             ("x_custom", "1"),
             ("x-custom", "2"),
         ]);
-        let out = request_headers(&h, true, "ha.example", false, None, "");
+        let out = request_headers(&h, true, "ha.example", None, None, "");
         assert_eq!(names(&out), ["host", "x-custom"]);
-        let out = request_headers(&h, false, "ha.example", false, None, "");
+        let out = request_headers(&h, false, "ha.example", None, None, "");
         assert_eq!(
             names(&out),
             ["host", "x_forwarded_for", "x_custom", "x-custom"]
@@ -792,13 +820,31 @@ mod tests {
             ("host", "ha.example"),
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
-            ("sec-websocket-key", "x"),
+            ("sec-websocket-key", "client"),
+            ("sec-websocket-version", "13"),
         ]);
-        let out = request_headers(&h, true, "ha.example", true, None, "");
+        let key = HeaderValue::from_static("upstream");
+        let out = request_headers(&h, true, "ha.example", Some(&key), None, "");
         assert_eq!(
             names(&out),
-            ["host", "sec-websocket-key", "connection", "upgrade"]
+            [
+                "host",
+                "sec-websocket-version",
+                "connection",
+                "upgrade",
+                "sec-websocket-key"
+            ]
         );
+        // The key sent is the one the 101 is checked against; never a second one.
+        let keys: Vec<_> = out
+            .iter()
+            .filter(|(n, _)| n.as_ref() == b"sec-websocket-key")
+            .collect();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].1.as_ref(), b"upstream");
+        // Not a WebSocket: a key line is dropped, nothing is added.
+        let out = request_headers(&h, true, "ha.example", None, None, "");
+        assert_eq!(names(&out), ["host", "sec-websocket-version"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A stand-in Home Assistant: the backend of `doorless-edge demo` and of the e2e tests.
 //!
 //! It is NOT Home Assistant and does not try to look like it beyond what the tunnel has to
-//! carry: an HTML page with a WebSocket, the WebSocket echo on `/api/websocket`, an endless
+//! carry: an HTML page with a WebSocket, the WebSocket echo on `/api/websocket` (with `?auth`:
+//! Home Assistant's opening exchange first, see [`AUTH_REQUIRED`]), an endless
 //! Server-Sent Events stream, streamed downloads and uploads of any size, slow answers, any
 //! status code, a body that stalls half-way (`/stall/{n}`), unique request ids it counts
 //! (`/id/{id}`, see [`Recorder::id_counts`]), and a `/debug/request` endpoint that reports exactly what arrived (method,
@@ -44,6 +45,13 @@ pub const LOG_CAPACITY: usize = 1024;
 
 /// Largest WebSocket message (and frame) the echo accepts.
 pub const WS_MAX_MESSAGE: usize = 16 << 20;
+
+/// What `/api/websocket?auth` sends right after the 101, as Home Assistant does; it answers
+/// the client's first message with [`AUTH_OK`], then echoes.
+pub const AUTH_REQUIRED: &str = r#"{"type":"auth_required","ha_version":"2026.12.0"}"#;
+
+/// The answer to the first client message on `/api/websocket?auth`.
+pub const AUTH_OK: &str = r#"{"type":"auth_ok","ha_version":"2026.12.0"}"#;
 
 /// Interval between Server-Sent Events after the first one.
 pub const SSE_INTERVAL: Duration = Duration::from_millis(100);
@@ -502,6 +510,7 @@ fn websocket(ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
         );
     };
 
+    let greet = req.uri().query() == Some("auth");
     let on_upgrade = hyper::upgrade::on(&mut req);
     let recorder = ctx.recorder.clone();
     let shutdown = ctx.shutdown.clone();
@@ -517,11 +526,16 @@ fn websocket(ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(WS_MAX_MESSAGE))
             .max_frame_size(Some(WS_MAX_MESSAGE));
-        let ws =
+        let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         tokio::select! {
-            () = echo(ws) => {}
+            () = async {
+                if greet && !home_assistant_auth(&mut ws).await {
+                    return;
+                }
+                echo(ws).await;
+            } => {}
             () = shutdown.cancelled() => {}
         }
     });
@@ -534,6 +548,27 @@ fn websocket(ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// Home Assistant's opening: `auth_required` at once, then `auth_ok` to the first message.
+/// False if the WebSocket ended first.
+async fn home_assistant_auth<S>(ws: &mut WebSocketStream<S>) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    if ws.send(Message::text(AUTH_REQUIRED)).await.is_err() {
+        return false;
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                return ws.send(Message::text(AUTH_OK)).await.is_ok();
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return false,
+        }
+    }
 }
 
 /// Echoes text and binary messages. Pings are answered and a peer's close frame is echoed by

@@ -321,6 +321,28 @@ async fn websocket_echo_text_binary_ping_close() {
     }
 }
 
+/// `?auth`: Home Assistant's opening (the server speaks first), then the echo.
+#[tokio::test]
+async fn websocket_with_auth_opens_as_home_assistant_does() {
+    let server = start().await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/api/websocket?auth", server.addr), stream)
+            .await
+            .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text(AUTH_REQUIRED)
+    );
+    ws.send(Message::text(r#"{"type":"auth"}"#)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(AUTH_OK));
+    ws.send(Message::text("then echo")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("then echo")
+    );
+}
+
 #[tokio::test]
 async fn websocket_without_upgrade_headers_is_400() {
     let server = start().await;

@@ -383,3 +383,64 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
     .unwrap();
     String::from_utf8_lossy(&head).into_owned()
 }
+
+/// The same over HTTP/2 (RFC 8441): the upstream receives an HTTP/1.1 handshake with a key of
+/// the edge's making; a 101 that does not answer that key is a 502 and nothing is spliced; one
+/// that does becomes the client's 200, and the stream's bytes reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_is_spliced_only_after_a_101_that_answers_the_edges_key() {
+    let setup = Setup::start().await;
+    let mut h2 = e2e::H2Connection::connect(
+        &setup.server_ca,
+        HOME_HOST,
+        setup.edge.https_addr(),
+        Some(&setup.device),
+    )
+    .await
+    .unwrap();
+    let version = [("sec-websocket-version", "13")];
+    for path in ["/no-accept", "/wrong-accept", "/h2c-answer"] {
+        let before = setup.errors("upstream", "bad_upgrade_response").await;
+        let response = h2
+            .extended_connect(path, Some("websocket"), &version)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "{path}");
+        assert_eq!(
+            setup.errors("upstream", "bad_upgrade_response").await,
+            before + 1.0,
+            "{path}"
+        );
+    }
+    let mut ws = h2.websocket("/api/websocket").await.unwrap();
+    let received = setup.switcher.received();
+    let head = received
+        .split("\r\n\r\n")
+        .find(|h| h.starts_with("GET /api/websocket HTTP/1.1"))
+        .unwrap_or_else(|| panic!("no handshake upstream:\n{received}"));
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nupgrade: websocket"), "{head}");
+    assert!(lower.contains("\r\nconnection: upgrade"), "{head}");
+    assert!(lower.contains("\r\nsec-websocket-version: 13"), "{head}");
+    assert_eq!(
+        lower.matches("\r\nsec-websocket-key: ").count(),
+        1,
+        "{head}"
+    );
+    use futures_util::SinkExt as _;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "frames over h2",
+    ))
+    .await
+    .unwrap();
+    e2e::poll_until(
+        "spliced bytes upstream",
+        Duration::from_secs(10),
+        || async {
+            // Masked by the client: look for the frame's length byte after the handshake.
+            (setup.switcher.received().len() > received.len()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}

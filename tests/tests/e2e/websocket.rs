@@ -125,3 +125,30 @@ async fn websocket_stays_up_while_100_requests_run() {
     assert_eq!(stack.home().ha.recorder.websockets_open(), 1);
     assert_eq!(stack.ha_requests(), 102);
 }
+
+/// Home Assistant speaks first on its WebSocket (`auth_required` right after the 101) and
+/// answers `auth` at once. Each message must get through on its own, without the other side
+/// sending anything more: a byte left in a buffer until the next write (a missing flush, a
+/// Nagle delay behind an unacknowledged segment) would hold it back, and the client would
+/// wait here, not just be slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_speaks_first_and_each_message_gets_through_alone() {
+    let stack = Stack::start().await.unwrap();
+    let home = stack.home();
+    let https = stack.edge.https_addr();
+    let tls = e2e::tls_connect(
+        &stack.server_ca,
+        &home.host,
+        https,
+        Some(&home.device),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://{}:{}/api/websocket?auth", home.host, https.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    // Nothing sent yet: the server's first message must come on its own.
+    assert_eq!(next(&mut ws).await, Message::text(standin::AUTH_REQUIRED));
+    ws.send(Message::text(r#"{"type":"auth"}"#)).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text(standin::AUTH_OK));
+}
