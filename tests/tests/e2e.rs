@@ -22,6 +22,8 @@ mod cookies;
 mod demo;
 #[path = "e2e/denials.rs"]
 mod denials;
+#[path = "e2e/edge_drain.rs"]
+mod edge_drain;
 #[path = "e2e/enroll.rs"]
 mod enroll;
 #[path = "e2e/faults.rs"]
