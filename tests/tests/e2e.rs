@@ -44,6 +44,8 @@ mod lifecycle;
 mod limits;
 #[path = "e2e/links.rs"]
 mod links;
+#[path = "e2e/memory.rs"]
+mod memory;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/operations.rs"]
