@@ -6,9 +6,10 @@ use std::time::Duration;
 /// `stream_window` / `connection_window`, its concurrency `max_incoming_streams`, its
 /// keep-alive PING `keep_alive` and its silence limit `idle_timeout`).
 ///
-/// Defaults target a home uplink to a VPS: ≥ 1 Gbit/s at 50 ms RTT (bandwidth-delay product
-/// 6.25 MB), NAT mappings that can expire after ~30 s of silence, and WebSockets that stay open
-/// for days (each holds one stream).
+/// Defaults target a home uplink to a VPS: a few hundred Mbit/s per stream at 50 ms RTT and
+/// ≥ 1 Gbit/s over several streams, little memory per stream whose reader is slow, NAT
+/// mappings that can expire after ~30 s of silence, and WebSockets that stay open for days
+/// (each holds one stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
     /// How often an otherwise idle connection sends a keep-alive. 10 s: well under the ~30 s
