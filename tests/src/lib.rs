@@ -664,6 +664,34 @@ impl Edge {
         }
     }
 
+    /// Sends SIGTERM (a graceful stop) to the current process, by its PID.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("edge not running"))?;
+        signal(pid, "TERM")
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.proc.as_mut().and_then(Proc::try_wait)
+    }
+
+    /// Waits for the current process to exit (after [`Edge::terminate`]), polling until
+    /// `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Ok(status);
+            }
+            ensure!(
+                started.elapsed() < deadline,
+                "edge did not exit within {deadline:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Kills and starts again with the same config and state dir, keeping the tunnel port so
     /// connectors can come back; HTTPS and admin ports may change.
     pub async fn restart(&mut self) -> Result<()> {
@@ -675,6 +703,14 @@ impl Edge {
     /// Everything the current process printed so far.
     pub fn output(&self) -> String {
         self.proc.as_ref().map(Proc::output).unwrap_or_default()
+    }
+
+    /// The full stdout + stderr of the current process.
+    pub fn all_text(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| format!("{}{}", p.stdout_text(), p.stderr_text()))
+            .unwrap_or_default()
     }
 
     /// `GET /status` on the admin listener, as JSON.

@@ -22,6 +22,8 @@ mod cookies;
 mod demo;
 #[path = "e2e/denials.rs"]
 mod denials;
+#[path = "e2e/edge_drain.rs"]
+mod edge_drain;
 #[path = "e2e/enroll.rs"]
 mod enroll;
 #[path = "e2e/faults.rs"]
@@ -42,6 +44,8 @@ mod lifecycle;
 mod limits;
 #[path = "e2e/links.rs"]
 mod links;
+#[path = "e2e/memory.rs"]
+mod memory;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/operations.rs"]

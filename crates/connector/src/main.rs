@@ -80,9 +80,10 @@ enum Command {
 }
 
 /// mimalloc instead of glibc malloc: allocation was ~13% of the request path's CPU under
-/// load, and mimalloc cut the small-request CPU per request (see docs/benchmarks.md).
+/// load, and mimalloc cut the small-request CPU per request (see docs/benchmarks.md). The
+/// runtime's worker threads give freed memory back when idle (`allocator::on_thread_park`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -195,8 +196,11 @@ fn run(
             "already enrolled: the configured enrollment_code is ignored (it may be removed)"
         );
     }
+    // An idle worker gives freed memory back to the OS, so a burst's peak (thousands of
+    // WebSockets) does not stay resident.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::on_thread_park)
         .build()?;
     let check_config = config.clone();
     rt.block_on(async {

@@ -6,9 +6,10 @@ use std::time::Duration;
 /// `stream_window` / `connection_window`, its concurrency `max_incoming_streams`, its
 /// keep-alive PING `keep_alive` and its silence limit `idle_timeout`).
 ///
-/// Defaults target a home uplink to a VPS: ≥ 1 Gbit/s at 50 ms RTT (bandwidth-delay product
-/// 6.25 MB), NAT mappings that can expire after ~30 s of silence, and WebSockets that stay open
-/// for days (each holds one stream).
+/// Defaults target a home uplink to a VPS: a few hundred Mbit/s per stream at 50 ms RTT and
+/// ≥ 1 Gbit/s over several streams, little memory per stream whose reader is slow, NAT
+/// mappings that can expire after ~30 s of silence, and WebSockets that stay open for days
+/// (each holds one stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
     /// How often an otherwise idle connection sends a keep-alive. 10 s: well under the ~30 s
@@ -17,8 +18,14 @@ pub struct Tuning {
     /// A connection with nothing received for this long is dead. 30 s: also how long the
     /// edge takes at most to notice a vanished connector (the control ping notices sooner).
     pub idle_timeout: Duration,
-    /// Per-stream receive window. 8 MiB ≥ the 6.25 MB BDP of 1 Gbit/s × 50 ms, so one
-    /// download or upload is not capped by flow control.
+    /// Per-stream receive window, and so what one stream can make the receiver buffer when
+    /// its reader (a slow client, a slow Home Assistant) falls behind. 2 MiB covers the
+    /// bandwidth-delay product of 335 Mbit/s at 50 ms or 840 Mbit/s at 20 ms per stream (the
+    /// connection window lets several streams go at once). It stays below 2,048 packets of
+    /// data: quinn copies ("defragments") a stream's receive buffer into new, variably sized
+    /// allocations once it holds more than 2,048 chunks, and with the 8 MiB this used to be,
+    /// those copies left the edge ~30–50 MiB above its baseline during one 100 MB download to
+    /// a slow client (docs/benchmarks.md, "Memory").
     pub stream_window: u32,
     /// Connection-wide receive window. 32 MiB: a few streams at full speed at once, and a hard
     /// bound on what one peer can make us buffer.
@@ -49,7 +56,7 @@ impl Default for Tuning {
         Self {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
-            stream_window: 8 * 1024 * 1024,
+            stream_window: 2 * 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             send_window: 32 * 1024 * 1024,
             max_incoming_streams: 1024,

@@ -79,9 +79,10 @@ struct StateArg {
 }
 
 /// mimalloc instead of glibc malloc: allocation was ~13% of the request path's CPU under
-/// load, and mimalloc cut the small-request CPU per request (see docs/benchmarks.md).
+/// load, and mimalloc cut the small-request CPU per request (see docs/benchmarks.md). The
+/// runtime's worker threads give freed memory back when idle (`allocator::on_thread_park`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -78,9 +78,11 @@ pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// The multi-threaded runtime of `run` and `demo`.
+/// The multi-threaded runtime of `run` and `demo`. An idle worker gives freed memory back to
+/// the OS (`allocator::on_thread_park`), so a burst's peak does not stay resident.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::on_thread_park)
         .build()?)
 }
