@@ -153,9 +153,8 @@ fn run(
             "already enrolled: the configured enrollment_code is ignored (it may be removed)"
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One worker unless TOKIO_WORKER_THREADS says otherwise (`daemon::runtime` says why).
+    let rt = daemon::runtime()?;
     let check_config = config.clone();
     rt.block_on(async {
         let connector = connector::Connector::bind(config).await?;

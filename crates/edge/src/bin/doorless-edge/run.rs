@@ -78,9 +78,8 @@ pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// The multi-threaded runtime of `run` and `demo`.
+/// The runtime of `run` and `demo` (`daemon::runtime`: one worker unless
+/// `TOKIO_WORKER_THREADS` says otherwise).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(daemon::runtime()?)
 }
