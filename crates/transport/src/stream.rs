@@ -129,6 +129,22 @@ impl SendHalf {
         }
     }
 
+    /// Writes several chunks without copying them, as one write: over QUIC they are handed to
+    /// the connection under one lock and one wake-up of its driver, so a head and the body
+    /// that follows it leave in the same packet rather than one packet (and one wake-up on
+    /// the other side) each.
+    pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), Error> {
+        match &mut self.inner {
+            SendInner::Quic(s) => Ok(s.write_all_chunks(chunks).await?),
+            SendInner::Tcp(s) => {
+                for chunk in chunks {
+                    s.write_chunk(std::mem::take(chunk)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Ends the stream cleanly (FIN) after everything written so far.
     pub fn finish(&mut self) {
         self.ended = true;
