@@ -401,7 +401,7 @@ fn empty() -> UpstreamBody {
 fn tunnel_body(recv: RecvHalf, idle: std::time::Duration) -> UpstreamBody {
     let chunks = futures_util::stream::unfold(Some(recv), move |recv| async move {
         let mut recv = recv?;
-        match tokio::time::timeout(idle, recv.read_chunk(transport::BODY_CHUNK)).await {
+        match tokio::time::timeout(idle, recv.read_batch()).await {
             Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some(recv))),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(io::Error::from(e)), None)),

@@ -465,7 +465,7 @@ struct Hold {
 fn tunnel_body(recv: RecvHalf, hold: Hold, idle: BodyIdle) -> ResponseBody {
     let chunks = futures_util::stream::unfold(Some((recv, hold, idle)), |state| async move {
         let (mut recv, hold, idle) = state?;
-        match tokio::time::timeout(idle.limit, recv.read_chunk(transport::BODY_CHUNK)).await {
+        match tokio::time::timeout(idle.limit, recv.read_batch()).await {
             Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some((recv, hold, idle)))),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(std::io::Error::from(e)), None)),
