@@ -235,10 +235,17 @@ async fn run(opts: Opts) -> Result<()> {
 
     let mut res = Results::default();
     res.note(format!(
-        "worker counts: nginx worker_processes 1 (each nginx); doorless edge and connector use \
-         tokio's default multi-thread runtime (one worker per core = {}); rathole default \
-         (tokio multi-thread); backend tokio multi-thread. Nothing is pinned; the load \
+        "worker counts: nginx worker_processes 1 (each nginx); doorless edge and connector one \
+         runtime worker each, their default, unless TOKIO_WORKER_THREADS is passed to them \
+         (extra doorless environment this run: {:?}); rathole default (tokio multi-thread, one \
+         worker per core = {}); backend tokio multi-thread. Nothing is pinned; the load \
          generator shares the same cores.",
+        [
+            "BENCH_DOORLESS_ENV",
+            "BENCH_EDGE_ENV",
+            "BENCH_CONNECTOR_ENV"
+        ]
+        .map(|v| format!("{v}={}", std::env::var(v).unwrap_or_default())),
         info["nproc"]
     ));
 
