@@ -153,8 +153,9 @@ fn run(
             "already enrolled: the configured enrollment_code is ignored (it may be removed)"
         );
     }
-    // One worker unless TOKIO_WORKER_THREADS says otherwise (`daemon::runtime` says why).
-    let rt = daemon::runtime()?;
+    // One worker unless TOKIO_WORKER_THREADS says otherwise (`daemon::runtime_builder` says
+    // why).
+    let rt = daemon::runtime_builder().build()?;
     let check_config = config.clone();
     rt.block_on(async {
         let connector = connector::Connector::bind(config).await?;

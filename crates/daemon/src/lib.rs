@@ -207,7 +207,8 @@ pub async fn shutdown_signal() {
 pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
 /// The runtime each daemon runs on: tokio's multi-threaded scheduler with ONE worker thread
-/// unless `TOKIO_WORKER_THREADS` asks for more.
+/// unless `TOKIO_WORKER_THREADS` asks for more, all drivers enabled. Each binary adds its own
+/// hooks and builds it.
 ///
 /// Why one: every request crosses several tasks in each process (the HTTP connection, QUIC's
 /// endpoint and connection drivers, the upstream connection), and with a second worker each
@@ -217,7 +218,7 @@ pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 /// about 190 µs to about 105 µs. One worker still moves well over 1 Gbit/s through either
 /// side, far beyond a home uplink or a small VPS port; an operator with more load sets
 /// `TOKIO_WORKER_THREADS` (e.g. to the number of cores).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub fn runtime_builder() -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // tokio reads the variable itself when no count is set here; an unusable value makes
     // tokio panic, so only a usable one is left to it.
@@ -225,8 +226,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0);
-    builder.worker_threads(from_env.unwrap_or(1));
-    builder.enable_all().build()
+    builder.worker_threads(from_env.unwrap_or(1)).enable_all();
+    builder
 }
 
 /// A token cancelled by SIGTERM or SIGINT (which also tells systemd `STOPPING=1`).
@@ -332,6 +333,16 @@ pub fn register_build_info(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn one_worker_unless_the_environment_asks_for_more() {
+        let runtime = runtime_builder().build().unwrap();
+        let workers = runtime.metrics().num_workers();
+        match std::env::var(WORKER_THREADS_ENV) {
+            Ok(n) => assert_eq!(Some(workers), n.trim().parse().ok().filter(|&n| n > 0)),
+            Err(_) => assert_eq!(workers, 1),
+        }
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

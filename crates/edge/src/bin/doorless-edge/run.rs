@@ -78,8 +78,8 @@ pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// The runtime of `run` and `demo` (`daemon::runtime`: one worker unless
+/// The runtime of `run` and `demo` (`daemon::runtime_builder`: one worker unless
 /// `TOKIO_WORKER_THREADS` says otherwise).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(daemon::runtime()?)
+    Ok(daemon::runtime_builder().build()?)
 }
