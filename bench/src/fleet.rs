@@ -88,6 +88,8 @@ impl Fleet {
         let i = self.spawn(
             &format!("{name}-edge"),
             Command::new(&tools.edge)
+                .envs(doorless_env("BENCH_DOORLESS_ENV"))
+                .envs(doorless_env("BENCH_EDGE_ENV"))
                 .arg("run")
                 .arg("--config")
                 .arg(&edge_conf)
@@ -124,6 +126,8 @@ impl Fleet {
         let j = self.spawn(
             &format!("{name}-connector"),
             Command::new(&tools.connector)
+                .envs(doorless_env("BENCH_DOORLESS_ENV"))
+                .envs(doorless_env("BENCH_CONNECTOR_ENV"))
                 .arg("run")
                 .arg("--config")
                 .arg(&conn_conf)
@@ -398,4 +402,16 @@ pub(crate) async fn wait_get_ok(t: &Target, pki: &Pki) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Extra environment for the doorless processes only (A/B experiments without a rebuild):
+/// `KEY=VALUE` pairs separated by spaces in `var`: `BENCH_DOORLESS_ENV` (edge and connector),
+/// `BENCH_EDGE_ENV`, `BENCH_CONNECTOR_ENV`; e.g. `BENCH_EDGE_ENV=TOKIO_WORKER_THREADS=1`.
+fn doorless_env(var: &str) -> Vec<(String, String)> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }

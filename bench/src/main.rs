@@ -39,7 +39,7 @@ use crate::scenario::bulk::{download, upload};
 use crate::scenario::flood::flood;
 use crate::scenario::handshakes::handshakes;
 use crate::scenario::iperf::iperf;
-use crate::scenario::oha::oha;
+use crate::scenario::oha::{Load, oha};
 use crate::scenario::ws::{ws_idle, ws_rtt};
 use crate::targets::{Kind, Pki, Target, Tools, make_pki};
 
@@ -157,6 +157,51 @@ async fn start_targets(
     Ok(targets)
 }
 
+/// The 1 GiB download and upload through `t` on one connection (HTTP/2 if `h2`). The HTTP/1.1
+/// figures keep their original ids (`down_mbps`, ...); HTTP/2 ones get `_h2`.
+async fn bulk(res: &mut Results, t: &Target, pki: &Pki, bytes: u64, tck: f64, h2: bool) {
+    let mib = bytes >> 20;
+    let (proto, id_suffix, label_suffix) = if h2 {
+        ("h2", "_h2", ", HTTP/2")
+    } else {
+        ("h1", "", "")
+    };
+    for (what, id) in [("download", "down"), ("upload", "up")] {
+        let measured = if id == "down" {
+            download(t, pki, bytes, tck, h2).await
+        } else {
+            upload(t, pki, bytes, tck, h2).await
+        };
+        match measured {
+            Ok((mbps, cpu)) => {
+                eprintln!(
+                    "  {what:<8} {proto} {mib} MiB {:<16} {mbps:>8.0} MB/s  proxy CPU {cpu:.2} s/GiB",
+                    t.kind.title()
+                );
+                res.add(
+                    &format!("{id}{id_suffix}_mbps"),
+                    &format!("{what} {mib} MiB, 1 connection{label_suffix}"),
+                    "MB/s",
+                    true,
+                    t.kind,
+                    mbps,
+                );
+                if !t.roots.is_empty() {
+                    res.add(
+                        &format!("{id}{id_suffix}_cpu"),
+                        &format!("{what}{label_suffix}: proxy CPU per GiB"),
+                        "CPU-s/GiB",
+                        false,
+                        t.kind,
+                        cpu,
+                    );
+                }
+            }
+            Err(e) => res.note(format!("{what} {proto} {}: {e:#}", t.kind.title())),
+        }
+    }
+}
+
 async fn run(opts: Opts) -> Result<()> {
     let tools = Tools::find(&opts.root)?;
     let tck = clk_tck();
@@ -190,10 +235,17 @@ async fn run(opts: Opts) -> Result<()> {
 
     let mut res = Results::default();
     res.note(format!(
-        "worker counts: nginx worker_processes 1 (each nginx); doorless edge and connector use \
-         tokio's default multi-thread runtime (one worker per core = {}); rathole default \
-         (tokio multi-thread); backend tokio multi-thread. Nothing is pinned; the load \
+        "worker counts: nginx worker_processes 1 (each nginx); doorless edge and connector one \
+         runtime worker each, their default, unless TOKIO_WORKER_THREADS is passed to them \
+         (extra doorless environment this run: {:?}); rathole default (tokio multi-thread, one \
+         worker per core = {}); backend tokio multi-thread. Nothing is pinned; the load \
          generator shares the same cores.",
+        [
+            "BENCH_DOORLESS_ENV",
+            "BENCH_EDGE_ENV",
+            "BENCH_CONNECTOR_ENV"
+        ]
+        .map(|v| format!("{v}={}", std::env::var(v).unwrap_or_default())),
         info["nproc"]
     ));
 
@@ -207,10 +259,16 @@ async fn run(opts: Opts) -> Result<()> {
                             continue;
                         }
                         let proto = if h2 { "h2" } else { "h1" };
-                        match oha(&tools, &pki, t, c, h2, opts.secs).await {
-                            Ok((rps, p50, p99, bad)) => {
+                        match oha(&tools, &pki, t, c, h2, opts.secs, tck).await {
+                            Ok(Load {
+                                rps,
+                                p50,
+                                p99,
+                                bad,
+                                cpu_us,
+                            }) => {
                                 eprintln!(
-                                    "  GET {proto} c={c:<3} {:<16} {rps:>9.0} req/s  p50 {p50:.3} ms  p99 {p99:.3} ms  non-200/errors {bad}",
+                                    "  GET {proto} c={c:<3} {:<16} {rps:>9.0} req/s  p50 {p50:.3} ms  p99 {p99:.3} ms  CPU {cpu_us:.0} µs/req  non-200/errors {bad}",
                                     t.kind.title()
                                 );
                                 let k = t.kind;
@@ -238,6 +296,14 @@ async fn run(opts: Opts) -> Result<()> {
                                     k,
                                     p99,
                                 );
+                                res.add(
+                                    &format!("get_{proto}_c{c}_cpu"),
+                                    &format!("small GET {proto} c={c}: proxy CPU per request"),
+                                    "µs",
+                                    false,
+                                    k,
+                                    cpu_us,
+                                );
                             }
                             Err(e) => {
                                 res.note(format!("GET {proto} c={c} {}: {e:#}", t.kind.title()))
@@ -248,8 +314,8 @@ async fn run(opts: Opts) -> Result<()> {
             }
         }
         if let Some(t) = &door_log {
-            match oha(&tools, &pki, t, 64, false, opts.secs).await {
-                Ok((rps, _, p99, _)) => {
+            match oha(&tools, &pki, t, 64, false, opts.secs, tck).await {
+                Ok(Load { rps, p99, .. }) => {
                     eprintln!(
                         "  GET h1 c=64  doorless + access log {rps:>9.0} req/s  p99 {p99:.3} ms"
                     );
@@ -267,60 +333,11 @@ async fn run(opts: Opts) -> Result<()> {
         }
         if opts.wants("bulk") {
             for t in &targets {
-                let mib = opts.bulk_bytes >> 20;
-                match download(t, &pki, opts.bulk_bytes, tck).await {
-                    Ok((mbps, cpu)) => {
-                        eprintln!(
-                            "  download {mib} MiB {:<16} {mbps:>8.0} MB/s  proxy CPU {cpu:.2} s/GiB",
-                            t.kind.title()
-                        );
-                        res.add(
-                            "down_mbps",
-                            &format!("download {mib} MiB, 1 connection"),
-                            "MB/s",
-                            true,
-                            t.kind,
-                            mbps,
-                        );
-                        if !t.roots.is_empty() {
-                            res.add(
-                                "down_cpu",
-                                "download: proxy CPU per GiB",
-                                "CPU-s/GiB",
-                                false,
-                                t.kind,
-                                cpu,
-                            );
-                        }
+                for h2 in [false, true] {
+                    if h2 && (!opts.h2 || !t.tls) {
+                        continue;
                     }
-                    Err(e) => res.note(format!("download {}: {e:#}", t.kind.title())),
-                }
-                match upload(t, &pki, opts.bulk_bytes, tck).await {
-                    Ok((mbps, cpu)) => {
-                        eprintln!(
-                            "  upload   {mib} MiB {:<16} {mbps:>8.0} MB/s  proxy CPU {cpu:.2} s/GiB",
-                            t.kind.title()
-                        );
-                        res.add(
-                            "up_mbps",
-                            &format!("upload {mib} MiB, 1 connection"),
-                            "MB/s",
-                            true,
-                            t.kind,
-                            mbps,
-                        );
-                        if !t.roots.is_empty() {
-                            res.add(
-                                "up_cpu",
-                                "upload: proxy CPU per GiB",
-                                "CPU-s/GiB",
-                                false,
-                                t.kind,
-                                cpu,
-                            );
-                        }
-                    }
-                    Err(e) => res.note(format!("upload {}: {e:#}", t.kind.title())),
+                    bulk(&mut res, t, &pki, opts.bulk_bytes, tck, h2).await;
                 }
             }
         }

@@ -270,6 +270,80 @@ pub(crate) fn render(
             failed == 0.0,
         );
     }
+    // Issue 15 §3: the small-request path, and bulk over both HTTP versions.
+    let mut small = Vec::new();
+    let mut target = |what: String, ok: bool| {
+        small.push(format!(
+            "- {} {what}",
+            if ok { "**met**" } else { "**missed**" }
+        ));
+    };
+    for proto in ["h1", "h2"] {
+        let cpu = format!("get_{proto}_c1_cpu");
+        if res.median(&cpu, d).is_some() {
+            target(
+                format!(
+                    "GET c=1 {proto} proxy CPU per request ≤ 2× nginx 1-hop: {} vs {} µs ({:.2}×)",
+                    fmt_num(g(&cpu, d)),
+                    fmt_num(g(&cpu, n)),
+                    g(&cpu, d) / g(&cpu, n)
+                ),
+                g(&cpu, d) <= 2.0 * g(&cpu, n),
+            );
+        }
+        for p in ["p50", "p99"] {
+            let id = format!("get_{proto}_c1_{p}");
+            if res.median(&id, d).is_some() {
+                target(
+                    format!(
+                        "GET c=1 {proto} {p} ≤ composite: {} vs {} ms",
+                        fmt_num(g(&id, d)),
+                        fmt_num(g(&id, c))
+                    ),
+                    g(&id, d) <= g(&id, c),
+                );
+            }
+        }
+        let id = format!("get_{proto}_c64_rps");
+        if res.median(&id, d).is_some() {
+            target(
+                format!(
+                    "GET c=64 {proto} req/s ≥ 1.5× composite: {:.2}×",
+                    g(&id, d) / g(&id, c)
+                ),
+                g(&id, d) >= 1.5 * g(&id, c),
+            );
+        }
+    }
+    for (id, what) in [
+        ("down", "download h1"),
+        ("up", "upload h1"),
+        ("down_h2", "download h2"),
+        ("up_h2", "upload h2"),
+    ] {
+        let (mbps, cpu) = (format!("{id}_mbps"), format!("{id}_cpu"));
+        if res.median(&mbps, d).is_some() {
+            target(
+                format!("{what} ≥ composite: {:.2}×", g(&mbps, d) / g(&mbps, c)),
+                g(&mbps, d) >= g(&mbps, c),
+            );
+            target(
+                format!(
+                    "{what} CPU-s/GiB ≤ Noise composite: {} vs {}",
+                    fmt_num(g(&cpu, d)),
+                    fmt_num(g(&cpu, e))
+                ),
+                g(&cpu, d) <= g(&cpu, e),
+            );
+        }
+    }
+    if !small.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Targets (issue 15 §3: loopback), from the medians above\n\n{}",
+            small.join("\n")
+        );
+    }
     if !reference.is_empty() {
         let _ = writeln!(
             md,

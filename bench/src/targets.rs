@@ -106,6 +106,8 @@ pub(crate) struct Pki {
     pub(crate) device_key: PathBuf,
     /// mTLS client config (ALPN http/1.1), resumption on (rustls default).
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    /// The same offering only ALPN h2 (the HTTP/2 bulk transfers).
+    pub(crate) tls_h2: Arc<rustls::ClientConfig>,
     /// Same, resumption disabled (every connection a full handshake).
     pub(crate) tls_full: Arc<rustls::ClientConfig>,
     /// Same, resumption disabled, X25519 only (no post-quantum hybrid key share).
@@ -167,6 +169,11 @@ pub(crate) fn make_pki() -> Result<Pki> {
     let id = Some((device.cert_pem.as_bytes(), device.key_pem.as_bytes()));
     Ok(Pki {
         tls: Arc::new(client_config(&ca_pem, id, true, false)?),
+        tls_h2: Arc::new({
+            let mut c = client_config(&ca_pem, id, true, false)?;
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            c
+        }),
         tls_full: Arc::new(client_config(&ca_pem, id, false, false)?),
         tls_full_x25519: Arc::new(client_config(&ca_pem, id, false, true)?),
         tls_anon: Arc::new(client_config(&ca_pem, None, false, false)?),

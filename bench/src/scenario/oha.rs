@@ -9,6 +9,19 @@ use serde_json::Value;
 use crate::HOST;
 use crate::targets::{Pki, Target, Tools};
 
+/// What one oha run measured.
+pub(crate) struct Load {
+    pub(crate) rps: f64,
+    /// Latency percentiles, ms.
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    /// Non-200 answers and errors.
+    pub(crate) bad: f64,
+    /// The proxy processes' CPU time (user + system, from /proc) per successful request, µs;
+    /// NaN for a target without proxy processes (direct).
+    pub(crate) cpu_us: f64,
+}
+
 pub(crate) async fn oha(
     tools: &Tools,
     pki: &Pki,
@@ -16,7 +29,8 @@ pub(crate) async fn oha(
     conc: usize,
     h2: bool,
     secs: u64,
-) -> Result<(f64, f64, f64, f64)> {
+    tck: f64,
+) -> Result<Load> {
     let mut cmd = tokio::process::Command::new(&tools.oha);
     cmd.arg("--no-tui")
         .arg("--output-format")
@@ -52,9 +66,11 @@ pub(crate) async fn oha(
     }
     cmd.arg(t.url("/s"));
     cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let cpu0 = t.cpu(tck);
     let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output())
         .await
         .context("oha did not finish in time")??;
+    let cpu = t.cpu(tck) - cpu0;
     ensure!(
         out.status.success(),
         "oha failed: {}",
@@ -82,5 +98,16 @@ pub(crate) async fn oha(
     // Errors at the deadline (requests cut off) are normal for oha -z; report them.
     let success = v["summary"]["successRate"].as_f64().unwrap_or(f64::NAN);
     let _ = success;
-    Ok((rps * ok / total.max(1.0), p50, p99, bad))
+    let cpu_us = if t.roots.is_empty() || ok == 0.0 {
+        f64::NAN
+    } else {
+        cpu * 1e6 / ok
+    };
+    Ok(Load {
+        rps: rps * ok / total.max(1.0),
+        p50,
+        p99,
+        bad,
+        cpu_us,
+    })
 }

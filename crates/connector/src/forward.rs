@@ -15,6 +15,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
@@ -206,13 +207,13 @@ async fn forward(
         }
     };
     let head = response_head(&response, switching, length);
-    if transport::head::write_response_head(&mut send, &head)
-        .await
-        .is_err()
-    {
-        return Err(StreamError::Cancelled.into());
-    }
     if switching {
+        if transport::head::write_response_head(&mut send, &head)
+            .await
+            .is_err()
+        {
+            return Err(StreamError::Cancelled.into());
+        }
         let Some(recv) = recv else {
             return Err(StreamError::Internal.into());
         };
@@ -239,8 +240,13 @@ async fn forward(
         // Nothing more to read from the edge for this request.
         r.stop(StreamError::Cancelled);
     }
+    let mut encoded = bytes::BytesMut::new();
+    if head.encode(&mut encoded).is_err() {
+        // A head over the protocol's limit: dropping `send` resets the stream, as before.
+        return Err(StreamError::Cancelled.into());
+    }
     let idle = shared.config.limits.body_idle_timeout;
-    pump_response(response.into_body(), send, idle).await
+    pump_response(encoded.freeze(), response.into_body(), send, idle).await
 }
 
 /// A response whose framing is refused (RFC 9112 §6.3): hyper reads it one way, but the
@@ -331,15 +337,56 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, Framing> {
     Ok(length)
 }
 
-/// Relays HA's response body, then waits until the edge acknowledged all of it: the stream's
-/// task (and with it a draining connector's connection) must not end while response bytes are
-/// still in flight. A body that moves nothing for `idle` is cut off (`UpstreamTimeout`).
+/// Most response bytes one tunnel write takes: a few of hyper's reads, well within the
+/// tunnel's per-stream window.
+const BODY_BATCH: usize = 4 * transport::BODY_CHUNK;
+
+/// Relays the encoded response `head` and HA's response body, then waits until the edge
+/// acknowledged all of it: the stream's task (and with it a draining connector's connection)
+/// must not end while response bytes are still in flight. A body that moves nothing for
+/// `idle` is cut off (`UpstreamTimeout`).
+///
+/// What of the body is already here goes out with the head, and each later write takes
+/// every frame that is ready (up to [`BODY_BATCH`] bytes): a small response leaves as one
+/// write (head, body, FIN), so one packet and one wake-up at the edge, not one per piece.
 async fn pump_response(
+    head: Bytes,
     mut body: Incoming,
     mut send: SendHalf,
     idle: std::time::Duration,
 ) -> Result<(), Failed> {
+    let mut batch = vec![head];
+    let mut ready = body.frame().now_or_never();
     loop {
+        let mut batched = 0;
+        let mut ended = false;
+        while let Some(frame) = ready.take() {
+            match frame {
+                None => ended = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        batched += data.len();
+                        batch.push(data);
+                    }
+                    if batched < BODY_BATCH {
+                        ready = body.frame().now_or_never();
+                    }
+                }
+                Some(Err(_)) => {
+                    send.reset(StreamError::UpstreamProtocol);
+                    return Err(StreamError::UpstreamProtocol.into());
+                }
+            }
+        }
+        if send.write_chunks(&mut batch).await.is_err() {
+            // The edge stopped reading: the client left. Dropping `body` aborts the upstream
+            // response.
+            return Err(StreamError::Cancelled.into());
+        }
+        batch.clear();
+        if ended {
+            break;
+        }
         let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
             debug!(?idle, "upstream response body idle; ending the stream");
             send.reset(StreamError::UpstreamTimeout);
@@ -348,22 +395,7 @@ async fn pump_response(
                 kind: Some("body_idle"),
             });
         };
-        match frame {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data()
-                    && send.write_chunk(data).await.is_err()
-                {
-                    // The edge stopped reading: the client left. Dropping `body` aborts the
-                    // upstream response.
-                    return Err(StreamError::Cancelled.into());
-                }
-            }
-            Some(Err(_)) => {
-                send.reset(StreamError::UpstreamProtocol);
-                return Err(StreamError::UpstreamProtocol.into());
-            }
-        }
+        ready = Some(frame);
     }
     send.finish();
     send.delivered()
@@ -380,7 +412,7 @@ fn empty() -> UpstreamBody {
 fn tunnel_body(recv: RecvHalf, idle: std::time::Duration) -> UpstreamBody {
     let chunks = futures_util::stream::unfold(Some(recv), move |recv| async move {
         let mut recv = recv?;
-        match tokio::time::timeout(idle, recv.read_chunk(transport::BODY_CHUNK)).await {
+        match tokio::time::timeout(idle, recv.read_batch()).await {
             Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some(recv))),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(io::Error::from(e)), None)),

@@ -196,10 +196,10 @@ fn run(
             "already enrolled: the configured enrollment_code is ignored (it may be removed)"
         );
     }
-    // An idle worker gives freed memory back to the OS, so a burst's peak (thousands of
+    // One worker unless TOKIO_WORKER_THREADS says otherwise (`daemon::runtime_builder` says
+    // why); an idle worker gives freed memory back to the OS, so a burst's peak (thousands of
     // WebSockets) does not stay resident.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let rt = daemon::runtime_builder()
         .on_thread_park(allocator::on_thread_park)
         .build()?;
     let check_config = config.clone();

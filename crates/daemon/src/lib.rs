@@ -203,6 +203,33 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The environment variable that sets the number of runtime worker threads (tokio's own).
+pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// The runtime each daemon runs on: tokio's multi-threaded scheduler with ONE worker thread
+/// unless `TOKIO_WORKER_THREADS` asks for more, all drivers enabled. Each binary adds its own
+/// hooks and builds it.
+///
+/// Why one: every request crosses several tasks in each process (the HTTP connection, QUIC's
+/// endpoint and connection drivers, the upstream connection), and with a second worker each
+/// hand-off also wakes the idle worker to steal the task (a futex wake, a context switch, a
+/// cache-cold core) and parks it again. Measured on loopback at one connection (see
+/// docs/benchmarks.md), one worker per process cut edge + connector CPU per small request from
+/// about 190 µs to about 105 µs. One worker still moves well over 1 Gbit/s through either
+/// side, far beyond a home uplink or a small VPS port; an operator with more load sets
+/// `TOKIO_WORKER_THREADS` (e.g. to the number of cores).
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // tokio reads the variable itself when no count is set here; an unusable value makes
+    // tokio panic, so only a usable one is left to it.
+    let from_env = std::env::var(WORKER_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    builder.worker_threads(from_env.unwrap_or(1)).enable_all();
+    builder
+}
+
 /// A token cancelled by SIGTERM or SIGINT (which also tells systemd `STOPPING=1`).
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -306,6 +333,16 @@ pub fn register_build_info(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn one_worker_unless_the_environment_asks_for_more() {
+        let runtime = runtime_builder().build().unwrap();
+        let workers = runtime.metrics().num_workers();
+        match std::env::var(WORKER_THREADS_ENV) {
+            Ok(n) => assert_eq!(Some(workers), n.trim().parse().ok().filter(|&n| n > 0)),
+            Err(_) => assert_eq!(workers, 1),
+        }
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

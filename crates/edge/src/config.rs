@@ -141,6 +141,12 @@ pub struct RawLimits {
     /// one of its `h2_max_streams` until it closes); more → 429. At most `h2_max_streams`;
     /// below it, so that a page with many tabs' WebSockets still loads.
     pub h2_max_websockets: u32,
+    /// HTTP/2 receive window per stream, in bytes: how much of one request body a client may
+    /// send ahead of what the tunnel took.
+    pub h2_stream_window: u32,
+    /// HTTP/2 receive window per client connection, in bytes: the most request-body bytes
+    /// one connection can make the edge buffer, over all its streams.
+    pub h2_connection_window: u32,
     /// Time the connector has to return the response head; then 504.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -186,6 +192,8 @@ impl Default for RawLimits {
             max_header_bytes: 64 * 1024,
             h2_max_streams: 128,
             h2_max_websockets: 64,
+            h2_stream_window: 2 * 1024 * 1024,
+            h2_connection_window: 4 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(100),
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
@@ -359,6 +367,21 @@ impl Config {
             return Err(invalid(
                 "limits.h2_max_websockets",
                 "must be at least 1 and at most limits.h2_max_streams",
+            ));
+        }
+        // RFC 9113 §6.9.2: windows run from the protocol's default (65,535) to 2^31 - 1.
+        for (key, window) in [
+            ("limits.h2_stream_window", limits.h2_stream_window),
+            ("limits.h2_connection_window", limits.h2_connection_window),
+        ] {
+            if !(65_535..=i32::MAX as u32).contains(&window) {
+                return Err(invalid(key, "must be between 65535 and 2147483647"));
+            }
+        }
+        if limits.h2_connection_window < limits.h2_stream_window {
+            return Err(invalid(
+                "limits.h2_connection_window",
+                "must be at least limits.h2_stream_window",
             ));
         }
         for (key, d) in [
@@ -647,6 +670,30 @@ mod tests {
             panic!("zero must be refused");
         };
         assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn h2_windows_are_bounded() {
+        for (limits, key) in [
+            ("h2_stream_window = 1000", "limits.h2_stream_window"),
+            (
+                "h2_connection_window = 2147483648",
+                "limits.h2_connection_window",
+            ),
+            (
+                "h2_stream_window = 8388608\nh2_connection_window = 4194304",
+                "limits.h2_connection_window",
+            ),
+        ] {
+            let Err(e) = load(&format!("state_dir = \"/x\"\n[limits]\n{limits}")) else {
+                panic!("{limits} must be refused");
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let Ok(c) = load("state_dir = \"/x\"\n[limits]\nh2_connection_window = 16777216") else {
+            panic!("a bigger connection window must load");
+        };
+        assert_eq!(c.limits.h2_connection_window, 16 << 20);
     }
 
     #[test]

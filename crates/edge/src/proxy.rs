@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, StreamBody};
@@ -401,14 +402,24 @@ struct Pump {
     idle: BodyIdle,
 }
 
+/// Most body bytes one tunnel write takes (`pump_request`): four of the h1 path's read-size
+/// chunks, well within the tunnel's per-stream window, so batching never waits for credit.
+const BODY_BATCH: usize = 4 * transport::BODY_CHUNK;
+
 /// Copies the client's request body into the tunnel as it arrives; on a client-side body
 /// error, tells `failed` (before resetting the stream, so the request path learns it first).
+///
+/// HTTP/2 delivers a body in DATA frames of at most 16 KiB (HTTP/1.1 in reads of up to
+/// hyper's buffer size), so the frames already received when one arrives are taken with it
+/// and written as one batch of up to [`BODY_BATCH`] bytes: one tunnel write and one wake-up
+/// of the tunnel's driver per batch instead of per frame.
 async fn pump_request(
     mut body: Incoming,
     mut send: SendHalf,
     pump: Pump,
     failed: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let Ok(frame) = tokio::time::timeout(pump.idle.limit, body.frame()).await else {
             // The client stopped sending mid-body: the upstream must see an aborted body.
@@ -416,25 +427,38 @@ async fn pump_request(
             send.reset(StreamError::Cancelled);
             return;
         };
-        match frame {
-            None => break,
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                pump.bytes.inc_by(data.len() as u64);
-                if send.write_chunk(data).await.is_err() {
-                    // The connector stopped reading (upstream answered or failed).
+        let mut next = Some(frame);
+        let mut batched = 0;
+        let mut ended = false;
+        while let Some(frame) = next.take() {
+            match frame {
+                None => ended = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        batched += data.len();
+                        batch.push(data);
+                    }
+                    if batched < BODY_BATCH {
+                        next = body.frame().now_or_never();
+                    }
+                }
+                Some(Err(_)) => {
+                    // A malformed body (hyper checks chunked coding and lengths) or an aborted
+                    // upload: make the upstream see an aborted body, not a short one.
+                    let _ = failed.send(());
+                    send.reset(StreamError::Cancelled);
                     return;
                 }
             }
-            Some(Err(_)) => {
-                // A malformed body (hyper checks chunked coding and lengths) or an aborted
-                // upload: make the upstream see an aborted body, not a short one.
-                let _ = failed.send(());
-                send.reset(StreamError::Cancelled);
-                return;
-            }
+        }
+        pump.bytes.inc_by(batched as u64);
+        if send.write_chunks(&mut batch).await.is_err() {
+            // The connector stopped reading (upstream answered or failed).
+            return;
+        }
+        batch.clear();
+        if ended {
+            break;
         }
     }
     send.finish();
@@ -454,7 +478,7 @@ struct Hold {
 fn tunnel_body(recv: RecvHalf, hold: Hold, idle: BodyIdle) -> ResponseBody {
     let chunks = futures_util::stream::unfold(Some((recv, hold, idle)), |state| async move {
         let (mut recv, hold, idle) = state?;
-        match tokio::time::timeout(idle.limit, recv.read_chunk(transport::BODY_CHUNK)).await {
+        match tokio::time::timeout(idle.limit, recv.read_batch()).await {
             Ok(Ok(Some(chunk))) => Some((Ok(Frame::data(chunk)), Some((recv, hold, idle)))),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => Some((Err(std::io::Error::from(e)), None)),

@@ -78,11 +78,11 @@ pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-/// The multi-threaded runtime of `run` and `demo`. An idle worker gives freed memory back to
-/// the OS (`allocator::on_thread_park`), so a burst's peak does not stay resident.
+/// The runtime of `run` and `demo` (`daemon::runtime_builder`: one worker unless
+/// `TOKIO_WORKER_THREADS` says otherwise). An idle worker gives freed memory back to the OS
+/// (`allocator::on_thread_park`), so a burst's peak does not stay resident.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    Ok(daemon::runtime_builder()
         .on_thread_park(allocator::on_thread_park)
         .build()?)
 }
