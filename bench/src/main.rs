@@ -25,7 +25,7 @@ mod targets;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
 use crate::backend::backend_main;
@@ -63,10 +63,32 @@ fn main() -> Result<()> {
     }
     let opts = Opts::parse()?;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
+    let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(opts))
+        .block_on(async {
+            // Children lead their own process groups, so a terminal's Ctrl-C reaches only the
+            // driver: on SIGINT/SIGTERM drop the run (its fleets stop their groups) and fall
+            // through to the leftover check.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = run(opts) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (SIGINT)")),
+                _ = term.recv() => Err(anyhow!("terminated (SIGTERM)")),
+            }
+        });
+    let left = procs::leftovers();
+    if !left.is_empty() {
+        eprintln!("== ERROR: processes the driver started are still alive:");
+        for (pid, pgid, comm) in &left {
+            eprintln!("   pid {pid} (process group {pgid}) {comm}");
+        }
+        outcome?;
+        bail!("{} process(es) the driver started outlived it", left.len());
+    }
+    eprintln!("== every process the driver started has exited");
+    outcome
 }
 
 /// Starts every target kind (those in `only`, if given) in `fleet`, process names prefixed
