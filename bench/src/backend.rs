@@ -1,6 +1,7 @@
 //! The backend every target forwards to: a separate process
 //! (`doorless-bench backend READY_FILE`) serving `/s`, `/bytes/N`, `/upload` and a WebSocket
-//! echo on `/ws`. `doorless-bench backend READY_FILE [BIND]` (default 127.0.0.1:0).
+//! echo on `/ws`; and the Home Assistant stand-in (`hafront`: `/`, `/frontend/*`,
+//! `/api/websocket`). `doorless-bench backend READY_FILE [BIND]` (default 127.0.0.1:0).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ pub(crate) async fn backend_main(ready: PathBuf, bind: Option<String>) -> Result
 
 async fn backend_handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    if crate::hafront::owns(&path) {
+        return Ok(crate::hafront::handle(req).await);
+    }
     let resp = if path == "/s" {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain")

@@ -16,6 +16,7 @@
 mod backend;
 mod clients;
 mod fleet;
+mod hafront;
 mod machine;
 mod netem;
 mod opts;

@@ -5,4 +5,5 @@ pub(crate) mod flood;
 pub(crate) mod handshakes;
 pub(crate) mod iperf;
 pub(crate) mod oha;
+pub(crate) mod pageload;
 pub(crate) mod ws;

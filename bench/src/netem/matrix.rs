@@ -20,6 +20,7 @@ use crate::fleet::{Fleet, Place, wait_get_ok};
 use crate::opts::Opts;
 use crate::procs::{Proc, addr_of, wait_json_file};
 use crate::results::{fmt_num, median};
+use crate::scenario::pageload::{Browser, Policy, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
 
 /// The targets of the matrix, in column order.
@@ -33,7 +34,7 @@ const KINDS: [Kind; 4] = [
 struct Cfg {
     pageloads: usize,
     events: usize,
-    #[allow(dead_code)] // the live-update scenario (next commits)
+    #[allow(dead_code)] // the live-update scenario (next commit)
     warmup: usize,
     every: Duration,
     bulk: u64,
@@ -108,7 +109,6 @@ struct Table {
 }
 
 impl Table {
-    #[allow(dead_code)] // the scenarios (next commits) add their figures
     fn add(&mut self, point: &NetPoint, id: &'static str, k: Kind, x: f64) {
         if x.is_finite() {
             self.v.entry((point.label(), id, k)).or_default().push(x);
@@ -272,7 +272,15 @@ async fn matrix(
         eprintln!("== {:<22} {} pids {:?}", k.title(), t.url("/"), t.pids());
         targets.push(t);
     }
-    eprintln!("== setup {:.0} s", t0.elapsed().as_secs_f64());
+    let browser = Browser::prepare(pki, fleet.dir.path())?;
+    let ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
+    let _policy = Policy::install(&ports)?;
+    let (reqs, wire) = crate::hafront::shape();
+    eprintln!(
+        "== page: {reqs} requests, {} KB on the wire (gzip), + 1 WebSocket; setup {:.0} s",
+        wire / 1024,
+        t0.elapsed().as_secs_f64()
+    );
 
     let mut table = Table::default();
     let mut calib = Vec::new();
@@ -335,6 +343,33 @@ async fn matrix(
             "two_legs": {"p50_ms": path.p50_ms, "p99_ms": path.p99_ms, "min_ms": path.min_ms, "max_ms": path.max_ms, "loss_pct": path.loss_pct(), "probes": path.sent},
             "one_way_drop_pct": one_way,
         }));
+        for t in &targets {
+            let k = t.kind;
+            let url = t.url("/");
+            for i in 0..cfg.pageloads {
+                let name = format!("chromium-{}-{}", k.id(), i);
+                match page_load(&browser, &url, EDGE_PUBLIC_IP, fleet.dir.path(), &name).await {
+                    Ok(l) => {
+                        eprintln!(
+                            "  page {:<22} ws open {:>6.0} ms  auth_ok {:>6.0} ms  first state {:>6.0} ms  html {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
+                            k.title(),
+                            l.ws_open,
+                            l.auth_ok,
+                            l.first_state,
+                            l.html_first_byte,
+                            l.load,
+                            l.protocol,
+                            l.resources
+                        );
+                        table.add(p, "first_state", k, l.first_state);
+                        table.add(p, "ws_open", k, l.ws_open);
+                        table.add(p, "html", k, l.html_first_byte);
+                        table.add(p, "load", k, l.load);
+                    }
+                    Err(e) => table.note(format!("{} page load {}: {e:#}", p.label(), k.title())),
+                }
+            }
+        }
         let (pct, packets, queue) = drops(&c0, &net.counters());
         eprintln!(
             "  ({} took {:.0} s; forwarder over the whole point: one-way drop % {:.2} / {:.2} / {:.2} / {:.2} of {:?} packets, queue-full drops {queue})",
@@ -365,6 +400,7 @@ async fn matrix(
         "== wrote {}/net-latest.md and net-latest.json",
         opts.out.display()
     );
+    drop(_policy);
     drop(fleet);
     Ok(())
 }
