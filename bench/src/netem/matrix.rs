@@ -20,6 +20,7 @@ use crate::fleet::{Fleet, Place, wait_get_ok};
 use crate::opts::Opts;
 use crate::procs::{Proc, addr_of, wait_json_file};
 use crate::results::{fmt_num, median};
+use crate::scenario::liveupdate::live_update;
 use crate::scenario::pageload::{Browser, Policy, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
 
@@ -34,7 +35,6 @@ const KINDS: [Kind; 4] = [
 struct Cfg {
     pageloads: usize,
     events: usize,
-    #[allow(dead_code)] // the live-update scenario (next commit)
     warmup: usize,
     every: Duration,
     bulk: u64,
@@ -368,6 +368,17 @@ async fn matrix(
                     }
                     Err(e) => table.note(format!("{} page load {}: {e:#}", p.label(), k.title())),
                 }
+            }
+            match live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await {
+                Ok((p50, p99, n)) => {
+                    eprintln!(
+                        "  live {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
+                        k.title()
+                    );
+                    table.add(p, "live_p50", k, p50);
+                    table.add(p, "live_p99", k, p99);
+                }
+                Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
             }
         }
         let (pct, packets, queue) = drops(&c0, &net.counters());
