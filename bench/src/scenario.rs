@@ -5,6 +5,7 @@ pub(crate) mod flood;
 pub(crate) mod handshakes;
 pub(crate) mod iperf;
 pub(crate) mod liveupdate;
+pub(crate) mod netbulk;
 pub(crate) mod oha;
 pub(crate) mod pageload;
 pub(crate) mod ws;

@@ -21,6 +21,7 @@ use crate::opts::Opts;
 use crate::procs::{Proc, addr_of, wait_json_file};
 use crate::results::{fmt_num, median};
 use crate::scenario::liveupdate::live_update;
+use crate::scenario::netbulk::{download, upload};
 use crate::scenario::pageload::{Browser, Policy, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
 
@@ -379,6 +380,32 @@ async fn matrix(
                     table.add(p, "live_p99", k, p99);
                 }
                 Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
+            }
+            match download(t, pki, cfg.bulk, cfg.cap).await {
+                Ok(x) => {
+                    eprintln!(
+                        "  down {:<22} {:.2} MB/s ({} MB{})",
+                        k.title(),
+                        x.mbps,
+                        x.bytes >> 20,
+                        if x.capped { ", capped" } else { "" }
+                    );
+                    table.add(p, "down", k, x.mbps);
+                }
+                Err(e) => table.note(format!("{} download {}: {e:#}", p.label(), k.title())),
+            }
+            match upload(t, pki, cfg.bulk, cfg.cap).await {
+                Ok(x) => {
+                    eprintln!(
+                        "  up   {:<22} {:.2} MB/s ({} MB{})",
+                        k.title(),
+                        x.mbps,
+                        x.bytes >> 20,
+                        if x.capped { ", capped" } else { "" }
+                    );
+                    table.add(p, "up", k, x.mbps);
+                }
+                Err(e) => table.note(format!("{} upload {}: {e:#}", p.label(), k.title())),
             }
         }
         let (pct, packets, queue) = drops(&c0, &net.counters());
