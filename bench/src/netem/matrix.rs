@@ -25,13 +25,31 @@ use crate::scenario::netbulk::{download, upload};
 use crate::scenario::pageload::{Browser, Policy, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
 
-/// The targets of the matrix, in column order.
+/// The targets of the matrix by default, in column order. `--targets` may also name
+/// `doorless_tcp` (the tunnel over TLS/TCP): the same edge and connector with TCP on the
+/// tunnel leg, which tells QUIC's behaviour under loss apart from the rest of doorless's.
 const KINDS: [Kind; 4] = [
     Kind::Doorless,
     Kind::Nginx,
     Kind::Composite,
     Kind::CompositeNoise,
 ];
+
+fn kinds(opts: &Opts) -> Vec<Kind> {
+    match &opts.targets {
+        None => KINDS.to_vec(),
+        Some(l) => [
+            Kind::Doorless,
+            Kind::DoorlessTcp,
+            Kind::Nginx,
+            Kind::Composite,
+            Kind::CompositeNoise,
+        ]
+        .into_iter()
+        .filter(|k| l.iter().any(|id| id == k.id()))
+        .collect(),
+    }
+}
 
 struct Cfg {
     pageloads: usize,
@@ -220,17 +238,18 @@ async fn matrix(
         tunnel_ip: EDGE_TUNNEL_IP,
         backend_home: fleet.backend,
     };
-    let wanted = |k: Kind| {
-        opts.targets
-            .as_ref()
-            .is_none_or(|l| l.iter().any(|id| id == k.id()))
-    };
     let mut targets: Vec<Target> = Vec::new();
-    for k in KINDS.into_iter().filter(|&k| wanted(k)) {
+    for k in kinds(opts) {
         let t = match k {
-            Kind::Doorless => {
+            Kind::Doorless | Kind::DoorlessTcp => {
+                let tcp = k == Kind::DoorlessTcp;
+                let name = if tcp {
+                    "net-doorless-tcp"
+                } else {
+                    "net-doorless"
+                };
                 fleet
-                    .doorless_at(tools, pki, "net-doorless", true, false, false, &place)
+                    .doorless_at(tools, pki, name, true, false, tcp, &place)
                     .await?
             }
             Kind::Nginx => {
@@ -426,7 +445,8 @@ async fn matrix(
         }
     }
     let total = t0.elapsed().as_secs_f64();
-    let (md, js) = render(opts, points, cfg, &table, &calib, total);
+    let kinds: Vec<Kind> = targets.iter().map(|t| t.kind).collect();
+    let (md, js) = render(&kinds, opts, points, cfg, &table, &calib, total);
     std::fs::create_dir_all(&opts.out)?;
     std::fs::write(opts.out.join("net-latest.md"), &md)?;
     std::fs::write(
@@ -466,7 +486,9 @@ fn load_avg() -> String {
         .to_owned()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render(
+    kinds: &[Kind],
     opts: &Opts,
     points: &[NetPoint],
     cfg: &Cfg,
@@ -534,24 +556,24 @@ fn render(
             p.rtt_ms, p.loss_pct
         );
         let _ = write!(md, "| figure | unit |");
-        for k in KINDS {
+        for &k in kinds {
             let _ = write!(md, " {} |", k.title());
         }
-        for k in KINDS.iter().filter(|&&k| k != Kind::Composite) {
+        for k in kinds.iter().filter(|&&k| k != Kind::Composite) {
             let _ = write!(md, " {} ÷ n+r |", k.title());
         }
         let _ = writeln!(md);
         let _ = writeln!(
             md,
             "|---|---|{}{}",
-            "---:|".repeat(KINDS.len()),
-            "---:|".repeat(KINDS.len() - 1)
+            "---:|".repeat(kinds.len()),
+            "---:|".repeat(kinds.iter().filter(|&&k| k != Kind::Composite).count())
         );
         let mut rows = Vec::new();
         for r in &ROWS {
             let _ = write!(md, "| {} | {} |", r.label, r.unit);
             let mut vals = serde_json::Map::new();
-            for k in KINDS {
+            for &k in kinds {
                 let v = table.get(p, r.id, k);
                 if let Some(v) = v {
                     vals.insert(k.id().into(), json!(v));
@@ -559,7 +581,7 @@ fn render(
                 let _ = write!(md, " {} |", v.map_or("—".into(), fmt_num));
             }
             let base = table.get(p, r.id, Kind::Composite);
-            for k in KINDS.iter().filter(|&&k| k != Kind::Composite) {
+            for k in kinds.iter().filter(|&&k| k != Kind::Composite) {
                 let ratio = match (table.get(p, r.id, *k), base) {
                     (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                     _ => None,
@@ -567,7 +589,7 @@ fn render(
                 let _ = write!(md, " {} |", ratio.map_or("—".into(), |x| format!("{x:.2}")));
             }
             let _ = writeln!(md);
-            let all: BTreeMap<&str, Vec<f64>> = KINDS
+            let all: BTreeMap<&str, Vec<f64>> = kinds
                 .iter()
                 .filter_map(|k| {
                     table

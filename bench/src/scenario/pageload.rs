@@ -205,9 +205,12 @@ pub(crate) async fn page_load(
     let r = drive(&mut proc, &profile, url).await;
     drop(proc);
     r.with_context(|| {
+        let log =
+            std::fs::read_to_string(home.path().join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
         format!(
-            "{name} (Chromium log {})",
-            home.path().join(format!("{name}.log")).display()
+            "{name}; Chromium's last log lines: {}",
+            lines[lines.len().saturating_sub(5)..].join(" | ")
         )
     })
 }
@@ -246,18 +249,19 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
     let mut id = 0u64;
     let mut call = async |ws: &mut tokio_tungstenite::WebSocketStream<_>,
                           method: &str,
-                          params: Value|
+                          params: Value,
+                          limit: Duration|
            -> Result<Value> {
         id += 1;
         ws.send(Message::text(
             json!({"id": id, "method": method, "params": params}).to_string(),
         ))
         .await?;
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + limit;
         loop {
             let m = tokio::time::timeout_at(until.into(), ws.next())
                 .await
-                .with_context(|| format!("{method}: no answer in 10 s"))?
+                .with_context(|| format!("{method}: no answer in {limit:?}"))?
                 .ok_or_else(|| anyhow!("DevTools WebSocket closed"))??;
             if let Message::Text(t) = m {
                 let v: Value = serde_json::from_str(&t)?;
@@ -270,7 +274,18 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
             }
         }
     };
-    call(&mut ws, "Page.navigate", json!({"url": url})).await?;
+    // Answered when the navigation commits (the HTML's response head), which over a lossy
+    // 80 ms path can take a few retransmission timeouts.
+    let nav = call(
+        &mut ws,
+        "Page.navigate",
+        json!({"url": url}),
+        Duration::from_secs(45),
+    )
+    .await?;
+    if let Some(e) = nav["errorText"].as_str() {
+        bail!("navigation failed: {e}");
+    }
     let probe = "JSON.stringify({b: window.__bench || null, \
                  nav: (performance.getEntriesByType('navigation')[0] || {}).responseStart, \
                  proto: (performance.getEntriesByType('navigation')[0] || {}).nextHopProtocol, \
@@ -282,6 +297,7 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
             &mut ws,
             "Runtime.evaluate",
             json!({"expression": probe, "returnByValue": true}),
+            Duration::from_secs(10),
         )
         .await?;
         let v: Value = r["result"]["value"]
