@@ -22,7 +22,7 @@ use crate::procs::{Proc, addr_of, wait_json_file};
 use crate::results::{fmt_num, median};
 use crate::scenario::liveupdate::live_update;
 use crate::scenario::netbulk::{download, upload};
-use crate::scenario::pageload::{Browser, Policy, page_load};
+use crate::scenario::pageload::{Browser, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
 
 /// The targets of the matrix by default, in column order. `--targets` may also name
@@ -292,9 +292,8 @@ async fn matrix(
         eprintln!("== {:<22} {} pids {:?}", k.title(), t.url("/"), t.pids());
         targets.push(t);
     }
-    let browser = Browser::prepare(pki, fleet.dir.path())?;
     let ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
-    let _policy = Policy::install(&ports)?;
+    let browser = Browser::prepare(pki, fleet.dir.path(), &ports)?;
     let (reqs, wire) = crate::hafront::shape();
     eprintln!(
         "== page: {reqs} requests, {} KB on the wire (gzip), + 1 WebSocket; setup {:.0} s",
@@ -458,7 +457,6 @@ async fn matrix(
         "== wrote {}/net-latest.md and net-latest.json",
         opts.out.display()
     );
-    drop(_policy);
     drop(fleet);
     Ok(())
 }

@@ -9,8 +9,9 @@
 //! navigation start, so Chromium's own start-up is not counted.
 //!
 //! The client certificate is chosen without a prompt by the managed policy
-//! `AutoSelectCertificateForUrls` (a JSON file under /etc/chromium/policies/managed/ written by
-//! `Policy` and removed on drop).
+//! `AutoSelectCertificateForUrls`, from a policies tree of our own that Chromium sees at
+//! /etc/chromium/policies through a bind mount in a private mount namespace (nothing under
+//! /etc is written; see `write_policies`).
 //!
 //! The DevTools client is the few lines below over tokio-tungstenite (already a dependency):
 //! two methods and a poll do not justify a CDP crate's dependency tree (chromiumoxide and
@@ -32,38 +33,40 @@ use crate::HOST;
 use crate::procs::Proc;
 use crate::targets::Pki;
 
-const POLICY_DIR: &str = "/etc/chromium/policies/managed";
+/// Where Debian's Chromium reads policies (`managed/*.json` under it).
+const SYSTEM_POLICIES: &str = "/etc/chromium/policies";
 
-/// The managed-policy file that lets Chromium present the device certificate to the
-/// benchmark's origins without asking. Removed on drop.
-pub(crate) struct Policy {
-    path: PathBuf,
-}
-
-impl Policy {
-    pub(crate) fn install(ports: &[u16]) -> Result<Self> {
-        std::fs::create_dir_all(POLICY_DIR)?;
-        let path =
-            Path::new(POLICY_DIR).join(format!("doorless-bench-{}.json", std::process::id()));
-        let rules: Vec<String> = ports
-            .iter()
-            .map(|p| json!({"pattern": format!("https://{HOST}:{p}"), "filter": {}}).to_string())
-            .collect();
-        std::fs::write(
-            &path,
-            json!({ "AutoSelectCertificateForUrls": rules }).to_string(),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { path })
+/// Writes, under `dir`, a policies tree whose managed policy AutoSelectCertificateForUrls
+/// lets Chromium present the device certificate to the benchmark's origins without asking.
+/// Chromium sees it in place of /etc/chromium/policies through a bind mount in a private
+/// mount namespace (see `page_load`): the system directory is never written, and other users
+/// of it (another benchmark's policy file for the same host name would win the merge and
+/// leave ours unused) do not interfere either way.
+fn write_policies(dir: &Path, ports: &[u16]) -> Result<PathBuf> {
+    let root = dir.join("chromium-policies");
+    let managed = root.join("managed");
+    std::fs::create_dir_all(&managed)?;
+    let path = managed.join("doorless-bench.json");
+    let rules: Vec<String> = ports
+        .iter()
+        .map(|p| json!({"pattern": format!("https://{HOST}:{p}"), "filter": {}}).to_string())
+        .collect();
+    std::fs::write(
+        &path,
+        json!({ "AutoSelectCertificateForUrls": rules }).to_string(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    // Chromium ignores policy files modified in the last 5 s (its loader waits for them to
+    // "settle") and then does not look again for minutes: a browser started right after this
+    // write would ask for a certificate instead of choosing it (headless: it hangs, or goes on
+    // without one). So date the file and its directory a minute back.
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    for p in [path.as_path(), managed.as_path()] {
+        std::fs::File::open(p)
+            .and_then(|f| f.set_modified(past))
+            .with_context(|| format!("dating {} back", p.display()))?;
     }
-}
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            eprintln!("  WARNING: removing {}: {e}", self.path.display());
-        }
-    }
+    Ok(root)
 }
 
 /// Things every run needs: the browser binary and the device identity as a .p12.
@@ -71,6 +74,7 @@ pub(crate) struct Browser {
     pub(crate) chromium: PathBuf,
     p12: PathBuf,
     server_ca: PathBuf,
+    policies: PathBuf,
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
@@ -85,7 +89,8 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
 }
 
 impl Browser {
-    pub(crate) fn prepare(pki: &Pki, dir: &Path) -> Result<Self> {
+    /// `ports`: the targets' HTTPS ports (the certificate is chosen for those origins only).
+    pub(crate) fn prepare(pki: &Pki, dir: &Path, ports: &[u16]) -> Result<Self> {
         let chromium = std::env::var_os("BENCH_CHROMIUM")
             .map(PathBuf::from)
             .or_else(|| {
@@ -101,7 +106,11 @@ impl Browser {
             .ok_or_else(|| {
                 anyhow!("chromium not found (apt install chromium; or BENCH_CHROMIUM)")
             })?;
-        for tool in ["certutil", "pk12util", "openssl"] {
+        ensure!(
+            Path::new(SYSTEM_POLICIES).is_dir(),
+            "{SYSTEM_POLICIES} missing (Debian's chromium package creates it)"
+        );
+        for tool in ["certutil", "pk12util", "openssl", "unshare", "mount"] {
             ensure!(
                 Command::new("sh")
                     .args(["-c", &format!("command -v {tool}")])
@@ -133,6 +142,7 @@ impl Browser {
             chromium,
             p12,
             server_ca: pki.server_ca.clone(),
+            policies: write_policies(dir, ports)?,
         })
     }
 }
@@ -185,8 +195,16 @@ pub(crate) async fn page_load(
             .arg(&b.p12),
     )?;
     let profile = home.path().join("profile");
-    let mut cmd = Command::new(&b.chromium);
-    cmd.env("HOME", home.path())
+    // A private mount namespace in which our policies tree hides /etc/chromium/policies; `sh`
+    // then execs Chromium (same pid, so its process group is Proc's as usual).
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind \"$0\" {SYSTEM_POLICIES} && exec \"$@\""
+        ))
+        .arg(&b.policies)
+        .arg(&b.chromium)
+        .env("HOME", home.path())
         .arg("--headless")
         .arg("--no-sandbox")
         .arg("--disable-gpu")
@@ -201,6 +219,13 @@ pub(crate) async fn page_load(
         .arg("--remote-debugging-port=0")
         .arg(format!("--host-resolver-rules=MAP {HOST} {host_ip}"))
         .arg("about:blank");
+    // Debugging aid: BENCH_CHROMIUM_NETLOG=DIR keeps a NetLog of every page load there.
+    if let Some(dir) = std::env::var_os("BENCH_CHROMIUM_NETLOG") {
+        cmd.arg(format!(
+            "--log-net-log={}",
+            Path::new(&dir).join(format!("{name}.json")).display()
+        ));
+    }
     let mut proc = Proc::spawn(name, home.path(), &mut cmd)?;
     let r = drive(&mut proc, &profile, url).await;
     drop(proc);
