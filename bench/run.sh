@@ -45,7 +45,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 for tool in oha rathole; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         say "installing $tool from crates.io (cargo install --locked $tool): compiles for a few minutes, once"
-        cargo install --locked -j2 "$tool"
+        # rathole 0.5.0's lock file pins a `time` that newer rustc rejects (E0282): retry
+        # with current semver-compatible dependencies.
+        cargo install --locked -j2 "$tool" || cargo install -j2 "$tool"
     fi
 done
 
