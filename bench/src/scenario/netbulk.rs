@@ -20,6 +20,16 @@ use crate::clients::connect;
 use crate::targets::{Pki, Target};
 use crate::{HOST, ZEROS};
 
+/// Aborts the connection task on every way out (a capped or failed transfer must not go on
+/// loading the path while the next measurement runs).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(crate) struct Transfer {
     pub(crate) mbps: f64,
     pub(crate) bytes: u64,
@@ -33,7 +43,7 @@ pub(crate) async fn download(t: &Target, pki: &Pki, bytes: u64, cap: Duration) -
         .await
         .context("connect took the whole cap")??;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let conn = tokio::spawn(conn);
+    let _conn = AbortOnDrop(tokio::spawn(conn));
     let req = Request::get(format!("/bytes/{bytes}"))
         .header(header::HOST, HOST)
         .body(full(Bytes::new()))?;
@@ -58,7 +68,6 @@ pub(crate) async fn download(t: &Target, pki: &Pki, bytes: u64, cap: Duration) -
         Err(_) => capped = true,
     }
     let secs = start.elapsed().as_secs_f64();
-    conn.abort();
     ensure!(
         capped || got == bytes,
         "download got {got} of {bytes} bytes"
@@ -79,7 +88,7 @@ pub(crate) async fn upload(t: &Target, pki: &Pki, bytes: u64, cap: Duration) -> 
         .await
         .context("connect took the whole cap")??;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let conn = tokio::spawn(conn);
+    let _conn = AbortOnDrop(tokio::spawn(conn));
     let chunk = 64 * 1024;
     let chunks = futures_util::stream::unfold(bytes, move |left| async move {
         if left == 0 || Instant::now() >= stop_sending {
@@ -105,7 +114,6 @@ pub(crate) async fn upload(t: &Target, pki: &Pki, bytes: u64, cap: Duration) -> 
         .context("upload response body")??
         .to_bytes();
     let secs = start.elapsed().as_secs_f64();
-    conn.abort();
     let n: u64 = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
     Ok(Transfer {
         mbps: n as f64 / secs / 1e6,
