@@ -477,6 +477,15 @@ fn drops(a: &[[u64; 4]], b: &[[u64; 4]]) -> (Vec<f64>, Vec<u64>, u64) {
     (pct, seen, queue)
 }
 
+/// The kernel's TCP congestion control (every TCP leg of every target uses it; the
+/// namespaces inherit it). doorless's QUIC legs use quinn's own (Cubic by default).
+fn tcp_cc() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -504,7 +513,9 @@ fn render(
          Chromium profile each); live update: {} events every {} ms; bulk: {} MB capped at {} s. \
          Ratios are target ÷ nginx+rathole (time: < 1 is faster; MB/s: > 1 is faster). Run \
          took {:.0} s; load average at the end {}: 2 cores shared with other builds, so \
-         absolute numbers are noisy, ratios within one run are what count.\n",
+         absolute numbers are noisy, ratios within one run are what count. TCP congestion \
+         control of every TCP leg: {} (kernel default); doorless's QUIC tunnel: quinn's \
+         default (Cubic).\n",
         if opts.quick { " --quick" } else { "" },
         points
             .iter()
@@ -517,7 +528,8 @@ fn render(
         cfg.bulk >> 20,
         cfg.cap.as_secs(),
         secs,
-        load_avg()
+        load_avg(),
+        tcp_cc()
     );
     let _ = writeln!(md, "## Calibration (measured, UDP echo)\n");
     let _ = writeln!(
@@ -608,7 +620,7 @@ fn render(
     }
     let js = json!({
         "command": format!("bench/run.sh{} --net {}", if opts.quick { " --quick" } else { "" }, points.iter().map(NetPoint::label).collect::<Vec<_>>().join(",")),
-        "secs": secs, "loadavg": load_avg(), "calibration": calib, "points": js_points, "notes": table.notes,
+        "secs": secs, "loadavg": load_avg(), "tcp_congestion_control": tcp_cc(), "calibration": calib, "points": js_points, "notes": table.notes,
         "config": {"pageloads": cfg.pageloads, "events": cfg.events, "every_ms": cfg.every.as_millis() as u64, "bulk_mb": cfg.bulk >> 20, "cap_s": cfg.cap.as_secs()},
     });
     (md, js)
