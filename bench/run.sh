@@ -4,9 +4,13 @@
 #   bench/run.sh                 # full run (~40 min on 2 cores): medians of 3
 #   bench/run.sh --quick         # smoke run (~3 min): 1 run, short loads
 #   bench/run.sh --only get,bulk # a subset (get,bulk,handshake,ws,idle,flood,iperf); --targets doorless,composite_noise,...
+#   bench/run.sh --net all       # network matrix instead (root: namespaces + TUN; Chromium)
+#   bench/run.sh --quick --net all          # the same, bounded to ~10 min
+#   bench/run.sh --net 80ms:1%,20ms:0%      # a subset of points (RTT per leg : loss)
 #
-# Everything runs on loopback (127.0.0.1, the flood from 127.0.0.2). Results:
-# bench/results/latest.md and latest.json (git-ignored; docs/benchmarks.md quotes them).
+# Loopback runs use 127.0.0.1 (the flood from 127.0.0.2). Results: bench/results/latest.md
+# and latest.json; the network matrix writes net-latest.md and net-latest.json (git-ignored;
+# docs/benchmarks.md quotes them).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +22,14 @@ say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
+case " $* " in
+    *" --net "*)
+        # The page-load scenario: Debian's Chromium, NSS tools for its certificate database.
+        [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+        command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
+        command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+        ;;
+esac
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]} from Debian (apt-get update && apt-get install -y ${need_apt[*]})"
     sudo_cmd=()

@@ -1,6 +1,7 @@
 //! The backend every target forwards to: a separate process
 //! (`doorless-bench backend READY_FILE`) serving `/s`, `/bytes/N`, `/upload` and a WebSocket
-//! echo on `/ws`.
+//! echo on `/ws`; and the Home Assistant stand-in (`hafront`: `/`, `/frontend/*`,
+//! `/api/websocket`). `doorless-bench backend READY_FILE [BIND]` (default 127.0.0.1:0).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -25,8 +26,8 @@ pub(crate) fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).boxed()
 }
 
-pub(crate) async fn backend_main(ready: PathBuf) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+pub(crate) async fn backend_main(ready: PathBuf, bind: Option<String>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind.as_deref().unwrap_or("127.0.0.1:0")).await?;
     let addr = listener.local_addr()?;
     std::fs::write(&ready, json!({ "addr": addr.to_string() }).to_string())?;
     loop {
@@ -44,6 +45,9 @@ pub(crate) async fn backend_main(ready: PathBuf) -> Result<()> {
 
 async fn backend_handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    if crate::hafront::owns(&path) {
+        return Ok(crate::hafront::handle(req).await);
+    }
     let resp = if path == "/s" {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain")

@@ -1,7 +1,8 @@
 //! Starting the targets: every process of a run (backend, doorless, nginx, rathole, iperf3)
 //! lives in one `Fleet`; dropping it kills them.
 
-use std::net::SocketAddr;
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,6 +15,51 @@ use tokio::net::TcpStream;
 use crate::clients::get_status;
 use crate::procs::{Proc, addr_of, free_port, wait_json_file};
 use crate::targets::{Kind, Pki, Target, Tools};
+
+/// Where a target's processes run: the driver's namespace on loopback (every loopback
+/// scenario), or the network-impairment harness's namespaces (`netem`).
+#[derive(Clone, Debug)]
+pub(crate) struct Place {
+    /// Namespace of the proxy side (edge, nginx, rathole server); None: the driver's.
+    pub(crate) edge_ns: Option<String>,
+    /// Namespace of the home side (connector, rathole client); None: the driver's.
+    pub(crate) home_ns: Option<String>,
+    /// Clients reach the proxy (and the edge's admin listener) on this address.
+    pub(crate) public_ip: IpAddr,
+    /// The tunnel listeners (doorless's tunnel, rathole's control and service) bind here.
+    pub(crate) tunnel_ip: IpAddr,
+    /// The backend as the home side dials it.
+    pub(crate) backend_home: SocketAddr,
+}
+
+impl Place {
+    pub(crate) fn loopback(backend: SocketAddr) -> Self {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Self {
+            edge_ns: None,
+            home_ns: None,
+            public_ip: lo,
+            tunnel_ip: lo,
+            backend_home: backend,
+        }
+    }
+    fn command(ns: &Option<String>, prog: impl AsRef<OsStr>) -> Command {
+        match ns {
+            None => Command::new(prog),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(prog);
+                c
+            }
+        }
+    }
+    fn edge_cmd(&self, prog: impl AsRef<OsStr>) -> Command {
+        Self::command(&self.edge_ns, prog)
+    }
+    fn home_cmd(&self, prog: impl AsRef<OsStr>) -> Command {
+        Self::command(&self.home_ns, prog)
+    }
+}
 
 /// All processes of the benchmark; dropping it kills them.
 pub(crate) struct Fleet {
@@ -65,6 +111,22 @@ impl Fleet {
         access_log: bool,
         tcp: bool,
     ) -> Result<Target> {
+        let place = Place::loopback(self.backend);
+        self.doorless_at(tools, pki, name, bench_limits, access_log, tcp, &place)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn doorless_at(
+        &mut self,
+        tools: &Tools,
+        pki: &Pki,
+        name: &str,
+        bench_limits: bool,
+        access_log: bool,
+        tcp: bool,
+        place: &Place,
+    ) -> Result<Target> {
         let limits = if bench_limits {
             "\n[limits]\nmax_connections = 60000\nmax_connections_per_ip = 60000\n\
              max_concurrent_handshakes = 4096\nhandshake_rate_per_ip = 1000000.0\n\
@@ -73,9 +135,11 @@ impl Fleet {
             ""
         };
         let edge_toml = format!(
-            "state_dir = {state:?}\n\n[listen]\nhttps = \"127.0.0.1:0\"\ntunnel = \"127.0.0.1:0\"\n\
-             admin = \"127.0.0.1:0\"\n{limits}\n[log]\nfilter = \"{filter}\"\n",
+            "state_dir = {state:?}\n\n[listen]\nhttps = \"{public}:0\"\ntunnel = \"{tunnel}:0\"\n\
+             admin = \"{public}:0\"\n{limits}\n[log]\nfilter = \"{filter}\"\n",
             state = pki.state_root.to_string_lossy(),
+            public = place.public_ip,
+            tunnel = place.tunnel_ip,
             filter = if access_log {
                 "info"
             } else {
@@ -87,7 +151,8 @@ impl Fleet {
         std::fs::write(&edge_conf, &edge_toml)?;
         let i = self.spawn(
             &format!("{name}-edge"),
-            Command::new(&tools.edge)
+            place
+                .edge_cmd(&tools.edge)
                 .envs(doorless_env("BENCH_DOORLESS_ENV"))
                 .envs(doorless_env("BENCH_EDGE_ENV"))
                 .arg("run")
@@ -118,14 +183,15 @@ impl Fleet {
              connections = 2\n{transport}\n[listen]\nadmin = \"127.0.0.1:0\"\n{conn_limits}\n[log]\n\
              filter = \"warn\"\n",
             token = token.encode(),
-            backend = self.backend,
+            backend = place.backend_home,
         );
         let conn_conf = self.path(&format!("{name}-connector.toml"));
         let conn_ready = self.path(&format!("{name}-connector.ready"));
         std::fs::write(&conn_conf, &conn_toml)?;
         let j = self.spawn(
             &format!("{name}-connector"),
-            Command::new(&tools.connector)
+            place
+                .home_cmd(&tools.connector)
                 .envs(doorless_env("BENCH_DOORLESS_ENV"))
                 .envs(doorless_env("BENCH_CONNECTOR_ENV"))
                 .arg("run")
@@ -179,6 +245,20 @@ impl Fleet {
         upstream: SocketAddr,
         keepalive: bool,
     ) -> Result<(Target, usize)> {
+        let place = Place::loopback(self.backend);
+        self.nginx_at(tools, pki, name, upstream, keepalive, &place)
+            .await
+    }
+
+    pub(crate) async fn nginx_at(
+        &mut self,
+        tools: &Tools,
+        pki: &Pki,
+        name: &str,
+        upstream: SocketAddr,
+        keepalive: bool,
+        place: &Place,
+    ) -> Result<(Target, usize)> {
         let dir = self.path(name);
         std::fs::create_dir_all(dir.join("logs"))?;
         let port = free_port()?;
@@ -217,7 +297,7 @@ http {{
     server {upstream};
 {pool}  }}
   server {{
-    listen 127.0.0.1:{port} ssl http2;
+    listen {public}:{port} ssl http2;
     server_name _;
     ssl_certificate {cert};
     ssl_certificate_key {key};
@@ -247,6 +327,7 @@ http {{
                 .map(|e| format!("      {e}\n"))
                 .unwrap_or_default(),
             dir = dir.display(),
+            public = place.public_ip,
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),
             client_ca = pki.client_ca.display(),
@@ -255,7 +336,8 @@ http {{
         std::fs::write(&conf_path, conf)?;
         let i = self.spawn(
             name,
-            Command::new(&tools.nginx)
+            place
+                .edge_cmd(&tools.nginx)
                 .arg("-p")
                 .arg(&dir)
                 .arg("-e")
@@ -265,7 +347,7 @@ http {{
         )?;
         let t = Target {
             kind: Kind::Nginx,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(place.public_ip, port),
             tls: true,
             roots: vec![self.procs[i].pid()],
         };
@@ -289,6 +371,18 @@ http {{
         name: &str,
         noise: bool,
     ) -> Result<(SocketAddr, Vec<u32>)> {
+        let place = Place::loopback(self.backend);
+        self.rathole_at(tools, name, noise, &place).await
+    }
+
+    pub(crate) async fn rathole_at(
+        &mut self,
+        tools: &Tools,
+        name: &str,
+        noise: bool,
+        place: &Place,
+    ) -> Result<(SocketAddr, Vec<u32>)> {
+        let tun = place.tunnel_ip;
         let control = free_port()?;
         let service = free_port()?;
         let (server_transport, client_transport) = if noise {
@@ -317,13 +411,13 @@ http {{
             (String::new(), String::new())
         };
         let server = format!(
-            "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
-             [server.services.ha]\nbind_addr = \"127.0.0.1:{service}\"\n{server_transport}"
+            "[server]\nbind_addr = \"{tun}:{control}\"\ndefault_token = \"doorless-bench\"\n\
+             [server.services.ha]\nbind_addr = \"{tun}:{service}\"\n{server_transport}"
         );
         let client = format!(
-            "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"doorless-bench\"\n\
+            "[client]\nremote_addr = \"{tun}:{control}\"\ndefault_token = \"doorless-bench\"\n\
              [client.services.ha]\nlocal_addr = \"{}\"\n{client_transport}",
-            self.backend
+            place.backend_home
         );
         let sp = self.path(&format!("{name}-server.toml"));
         let cp = self.path(&format!("{name}-client.toml"));
@@ -331,22 +425,22 @@ http {{
         std::fs::write(&cp, client)?;
         let s = self.spawn(
             &format!("{name}-server"),
-            Command::new(&tools.rathole).arg("--server").arg(&sp),
+            place.edge_cmd(&tools.rathole).arg("--server").arg(&sp),
         )?;
         let s_pid = self.procs[s].pid();
         // Let the server bind before the client dials (the client retries anyway).
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", control)).await.is_err() {
+        while TcpStream::connect((tun, control)).await.is_err() {
             self.procs[s].check_alive()?;
             ensure!(start.elapsed() < Duration::from_secs(10), "rathole server");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let c = self.spawn(
             &format!("{name}-client"),
-            Command::new(&tools.rathole).arg("--client").arg(&cp),
+            place.home_cmd(&tools.rathole).arg("--client").arg(&cp),
         )?;
         let c_pid = self.procs[c].pid();
-        let addr = SocketAddr::from(([127, 0, 0, 1], service));
+        let addr = SocketAddr::new(tun, service);
         // Ready when a request goes through.
         let probe = Target {
             kind: Kind::Rathole,

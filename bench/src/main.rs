@@ -10,12 +10,15 @@
 //! One module per part: `opts`, `backend` (the backend process), `procs` (child processes and
 //! /proc), `targets` and `fleet` (what is measured and starting it), `clients`, `results`,
 //! `scenario::*` (one per measurement), `machine`, `report`; `run` below drives them in order.
-#![forbid(unsafe_code)]
+// `unsafe` only in netem::tun (one ioctl, one poll), allowed there and nowhere else.
+#![deny(unsafe_code)]
 
 mod backend;
 mod clients;
 mod fleet;
+mod hafront;
 mod machine;
+mod netem;
 mod opts;
 mod procs;
 mod report;
@@ -25,7 +28,7 @@ mod targets;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 
 use crate::backend::backend_main;
@@ -54,19 +57,53 @@ static ZEROS: [u8; 256 * 1024] = [0u8; 256 * 1024];
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("backend") {
+    let first = args.next();
+    if first.as_deref() == Some("backend") {
         let ready = PathBuf::from(args.next().ok_or_else(|| anyhow!("backend READY_FILE"))?);
+        let bind = args.next();
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(backend_main(ready));
+            .block_on(backend_main(ready, bind));
+    }
+    if first.as_deref() == Some("udp-echo") {
+        let bind = args
+            .next()
+            .ok_or_else(|| anyhow!("udp-echo BIND READY_FILE"))?;
+        let ready = PathBuf::from(
+            args.next()
+                .ok_or_else(|| anyhow!("udp-echo BIND READY_FILE"))?,
+        );
+        return netem::calibrate::udp_echo_main(&bind, &ready);
     }
     let opts = Opts::parse()?;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
+    let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(opts))
+        .block_on(async {
+            // Children lead their own process groups, so a terminal's Ctrl-C reaches only the
+            // driver: on SIGINT/SIGTERM drop the run (its fleets stop their groups) and fall
+            // through to the leftover check.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = run(opts) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (SIGINT)")),
+                _ = term.recv() => Err(anyhow!("terminated (SIGTERM)")),
+            }
+        });
+    let left = procs::leftovers();
+    if !left.is_empty() {
+        eprintln!("== ERROR: processes the driver started are still alive:");
+        for (pid, pgid, comm) in &left {
+            eprintln!("   pid {pid} (process group {pgid}) {comm}");
+        }
+        outcome?;
+        bail!("{} process(es) the driver started outlived it", left.len());
+    }
+    eprintln!("== every process the driver started has exited");
+    outcome
 }
 
 /// Starts every target kind (those in `only`, if given) in `fleet`, process names prefixed
@@ -208,6 +245,10 @@ async fn run(opts: Opts) -> Result<()> {
     let info = machine(&tools);
     eprintln!("== machine: {info:?}");
     let pki = make_pki()?;
+    if let Some(points) = &opts.net {
+        // The network-impairment matrix runs on its own (namespaces, its own fleet).
+        return netem::matrix::run(&opts, points, &tools, &pki).await;
+    }
     let mut fleet = Fleet::start_backend().await?;
     let backend = fleet.backend;
     eprintln!("== backend on {backend}");

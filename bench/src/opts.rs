@@ -21,6 +21,9 @@ pub(crate) struct Opts {
     pub(crate) out: PathBuf,
     pub(crate) root: PathBuf,
     pub(crate) h2: bool,
+    /// The network-impairment matrix instead of the loopback scenarios (`--net`).
+    pub(crate) net: Option<Vec<crate::netem::NetPoint>>,
+    pub(crate) quick: bool,
 }
 
 impl Opts {
@@ -47,6 +50,8 @@ impl Opts {
             out: root.join("bench/results"),
             root,
             h2: true,
+            net: None,
+            quick: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -68,7 +73,18 @@ impl Opts {
                 "--out" => o.out = PathBuf::from(val()?),
                 "--targets" => o.targets = Some(val()?.split(',').map(str::to_owned).collect()),
                 "--no-h2" => o.h2 = false,
+                "--net" => {
+                    let v = val()?;
+                    o.net = Some(if v == "all" {
+                        crate::netem::NetPoint::matrix()
+                    } else {
+                        v.split(',')
+                            .map(crate::netem::NetPoint::parse)
+                            .collect::<Result<_>>()?
+                    });
+                }
                 "--quick" => {
+                    o.quick = true;
                     o.runs = 1;
                     o.secs = 2;
                     o.concurrency = vec![1, 64];
@@ -84,7 +100,7 @@ impl Opts {
                          [--bulk-mib 1024] [--idle-ws 10000] [--ws-msgs 1000] [--flood 2000] \
                          [--only get,bulk,handshake,ws,idle,flood,iperf] \
                          [--targets direct,doorless,nginx,nginx_classic,rathole,composite] [--no-h2] [--quick] \
-                         [--out DIR]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
+                         [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
                          BENCH_NGINX, BENCH_IPERF3"
                     );
                     std::process::exit(0);

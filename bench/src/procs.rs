@@ -1,15 +1,26 @@
-//! Child processes (killed by their own handle on drop), ready files, and per-process CPU
-//! and RSS read from /proc.
+//! Child processes (each started as the leader of its own process group; the whole group is
+//! stopped on drop), ready files, and per-process CPU and RSS read from /proc.
+//!
+//! Every process group the driver starts is recorded; `leftovers()` lists any process still
+//! alive in one of them, and the driver fails loudly when the list is not empty at the end.
+//! Only those groups are ever signalled: never a process found by name.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
-/// A child process, killed (by its handle, SIGKILL) and reaped on drop.
+/// Process groups (= leader pids) the driver started.
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A child process in its own process group (it and everything it forks, e.g. nginx's
+/// workers or Chromium's helpers). On drop the group gets SIGTERM, then SIGKILL after a grace
+/// period, and the leader is reaped.
 pub(crate) struct Proc {
     pub(crate) name: String,
     child: std::process::Child,
@@ -23,10 +34,15 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // Its own group: SIGKILL to an nginx master alone orphans its workers.
+            .process_group(0);
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {name} ({cmd:?})"))?;
+        if let Ok(mut started) = STARTED.lock() {
+            started.push(child.id());
+        }
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -53,9 +69,87 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let pgid = self.child.id();
+        // The leader is not reaped yet, so the group id is still ours to signal.
+        signal_group(pgid, "TERM");
+        if !wait_group_gone(&mut self.child, pgid, Duration::from_secs(5)) {
+            eprintln!(
+                "  note: {} (process group {pgid}) still alive 5 s after SIGTERM: SIGKILL",
+                self.name
+            );
+            signal_group(pgid, "KILL");
+            wait_group_gone(&mut self.child, pgid, Duration::from_secs(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kill -SIG -- -PGID` (the std library has no safe group kill; this keeps the crate free of
+/// `unsafe`). Errors (the group is already gone) are ignored.
+fn signal_group(pgid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", sig, "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Reaps the leader when it exits and waits until no live process is left in the group.
+/// While any member lives the kernel does not hand the group id to anyone else.
+fn wait_group_gone(child: &mut std::process::Child, pgid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let _ = child.try_wait();
+        if group_members(&[pgid]).is_empty() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Live (not zombie) processes whose process group is one of `pgids`: (pid, pgid, comm).
+fn group_members(pgids: &[u32]) -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        // After ") ": state, ppid, pgrp.
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let (Some(state), Some(pgrp)) = (f.first(), f.get(2).and_then(|s| s.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if *state != "Z" && pgids.contains(&pgrp) {
+            out.push((pid, pgrp, comm));
+        }
+    }
+    out
+}
+
+/// Every process still alive in a group the driver started: (pid, group, command name).
+pub(crate) fn leftovers() -> Vec<(u32, u32, String)> {
+    let started = STARTED.lock().map(|s| s.clone()).unwrap_or_default();
+    group_members(&started)
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -4,5 +4,8 @@ pub(crate) mod bulk;
 pub(crate) mod flood;
 pub(crate) mod handshakes;
 pub(crate) mod iperf;
+pub(crate) mod liveupdate;
+pub(crate) mod netbulk;
 pub(crate) mod oha;
+pub(crate) mod pageload;
 pub(crate) mod ws;
