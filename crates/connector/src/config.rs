@@ -242,6 +242,8 @@ pub struct RawTunnel {
     pub idle_timeout: Duration,
     /// Requested UDP socket buffer size in bytes.
     pub udp_buffer: usize,
+    /// QUIC congestion controller for what this end sends: `cubic` or `bbr`.
+    pub congestion_control: transport::Congestion,
 }
 
 impl Default for RawTunnel {
@@ -251,6 +253,7 @@ impl Default for RawTunnel {
             keep_alive: t.keep_alive,
             idle_timeout: t.idle_timeout,
             udp_buffer: t.udp_buffer,
+            congestion_control: t.congestion,
         }
     }
 }
@@ -577,6 +580,7 @@ impl Config {
             keep_alive: raw.tunnel.keep_alive,
             idle_timeout: raw.tunnel.idle_timeout,
             udp_buffer: raw.tunnel.udp_buffer,
+            congestion: raw.tunnel.congestion_control,
             max_incoming_streams: raw.limits.max_streams,
             ..transport::Tuning::default()
         };
@@ -902,6 +906,35 @@ mod tests {
         assert_eq!(RawConfig::default().transport, TransportPolicy::Auto);
         let figment = Figment::new().merge(Toml::string("transport = \"udp\""));
         assert!(figment.extract::<RawConfig>().is_err());
+    }
+
+    #[test]
+    fn congestion_control_parses_and_refuses_unknown() {
+        let raw = |text: &str| {
+            Figment::new()
+                .merge(Toml::string(text))
+                .extract::<RawConfig>()
+                .map_err(|e| e.to_string())
+        };
+        match raw("") {
+            Ok(r) => assert_eq!(r.tunnel.congestion_control, transport::Congestion::Cubic),
+            Err(e) => panic!("{e}"),
+        }
+        for (value, want) in [
+            ("cubic", transport::Congestion::Cubic),
+            ("bbr", transport::Congestion::Bbr),
+        ] {
+            match raw(&format!("[tunnel]\ncongestion_control = \"{value}\"")) {
+                Ok(r) => assert_eq!(r.tunnel.congestion_control, want, "{value}"),
+                Err(e) => panic!("{value}: {e}"),
+            }
+        }
+        for bad in ["\"BBR\"", "\"reno\"", "\"\"", "1"] {
+            let Err(e) = raw(&format!("[tunnel]\ncongestion_control = {bad}")) else {
+                panic!("{bad} must be refused");
+            };
+            assert!(e.contains("congestion_control"), "{bad}: {e}");
+        }
     }
 
     #[test]

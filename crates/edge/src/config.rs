@@ -225,6 +225,8 @@ pub struct RawTunnel {
     pub ping_interval: Duration,
     /// Requested UDP socket buffer size in bytes.
     pub udp_buffer: usize,
+    /// QUIC congestion controller for what this end sends: `cubic` or `bbr`.
+    pub congestion_control: transport::Congestion,
 }
 
 impl Default for RawTunnel {
@@ -237,6 +239,7 @@ impl Default for RawTunnel {
             // dead (`transport::Liveness`), so 2 s notices a crashed connector within ~4 s.
             ping_interval: Duration::from_secs(2),
             udp_buffer: t.udp_buffer,
+            congestion_control: t.congestion,
         }
     }
 }
@@ -440,6 +443,7 @@ impl Config {
             keep_alive: raw.tunnel.keep_alive,
             idle_timeout: raw.tunnel.idle_timeout,
             udp_buffer: raw.tunnel.udp_buffer,
+            congestion: raw.tunnel.congestion_control,
             ..transport::Tuning::default()
         };
         Ok(Self {
@@ -662,6 +666,31 @@ mod tests {
             panic!("bad address must be refused");
         };
         assert!(e.to_string().contains("listen.https"), "{e}");
+    }
+
+    #[test]
+    fn congestion_control_parses_and_refuses_unknown() {
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("minimal config must load");
+        };
+        assert_eq!(c.tuning.congestion, transport::Congestion::Cubic);
+        for (value, want) in [
+            ("cubic", transport::Congestion::Cubic),
+            ("bbr", transport::Congestion::Bbr),
+        ] {
+            let text = format!("state_dir = \"/x\"\n[tunnel]\ncongestion_control = \"{value}\"");
+            match load(&text) {
+                Ok(c) => assert_eq!(c.tuning.congestion, want, "{value}"),
+                Err(e) => panic!("{value}: {e}"),
+            }
+        }
+        for bad in ["\"BBR\"", "\"reno\"", "\"\"", "1"] {
+            let text = format!("state_dir = \"/x\"\n[tunnel]\ncongestion_control = {bad}");
+            let Err(e) = load(&text) else {
+                panic!("{bad} must be refused");
+            };
+            assert!(e.to_string().contains("congestion_control"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -32,4 +32,4 @@ pub use endpoint::{
 pub use error::{Alert, CertificateProblem, Error, Wait};
 pub use liveness::Liveness;
 pub use stream::{BODY_CHUNK, RecvHalf, SPLICE_CHUNK, SendHalf, SpliceEnd, Spliced, splice};
-pub use tuning::Tuning;
+pub use tuning::{Congestion, Tuning};

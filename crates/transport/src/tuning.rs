@@ -1,5 +1,6 @@
 //! Transport knobs, shared by both ends, with the reason for each default.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Transport settings for the tunnel: QUIC, and the TLS/TCP fallback (its HTTP/2 windows are
@@ -49,6 +50,40 @@ pub struct Tuning {
     /// TLS/TCP transport: bytes h2 may hold per stream, written by us but not yet on the
     /// socket. 1 MiB keeps a fast stream busy without buffering a whole window per stream.
     pub h2_max_send_buffer: usize,
+    /// QUIC congestion controller of the connections this end SENDS on (see [`Congestion`]).
+    /// The TLS/TCP transport uses the kernel's (`net.ipv4.tcp_congestion_control`).
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller paces what this end sends over QUIC. It governs the sender
+/// only: the connector's setting governs downloads (home → edge → client), the edge's
+/// uploads. Each end may choose its own.
+///
+/// The default stays Cubic. Under 1 % random loss Cubic holds only ~12 packets per round trip
+/// (~1 MB/s at 40 ms), far below a BBR TCP leg; but quinn's BBR (experimental) measured no
+/// better there and, on the same links, collapsed without any loss (0.2–0.8 MB/s where Cubic
+/// does 71 MB/s; docs/benchmarks.md, "Congestion control"). `Bbr` is kept as an opt-in for
+/// experiments, not as a fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// quinn's default, loss-based: halves its window (×0.7) on every loss episode, so random
+    /// loss of 1 % caps a connection near 1.22/√p ≈ 12 packets per round trip.
+    #[default]
+    Cubic,
+    /// quinn's BBR (marked experimental by quinn): paces at its bottleneck-bandwidth and
+    /// min-RTT estimate and does not take random loss as congestion, like the Linux TCP BBR
+    /// many servers and the composites' TCP legs use.
+    Bbr,
+}
+
+impl Congestion {
+    fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+        match self {
+            Self::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            Self::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -64,6 +99,7 @@ impl Default for Tuning {
             h2_max_frame_size: 64 * 1024,
             h2_max_header_list: 4 * 1024,
             h2_max_send_buffer: 1024 * 1024,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -81,7 +117,8 @@ impl Tuning {
             .max_concurrent_bidi_streams(self.max_incoming_streams.into())
             .max_concurrent_uni_streams(0u32.into())
             // HTTP and WebSocket need no datagrams; don't reserve a buffer for them.
-            .datagram_receive_buffer_size(None);
+            .datagram_receive_buffer_size(None)
+            .congestion_controller_factory(self.congestion.factory());
         Ok(t)
     }
 }
