@@ -155,6 +155,10 @@ pub struct RawLimits {
     /// Time to wait for a free tunnel stream before answering 503.
     #[serde(with = "humantime_serde")]
     pub stream_open_timeout: Duration,
+    /// Time a request waits for a connector to register while its site has none that takes
+    /// requests (restarting, draining, reconnecting) before it is answered 503; 0: at once.
+    #[serde(with = "humantime_serde")]
+    pub connector_wait: Duration,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -197,6 +201,7 @@ impl Default for RawLimits {
             upstream_timeout: Duration::from_secs(100),
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
+            connector_wait: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(300),
             max_connections_per_ip: 256,

@@ -155,6 +155,8 @@ pub(crate) struct Metrics {
     pub(crate) registrations: Family<SiteResult, Counter>,
     /// Registered connector connections that ended.
     pub(crate) disconnects: Family<SiteLabel, Counter>,
+    /// Requests that found no connector taking requests and waited for one, by outcome.
+    pub(crate) connector_waits: Family<SiteResult, Counter>,
     /// Tunnel streams that could not be opened, were tried again elsewhere, or idled out.
     pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Request headers the edge dropped rather than forward.
@@ -201,6 +203,7 @@ impl Metrics {
             connectors: Family::default(),
             registrations: Family::default(),
             disconnects: Family::default(),
+            connector_waits: Family::default(),
             stream_failures: Family::default(),
             dropped_headers: Family::default(),
             certificate_expiry: Family::default(),
@@ -288,6 +291,11 @@ impl Metrics {
             "connector_disconnects",
             "Registered connector connections that ended",
             m.disconnects.clone(),
+        );
+        r.register(
+            "connector_waits",
+            "Requests that found no connector taking requests and waited for one: arrived, timed_out",
+            m.connector_waits.clone(),
         );
         r.register(
             "tunnel_stream_failures",
@@ -397,6 +405,11 @@ impl Metrics {
         for result in ["ok", "rejected", "check"] {
             let _ = self
                 .registrations
+                .get_or_create(&SiteResult { site: s(), result });
+        }
+        for result in crate::route::CONNECTOR_WAIT_RESULTS {
+            let _ = self
+                .connector_waits
                 .get_or_create(&SiteResult { site: s(), result });
         }
         for result in acme::OrderResult::ALL {

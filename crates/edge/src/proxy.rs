@@ -16,6 +16,7 @@
 //! (503 with `Retry-After` when no connector could take it).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::revocation::Registration;
 use crate::route::{self, Route};
 use crate::tls::Peer;
+use crate::tunnels::Tunnel;
 use crate::upgrade::WebSocket;
 
 /// Largest response head we accept from a connector.
@@ -71,7 +73,8 @@ pub(crate) struct Forwarded {
     pub(crate) splice: Option<Splice>,
 }
 
-/// Proxies `req` through a new stream on `route`'s tunnel (or, once, another tunnel).
+/// Proxies `req` through a new stream on `route`'s tunnel (or, when that is safe, others:
+/// [`Tried`]).
 /// `websocket` is a validated WebSocket request (`upgrade::classify`); only then may a 101 be
 /// spliced.
 pub(crate) async fn forward(
@@ -136,7 +139,7 @@ pub(crate) async fn forward(
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut request_body = (body != BodyKind::Empty).then(|| req.into_body());
     let mut route = route;
-    let mut sent_again = false;
+    let mut tried = Tried::default();
     let (mut send, mut recv, head) = loop {
         let attempt = Attempt {
             encoded: encoded.clone(),
@@ -145,11 +148,16 @@ pub(crate) async fn forward(
         };
         match attempt.run(&mut route, &mut request_body, shared).await {
             Ok(exchanged) => break exchanged,
-            Err(failed) if !sent_again && retry.allows(failed.processed) => {
+            Err(failed) if tried.may_send_again(retry, failed.processed) => {
+                if failed.error == ProxyError::ConnectorRefused {
+                    // Only a draining connector refuses a stream unread: route nothing more
+                    // to this connection even before its `Drain` arrives.
+                    route.tunnel.draining.store(true, Ordering::Relaxed);
+                }
                 debug!(error = failed.error.reason(), connector = %route.tunnel.connector_id, "sending the request again on another tunnel");
                 route::count_stream_failure(shared, &peer.site.name, "retried");
-                sent_again = true;
-                route = route::route(shared, &peer.site.name, Some(route.tunnel.id))
+                tried.record(&route.tunnel, failed.processed);
+                route = route::route(shared, &peer.site.name, &tried.tunnels)
                     .await
                     .map_err(|_| failed.error)?;
             }
@@ -250,6 +258,33 @@ impl Retry {
                 Processed::Unknown => self.idempotent,
                 Processed::Yes => false,
             }
+    }
+}
+
+/// The tunnels a request was sent on and failed, and whether one of them may have acted on
+/// it.
+#[derive(Debug, Default)]
+struct Tried {
+    /// The tunnels tried so far: never tried again, and their connectors' other tunnels only
+    /// when no other connector can take the request.
+    tunnels: Vec<Arc<Tunnel>>,
+    /// Once a try may have reached Home Assistant, only one more is allowed in all.
+    maybe_processed: bool,
+}
+
+/// Most tries of one request when every failure was a refusal unread (`not_processed`): one
+/// per connection of a restarting connector, both of which refuse until their `Drain` has
+/// arrived, and then one on whichever connector takes over.
+const MAX_TRIES: usize = 4;
+
+impl Tried {
+    fn may_send_again(&self, retry: Retry, processed: Processed) -> bool {
+        retry.allows(processed) && self.tunnels.len() + 1 < MAX_TRIES && !self.maybe_processed
+    }
+
+    fn record(&mut self, tunnel: &Arc<Tunnel>, processed: Processed) {
+        self.tunnels.push(tunnel.clone());
+        self.maybe_processed |= processed != Processed::No;
     }
 }
 

@@ -3,6 +3,8 @@
 //! [`route`] picks among the site's usable tunnels (registered, not draining) the least loaded
 //! one with a free stream slot (fewest active streams across all connectors and connections,
 //! ties broken at random), else waits up to `limits.stream_open_timeout` on the least loaded.
+//! While the site has no usable tunnel at all (its only connector restarting, or every one
+//! draining), it waits up to `limits.connector_wait` for one to register.
 //! The [`Route`] it returns holds the slot; [`Route::open_stream`] hands it to the stream,
 //! which keeps it until the stream is closed in both directions and acknowledged, so the
 //! edge's count of a tunnel's streams is the transport's count.
@@ -19,7 +21,7 @@ use transport::{RecvHalf, SendHalf};
 
 use crate::Shared;
 use crate::error::ProxyError;
-use crate::metrics::SiteReason;
+use crate::metrics::{SiteReason, SiteResult};
 use crate::tunnels::Tunnel;
 
 /// The tunnel chosen for one request, with the stream slot it holds there.
@@ -31,23 +33,38 @@ pub(crate) struct Route {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Chooses a tunnel of `site` with a free stream slot; never `avoid` (the tunnel a request
-/// just failed on, when it is tried again).
+/// Chooses a tunnel of `site` with a free stream slot; never one of `tried` (the tunnels a
+/// request already failed on, when it is sent again), and another connector's before a tried
+/// one's (a connector refuses on all its connections when it drains).
 pub(crate) async fn route(
     shared: &Shared,
     site: &str,
-    avoid: Option<u64>,
+    tried: &[Arc<Tunnel>],
 ) -> Result<Route, ProxyError> {
-    let candidates: Vec<_> = shared
-        .tunnels
-        .candidates(site)
-        .into_iter()
-        .filter(|t| Some(t.id) != avoid)
-        .collect();
+    let limits = &shared.config.limits;
+    let deadline = tokio::time::Instant::now() + limits.connector_wait;
+    let (mut candidates, waited) = shared.tunnels.candidates_by(site, tried, deadline).await;
+    if waited || (candidates.is_empty() && !limits.connector_wait.is_zero()) {
+        let result = if candidates.is_empty() {
+            "timed_out"
+        } else {
+            "arrived"
+        };
+        shared
+            .metrics
+            .connector_waits
+            .get_or_create(&SiteResult {
+                site: site.to_owned(),
+                result,
+            })
+            .inc();
+    }
+    // Stable: the load order stays within each group.
+    candidates.sort_by_key(|t| tried.iter().any(|x| x.connector_id == t.connector_id));
     if candidates.is_empty() {
         return Err(ProxyError::NoConnector);
     }
-    let limit = shared.config.limits.stream_open_timeout;
+    let limit = limits.stream_open_timeout;
     // First pass: any tunnel with a free slot right now; second: wait on the best one.
     let mut picked = candidates
         .iter()
@@ -90,6 +107,10 @@ pub(crate) async fn reap_if_dead(tunnel: Arc<Tunnel>) {
             .close(proto::CloseCode::Timeout, "no answer to liveness probe");
     }
 }
+
+/// Every `result` of `doorless_edge_connector_waits_total`: a connector registered while the
+/// request waited, or none did within `limits.connector_wait`.
+pub(crate) const CONNECTOR_WAIT_RESULTS: [&str; 2] = ["arrived", "timed_out"];
 
 /// Every `reason` of `doorless_edge_tunnel_stream_failures_total`: no free slot in time, the
 /// stream could not be opened, the request was sent again on another tunnel (`retried`), a

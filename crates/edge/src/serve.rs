@@ -259,7 +259,7 @@ async fn proxy_request(
         ),
         _ => None,
     };
-    let route = route::route(shared, &site.name, None).await?;
+    let route = route::route(shared, &site.name, &[]).await?;
     let host = host.unwrap_or_default();
     let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let (Some(splice), Some(slot)) = (forwarded.splice.as_mut(), websocket_slot) {

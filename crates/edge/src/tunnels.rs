@@ -132,6 +132,8 @@ impl Tunnel {
 pub(crate) struct Tunnels {
     by_site: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
     next_id: AtomicU64,
+    /// Woken at every registration, for requests waiting for a connector.
+    registered: Notify,
 }
 
 /// Status view of one site's connectors.
@@ -171,8 +173,36 @@ impl Tunnels {
 
     /// Registers a tunnel.
     pub(crate) fn insert(&self, tunnel: Arc<Tunnel>) {
-        let mut map = self.lock();
-        map.entry(tunnel.site.clone()).or_default().push(tunnel);
+        self.lock()
+            .entry(tunnel.site.clone())
+            .or_default()
+            .push(tunnel);
+        self.registered.notify_waiters();
+    }
+
+    /// Usable tunnels of `site` but `avoid`, as [`Tunnels::candidates`], waiting until `deadline` for a
+    /// registration while there are none (a connector restarting, or reconnecting after a
+    /// network change); empty if none came. The flag says whether it waited.
+    pub(crate) async fn candidates_by(
+        &self,
+        site: &str,
+        avoid: &[Arc<Tunnel>],
+        deadline: tokio::time::Instant,
+    ) -> (Vec<Arc<Tunnel>>, bool) {
+        let mut waited = false;
+        loop {
+            // Registered for wake-ups before looking, so a registration between the look and
+            // the wait is not missed.
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            let mut list = self.candidates(site);
+            list.retain(|t| avoid.iter().all(|a| a.id != t.id));
+            if !list.is_empty() || tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return (list, waited);
+            }
+            waited = true;
+        }
     }
 
     /// Removes a tunnel.

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{CABIN_HOST, ConnectorConfig, HOME_HOST, HttpVersion, RawResponse, Stack, StackOptions};
+use e2e::{
+    CABIN_HOST, ConnectorConfig, EdgeOptions, HOME_HOST, HttpVersion, RawResponse, Stack,
+    StackOptions,
+};
 
 use crate::{assert_no_server_header, assert_refused, get};
 
@@ -283,18 +286,34 @@ async fn refused_connector_logs_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_without_connector_is_503() {
+    // A request waits `limits.connector_wait` for a connector to register, then gets 503.
+    const WAIT: Duration = Duration::from_millis(600);
     let stack = Stack::start_with(StackOptions {
         connectors: false,
+        edge: EdgeOptions {
+            limits: Some(format!("connector_wait = \"{}ms\"", WAIT.as_millis())),
+            ..EdgeOptions::default()
+        },
         ..StackOptions::default()
     })
     .await
     .unwrap();
     for version in [HttpVersion::Http1, HttpVersion::Auto] {
         let client = stack.client(0, version).unwrap();
-        let (status, _) = get(&client, &stack.url("/")).await;
-        assert_eq!(status, 503, "{version:?}");
+        let started = Instant::now();
+        let response = client.get(stack.url("/")).send().await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(response.status(), 503, "{version:?}");
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert!(waited >= WAIT, "answered after {waited:?}, before {WAIT:?}");
     }
     assert_eq!(stack.ha_requests(), 0);
+    let timed_out = stack
+        .edge
+        .metric(r#"doorless_edge_connector_waits_total{site="home",result="timed_out""#)
+        .await
+        .unwrap();
+    assert_eq!(timed_out, 2.0);
 }
 
 /// Denials look the same whatever the reason: the bodies of 421 and 503 carry no HA bytes.

@@ -282,39 +282,86 @@ async fn sigterm_lets_responses_finish() {
 
 // --- 4 and 5: rolling restarts, requests caught on a dead connection -----------------------------
 
+/// A steady load of unique GETs (`/id/<worker>-<n>`) from a few workers, until stopped.
+struct SteadyLoad {
+    stop: tokio_util::sync::CancellationToken,
+    sent: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<(Vec<String>, Duration)>>,
+}
+
+impl SteadyLoad {
+    fn start(stack: &Stack, workers: u64) -> Self {
+        let client = stack.client(0, HttpVersion::Auto).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let workers = (0..workers)
+            .map(|w| {
+                let client = client.clone();
+                let base = stack.url("/id/");
+                let stop = stop.clone();
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    let mut slowest = Duration::ZERO;
+                    let mut n = 0u64;
+                    while !stop.is_cancelled() {
+                        let id = format!("{w}-{n}");
+                        n += 1;
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        let started = Instant::now();
+                        match client.get(format!("{base}{id}")).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => failures.push(format!("{id}: {}", r.status())),
+                            Err(e) => failures.push(format!("{id}: {e:?}")),
+                        }
+                        slowest = slowest.max(started.elapsed());
+                    }
+                    (failures, slowest)
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            sent,
+            workers,
+        }
+    }
+
+    /// Stops the load: the failed requests, how many were sent, the slowest.
+    async fn finish(self) -> (Vec<String>, u64, Duration) {
+        self.stop.cancel();
+        let mut failures = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for w in self.workers {
+            let (failed, slow) = w.await.unwrap();
+            failures.extend(failed);
+            slowest = slowest.max(slow);
+        }
+        (failures, self.sent.load(Ordering::SeqCst), slowest)
+    }
+}
+
+/// The edge's log lines about connectors and failed requests, for a failure message.
+fn edge_log(stack: &Stack) -> String {
+    stack
+        .edge
+        .all_text()
+        .lines()
+        .filter(|l| l.contains("request failed") || l.contains("connector"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Two connectors, each restarted in turn (SIGTERM, start again), for several rounds, under a
-/// steady load of unique requests: none fails, none reaches Home Assistant twice.
+/// steady load of unique requests: none fails, none reaches Home Assistant twice. Each
+/// connector keeps two connections, and both refuse streams unread until the edge has seen
+/// their `Drain`: a request refused on one is sent to the other connector, not its sibling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restarts_lose_and_duplicate_nothing() {
-    const WORKERS: u64 = 4;
     const ROUNDS: usize = 3;
     let mut stack = Stack::start().await.unwrap();
     let (mut second, second_ha) = second_connector(&mut stack, "connector-2").await;
-    let client = stack.client(0, HttpVersion::Auto).unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let client = client.clone();
-        let base = stack.url("/id/");
-        let stop = stop.clone();
-        let sent = sent.clone();
-        workers.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                let id = format!("{w}-{n}");
-                n += 1;
-                sent.fetch_add(1, Ordering::SeqCst);
-                match client.get(format!("{base}{id}")).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    Ok(r) => failures.push(format!("{id}: {}", r.status())),
-                    Err(e) => failures.push(format!("{id}: {e:?}")),
-                }
-            }
-            failures
-        }));
-    }
+    let load = SteadyLoad::start(&stack, 4);
     let started = Instant::now();
     for round in 0..ROUNDS {
         for which in 0..2 {
@@ -325,48 +372,81 @@ async fn rolling_restarts_lose_and_duplicate_nothing() {
             };
             connector.terminate().unwrap();
             connector.wait_exit(Duration::from_secs(30)).await.unwrap();
+            // Back once its ready file says it registered.
             connector.restart().await.unwrap();
-            // Both registered again before the other one goes.
-            poll_until(
-                "two connectors registered",
-                Duration::from_secs(15),
-                || async {
-                    let status = stack.edge.status().await.ok()?;
-                    let connectors = status["sites"][0]["connectors"].as_array()?.len();
-                    (connectors == 2).then_some(())
-                },
-            )
-            .await
-            .unwrap();
             eprintln!(
                 "round {round}: connector {which} restarted at {:?}",
                 started.elapsed()
             );
         }
     }
-    stop.cancel();
-    let mut failures = Vec::new();
-    for w in workers {
-        failures.extend(w.await.unwrap());
-    }
-    let total = sent.load(Ordering::SeqCst);
+    let (failures, total, slowest) = load.finish().await;
     let mut counts = stack.home().ha.recorder.id_counts();
     for (id, n) in second_ha.recorder.id_counts() {
         *counts.entry(id).or_default() += n;
     }
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!(
-        "rolling restarts ({ROUNDS} rounds × 2 connectors): {} failed, {} duplicated out of {total} requests",
+        "rolling restarts ({ROUNDS} rounds × 2 connectors): {} failed, {} duplicated out of \
+         {total} requests; slowest {slowest:?}",
         failures.len(),
         duplicated.len()
     );
-    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?}\nedge:\n{}",
+        edge_log(&stack)
+    );
     assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
     assert_eq!(
         counts.len() as u64,
         total,
         "every request reached HA exactly once"
     );
+}
+
+/// The only connector restarted (SIGTERM, started again: an add-on update) under a steady
+/// load: the requests that come while it is away wait for it (`limits.connector_wait`), so
+/// none fails and none reaches Home Assistant twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_only_connector_delays_requests_but_fails_none() {
+    let mut stack = Stack::start().await.unwrap();
+    let load = SteadyLoad::start(&stack, 4);
+    poll_until("requests flowing", Duration::from_secs(10), || async {
+        (load.sent.load(Ordering::SeqCst) > 20).then_some(())
+    })
+    .await
+    .unwrap();
+    let before = load.sent.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let connector = &mut stack.connectors[0];
+        connector.terminate().unwrap();
+        connector.wait_exit(Duration::from_secs(30)).await.unwrap();
+        connector.restart().await.unwrap();
+    }
+    let (failures, total, slowest) = load.finish().await;
+    let waited = metric(
+        stack.edge.admin_addr(),
+        r#"doorless_edge_connector_waits_total{site="home",result="arrived"}"#,
+    )
+    .await;
+    let counts = stack.home().ha.recorder.id_counts();
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "the only connector restarted twice: {} failed, {} duplicated out of {total} requests \
+         ({before} before the first restart), {waited} waited for it; slowest {slowest:?}",
+        failures.len(),
+        duplicated.len()
+    );
+    // Requests did arrive while it was away (else this test proves nothing).
+    assert!(waited > 0.0, "no request waited for the connector");
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?}\nedge:\n{}",
+        edge_log(&stack)
+    );
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert_eq!(counts.len() as u64, total);
 }
 
 /// Requests caught on a connection that dies (kill -9): GETs without a body are sent again on
