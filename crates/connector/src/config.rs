@@ -242,7 +242,8 @@ pub struct RawTunnel {
     pub idle_timeout: Duration,
     /// Requested UDP socket buffer size in bytes.
     pub udp_buffer: usize,
-    /// QUIC congestion controller for what this end sends: `cubic` or `bbr`.
+    /// QUIC congestion controller for what this end sends: `loss_tolerant` (default), `cubic`
+    /// or `bbr`.
     pub congestion_control: transport::Congestion,
 }
 
@@ -917,12 +918,16 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         match raw("") {
-            Ok(r) => assert_eq!(r.tunnel.congestion_control, transport::Congestion::Cubic),
+            Ok(r) => assert_eq!(
+                r.tunnel.congestion_control,
+                transport::Congestion::LossTolerant
+            ),
             Err(e) => panic!("{e}"),
         }
         for (value, want) in [
             ("cubic", transport::Congestion::Cubic),
             ("bbr", transport::Congestion::Bbr),
+            ("loss_tolerant", transport::Congestion::LossTolerant),
         ] {
             match raw(&format!("[tunnel]\ncongestion_control = \"{value}\"")) {
                 Ok(r) => assert_eq!(r.tunnel.congestion_control, want, "{value}"),

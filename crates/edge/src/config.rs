@@ -230,7 +230,8 @@ pub struct RawTunnel {
     pub ping_interval: Duration,
     /// Requested UDP socket buffer size in bytes.
     pub udp_buffer: usize,
-    /// QUIC congestion controller for what this end sends: `cubic` or `bbr`.
+    /// QUIC congestion controller for what this end sends: `loss_tolerant` (default), `cubic`
+    /// or `bbr`.
     pub congestion_control: transport::Congestion,
 }
 
@@ -678,10 +679,11 @@ mod tests {
         let Ok(c) = load("state_dir = \"/x\"") else {
             panic!("minimal config must load");
         };
-        assert_eq!(c.tuning.congestion, transport::Congestion::Cubic);
+        assert_eq!(c.tuning.congestion, transport::Congestion::LossTolerant);
         for (value, want) in [
             ("cubic", transport::Congestion::Cubic),
             ("bbr", transport::Congestion::Bbr),
+            ("loss_tolerant", transport::Congestion::LossTolerant),
         ] {
             let text = format!("state_dir = \"/x\"\n[tunnel]\ncongestion_control = \"{value}\"");
             match load(&text) {

@@ -15,6 +15,7 @@
 //! Start with [`Tuning`] (every transport knob, with the reasons for its default), then
 //! [`endpoint`], then [`ControlDriver`].
 
+pub mod congestion;
 pub mod control;
 pub mod endpoint;
 pub mod error;

@@ -59,22 +59,30 @@ pub struct Tuning {
 /// only: the connector's setting governs downloads (home → edge → client), the edge's
 /// uploads. Each end may choose its own.
 ///
-/// The default stays Cubic. Under 1 % random loss Cubic holds only ~12 packets per round trip
-/// (~1 MB/s at 40 ms), far below a BBR TCP leg; but quinn's BBR (experimental) measured no
-/// better there and, on the same links, collapsed without any loss (0.2–0.8 MB/s where Cubic
-/// does 71 MB/s; docs/benchmarks.md, "Congestion control"). `Bbr` is kept as an opt-in for
-/// experiments, not as a fix.
+/// The default is [`Congestion::LossTolerant`]. Under 1 % random loss plain Cubic holds only
+/// ~12 packets per round trip: on the bench's impaired links 1.1 MB/s down and 0.9 up at
+/// 20 ms per leg, 0.24 down and no finished upload at 80 ms, where nginx+rathole (kernel TCP)
+/// moved 58–61 and 12–13. Loss-tolerant Cubic moved 32–40 and 8.8–10 MB/s, with no change
+/// without loss (docs/benchmarks.md, "Congestion control"). quinn's BBR (experimental)
+/// measured no better under loss and collapsed without any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// quinn's default, loss-based: halves its window (×0.7) on every loss episode, so random
-    /// loss of 1 % caps a connection near 1.22/√p ≈ 12 packets per round trip.
-    #[default]
+    /// quinn's Cubic as it is, loss-based: reduces its window (×0.7) on every loss episode,
+    /// so random loss of 1 % caps a connection near 1.22/√p ≈ 12 packets per round trip.
+    /// The most conservative toward other traffic on a shared bottleneck.
     Cubic,
     /// quinn's BBR (marked experimental by quinn): paces at its bottleneck-bandwidth and
     /// min-RTT estimate and does not take random loss as congestion, like the Linux TCP BBR
     /// many servers and the composites' TCP legs use.
     Bbr,
+    /// Cubic that takes loss for congestion only above 2 % of what was sent over its latest
+    /// 2,000 packets, as BBRv2 does ([`crate::congestion::LossTolerant`]): random loss no
+    /// longer holds the window down; an overflowing bottleneck still does, at the price of up
+    /// to ~2 % loss there before it yields.
+    #[default]
+    #[serde(rename = "loss_tolerant")]
+    LossTolerant,
 }
 
 impl Congestion {
@@ -82,6 +90,7 @@ impl Congestion {
         match self {
             Self::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
             Self::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+            Self::LossTolerant => Arc::new(crate::congestion::LossTolerantConfig::default()),
         }
     }
 }
