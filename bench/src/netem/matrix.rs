@@ -514,8 +514,8 @@ fn render(
          Ratios are target ÷ nginx+rathole (time: < 1 is faster; MB/s: > 1 is faster). Run \
          took {:.0} s; load average at the end {}: 2 cores shared with other builds, so \
          absolute numbers are noisy, ratios within one run are what count. TCP congestion \
-         control of every TCP leg: {} (kernel default); doorless's QUIC tunnel: quinn's \
-         default (Cubic).\n",
+         control of every TCP leg: {} (kernel default); doorless's QUIC tunnel: its \
+         configured controller (default `loss_tolerant`){}.\n",
         if opts.quick { " --quick" } else { "" },
         points
             .iter()
@@ -529,7 +529,12 @@ fn render(
         cfg.cap.as_secs(),
         secs,
         load_avg(),
-        tcp_cc()
+        tcp_cc(),
+        match std::env::var("BENCH_DOORLESS_ENV") {
+            Ok(env) if !env.trim().is_empty() =>
+                format!(", with `BENCH_DOORLESS_ENV={}`", env.trim()),
+            _ => String::new(),
+        }
     );
     let _ = writeln!(md, "## Calibration (measured, UDP echo)\n");
     let _ = writeln!(

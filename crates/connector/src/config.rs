@@ -245,6 +245,9 @@ pub struct RawTunnel {
     /// QUIC congestion controller for what this end sends: `loss_tolerant` (default), `cubic`
     /// or `bbr`.
     pub congestion_control: transport::Congestion,
+    /// The longest the peer may hold back the ACK of a lone packet (1–25 ms).
+    #[serde(with = "humantime_serde")]
+    pub ack_delay: Duration,
 }
 
 impl Default for RawTunnel {
@@ -255,6 +258,7 @@ impl Default for RawTunnel {
             idle_timeout: t.idle_timeout,
             udp_buffer: t.udp_buffer,
             congestion_control: t.congestion,
+            ack_delay: t.ack_delay,
         }
     }
 }
@@ -571,6 +575,12 @@ impl Config {
                 "must be longer than tunnel.keep_alive".into(),
             ));
         }
+        if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&raw.tunnel.ack_delay) {
+            return Err(invalid(
+                "tunnel.ack_delay",
+                "must be between 1ms and 25ms".into(),
+            ));
+        }
         if raw.reconnect.initial.is_zero() || raw.reconnect.max < raw.reconnect.initial {
             return Err(invalid(
                 "reconnect.max",
@@ -582,6 +592,7 @@ impl Config {
             idle_timeout: raw.tunnel.idle_timeout,
             udp_buffer: raw.tunnel.udp_buffer,
             congestion: raw.tunnel.congestion_control,
+            ack_delay: raw.tunnel.ack_delay,
             max_incoming_streams: raw.limits.max_streams,
             ..transport::Tuning::default()
         };

@@ -233,6 +233,9 @@ pub struct RawTunnel {
     /// QUIC congestion controller for what this end sends: `loss_tolerant` (default), `cubic`
     /// or `bbr`.
     pub congestion_control: transport::Congestion,
+    /// The longest the peer may hold back the ACK of a lone packet (1–25 ms).
+    #[serde(with = "humantime_serde")]
+    pub ack_delay: Duration,
 }
 
 impl Default for RawTunnel {
@@ -246,6 +249,7 @@ impl Default for RawTunnel {
             ping_interval: Duration::from_secs(2),
             udp_buffer: t.udp_buffer,
             congestion_control: t.congestion,
+            ack_delay: t.ack_delay,
         }
     }
 }
@@ -415,6 +419,9 @@ impl Config {
         if raw.tunnel.idle_timeout < Duration::from_secs(5) {
             return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
         }
+        if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&raw.tunnel.ack_delay) {
+            return Err(invalid("tunnel.ack_delay", "must be between 1ms and 25ms"));
+        }
         if !(16..=32).contains(&limits.ipv4_prefix) {
             return Err(invalid("limits.ipv4_prefix", "must be between 16 and 32"));
         }
@@ -450,6 +457,7 @@ impl Config {
             idle_timeout: raw.tunnel.idle_timeout,
             udp_buffer: raw.tunnel.udp_buffer,
             congestion: raw.tunnel.congestion_control,
+            ack_delay: raw.tunnel.ack_delay,
             ..transport::Tuning::default()
         };
         Ok(Self {
@@ -672,6 +680,28 @@ mod tests {
             panic!("bad address must be refused");
         };
         assert!(e.to_string().contains("listen.https"), "{e}");
+    }
+
+    #[test]
+    fn ack_delay_defaults_to_5ms_and_stays_within_quic_bounds() {
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("minimal config must load");
+        };
+        assert_eq!(c.tuning.ack_delay, Duration::from_millis(5));
+        for (value, want) in [
+            ("1ms", Some(Duration::from_millis(1))),
+            ("25ms", Some(Duration::from_millis(25))),
+            ("0s", None),
+            ("26ms", None),
+        ] {
+            let text = format!("state_dir = \"/x\"\n[tunnel]\nack_delay = \"{value}\"");
+            match (load(&text), want) {
+                (Ok(c), Some(want)) => assert_eq!(c.tuning.ack_delay, want, "{value}"),
+                (Ok(_), None) => panic!("{value} must be refused"),
+                (Err(e), None) => assert!(e.to_string().contains("tunnel.ack_delay"), "{e}"),
+                (Err(e), Some(_)) => panic!("{value}: {e}"),
+            }
+        }
     }
 
     #[test]
