@@ -37,6 +37,7 @@ mod cookie;
 mod enroll;
 mod error;
 mod limit;
+mod linger;
 mod link;
 mod metrics;
 mod policy;

@@ -17,6 +17,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
+
+use crate::linger::Lingering;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -95,7 +97,9 @@ pub(crate) async fn connection(
             async move { Ok::<_, Infallible>(handle_request(req, &peer, connection, &shared).await) }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    // Closed by lingering: a client's last WINDOW_UPDATEs must not turn our close into a
+    // reset that destroys the end of its response (`linger`).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering::new(tls)), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
