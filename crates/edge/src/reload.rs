@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::ResultLabel;
 use crate::site::Sites;
@@ -55,8 +55,12 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
         if now == last && !forced && !link_expired {
             continue;
         }
-        last = now;
-        reload(&shared);
+        // A failed reload (a file caught mid-change, a transient read error) is tried again
+        // at the next tick, not only at the next change: until it succeeds, a revocation
+        // written meanwhile does not apply.
+        if reload(&shared) {
+            last = now;
+        }
     }
 }
 
@@ -101,7 +105,16 @@ pub(crate) fn reload(shared: &Shared) -> bool {
         Ok(s) => s,
         Err(e) => {
             let error = daemon::error_chain(&e).to_string();
-            warn!(error = %error, "reload failed; keeping the previous state");
+            // Retried every tick while it fails: said once per distinct error.
+            let repeated = shared
+                .last_reload
+                .get()
+                .is_some_and(|last| !last.ok && last.error.as_deref() == Some(error.as_str()));
+            if repeated {
+                debug!(error = %error, "reload failed again; keeping the previous state");
+            } else {
+                warn!(error = %error, "reload failed; keeping the previous state");
+            }
             shared.last_reload.set(LastReload {
                 ok: false,
                 at: SystemTime::now(),

@@ -433,7 +433,12 @@ async fn a_connector_renews_with_a_code_and_keeps_its_site() {
     )
     .await
     .unwrap();
-    assert!(!stale.is_ready());
+    assert!(
+        !stale.is_ready(),
+        "a connector with the revoked certificate registered:\n{}\nedge:\n{}",
+        stale.all_text(),
+        edge.all_text()
+    );
     stale.kill();
 
     // Restarted with the same (used) renewal code configured: it is ignored.
