@@ -248,6 +248,9 @@ pub struct RawTunnel {
     /// The longest the peer may hold back the ACK of a lone packet (1–25 ms).
     #[serde(with = "humantime_serde")]
     pub ack_delay: Duration,
+    /// QUIC receive window per stream, in bytes: bounds one stream's uploads (what the edge sends) to this per
+    /// round trip, and what one slow reader can make this end buffer.
+    pub stream_window: u32,
 }
 
 impl Default for RawTunnel {
@@ -259,6 +262,7 @@ impl Default for RawTunnel {
             udp_buffer: t.udp_buffer,
             congestion_control: t.congestion,
             ack_delay: t.ack_delay,
+            stream_window: t.stream_window,
         }
     }
 }
@@ -581,6 +585,13 @@ impl Config {
                 "must be between 1ms and 25ms".into(),
             ));
         }
+        let max_window = transport::Tuning::default().connection_window;
+        if !(65_536..=max_window).contains(&raw.tunnel.stream_window) {
+            return Err(invalid(
+                "tunnel.stream_window",
+                format!("must be between 65536 and {max_window}"),
+            ));
+        }
         if raw.reconnect.initial.is_zero() || raw.reconnect.max < raw.reconnect.initial {
             return Err(invalid(
                 "reconnect.max",
@@ -593,6 +604,7 @@ impl Config {
             udp_buffer: raw.tunnel.udp_buffer,
             congestion: raw.tunnel.congestion_control,
             ack_delay: raw.tunnel.ack_delay,
+            stream_window: raw.tunnel.stream_window,
             max_incoming_streams: raw.limits.max_streams,
             ..transport::Tuning::default()
         };

@@ -236,6 +236,9 @@ pub struct RawTunnel {
     /// The longest the peer may hold back the ACK of a lone packet (1–25 ms).
     #[serde(with = "humantime_serde")]
     pub ack_delay: Duration,
+    /// QUIC receive window per stream, in bytes: bounds one stream's downloads (what connectors send) to this per
+    /// round trip, and what one slow reader can make this end buffer.
+    pub stream_window: u32,
 }
 
 impl Default for RawTunnel {
@@ -250,6 +253,7 @@ impl Default for RawTunnel {
             udp_buffer: t.udp_buffer,
             congestion_control: t.congestion,
             ack_delay: t.ack_delay,
+            stream_window: t.stream_window,
         }
     }
 }
@@ -422,6 +426,13 @@ impl Config {
         if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&raw.tunnel.ack_delay) {
             return Err(invalid("tunnel.ack_delay", "must be between 1ms and 25ms"));
         }
+        let max_window = transport::Tuning::default().connection_window;
+        if !(65_536..=max_window).contains(&raw.tunnel.stream_window) {
+            return Err(invalid(
+                "tunnel.stream_window",
+                &format!("must be between 65536 and {max_window}"),
+            ));
+        }
         if !(16..=32).contains(&limits.ipv4_prefix) {
             return Err(invalid("limits.ipv4_prefix", "must be between 16 and 32"));
         }
@@ -458,6 +469,7 @@ impl Config {
             udp_buffer: raw.tunnel.udp_buffer,
             congestion: raw.tunnel.congestion_control,
             ack_delay: raw.tunnel.ack_delay,
+            stream_window: raw.tunnel.stream_window,
             ..transport::Tuning::default()
         };
         Ok(Self {
@@ -680,6 +692,28 @@ mod tests {
             panic!("bad address must be refused");
         };
         assert!(e.to_string().contains("listen.https"), "{e}");
+    }
+
+    #[test]
+    fn stream_window_is_configurable_within_the_connection_window() {
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("minimal config must load");
+        };
+        assert_eq!(c.tuning.stream_window, 2 * 1024 * 1024);
+        for (value, ok) in [
+            (8_388_608u64, true),
+            (65_536, true),
+            (65_535, false),
+            (1 << 26, false),
+        ] {
+            let text = format!("state_dir = \"/x\"\n[tunnel]\nstream_window = {value}");
+            match load(&text) {
+                Ok(c) if ok => assert_eq!(u64::from(c.tuning.stream_window), value),
+                Ok(_) => panic!("{value} must be refused"),
+                Err(e) if !ok => assert!(e.to_string().contains("tunnel.stream_window"), "{e}"),
+                Err(e) => panic!("{value}: {e}"),
+            }
+        }
     }
 
     #[test]
