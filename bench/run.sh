@@ -7,6 +7,7 @@
 #   bench/run.sh --net all       # network matrix instead (root: namespaces + TUN; Chromium)
 #   bench/run.sh --quick --net all          # the same, bounded to ~10 min
 #   bench/run.sh --net 80ms:1%,20ms:0%      # a subset of points (RTT per leg : loss)
+#   bench/run.sh --net 20ms:1% --live-events 1000   # more live-update events (p99 under loss)
 #
 # Loopback runs use 127.0.0.1 (the flood from 127.0.0.2). Results: bench/results/latest.md
 # and latest.json; the network matrix writes net-latest.md and net-latest.json (git-ignored;

@@ -24,6 +24,9 @@ pub(crate) struct Opts {
     /// The network-impairment matrix instead of the loopback scenarios (`--net`).
     pub(crate) net: Option<Vec<crate::netem::NetPoint>>,
     pub(crate) quick: bool,
+    /// `--net` only: live-update events per target and point (default 200; 60 with --quick).
+    /// p99 of 200 is the second-worst event, which under loss is mostly chance.
+    pub(crate) live_events: Option<usize>,
 }
 
 impl Opts {
@@ -52,6 +55,7 @@ impl Opts {
             h2: true,
             net: None,
             quick: false,
+            live_events: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -83,6 +87,7 @@ impl Opts {
                             .collect::<Result<_>>()?
                     });
                 }
+                "--live-events" => o.live_events = Some(val()?.parse()?),
                 "--quick" => {
                     o.quick = true;
                     o.runs = 1;
@@ -100,7 +105,7 @@ impl Opts {
                          [--bulk-mib 1024] [--idle-ws 10000] [--ws-msgs 1000] [--flood 2000] \
                          [--only get,bulk,handshake,ws,idle,flood,iperf] \
                          [--targets direct,doorless,nginx,nginx_classic,rathole,composite] [--no-h2] [--quick] \
-                         [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
+                         [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)] [--live-events N (with --net)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
                          BENCH_NGINX, BENCH_IPERF3"
                     );
                     std::process::exit(0);

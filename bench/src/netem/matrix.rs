@@ -164,6 +164,10 @@ pub(crate) async fn run(opts: &Opts, points: &[NetPoint], tools: &Tools, pki: &P
             probes: 1000,
         }
     };
+    let cfg = Cfg {
+        events: opts.live_events.unwrap_or(cfg.events),
+        ..cfg
+    };
     let started = Instant::now();
     let net = Net::up().context("setting up the namespaces and TUN links (needs root)")?;
     eprintln!(
