@@ -579,19 +579,6 @@ impl Config {
                 "must be longer than tunnel.keep_alive".into(),
             ));
         }
-        if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&raw.tunnel.ack_delay) {
-            return Err(invalid(
-                "tunnel.ack_delay",
-                "must be between 1ms and 25ms".into(),
-            ));
-        }
-        let max_window = transport::Tuning::default().connection_window;
-        if !(65_536..=max_window).contains(&raw.tunnel.stream_window) {
-            return Err(invalid(
-                "tunnel.stream_window",
-                format!("must be between 65536 and {max_window}"),
-            ));
-        }
         if raw.reconnect.initial.is_zero() || raw.reconnect.max < raw.reconnect.initial {
             return Err(invalid(
                 "reconnect.max",
@@ -608,6 +595,9 @@ impl Config {
             max_incoming_streams: raw.limits.max_streams,
             ..transport::Tuning::default()
         };
+        tuning
+            .check()
+            .map_err(|(key, problem)| invalid(key, problem))?;
         Ok(Self {
             token,
             credentials,

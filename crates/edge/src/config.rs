@@ -423,16 +423,6 @@ impl Config {
         if raw.tunnel.idle_timeout < Duration::from_secs(5) {
             return Err(invalid("tunnel.idle_timeout", "must be at least 5s"));
         }
-        if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&raw.tunnel.ack_delay) {
-            return Err(invalid("tunnel.ack_delay", "must be between 1ms and 25ms"));
-        }
-        let max_window = transport::Tuning::default().connection_window;
-        if !(65_536..=max_window).contains(&raw.tunnel.stream_window) {
-            return Err(invalid(
-                "tunnel.stream_window",
-                &format!("must be between 65536 and {max_window}"),
-            ));
-        }
         if !(16..=32).contains(&limits.ipv4_prefix) {
             return Err(invalid("limits.ipv4_prefix", "must be between 16 and 32"));
         }
@@ -472,6 +462,9 @@ impl Config {
             stream_window: raw.tunnel.stream_window,
             ..transport::Tuning::default()
         };
+        tuning
+            .check()
+            .map_err(|(key, problem)| invalid(key, &problem))?;
         Ok(Self {
             source: source.to_owned(),
             state: raw.state_dir,

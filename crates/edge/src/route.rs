@@ -44,7 +44,7 @@ pub(crate) async fn route(
     let limits = &shared.config.limits;
     let deadline = tokio::time::Instant::now() + limits.connector_wait;
     let (mut candidates, waited) = shared.tunnels.candidates_by(site, tried, deadline).await;
-    if waited || (candidates.is_empty() && !limits.connector_wait.is_zero()) {
+    if waited {
         let result = if candidates.is_empty() {
             "timed_out"
         } else {

@@ -182,7 +182,7 @@ impl Tunnels {
 
     /// Usable tunnels of `site` but `avoid`, as [`Tunnels::candidates`], waiting until `deadline` for a
     /// registration while there are none (a connector restarting, or reconnecting after a
-    /// network change); empty if none came. The flag says whether it waited.
+    /// network change); empty if none came. The flag says whether it had to wait.
     pub(crate) async fn candidates_by(
         &self,
         site: &str,
@@ -198,10 +198,13 @@ impl Tunnels {
             registered.as_mut().enable();
             let mut list = self.candidates(site);
             list.retain(|t| avoid.iter().all(|a| a.id != t.id));
-            if !list.is_empty() || tokio::time::timeout_at(deadline, registered).await.is_err() {
+            if !list.is_empty() || tokio::time::Instant::now() >= deadline {
                 return (list, waited);
             }
             waited = true;
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return (Vec::new(), true);
+            }
         }
     }
 

@@ -123,6 +123,21 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    /// Checks the settings an operator can change that QUIC bounds, naming the offending key
+    /// as both ends' configs spell it (`tunnel.…`) and the problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(Duration::from_millis(1)..=Duration::from_millis(25)).contains(&self.ack_delay) {
+            return Err(("tunnel.ack_delay", "must be between 1ms and 25ms".into()));
+        }
+        if !(65_536..=self.connection_window).contains(&self.stream_window) {
+            return Err((
+                "tunnel.stream_window",
+                format!("must be between 65536 and {}", self.connection_window),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, crate::Error> {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .map_err(|_| crate::Error::InvalidConfig("idle timeout out of range"))?;
