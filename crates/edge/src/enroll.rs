@@ -175,6 +175,16 @@ async fn answer(request: EnrollRequest, ip: IpAddr, shared: &Arc<Shared>) -> Enr
             return EnrollResponse::Refused(Refusal::Internal);
         }
     };
+    // Take the new state now rather than at the watcher's next tick: a renewal revoked the
+    // connector's previous certificate, which must not register again meanwhile.
+    let reloaded = shared.clone();
+    if !matches!(
+        tokio::task::spawn_blocking(move || crate::reload::reload(&reloaded)).await,
+        Ok(true)
+    ) {
+        // Logged and counted by `reload`; the watcher tries again at its next tick.
+        warn!(client = %ip, "state not reloaded after an enrollment");
+    }
     // A good code: the attempt costs this address nothing.
     enrollment.per_address.refund(ip);
     enrollment.global.refund(EVERYONE);

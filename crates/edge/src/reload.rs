@@ -150,7 +150,8 @@ pub(crate) fn reload(shared: &Shared) -> bool {
         error: None,
     });
     info!(
-        newly_revoked = newly_revoked.devices(),
+        newly_revoked_devices = newly_revoked.devices(),
+        newly_revoked_connectors = newly_revoked.connectors(),
         connections_closed = closed,
         "state reloaded"
     );

@@ -103,6 +103,11 @@ impl NewlyRevoked {
     pub(crate) fn devices(&self) -> usize {
         self.devices.len()
     }
+
+    /// Newly revoked connector certificates.
+    pub(crate) fn connectors(&self) -> usize {
+        self.connectors.len()
+    }
 }
 
 /// Ends everything open under a newly revoked certificate: client connections and their
