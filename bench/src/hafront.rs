@@ -241,7 +241,16 @@ pub(crate) async fn handle(req: Request<Incoming>) -> Response<Body> {
         Some(a) => Response::builder()
             .header(header::CONTENT_TYPE, a.content_type)
             .header(header::CONTENT_ENCODING, "gzip")
-            .header(header::CACHE_CONTROL, "no-store")
+            // As Home Assistant: its frontend files `public` for 31 days
+            // (`CachingStaticResource`), the page itself not stored.
+            .header(
+                header::CACHE_CONTROL,
+                if a.path == "/" {
+                    "no-cache"
+                } else {
+                    "public, max-age=2678400"
+                },
+            )
             .body(full(a.gz.clone())),
         None => Response::builder()
             .status(StatusCode::NOT_FOUND)

@@ -12,6 +12,8 @@ mod acme;
 mod bodies;
 #[path = "e2e/bulk.rs"]
 mod bulk;
+#[path = "e2e/cache.rs"]
+mod cache;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/config.rs"]

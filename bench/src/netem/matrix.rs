@@ -369,7 +369,12 @@ async fn matrix(
         for t in &targets {
             let k = t.kind;
             let url = t.url("/");
-            for i in 0..cfg.pageloads {
+            let pageloads = if opts.wants("pageload") {
+                cfg.pageloads
+            } else {
+                0
+            };
+            for i in 0..pageloads {
                 let name = format!("chromium-{}-{}", k.id(), i);
                 match page_load(&browser, &url, EDGE_PUBLIC_IP, fleet.dir.path(), &name).await {
                     Ok(l) => {
@@ -392,16 +397,21 @@ async fn matrix(
                     Err(e) => table.note(format!("{} page load {}: {e:#}", p.label(), k.title())),
                 }
             }
-            match live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await {
-                Ok((p50, p99, n)) => {
-                    eprintln!(
-                        "  live {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
-                        k.title()
-                    );
-                    table.add(p, "live_p50", k, p50);
-                    table.add(p, "live_p99", k, p99);
+            if opts.wants("live") {
+                match live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await {
+                    Ok((p50, p99, n)) => {
+                        eprintln!(
+                            "  live {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
+                            k.title()
+                        );
+                        table.add(p, "live_p50", k, p50);
+                        table.add(p, "live_p99", k, p99);
+                    }
+                    Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
                 }
-                Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
+            }
+            if !opts.wants("bulk") {
+                continue;
             }
             match download(t, pki, cfg.bulk, cfg.cap).await {
                 Ok(x) => {

@@ -30,6 +30,7 @@ const ENV_KEYS: &[&str] = &[
     "log",
     "sites",
     "acme",
+    "cache",
 ];
 
 /// The edge configuration as written in the file.
@@ -56,6 +57,36 @@ pub struct RawConfig {
     /// Publicly trusted certificates from an ACME CA (on when `email` is set).
     #[serde(default)]
     pub acme: RawAcme,
+    /// The edge's cache of responses Home Assistant marks public.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`: responses Home Assistant marks `public` (its frontend files), answered by the
+/// edge itself to devices the site's policy lets in, instead of crossing the tunnel again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    /// Bytes all entries may hold together (bodies, headers, bookkeeping); 0 turns the cache
+    /// off. Responses being recorded may hold as much again.
+    pub max_bytes: usize,
+    /// Largest response body stored.
+    pub max_object: usize,
+    /// Longest an entry is kept, whatever the response allowed.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            // Home Assistant's frontend as one browser loads it is ~1-5 MB compressed.
+            max_bytes: 32 * 1024 * 1024,
+            // Its largest bundles are a few hundred KB compressed.
+            max_object: 2 * 1024 * 1024,
+            max_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[acme]`: certificates for every site without `tls_cert`, from an ACME CA (Let's Encrypt by
@@ -345,6 +376,8 @@ pub struct Config {
     pub sites: BTreeMap<String, SiteSettings>,
     /// ACME settings, checked; `None` when ACME is off.
     pub acme: Option<acme::AcmeConfig>,
+    /// Cache limits (`max_bytes` 0: off).
+    pub cache: RawCache,
 }
 
 impl Config {
@@ -465,6 +498,16 @@ impl Config {
         tuning
             .check()
             .map_err(|(key, problem)| invalid(key, &problem))?;
+        let cache = raw.cache;
+        if cache.max_bytes > 0 && !(1..=cache.max_bytes).contains(&cache.max_object) {
+            return Err(invalid(
+                "cache.max_object",
+                "must be between 1 and cache.max_bytes",
+            ));
+        }
+        if cache.max_bytes > 0 && cache.max_ttl < Duration::from_secs(1) {
+            return Err(invalid("cache.max_ttl", "must be at least 1s"));
+        }
         Ok(Self {
             source: source.to_owned(),
             state: raw.state_dir,
@@ -475,6 +518,7 @@ impl Config {
             log: raw.log,
             sites,
             acme,
+            cache,
         })
     }
 }

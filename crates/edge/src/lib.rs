@@ -31,6 +31,7 @@
 mod accept;
 mod admin;
 mod body;
+mod cache;
 pub mod config;
 mod connectors;
 mod cookie;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) link_limit: link::LinkLimit,
     /// How the last reload went, for `/status`.
     pub(crate) last_reload: reload::ReloadRecord,
+    /// Responses Home Assistant marked public (`[cache]`).
+    pub(crate) cache: Arc<cache::Cache>,
     request_ids: AtomicU64,
 }
 
@@ -187,7 +190,17 @@ impl Edge {
         for site in sites.all() {
             metrics.init_site(&site.name);
         }
+        let cache = Arc::new(cache::Cache::new(
+            cache::CacheLimits {
+                max_bytes: config.cache.max_bytes,
+                max_object: config.cache.max_object,
+                max_ttl: config.cache.max_ttl,
+            },
+            metrics.cache_bytes.clone(),
+            metrics.cache_entries.clone(),
+        ));
         let shared = Arc::new(Shared {
+            cache,
             state,
             sites: ArcSwap::from_pointee(sites),
             acme,

@@ -175,6 +175,12 @@ pub(crate) struct Metrics {
     pub(crate) revoked_connections_closed: Counter,
     /// Enrollment attempts (connector codes, device links) by result.
     pub(crate) enrollments: Family<EnrollLabels, Counter>,
+    /// Requests the cache looked at, by result.
+    pub(crate) cache_requests: Family<SiteResult, Counter>,
+    /// Bytes the cache holds.
+    pub(crate) cache_bytes: Gauge,
+    /// Entries the cache holds.
+    pub(crate) cache_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -213,6 +219,9 @@ impl Metrics {
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
             enrollments: Family::default(),
+            cache_requests: Family::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
             registry: Registry::default(),
         };
         daemon::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
@@ -296,6 +305,21 @@ impl Metrics {
             "connector_waits",
             "Requests that found no connector taking requests and waited for one: arrived, timed_out",
             m.connector_waits.clone(),
+        );
+        r.register(
+            "cache_requests",
+            "Requests the response cache answered (hit), forwarded and may store (miss), or forwarded to refresh (refresh)",
+            m.cache_requests.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held by the response cache",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Responses held by the response cache",
+            m.cache_entries.clone(),
         );
         r.register(
             "tunnel_stream_failures",
@@ -382,6 +406,11 @@ impl Metrics {
                     reason: denial.reason(),
                 });
             }
+        }
+        for result in ["hit", "miss", "refresh"] {
+            let _ = self
+                .cache_requests
+                .get_or_create(&SiteResult { site: s(), result });
         }
         for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
             let _ = self

@@ -25,8 +25,9 @@ use tracing::info;
 use crate::Shared;
 use crate::accept::ConnectionHold;
 use crate::body::{self, Delivered, ResponseBody};
+use crate::cache::Lookup;
 use crate::error::ProxyError;
-use crate::metrics::{ClassLabels, ErrorLabels, Metrics, status_class};
+use crate::metrics::{ClassLabels, ErrorLabels, Metrics, SiteResult, status_class};
 use crate::policy::{self, ClientAuth, Decision, Facts, Grant};
 use crate::proxy::{Auth, Forwarded};
 use crate::revocation::LiveClients;
@@ -193,6 +194,8 @@ pub(crate) async fn handle_request(
 #[derive(Debug, Default)]
 struct Who {
     grant: Option<&'static str>,
+    /// `hit`, `miss` or `refresh` when the cache looked at the request.
+    cache: Option<&'static str>,
     device: String,
     version: http::Version,
 }
@@ -251,6 +254,60 @@ async fn proxy_request(
     who.grant = Some(grant.as_str());
     let auth = authenticate(grant, websocket.is_some(), peer, shared);
     who.device = auth.device.clone();
+    // Let in: what Home Assistant marked public may come from the cache instead of the tunnel.
+    let lookup = shared.cache.lookup(&req, &site.name, websocket.is_some());
+    let cached = match &lookup {
+        Lookup::Find(key) => shared.cache.get(key, std::time::Instant::now()),
+        Lookup::Refresh(_) | Lookup::Bypass => None,
+    };
+    who.cache = match (&lookup, &cached) {
+        (Lookup::Bypass, _) => None,
+        (Lookup::Find(_), Some(_)) => Some("hit"),
+        (Lookup::Find(_), None) => Some("miss"),
+        (Lookup::Refresh(_), _) => Some("refresh"),
+    };
+    if let Some(result) = who.cache {
+        shared
+            .metrics
+            .cache_requests
+            .get_or_create(&SiteResult {
+                site: site.name.clone(),
+                result,
+            })
+            .inc();
+    }
+    let mut forwarded = match cached {
+        Some(entry) => Forwarded {
+            response: entry.response(std::time::Instant::now()),
+            splice: None,
+        },
+        None => forward(req, websocket, host, peer, auth, connection, shared, lookup).await?,
+    };
+    if let Grant::Certificate(cert) = grant
+        && session_mode
+        && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
+    {
+        forwarded
+            .response
+            .headers_mut()
+            .append(header::SET_COOKIE, set_cookie);
+    }
+    Ok(forwarded)
+}
+
+/// Steps 6 and 7: route the request and carry it through the tunnel; a response the cache
+/// may keep is recorded on its way to the client.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    req: Request<Incoming>,
+    websocket: Option<upgrade::WebSocket>,
+    host: Option<String>,
+    peer: &Peer,
+    auth: Auth,
+    connection: &Connection,
+    shared: &Arc<Shared>,
+    lookup: Lookup,
+) -> Result<Forwarded, ProxyError> {
     // An HTTP/1.1 connection carries one WebSocket by nature; an HTTP/2 one as many as it
     // has slots.
     let websocket_slot = match &websocket {
@@ -263,20 +320,17 @@ async fn proxy_request(
         ),
         _ => None,
     };
-    let route = route::route(shared, &site.name, &[]).await?;
+    let route = route::route(shared, &peer.site.name, &[]).await?;
     let host = host.unwrap_or_default();
     let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let (Some(splice), Some(slot)) = (forwarded.splice.as_mut(), websocket_slot) {
         splice.keep(slot);
     }
-    if let Grant::Certificate(cert) = grant
-        && session_mode
-        && let Some(set_cookie) = shared.session_key.refresh(site, cert, cookie.as_ref(), now)
-    {
-        forwarded
-            .response
-            .headers_mut()
-            .append(header::SET_COOKIE, set_cookie);
+    if let Lookup::Find(key) | Lookup::Refresh(key) = lookup {
+        forwarded.response =
+            shared
+                .cache
+                .record(key, forwarded.response, std::time::Instant::now());
     }
     Ok(forwarded)
 }
@@ -410,6 +464,7 @@ fn finish(
     let site = site.clone();
     let device = who.device.clone();
     let grant = who.grant.unwrap_or("-");
+    let cache = who.cache.unwrap_or("-");
     let client = peer.addr.ip();
     let method = method.clone();
     let version = who.version;
@@ -430,6 +485,7 @@ fn finish(
                 total_ms,
                 bytes,
                 complete,
+                cache,
                 "request"
             ),
             (None, Delivered::WebSocket { up, down }) => info!(

@@ -336,6 +336,7 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
             Ok(Ok(status)) => empty(status),
             _ => not_found(),
         },
+        (_, ["cached", variant, name]) => cached(variant, name, ctx.recorder.requests()),
         (&Method::GET, ["id", id]) => {
             ctx.recorder.count_id(id);
             full(StatusCode::OK, Some("text/plain"), id.to_string())
@@ -353,6 +354,42 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
         },
         _ => not_found(),
     }
+}
+
+/// `/cached/{variant}/{name}`: a small body naming the request's serial (so a client can tell
+/// a response that came from Home Assistant from one a cache kept), with the caching headers
+/// of `variant`: `ha` as Home Assistant serves its frontend files (`public, max-age=2678400`),
+/// `short` (`public, max-age=1`), and the ones a shared cache must not keep: `private`,
+/// `nostore`, `cookie` (public, with a `Set-Cookie`), `vary` (public, `Vary: Cookie`), `none`.
+fn cached(variant: &str, name: &str, serial: u64) -> Response<Body> {
+    let headers: &[(&str, &str)] = match variant {
+        "ha" => &[("cache-control", "public, max-age=2678400")],
+        "short" => &[("cache-control", "public, max-age=1")],
+        "private" => &[("cache-control", "private, max-age=2678400")],
+        "nostore" => &[("cache-control", "public, max-age=2678400, no-store")],
+        "cookie" => &[
+            ("cache-control", "public, max-age=2678400"),
+            ("set-cookie", "session=1; Path=/"),
+        ],
+        "vary" => &[
+            ("cache-control", "public, max-age=2678400"),
+            ("vary", "Cookie"),
+        ],
+        "none" => &[],
+        _ => return not_found(),
+    };
+    let mut response = full(
+        StatusCode::OK,
+        Some("application/javascript"),
+        format!("{variant}/{name} #{serial}"),
+    );
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
 }
 
 /// Bytes per chunk of `/bytes/{n}`: a multiple of 251, so every chunk starts at pattern

@@ -104,6 +104,7 @@ async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> an
         log: Default::default(),
         sites: Default::default(),
         acme: Default::default(),
+        cache: Default::default(),
     })?;
     let edge = Edge::bind(config).await?;
     let addrs = edge.addrs();
