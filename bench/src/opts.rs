@@ -27,6 +27,9 @@ pub(crate) struct Opts {
     /// `--net` only: live-update events per target and point (default 200; 60 with --quick).
     /// p99 of 200 is the second-worst event, which under loss is mostly chance.
     pub(crate) live_events: Option<usize>,
+    /// `--net` only: page loads per target and point (default 3; 1 with --quick); the median
+    /// of 3 moves by ±10 % between runs, so decisions take more.
+    pub(crate) pageloads: Option<usize>,
 }
 
 impl Opts {
@@ -56,6 +59,7 @@ impl Opts {
             net: None,
             quick: false,
             live_events: None,
+            pageloads: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -88,6 +92,7 @@ impl Opts {
                     });
                 }
                 "--live-events" => o.live_events = Some(val()?.parse()?),
+                "--pageloads" => o.pageloads = Some(val()?.parse::<usize>()?.max(1)),
                 "--quick" => {
                     o.quick = true;
                     o.runs = 1;
@@ -105,7 +110,7 @@ impl Opts {
                          [--bulk-mib 1024] [--idle-ws 10000] [--ws-msgs 1000] [--flood 2000] \
                          [--only get,bulk,handshake,ws,idle,flood,iperf] \
                          [--targets direct,doorless,nginx,nginx_classic,rathole,composite] [--no-h2] [--quick] \
-                         [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)] [--live-events N (with --net)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
+                         [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)] [--live-events N] [--pageloads N (with --net)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
                          BENCH_NGINX, BENCH_IPERF3"
                     );
                     std::process::exit(0);

@@ -166,6 +166,7 @@ pub(crate) async fn run(opts: &Opts, points: &[NetPoint], tools: &Tools, pki: &P
     };
     let cfg = Cfg {
         events: opts.live_events.unwrap_or(cfg.events),
+        pageloads: opts.pageloads.unwrap_or(cfg.pageloads),
         ..cfg
     };
     let started = Instant::now();

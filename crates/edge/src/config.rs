@@ -178,6 +178,10 @@ pub struct RawLimits {
     /// HTTP/2 receive window per client connection, in bytes: the most request-body bytes
     /// one connection can make the edge buffer, over all its streams.
     pub h2_connection_window: u32,
+    /// Most response-body bytes an HTTP/2 connection may hold queued in front of its socket,
+    /// all streams together (the edge keeps it to ~2 ms of what the socket drains): what a
+    /// WebSocket message or a small response can find ahead of it.
+    pub h2_response_queue: usize,
     /// Time the connector has to return the response head; then 504.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -229,6 +233,7 @@ impl Default for RawLimits {
             h2_max_websockets: 64,
             h2_stream_window: 2 * 1024 * 1024,
             h2_connection_window: 4 * 1024 * 1024,
+            h2_response_queue: 256 * 1024,
             upstream_timeout: Duration::from_secs(100),
             max_streams_per_connector: 1024,
             stream_open_timeout: Duration::from_secs(5),
@@ -413,10 +418,10 @@ impl Config {
         if limits.h2_max_streams == 0 {
             return Err(invalid("limits.h2_max_streams", "must be at least 1"));
         }
-        if limits.h2_max_websockets == 0 || limits.h2_max_websockets > limits.h2_max_streams {
+        if limits.h2_max_websockets > limits.h2_max_streams {
             return Err(invalid(
                 "limits.h2_max_websockets",
-                "must be at least 1 and at most limits.h2_max_streams",
+                "must be at most limits.h2_max_streams",
             ));
         }
         // RFC 9113 §6.9.2: windows run from the protocol's default (65,535) to 2^31 - 1.
@@ -432,6 +437,14 @@ impl Config {
             return Err(invalid(
                 "limits.h2_connection_window",
                 "must be at least limits.h2_stream_window",
+            ));
+        }
+        if limits.h2_response_queue != 0
+            && !(16 * 1024..=16 * 1024 * 1024).contains(&limits.h2_response_queue)
+        {
+            return Err(invalid(
+                "limits.h2_response_queue",
+                "must be 0 (no bound) or between 16384 and 16777216",
             ));
         }
         for (key, d) in [

@@ -37,6 +37,7 @@ mod connectors;
 mod cookie;
 mod enroll;
 mod error;
+mod feed;
 mod limit;
 mod linger;
 mod link;

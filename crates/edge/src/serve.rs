@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 
+use crate::feed::{self, Counted, Feed};
 use crate::linger::Lingering;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -47,9 +48,15 @@ pub(crate) async fn connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
         bound_unsent(tls.get_ref().0);
     }
+    // Response bodies take turns into HTTP/2 no faster than the socket takes them (`feed`),
+    // unless `limits.h2_response_queue = 0`; an HTTP/1.1 connection sends one response at a
+    // time, nothing to overtake.
+    let feed = Feed::new(shared.config.limits.h2_response_queue);
+    let gate = (h2 && shared.config.limits.h2_response_queue > 0).then(|| feed.clone());
     let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);
     let limits = &shared.config.limits;
@@ -78,11 +85,14 @@ pub(crate) async fn connection(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): browsers then open WebSockets as
-        // streams of this connection instead of a second TLS connection (and a second
-        // client-certificate handshake). `upgrade::classify` lets only `websocket` through.
-        .enable_connect_protocol();
+        .keep_alive_timeout(Duration::from_secs(20));
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): browsers then open WebSockets as streams of
+    // this connection instead of a second TLS connection (and a second client-certificate
+    // handshake). `upgrade::classify` lets only `websocket` through. Not with
+    // `h2_max_websockets = 0`: WebSockets then come over HTTP/1.1 connections of their own.
+    if limits.h2_max_websockets > 0 {
+        builder.http2().enable_connect_protocol();
+    }
     // Each WebSocket on an HTTP/2 connection holds one of its streams until it closes.
     let websockets = Arc::new(Semaphore::new(limits.h2_max_websockets as usize));
     let service = {
@@ -94,13 +104,17 @@ pub(crate) async fn connection(
             let connection = Connection {
                 hold: hold.clone(),
                 websockets: websockets.clone(),
+                feed: gate.clone(),
             };
             async move { Ok::<_, Infallible>(handle_request(req, &peer, connection, &shared).await) }
         })
     };
     // Closed by lingering: a client's last WINDOW_UPDATEs must not turn our close into a
     // reset that destroys the end of its response (`linger`).
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(Lingering::new(tls)), service);
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(Counted::new(Lingering::new(tls), feed)),
+        service,
+    );
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -138,6 +152,8 @@ fn bound_unsent(tcp: &TcpStream) {
 pub(crate) struct Connection {
     /// The connection's limits and gauge; a WebSocket keeps them until it closes.
     hold: Arc<ConnectionHold>,
+    /// HTTP/2: what response bodies may queue in `h2` (`feed`).
+    feed: Option<Arc<Feed>>,
     /// Slots for WebSockets on this connection (`limits.h2_max_websockets`; an HTTP/1.1
     /// connection carries one by nature).
     websockets: Arc<Semaphore>,
@@ -152,6 +168,7 @@ pub(crate) async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
+    let feed = connection.feed.clone();
     let site = Metrics::site(&peer.site.name);
     let active = shared.metrics.active_requests.get_or_create_owned(&site);
     active.inc();
@@ -187,7 +204,13 @@ pub(crate) async fn handle_request(
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    response.map(|body| body::metered(body, length, bytes, active, access_log))
+    response.map(|body| {
+        let body = match feed {
+            Some(feed) => feed::gated(body, feed),
+            None => body,
+        };
+        body::metered(body, length, bytes, active, access_log)
+    })
 }
 
 /// Who a request was let in as, and over what, for the access log.

@@ -349,3 +349,42 @@ async fn the_server_speaks_first_over_http2() {
     ws.send(Message::text(r#"{"type":"auth"}"#)).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::text(standin::AUTH_OK));
 }
+
+/// `limits.h2_max_websockets = 0`: the edge does not offer RFC 8441, so an extended CONNECT
+/// never reaches Home Assistant, while WebSockets over HTTP/1.1 and plain HTTP/2 requests work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_websocket_places_turns_extended_connect_off() {
+    let stack = Stack::start_with(StackOptions {
+        edge: EdgeOptions {
+            limits: Some("h2_max_websockets = 0\n".into()),
+            ..EdgeOptions::default()
+        },
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut h2 = stack.h2(0).await.unwrap();
+    let before = stack.ha_requests();
+    let refused = h2
+        .extended_connect(
+            "/api/websocket",
+            Some("websocket"),
+            &[("sec-websocket-version", "13")],
+        )
+        .await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() != 200),
+        "{refused:?}"
+    );
+    assert_eq!(stack.ha_requests(), before);
+    let mut h2 = stack.h2(0).await.unwrap();
+    assert_eq!(h2.get("/status/200").await.unwrap().0, 200);
+    let mut ws = stack.ws(0).await.unwrap();
+    ws.send(Message::Text("over http/1.1".into()))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert!(matches!(echoed, Some(Ok(Message::Text(t))) if t.as_str() == "over http/1.1"));
+}
