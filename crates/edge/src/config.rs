@@ -847,6 +847,52 @@ mod tests {
     }
 
     #[test]
+    fn response_queue_websockets_and_cache_are_checked() {
+        for (body, key) in [
+            (
+                "[limits]\nh2_response_queue = 1000",
+                "limits.h2_response_queue",
+            ),
+            (
+                "[limits]\nh2_max_websockets = 129",
+                "limits.h2_max_websockets",
+            ),
+            ("[cache]\nmax_object = 0", "cache.max_object"),
+            (
+                "[cache]\nmax_bytes = 1000\nmax_object = 2000",
+                "cache.max_object",
+            ),
+            ("[cache]\nmax_ttl = \"0s\"", "cache.max_ttl"),
+            ("[cache]\nmax_entries = 5", "max_entries"),
+        ] {
+            let Err(e) = load(&format!("state_dir = \"/x\"\n{body}")) else {
+                panic!("{body} must be refused");
+            };
+            assert!(e.to_string().contains(key), "{body}: {e}");
+        }
+        // 0 switches each off.
+        let Ok(c) = load(
+            "state_dir = \"/x\"\n[limits]\nh2_response_queue = 0\nh2_max_websockets = 0\n\
+             [cache]\nmax_bytes = 0\nmax_object = 0",
+        ) else {
+            panic!("zeros must load");
+        };
+        assert_eq!(
+            (
+                c.limits.h2_response_queue,
+                c.limits.h2_max_websockets,
+                c.cache.max_bytes
+            ),
+            (0, 0, 0)
+        );
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("defaults must load");
+        };
+        assert_eq!(c.cache, RawCache::default());
+        assert_eq!(c.limits.h2_response_queue, 256 * 1024);
+    }
+
+    #[test]
     fn acme_is_off_without_email_and_on_with_it() {
         let Ok(c) = load("state_dir = \"/x\"") else {
             panic!("minimal config must load");

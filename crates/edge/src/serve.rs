@@ -1,8 +1,8 @@
 //! Step 3 of the request path: HTTP on an authenticated connection.
 //!
 //! [`handle_request`] is the whole path for one request, top to bottom: host, device link,
-//! cookie, policy, upgrade, route, proxy, cookie refresh, and one finish point that logs every
-//! outcome exactly once.
+//! cookie, policy, upgrade, cache, route, proxy, cookie refresh, and one finish point that
+//! logs every outcome exactly once.
 //! Each step is called once, in that order, from `proxy_request`.
 
 use std::convert::Infallible;
@@ -304,7 +304,18 @@ async fn proxy_request(
             response: entry.response(std::time::Instant::now()),
             splice: None,
         },
-        None => forward(req, websocket, host, peer, auth, connection, shared, lookup).await?,
+        None => {
+            let mut forwarded =
+                forward(req, websocket, host, peer, auth, connection, shared).await?;
+            // What HA marks public is copied on its way to the client (`cache`).
+            if let Lookup::Find(key) | Lookup::Refresh(key) = lookup {
+                forwarded.response =
+                    shared
+                        .cache
+                        .record(key, forwarded.response, std::time::Instant::now());
+            }
+            forwarded
+        }
     };
     if let Grant::Certificate(cert) = grant
         && session_mode
@@ -318,9 +329,7 @@ async fn proxy_request(
     Ok(forwarded)
 }
 
-/// Steps 6 and 7: route the request and carry it through the tunnel; a response the cache
-/// may keep is recorded on its way to the client.
-#[allow(clippy::too_many_arguments)]
+/// Steps 6 and 7: route the request and carry it through the tunnel.
 async fn forward(
     req: Request<Incoming>,
     websocket: Option<upgrade::WebSocket>,
@@ -329,7 +338,6 @@ async fn forward(
     auth: Auth,
     connection: &Connection,
     shared: &Arc<Shared>,
-    lookup: Lookup,
 ) -> Result<Forwarded, ProxyError> {
     // An HTTP/1.1 connection carries one WebSocket by nature; an HTTP/2 one as many as it
     // has slots.
@@ -348,12 +356,6 @@ async fn forward(
     let mut forwarded = proxy::forward(req, websocket, &host, peer, auth, route, shared).await?;
     if let (Some(splice), Some(slot)) = (forwarded.splice.as_mut(), websocket_slot) {
         splice.keep(slot);
-    }
-    if let Lookup::Find(key) | Lookup::Refresh(key) = lookup {
-        forwarded.response =
-            shared
-                .cache
-                .record(key, forwarded.response, std::time::Instant::now());
     }
     Ok(forwarded)
 }
