@@ -308,7 +308,9 @@ impl Cache {
             pending: Some(Pending {
                 key,
                 headers: parts.headers.clone(),
-                body: BytesMut::with_capacity(length.unwrap_or(0)),
+                // Grown as bytes come, never reserved on a length's say-so: a response that
+                // declares 2 MiB and stalls holds nothing.
+                body: BytesMut::new(),
                 length,
                 stored: now,
                 expires: now + ttl,
@@ -321,7 +323,8 @@ impl Cache {
         let key = pending.key;
         let entry = Entry {
             headers: pending.headers,
-            body: pending.body.freeze(),
+            // Exactly its size: what `max_bytes` counts is what is held.
+            body: Bytes::copy_from_slice(&pending.body),
             stored: pending.stored,
             expires: pending.expires,
         };
