@@ -69,7 +69,7 @@ struct Row {
     higher_better: bool,
 }
 
-const ROWS: [Row; 8] = [
+const ROWS: [Row; 9] = [
     Row {
         id: "first_state",
         label: "page load → WebSocket + first state (median)",
@@ -79,6 +79,12 @@ const ROWS: [Row; 8] = [
     Row {
         id: "ws_open",
         label: "page load → WebSocket open (median)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "auth",
+        label: "page load → WebSocket `auth` → `auth_ok`, as Chromium's network stack saw it (median)",
         unit: "ms",
         higher_better: false,
     },
@@ -380,10 +386,12 @@ async fn matrix(
                 match page_load(&browser, &url, EDGE_PUBLIC_IP, fleet.dir.path(), &name).await {
                     Ok(l) => {
                         eprintln!(
-                            "  page {:<22} ws open {:>6.0} ms  auth_ok {:>6.0} ms  first state {:>6.0} ms  html {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
+                            "  page {:<22} ws open {:>6.0} ms  auth_required {:>6.0} ms  auth_ok {:>6.0} ms (network {:>4.0})  first state {:>6.0} ms  html {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
                             k.title(),
                             l.ws_open,
+                            l.auth_required,
                             l.auth_ok,
+                            l.auth_net,
                             l.first_state,
                             l.html_first_byte,
                             l.load,
@@ -392,6 +400,9 @@ async fn matrix(
                         );
                         table.add(p, "first_state", k, l.first_state);
                         table.add(p, "ws_open", k, l.ws_open);
+                        if l.auth_net.is_finite() {
+                            table.add(p, "auth", k, l.auth_net);
+                        }
                         table.add(p, "html", k, l.html_first_byte);
                         table.add(p, "load", k, l.load);
                     }

@@ -151,7 +151,13 @@ impl Browser {
 #[derive(Debug, Clone)]
 pub(crate) struct Load {
     pub(crate) ws_open: f64,
+    /// The server's first WebSocket message handled by the page (HA's `auth_required`, sent
+    /// right after the upgrade): how long the page took to see it after the open.
+    pub(crate) auth_required: f64,
     pub(crate) auth_ok: f64,
+    /// `auth` sent → `auth_ok` received as Chromium's network stack saw the frames (CDP), i.e.
+    /// without the page's main thread.
+    pub(crate) auth_net: f64,
     pub(crate) first_state: f64,
     /// The window's load event (every asset), if it came.
     pub(crate) load: f64,
@@ -272,6 +278,9 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
     .await
     .context("DevTools WebSocket connect")??;
     let mut id = 0u64;
+    // The page's WebSocket frames as Chromium's network stack saw them (CDP `Network`
+    // events): (seconds, sent, payload).
+    let frames = std::cell::RefCell::new(Vec::<(f64, bool, String)>::new());
     let mut call = async |ws: &mut tokio_tungstenite::WebSocketStream<_>,
                           method: &str,
                           params: Value,
@@ -290,6 +299,20 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
                 .ok_or_else(|| anyhow!("DevTools WebSocket closed"))??;
             if let Message::Text(t) = m {
                 let v: Value = serde_json::from_str(&t)?;
+                let method = v["method"].as_str().unwrap_or("");
+                if method.starts_with("Network.webSocketFrame") {
+                    let p = &v["params"];
+                    frames.borrow_mut().push((
+                        p["timestamp"].as_f64().unwrap_or(f64::NAN),
+                        method == "Network.webSocketFrameSent",
+                        p["response"]["payloadData"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(64)
+                            .collect(),
+                    ));
+                }
                 if v["id"] == id {
                     if let Some(e) = v.get("error") {
                         bail!("{method}: {e}");
@@ -299,6 +322,13 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
             }
         }
     };
+    call(
+        &mut ws,
+        "Network.enable",
+        json!({}),
+        Duration::from_secs(10),
+    )
+    .await?;
     // Answered when the navigation commits (the HTML's response head), which over a lossy
     // 80 ms path can take a few retransmission timeouts.
     let nav = call(
@@ -338,7 +368,20 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
             let t = &b["t"];
             let num = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
             return Ok(Load {
+                auth_net: {
+                    let f = frames.borrow();
+                    let at = |sent: bool, needle: &str| {
+                        f.iter()
+                            .find(|(_, s, p)| *s == sent && p.contains(needle))
+                            .map(|(t, _, _)| *t)
+                    };
+                    match (at(true, "\"auth\""), at(false, "auth_ok")) {
+                        (Some(a), Some(b)) => (b - a) * 1000.0,
+                        _ => f64::NAN,
+                    }
+                },
                 ws_open: num(&t["open"]),
+                auth_required: num(&t["auth_required"]),
                 auth_ok: num(&t["auth_ok"]),
                 first_state: num(&t["states"]),
                 load: num(&t["load"]),
