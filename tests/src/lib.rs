@@ -1688,6 +1688,17 @@ impl H2Connection {
         .context("no HTTP/2 response within 15 s")?
     }
 
+    /// `GET path`: the response head only (15 s); its body is left for the caller, and while
+    /// nobody reads it, flow control stops the server's sending on that stream.
+    pub async fn head_only(&mut self, path: &str) -> Result<http::Response<hyper::body::Incoming>> {
+        let request = http::Request::get(format!("https://{}{path}", self.authority))
+            .body(http_body_util::Empty::new())?;
+        tokio::time::timeout(Duration::from_secs(15), self.send.send_request(request))
+            .await
+            .context("no HTTP/2 response head within 15 s")?
+            .map_err(Into::into)
+    }
+
     /// An extended CONNECT for `path` with `:protocol` (none: a plain CONNECT to the
     /// authority) and `headers`; the answer as it came (a 200's stream is the tunnel).
     pub async fn extended_connect(

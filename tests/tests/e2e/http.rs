@@ -290,3 +290,53 @@ async fn admin_healthz_and_status() {
     assert_eq!(connectors[0]["id"], "connector-1", "{status}");
     assert_eq!(connectors[0]["connections"], 2, "{status}");
 }
+
+/// A download the client stops reading fills its HTTP/2 stream window and leaves body bytes
+/// queued at the edge that the socket will not take; the connection's other responses still
+/// come (the edge takes back credit that does not drain, `feed`), and the stalled one goes on
+/// once it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_http2_download_does_not_hold_up_the_connection() {
+    use http_body_util::BodyExt as _;
+    let stack = Stack::start().await.unwrap();
+    let mut h2 = stack.h2(0).await.unwrap();
+    let stalled = h2.head_only("/bytes/50000000").await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // Wait until the edge has filled the stream's window and the count stops moving: what
+    // it handed over since then sits queued in front of a socket that will not take it.
+    let metric = "doorless_edge_response_bytes_total";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = -1.0;
+    loop {
+        let now = stack.edge.metric(metric).await.unwrap();
+        if now >= 1_000_000.0 && now == last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never stalled ({now} bytes)"
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let (status, body) = h2.get(&format!("/bytes/{}", 1000 + i)).await.unwrap();
+        assert_eq!((status, body.len()), (200, 1000 + i));
+    }
+    eprintln!(
+        "5 small responses beside the stalled download: {:?}",
+        started.elapsed()
+    );
+    // The stalled download resumes when read.
+    let mut body = stalled.into_body();
+    let mut got = 0usize;
+    while got < 5_000_000 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+}
