@@ -31,6 +31,7 @@ use std::time::Duration;
 use bytes::{Buf as _, Bytes};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
@@ -64,11 +65,13 @@ pub(crate) struct Feed {
     sample_bytes: AtomicUsize,
     epoch: Instant,
     credit: Arc<Notify>,
+    /// Counts stall reclaims (`doorless_edge_h2_queue_reclaims_total`).
+    reclaims: Counter,
 }
 
 impl Feed {
-    /// A feed whose queue may grow to `max` body bytes.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A feed whose queue may grow to `max` body bytes; stall reclaims count on `reclaims`.
+    pub(crate) fn new(max: usize, reclaims: Counter) -> Arc<Self> {
         Arc::new(Self {
             max,
             budget: AtomicUsize::new(PIECE.min(max)),
@@ -78,6 +81,7 @@ impl Feed {
             sample_bytes: AtomicUsize::new(0),
             epoch: Instant::now(),
             credit: Arc::new(Notify::new()),
+            reclaims,
         })
     }
 
@@ -134,7 +138,9 @@ impl Feed {
             .now_ms()
             .saturating_sub(self.last_write.load(Ordering::Relaxed));
         if idle >= STALL.as_millis() as u64 {
-            self.queued.store(0, Ordering::Release);
+            if self.queued.swap(0, Ordering::AcqRel) > 0 {
+                self.reclaims.inc();
+            }
             self.credit.notify_waiters();
             return true;
         }
@@ -324,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_pass_whole_and_in_order_in_pieces() {
-        let feed = Feed::new(1 << 20);
+        let feed = Feed::new(1 << 20, Counter::default());
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let parts = vec![
             Bytes::copy_from_slice(&data[..10]),
@@ -353,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_waits_for_the_socket() {
-        let feed = Feed::new(1 << 20);
+        let feed = Feed::new(1 << 20, Counter::default());
         let mut a = gated(body(vec![Bytes::from(vec![0u8; 4 * PIECE])]), feed.clone());
         let mut b = gated(body(vec![Bytes::from(vec![1u8; PIECE])]), feed.clone());
         // The budget starts at one piece: `a` takes it; `b` must wait.
@@ -377,7 +383,8 @@ mod tests {
 
     #[tokio::test]
     async fn credit_the_socket_never_returns_is_taken_back() {
-        let feed = Feed::new(1 << 20);
+        let reclaims = Counter::default();
+        let feed = Feed::new(1 << 20, reclaims.clone());
         // A piece handed to h2 for a stream then reset: never written.
         let mut lost = gated(body(vec![Bytes::from(vec![0u8; PIECE])]), feed.clone());
         assert_eq!(
@@ -394,11 +401,12 @@ mod tests {
         );
         let waited = started.elapsed();
         assert!(waited >= STALL && waited < STALL * 3, "{waited:?}");
+        assert_eq!(reclaims.get(), 1);
     }
 
     #[test]
     fn the_budget_follows_what_the_socket_drains() {
-        let feed = Feed::new(256 * 1024);
+        let feed = Feed::new(256 * 1024, Counter::default());
         assert_eq!(feed.budget.load(Ordering::Relaxed), PIECE);
         let mut now = 20;
         feed.written_at(1, now);

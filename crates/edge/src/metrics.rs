@@ -173,6 +173,8 @@ pub(crate) struct Metrics {
     pub(crate) reloads: Family<ResultLabel, Counter>,
     /// Connections closed by a revocation.
     pub(crate) revoked_connections_closed: Counter,
+    /// HTTP/2 response-queue credit taken back after a stall (`feed`).
+    pub(crate) h2_queue_reclaims: Counter,
     /// Enrollment attempts (connector codes, device links) by result.
     pub(crate) enrollments: Family<EnrollLabels, Counter>,
     /// Requests the cache looked at, by result.
@@ -218,6 +220,7 @@ impl Metrics {
             acme_renewal_failing: Family::default(),
             reloads: Family::default(),
             revoked_connections_closed: Counter::default(),
+            h2_queue_reclaims: Counter::default(),
             enrollments: Family::default(),
             cache_requests: Family::default(),
             cache_bytes: Gauge::default(),
@@ -355,6 +358,11 @@ impl Metrics {
             "config_reloads",
             "State reloads by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "h2_queue_reclaims",
+            "HTTP/2 response-queue credit taken back after 50 ms without socket writes: a stream the client stopped reading, or a stuck client",
+            m.h2_queue_reclaims.clone(),
         );
         r.register(
             "revoked_connections_closed",

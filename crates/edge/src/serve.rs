@@ -55,7 +55,10 @@ pub(crate) async fn connection(
     // Response bodies take turns into HTTP/2 no faster than the socket takes them (`feed`),
     // unless `limits.h2_response_queue = 0`; an HTTP/1.1 connection sends one response at a
     // time, nothing to overtake.
-    let feed = Feed::new(shared.config.limits.h2_response_queue);
+    let feed = Feed::new(
+        shared.config.limits.h2_response_queue,
+        shared.metrics.h2_queue_reclaims.clone(),
+    );
     let gate = (h2 && shared.config.limits.h2_response_queue > 0).then(|| feed.clone());
     let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);

@@ -328,6 +328,15 @@ async fn an_unread_http2_download_does_not_hold_up_the_connection() {
         "5 small responses beside the stalled download: {:?}",
         started.elapsed()
     );
+    assert!(
+        stack
+            .edge
+            .metric("doorless_edge_h2_queue_reclaims_total")
+            .await
+            .unwrap()
+            >= 1.0,
+        "the stalled credit was taken back, and counted"
+    );
     // The stalled download resumes when read.
     let mut body = stalled.into_body();
     let mut got = 0usize;
