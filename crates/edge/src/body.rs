@@ -68,6 +68,17 @@ pub(crate) fn metered(
     .boxed_unsync()
 }
 
+/// A body of `parts`, one data frame each, then an error if `fail` (a tunnel that broke).
+#[cfg(test)]
+pub(crate) fn test_body(parts: impl IntoIterator<Item = Bytes>, fail: bool) -> ResponseBody {
+    let mut frames: Vec<Result<Frame<Bytes>, io::Error>> =
+        parts.into_iter().map(|p| Ok(Frame::data(p))).collect();
+    if fail {
+        frames.push(Err(io::Error::other("tunnel broke")));
+    }
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
 /// Decrements a gauge when dropped.
 #[derive(Debug)]
 pub(crate) struct ActiveGuard(pub Gauge);
@@ -141,7 +152,7 @@ impl hyper::body::Body for Metered {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use http_body_util::{BodyExt as _, Full, StreamBody};
+    use http_body_util::{BodyExt as _, Full};
 
     use super::*;
 
@@ -177,14 +188,7 @@ mod tests {
     }
 
     fn chunks(parts: &[&'static [u8]], fail: bool) -> ResponseBody {
-        let mut items: Vec<Result<Frame<Bytes>, io::Error>> = parts
-            .iter()
-            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
-            .collect();
-        if fail {
-            items.push(Err(io::Error::other("tunnel broke")));
-        }
-        StreamBody::new(futures_util::stream::iter(items)).boxed_unsync()
+        test_body(parts.iter().map(|p| Bytes::from_static(p)), fail)
     }
 
     #[tokio::test]

@@ -551,7 +551,7 @@ impl Body for Recording {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::StreamBody;
+    use crate::body::test_body;
 
     use super::*;
 
@@ -792,15 +792,7 @@ mod tests {
         length: Option<usize>,
         fail: bool,
     ) -> Response<ResponseBody> {
-        let mut items: Vec<Result<Frame<Bytes>, io::Error>> = parts
-            .iter()
-            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
-            .collect();
-        if fail {
-            items.push(Err(io::Error::other("tunnel broke")));
-        }
-        let mut r =
-            Response::new(StreamBody::new(futures_util::stream::iter(items)).boxed_unsync());
+        let mut r = Response::new(test_body(parts.iter().map(|p| Bytes::from_static(p)), fail));
         r.headers_mut().insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=60"),

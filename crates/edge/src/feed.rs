@@ -251,15 +251,22 @@ impl Body for Gated {
 }
 
 /// A connection's socket that gives its [`Feed`] credit back as it takes bytes.
+/// Without a feed (HTTP/1.1, or no bound) it only passes the bytes through.
 pub(crate) struct Counted<S> {
     inner: S,
-    feed: Arc<Feed>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl<S> Counted<S> {
-    /// Wraps `inner`, crediting `feed`.
-    pub(crate) fn new(inner: S, feed: Arc<Feed>) -> Self {
+    /// Wraps `inner`, crediting `feed` if there is one.
+    pub(crate) fn new(inner: S, feed: Option<Arc<Feed>>) -> Self {
         Self { inner, feed }
+    }
+
+    fn credit(&self, written: usize) {
+        if let Some(feed) = &self.feed {
+            feed.written(written);
+        }
     }
 }
 
@@ -280,7 +287,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.feed.written(written);
+        self.credit(written);
         Poll::Ready(Ok(written))
     }
 
@@ -290,7 +297,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.feed.written(written);
+        self.credit(written);
         Poll::Ready(Ok(written))
     }
 
@@ -309,15 +316,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::{Full, StreamBody};
+    use http_body_util::Full;
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
 
     fn body(parts: Vec<Bytes>) -> ResponseBody {
-        let frames: Vec<Result<Frame<Bytes>, io::Error>> =
-            parts.into_iter().map(|p| Ok(Frame::data(p))).collect();
-        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+        crate::body::test_body(parts, false)
     }
 
     /// The next data frame's length, or `None` if the body did not give one within `wait`.
@@ -370,7 +375,7 @@ mod tests {
         assert_eq!(next_len(&mut b, Duration::from_millis(10)).await, None);
         // The socket takes that piece (through `Counted`): `b` goes on.
         let (mut socket, _peer) = tokio::io::duplex(1 << 20);
-        let mut counted = Counted::new(&mut socket, feed.clone());
+        let mut counted = Counted::new(&mut socket, Some(feed.clone()));
         counted
             .write_all(&vec![0u8; PIECE])
             .await

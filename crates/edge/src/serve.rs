@@ -55,11 +55,13 @@ pub(crate) async fn connection(
     // Response bodies take turns into HTTP/2 no faster than the socket takes them (`feed`),
     // unless `limits.h2_response_queue = 0`; an HTTP/1.1 connection sends one response at a
     // time, nothing to overtake.
-    let feed = Feed::new(
-        shared.config.limits.h2_response_queue,
-        shared.metrics.h2_queue_reclaims.clone(),
-    );
-    let gate = (h2 && shared.config.limits.h2_response_queue > 0).then(|| feed.clone());
+    let gate = (h2 && shared.config.limits.h2_response_queue > 0).then(|| {
+        Feed::new(
+            shared.config.limits.h2_response_queue,
+            shared.metrics.h2_queue_reclaims.clone(),
+        )
+    });
+    let socket_credit = gate.clone();
     let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);
     let limits = &shared.config.limits;
@@ -115,7 +117,7 @@ pub(crate) async fn connection(
     // Closed by lingering: a client's last WINDOW_UPDATEs must not turn our close into a
     // reset that destroys the end of its response (`linger`).
     let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(Counted::new(Lingering::new(tls), feed)),
+        TokioIo::new(Counted::new(Lingering::new(tls), socket_credit)),
         service,
     );
     tokio::pin!(conn);
