@@ -85,9 +85,10 @@ pub enum Congestion {
     /// many servers and the composites' TCP legs use.
     Bbr,
     /// Cubic that takes loss for congestion only above 2 % of what was sent over its latest
-    /// 2,000 packets, as BBRv2 does ([`crate::congestion::LossTolerant`]): random loss no
-    /// longer holds the window down; an overflowing bottleneck still does, at the price of up
-    /// to ~2 % loss there before it yields.
+    /// 2,000 packets while the path's RTT shows a queue, as BBRv2 does, and above 6 % while
+    /// it shows none ([`crate::congestion::LossTolerant`]): random loss no longer holds the
+    /// window down; an overflowing bottleneck still does, at the price of up to ~2 % loss
+    /// there before it yields (~6 % at a policer, which queues nothing).
     #[default]
     #[serde(rename = "loss_tolerant")]
     LossTolerant,
