@@ -2142,7 +2142,7 @@ fn systemd_units_are_hardened_and_verify() {
 #[test]
 fn sysctl_dropin_raises_udp_buffers_to_the_requested_size() {
     let text = read("deploy/systemd/99-doorless.conf");
-    let settings: BTreeMap<String, u64> = text
+    let settings: BTreeMap<String, String> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
@@ -2150,18 +2150,41 @@ fn sysctl_dropin_raises_udp_buffers_to_the_requested_size() {
             let (k, v) = l
                 .split_once('=')
                 .unwrap_or_else(|| panic!("not KEY = VALUE: {l}"));
-            (k.trim().to_owned(), v.trim().parse().unwrap())
+            (k.trim().to_owned(), v.trim().to_owned())
         })
         .collect();
     let keys: Vec<&str> = settings.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["net.core.rmem_max", "net.core.wmem_max"]);
+    assert_eq!(
+        keys,
+        [
+            "net.core.rmem_max",
+            "net.core.wmem_max",
+            "net.ipv4.tcp_allowed_congestion_control"
+        ]
+    );
     // docs/config.md: tunnel.udp_buffer defaults to 4194304 for both binaries.
     let config_md = read("docs/config.md");
     assert!(config_md.contains("| `tunnel.udp_buffer` | `4194304` |"));
-    for (key, value) in &settings {
-        assert_eq!(*value, 4_194_304, "{key}");
-        let proc = Path::new("/proc/sys").join(key.replace('.', "/"));
-        if Path::new("/proc/sys/net").exists() {
+    for key in ["net.core.rmem_max", "net.core.wmem_max"] {
+        assert_eq!(settings[key], "4194304", "{key}");
+    }
+    // The edge's default client congestion control is allowed, beside the kernel's usual ones
+    // (the list replaces the host's, so it must keep them), and its module is loaded at boot.
+    assert!(config_md.contains("| `listen.tcp_congestion_control` | `bbr` |"));
+    let allowed: Vec<&str> = settings["net.ipv4.tcp_allowed_congestion_control"]
+        .split_whitespace()
+        .collect();
+    assert_eq!(allowed, ["reno", "cubic", "bbr"]);
+    let modules = read("deploy/systemd/doorless-modules.conf");
+    let loaded: Vec<&str> = modules
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .collect();
+    assert_eq!(loaded, ["tcp_bbr"]);
+    if Path::new("/proc/sys/net").exists() {
+        for key in settings.keys() {
+            let proc = Path::new("/proc/sys").join(key.replace('.', "/"));
             assert!(
                 proc.exists(),
                 "{key} is not a kernel setting here ({})",
@@ -2543,6 +2566,7 @@ fn every_deploy_file_is_checked_here() {
         "deploy/systemd/doorless-connector.service",
         "deploy/systemd/doorless.sysusers",
         "deploy/systemd/99-doorless.conf",
+        "deploy/systemd/doorless-modules.conf", // sysctl_dropin_raises_udp_buffers_...
         "deploy/container/Dockerfile.edge",
         "deploy/container/Dockerfile.edge.dockerignore",
         "deploy/container/Dockerfile.connector",

@@ -140,7 +140,13 @@ pub struct RawListen {
     pub tunnel: SocketAddr,
     /// Admin listener: `/healthz`, `/readyz`, `/status`. Keep it on loopback.
     pub admin: SocketAddr,
+    /// TCP congestion control of the HTTPS listener's connections (clients, and connectors
+    /// over TLS/TCP): a kernel module name (`bbr`, `cubic`); empty: the kernel's default.
+    pub tcp_congestion_control: String,
 }
+
+/// The longest congestion control name Linux takes (`TCP_CA_NAME_MAX` 16, with its NUL).
+pub const MAX_CONGESTION_NAME: usize = 15;
 
 impl Default for RawListen {
     fn default() -> Self {
@@ -148,6 +154,7 @@ impl Default for RawListen {
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
             tunnel: SocketAddr::from(([0, 0, 0, 0], 443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9470)),
+            tcp_congestion_control: "bbr".into(),
         }
     }
 }
@@ -402,6 +409,17 @@ impl Config {
     fn from_figment(figment: Figment, source: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = figment.extract().map_err(ConfigError::parse)?;
         let invalid = |key: &str, problem: &str| ConfigError::invalid(source, key, problem);
+        let cc = &raw.listen.tcp_congestion_control;
+        if cc.len() > MAX_CONGESTION_NAME
+            || !cc
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(invalid(
+                "listen.tcp_congestion_control",
+                "must be a kernel congestion control name (e.g. \"bbr\", \"cubic\"; at most 15 of a-z, 0-9, _) or empty for the kernel's default",
+            ));
+        }
         let limits = &raw.limits;
         if limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
@@ -734,6 +752,31 @@ mod tests {
             panic!("typo must be refused");
         };
         assert!(e.to_string().contains("header_read_timout"), "{e}");
+    }
+
+    #[test]
+    fn tcp_congestion_control_takes_a_kernel_name_or_nothing() {
+        let Ok(c) = load("state_dir = \"/x\"") else {
+            panic!("defaults must load");
+        };
+        assert_eq!(c.listen.tcp_congestion_control, "bbr");
+        for good in ["cubic", "", "bbr", "dctcp", "a_b_c_d_e_f_g_h"] {
+            let text = format!("state_dir = \"/x\"\n[listen]\ntcp_congestion_control = \"{good}\"");
+            match load(&text) {
+                Ok(c) => assert_eq!(c.listen.tcp_congestion_control, good),
+                Err(e) => panic!("{good:?}: {e}"),
+            }
+        }
+        for bad in ["BBR", "bbr cubic", "a_b_c_d_e_f_g_h_", "bbr\\n", "../x"] {
+            let text = format!("state_dir = \"/x\"\n[listen]\ntcp_congestion_control = \"{bad}\"");
+            let Err(e) = load(&text) else {
+                panic!("{bad:?} must be refused");
+            };
+            assert!(
+                e.to_string().contains("listen.tcp_congestion_control"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -169,6 +169,21 @@ impl Edge {
         let https = TcpListener::bind(config.listen.https)
             .await
             .with_context(|| format!("binding listen.https {}", config.listen.https))?;
+        let congestion = &config.listen.tcp_congestion_control;
+        if !congestion.is_empty()
+            && let Err(e) = serve::set_congestion_control(&https, congestion)
+        {
+            // Best effort: the listener works with the kernel's default.
+            tracing::warn!(
+                wanted = %congestion,
+                kernel_default = serve::congestion_control(&https).unwrap_or_default(),
+                error = %e,
+                "listen.tcp_congestion_control not applied: client connections use the kernel's \
+                 default (for bbr: `modprobe tcp_bbr` and add it to \
+                 net.ipv4.tcp_allowed_congestion_control, as `doorless-edge setup` and \
+                 deploy/systemd/99-doorless.conf do)"
+            );
+        }
         let admin = TcpListener::bind(config.listen.admin)
             .await
             .with_context(|| format!("binding listen.admin {}", config.listen.admin))?;

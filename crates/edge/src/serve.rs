@@ -153,6 +153,41 @@ fn bound_unsent(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(H2_NOTSENT_LOWAT);
 }
 
+/// Sets TCP congestion control `name` (`listen.tcp_congestion_control`) on the HTTPS listener;
+/// the connections it accepts inherit it (Linux). Phones reach the edge over mobile networks
+/// whose random loss holds Cubic, most VPS kernels' default, near 1.22/√p packets per round
+/// trip; BBR does not read random loss as congestion (docs/benchmarks.md, "The client leg's
+/// TCP congestion control").
+pub(crate) fn set_congestion_control(
+    listener: &tokio::net::TcpListener,
+    name: &str,
+) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    {
+        socket2::SockRef::from(listener).set_tcp_congestion(name.as_bytes())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        let _ = (listener, name);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// The congestion control the listener's connections get now (for the log), if the OS says.
+pub(crate) fn congestion_control(listener: &tokio::net::TcpListener) -> Option<String> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    {
+        let name = socket2::SockRef::from(listener).tcp_congestion().ok()?;
+        let name = String::from_utf8_lossy(&name);
+        Some(name.trim_end_matches('\0').to_owned())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    {
+        let _ = listener;
+        None
+    }
+}
+
 /// What a request shares with the others of its client connection.
 pub(crate) struct Connection {
     /// The connection's limits and gauge; a WebSocket keeps them until it closes.
@@ -571,5 +606,31 @@ mod tests {
             .tcp_notsent_lowat()
             .unwrap_or_else(|e| panic!("getsockopt: {e}"));
         assert_eq!(lowat, H2_NOTSENT_LOWAT);
+    }
+
+    /// What the listener is given, its accepted connections run; a name the kernel does not
+    /// know is an error (the edge logs it and goes on with the kernel's default).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_listeners_congestion_control() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        // Cubic and Reno are built into every Linux kernel; pick the one that is not the
+        // default, so the test sees the option take effect.
+        let default = congestion_control(&listener).unwrap_or_default();
+        let wanted = if default == "cubic" { "reno" } else { "cubic" };
+        set_congestion_control(&listener, wanted).unwrap_or_else(|e| panic!("{wanted}: {e}"));
+        assert!(set_congestion_control(&listener, "no_such_cc").is_err());
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let _client = client.unwrap_or_else(|e| panic!("connect: {e}"));
+        let (tcp, _) = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+        let got = socket2::SockRef::from(&tcp)
+            .tcp_congestion()
+            .unwrap_or_else(|e| panic!("getsockopt: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got).trim_end_matches('\0'), wanted);
     }
 }

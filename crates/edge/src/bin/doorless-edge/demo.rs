@@ -98,6 +98,7 @@ async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> an
             https: SocketAddr::from(([127, 0, 0, 1], port)),
             tunnel: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..RawListen::default()
         },
         limits: Default::default(),
         tunnel: Default::default(),

@@ -40,6 +40,8 @@ const SYSUSERS_PATH: &str = "/etc/sysusers.d/doorless.conf";
 const SYSUSERS: &str = include_str!("../../../../../deploy/systemd/doorless.sysusers");
 const SYSCTL_PATH: &str = "/etc/sysctl.d/99-doorless.conf";
 const SYSCTL: &str = include_str!("../../../../../deploy/systemd/99-doorless.conf");
+const MODULES_PATH: &str = "/etc/modules-load.d/doorless.conf";
+const MODULES: &str = include_str!("../../../../../deploy/systemd/doorless-modules.conf");
 
 /// How long each external look (DNS, the new edge's `/readyz`) may take.
 const LOOK_DEADLINE: Duration = Duration::from_secs(10);
@@ -586,10 +588,18 @@ impl Plan {
         // (StateDirectory= chowns it at start).
         write_if_missing(Path::new(SYSUSERS_PATH), SYSUSERS)?;
         systemctl_like("systemd-sysusers", &[SYSUSERS_PATH])?;
+        // TCP BBR for client connections: the module now and at boot (before sysctl reads
+        // the allowed list that names it).
+        write_if_missing(Path::new(MODULES_PATH), MODULES)?;
+        if let Err(e) = systemctl_like("modprobe", &["tcp_bbr"]) {
+            // The edge then logs that client connections use the kernel's default.
+            println!("  warning: TCP BBR module not loaded: {e:#}");
+        }
         write_if_missing(Path::new(SYSCTL_PATH), SYSCTL)?;
         if let Err(e) = systemctl_like("sysctl", &["-q", "-p", SYSCTL_PATH]) {
-            // Containers and some VPS kernels refuse; the edge then logs its capped buffers.
-            println!("  warning: UDP buffer sysctl not applied: {e:#}");
+            // Containers and some VPS kernels refuse; the edge then logs its capped buffers
+            // and the congestion control it could not set.
+            println!("  warning: sysctl not (fully) applied: {e:#}");
         }
         write_step(Path::new(UNIT_PATH), unit_text, unit, 0o644)?;
         let changed = unit != FileStep::Unchanged || self.config != FileStep::Unchanged;
