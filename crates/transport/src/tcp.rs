@@ -1169,6 +1169,23 @@ pub(crate) struct Client {
     tuning: Tuning,
 }
 
+/// What the connector sends over TLS/TCP (downloads) is paced by its kernel; unless the
+/// tunnel is set to plain Cubic, ask for BBR, which random loss does not hold down (as
+/// `loss_tolerant` does on QUIC; docs/benchmarks.md). Best effort: a kernel without the
+/// `tcp_bbr` module, or one that does not allow it to an unprivileged process (the Home
+/// Assistant add-on), keeps its default.
+fn prefer_bbr(tcp: &TcpStream, congestion: crate::tuning::Congestion) {
+    if congestion == crate::tuning::Congestion::Cubic {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_congestion(b"bbr") {
+        tracing::debug!(error = %e, "TLS/TCP tunnel: TCP BBR not available, the kernel's default applies");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    let _ = tcp;
+}
+
 impl Client {
     pub(crate) fn new(
         tls: Arc<rustls::ClientConfig>,
@@ -1194,6 +1211,7 @@ impl Client {
         let setup = async {
             let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
+            prefer_bbr(&tcp, self.tuning.congestion);
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(self.server_name.clone(), tcp)
                 .await
@@ -1350,4 +1368,51 @@ fn h2_handshake_error(e: h2::Error) -> Error {
         return Error::Failed("h2 handshake".into());
     }
     connection_error(&e).to_error()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn congestion(tcp: &TcpStream) -> String {
+        let name = socket2::SockRef::from(tcp)
+            .tcp_congestion()
+            .unwrap_or_else(|e| panic!("getsockopt: {e}"));
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_owned()
+    }
+
+    /// The dialled tunnel socket asks for BBR unless the tunnel is set to plain Cubic; a
+    /// kernel without BBR keeps what the socket had.
+    #[tokio::test]
+    async fn the_tunnel_socket_prefers_bbr_unless_told_cubic() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let bbr = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|name| name == "bbr");
+        for (setting, want) in [
+            (crate::tuning::Congestion::Cubic, "reno"),
+            (
+                crate::tuning::Congestion::LossTolerant,
+                if bbr { "bbr" } else { "reno" },
+            ),
+        ] {
+            let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let tcp = client.unwrap_or_else(|e| panic!("connect: {e}"));
+            let _accepted = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+            // Reno is built into every kernel and is nobody's default: a visible start.
+            socket2::SockRef::from(&tcp)
+                .set_tcp_congestion(b"reno")
+                .unwrap_or_else(|e| panic!("reno: {e}"));
+            prefer_bbr(&tcp, setting);
+            assert_eq!(congestion(&tcp), want, "{setting:?}");
+        }
+    }
 }

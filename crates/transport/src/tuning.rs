@@ -59,7 +59,8 @@ pub struct Tuning {
     /// packets.
     pub ack_delay: Duration,
     /// QUIC congestion controller of the connections this end SENDS on (see [`Congestion`]).
-    /// The TLS/TCP transport uses the kernel's (`net.ipv4.tcp_congestion_control`).
+    /// On TLS/TCP the kernel paces: the connector asks it for BBR unless this is `Cubic`
+    /// (`tcp::prefer_bbr`), the edge sets its listener's (`listen.tcp_congestion_control`).
     pub congestion: Congestion,
 }
 
