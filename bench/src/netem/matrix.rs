@@ -540,8 +540,9 @@ fn render(
          Ratios are target ÷ nginx+rathole (time: < 1 is faster; MB/s: > 1 is faster). Run \
          took {:.0} s; load average at the end {}: 2 cores shared with other builds, so \
          absolute numbers are noisy, ratios within one run are what count. TCP congestion \
-         control of every TCP leg: {} (kernel default); doorless's QUIC tunnel: its \
-         configured controller (default `loss_tolerant`){}.\n",
+         control of every TCP leg: {} (kernel default), but doorless's edge sets its \
+         listener's (`listen.tcp_congestion_control`, default `bbr`); doorless's QUIC tunnel: \
+         its configured controller (default `loss_tolerant`){}.\n",
         if opts.quick { " --quick" } else { "" },
         points
             .iter()
