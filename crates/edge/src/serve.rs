@@ -589,18 +589,29 @@ fn finish(
 mod tests {
     use super::*;
 
-    /// The bound is on the socket (read back from the kernel).
-    #[tokio::test]
-    async fn http2_sockets_queue_little_unsent_data() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    /// A loopback listener.
+    async fn listener() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
+            .unwrap_or_else(|e| panic!("bind: {e}"))
+    }
+
+    /// One connection to `listener`: its accepted side (the client side is kept open by the
+    /// second element).
+    async fn accepted(listener: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("addr: {e}"));
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let _client = client.unwrap_or_else(|e| panic!("connect: {e}"));
+        let client = client.unwrap_or_else(|e| panic!("connect: {e}"));
         let (tcp, _) = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+        (tcp, client)
+    }
+
+    /// The bound is on the socket (read back from the kernel).
+    #[tokio::test]
+    async fn http2_sockets_queue_little_unsent_data() {
+        let (tcp, _client) = accepted(&listener().await).await;
         bound_unsent(&tcp);
         let lowat = socket2::SockRef::from(&tcp)
             .tcp_notsent_lowat()
@@ -613,21 +624,14 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_connections_inherit_the_listeners_congestion_control() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let listener = listener().await;
         // Cubic and Reno are built into every Linux kernel; pick the one that is not the
         // default, so the test sees the option take effect.
         let default = congestion_control(&listener).unwrap_or_default();
         let wanted = if default == "cubic" { "reno" } else { "cubic" };
         set_congestion_control(&listener, wanted).unwrap_or_else(|e| panic!("{wanted}: {e}"));
         assert!(set_congestion_control(&listener, "no_such_cc").is_err());
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"));
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let _client = client.unwrap_or_else(|e| panic!("connect: {e}"));
-        let (tcp, _) = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+        let (tcp, _client) = accepted(&listener).await;
         let got = socket2::SockRef::from(&tcp)
             .tcp_congestion()
             .unwrap_or_else(|e| panic!("getsockopt: {e}"));
