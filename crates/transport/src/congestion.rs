@@ -79,11 +79,11 @@ pub const QUIET_PACKETS: u64 = 4;
 
 /// The loss rate is taken over at least this many packets' worth of bytes. Checked at every
 /// loss, a sliding sample of 1,000 packets still took 1 % random loss for more than 2 % in
-/// 4 of 20 transfers of 40,000 packets (`random_one_percent_loss_rarely_misfires`).
+/// 4 of 20 transfers of 40,000 packets (`random_loss_with_jitter_rarely_misfires`).
 pub const MIN_SAMPLE_PACKETS: u64 = 2000;
 
 /// Round trips of history kept: enough for a slow path (8 packets a round trip, ~4 Mbit/s at
-/// 20 ms) to fill a sample (4 KiB per connection).
+/// 20 ms) to fill a sample (8 KiB per connection: 32 bytes a round).
 pub const MAX_ROUNDS: usize = 256;
 
 /// Builds [`LossTolerant`] controllers (Cubic inside, quinn's defaults).
@@ -616,6 +616,11 @@ mod tests {
             }
         }
         assert_eq!(passed, 0, "3 % random loss taken for congestion");
+    }
+
+    #[test]
+    fn a_round_of_history_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Tally>(), 32);
     }
 
     #[test]
