@@ -8,8 +8,10 @@
 //! go backwards, so jitter spreads packets out but never reorders them (a FIFO path, as most
 //! real paths are; netem's jitter would reorder).
 //!
-//! Not a bandwidth shaper: there is no rate limit; what limits throughput is the end points,
-//! the forwarder's CPU and the TUN queues.
+//! Not a bandwidth shaper, except on a direction given a [`Bottleneck`] (the home uplink,
+//! `BENCH_UPLINK`): there packets leave one after another at its rate from a drop-tail
+//! buffer of its length in time, then take the delay. Elsewhere no rate limit: what limits
+//! throughput is the end points, the forwarder's CPU and the TUN queues.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -33,6 +35,15 @@ pub(crate) struct Params {
     pub(crate) jitter_us: AtomicU64,
     /// Drop probability in parts per million.
     pub(crate) loss_ppm: AtomicU64,
+}
+
+/// A bottleneck on one direction: a link of `rate_bps` behind a drop-tail buffer that holds
+/// `buffer_us` of it; a packet that finds the buffer full is dropped (a queue-full drop).
+/// Rate 0: none.
+#[derive(Default)]
+pub(crate) struct Bottleneck {
+    pub(crate) rate_bps: AtomicU64,
+    pub(crate) buffer_us: AtomicU64,
 }
 
 /// Per-direction counters.
@@ -84,6 +95,7 @@ impl Direction {
         from: Arc<File>,
         to: Arc<File>,
         params: Arc<Params>,
+        bottleneck: Arc<Bottleneck>,
         stop: Arc<AtomicBool>,
         seed: u64,
     ) -> std::io::Result<Self> {
@@ -93,7 +105,9 @@ impl Direction {
             let (counters, stop) = (counters.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("netem-{name}-rd"))
-                .spawn(move || read_loop(&from, &tx, &params, &counters, &stop, seed))?
+                .spawn(move || {
+                    read_loop(&from, &tx, &params, &bottleneck, &counters, &stop, seed)
+                })?
         };
         let writer = {
             let counters = counters.clone();
@@ -118,6 +132,7 @@ fn read_loop(
     from: &File,
     tx: &SyncSender<(Instant, Vec<u8>)>,
     params: &Params,
+    bottleneck: &Bottleneck,
     counters: &Counters,
     stop: &AtomicBool,
     seed: u64,
@@ -130,6 +145,8 @@ fn read_loop(
     let mut rng = Rng(seed);
     let mut buf = vec![0u8; MAX_PACKET];
     let mut last_release = Instant::now();
+    // When the bottleneck's link is free again (its buffer drains until then).
+    let mut busy_until = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match wait_readable(from, Duration::from_millis(50)) {
             Ok(true) => {}
@@ -158,7 +175,19 @@ fn read_loop(
                 0
             };
             let us = (delay + offset).max(0) as u64;
-            let release = (Instant::now() + Duration::from_micros(us)).max(last_release);
+            let mut departs = Instant::now();
+            let rate = bottleneck.rate_bps.load(Ordering::Relaxed);
+            if rate > 0 {
+                let start = busy_until.max(departs);
+                let buffer = Duration::from_micros(bottleneck.buffer_us.load(Ordering::Relaxed));
+                if start.saturating_duration_since(departs) > buffer {
+                    counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                busy_until = start + Duration::from_nanos(n as u64 * 8 * 1_000_000_000 / rate);
+                departs = busy_until;
+            }
+            let release = (departs + Duration::from_micros(us)).max(last_release);
             match tx.try_send((release, buf[..n].to_vec())) {
                 Ok(()) => last_release = release,
                 Err(TrySendError::Full(_)) => {

@@ -557,11 +557,16 @@ fn render(
         secs,
         load_avg(),
         tcp_cc(),
-        match std::env::var("BENCH_DOORLESS_ENV") {
-            Ok(env) if !env.trim().is_empty() =>
-                format!(", with `BENCH_DOORLESS_ENV={}`", env.trim()),
-            _ => String::new(),
-        }
+        [
+            ("BENCH_DOORLESS_ENV", "doorless's environment"),
+            ("BENCH_UPLINK", "home uplink Mbit/s : drop-tail buffer ms")
+        ]
+        .iter()
+        .filter_map(|(var, what)| match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Some(format!(", with `{var}={}` ({what})", v.trim())),
+            _ => None,
+        })
+        .collect::<String>()
     );
     let _ = writeln!(md, "## Calibration (measured, UDP echo)\n");
     let _ = writeln!(

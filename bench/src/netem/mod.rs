@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
-use self::link::{Direction, Params};
+use self::link::{Bottleneck, Direction, Params};
 
 pub(crate) const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 201, 1, 1));
 /// The edge's public address (link 1).
@@ -81,11 +81,35 @@ impl NetPoint {
     }
 }
 
+/// `BENCH_UPLINK=MBIT:BUFFER_MS` (e.g. `20:100`): the home uplink (link 2, home → edge)
+/// becomes a bottleneck of that rate behind a drop-tail buffer of that many milliseconds, as
+/// a home connection's upload is; unset: none.
+fn uplink_from_env() -> Result<Bottleneck> {
+    let b = Bottleneck::default();
+    let Ok(v) = std::env::var("BENCH_UPLINK") else {
+        return Ok(b);
+    };
+    let (rate, buffer) = v
+        .split_once(':')
+        .ok_or_else(|| anyhow!("BENCH_UPLINK {v:?}: want MBIT:BUFFER_MS (e.g. 20:100)"))?;
+    let mbit: f64 = rate.trim().parse().context("BENCH_UPLINK rate")?;
+    let ms: u64 = buffer.trim().parse().context("BENCH_UPLINK buffer")?;
+    ensure!(
+        mbit > 0.0 && mbit <= 10_000.0,
+        "BENCH_UPLINK rate {mbit} Mbit/s out of range"
+    );
+    b.rate_bps.store((mbit * 1e6) as u64, Ordering::Relaxed);
+    b.buffer_us.store(ms * 1000, Ordering::Relaxed);
+    Ok(b)
+}
+
 /// The namespaces, the TUN devices and the four forwarding directions.
 pub(crate) struct Net {
     pub(crate) edge_ns: String,
     pub(crate) home_ns: String,
     params: Arc<Params>,
+    /// The home uplink's bottleneck, if `BENCH_UPLINK` asks for one.
+    pub(crate) uplink: Arc<Bottleneck>,
     stop: Arc<AtomicBool>,
     /// link 1 client→edge, link 1 edge→client, link 2 edge→home, link 2 home→edge.
     dirs: Vec<Direction>,
@@ -115,6 +139,7 @@ impl Net {
             edge_ns: format!("{tag}-edge"),
             home_ns: format!("{tag}-home"),
             params: Arc::new(Params::default()),
+            uplink: Arc::new(uplink_from_env()?),
             stop: Arc::new(AtomicBool::new(false)),
             dirs: Vec::new(),
             made_ns: Vec::new(),
@@ -200,11 +225,17 @@ impl Net {
         .into_iter()
         .enumerate()
         {
+            // The home uplink (home → edge) may be a bottleneck (`BENCH_UPLINK`).
+            let bottleneck = match name {
+                "l2-up" => net.uplink.clone(),
+                _ => Arc::new(Bottleneck::default()),
+            };
             net.dirs.push(Direction::start(
                 name,
                 from.clone(),
                 to.clone(),
                 net.params.clone(),
+                bottleneck,
                 net.stop.clone(),
                 seed.wrapping_add(i as u64 * 0x1234_5678_9abc),
             )?);
