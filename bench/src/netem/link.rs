@@ -176,15 +176,17 @@ fn read_loop(
             };
             let us = (delay + offset).max(0) as u64;
             let mut departs = Instant::now();
-            let rate = bottleneck.rate_bps.load(Ordering::Relaxed);
-            if rate > 0 {
+            // Rate 0: no bottleneck (no time on its link).
+            let on_link = (n as u64 * 8 * 1_000_000_000)
+                .checked_div(bottleneck.rate_bps.load(Ordering::Relaxed));
+            if let Some(ns) = on_link {
                 let start = busy_until.max(departs);
                 let buffer = Duration::from_micros(bottleneck.buffer_us.load(Ordering::Relaxed));
                 if start.saturating_duration_since(departs) > buffer {
                     counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                busy_until = start + Duration::from_nanos(n as u64 * 8 * 1_000_000_000 / rate);
+                busy_until = start + Duration::from_nanos(ns);
                 departs = busy_until;
             }
             let release = (departs + Duration::from_micros(us)).max(last_release);
