@@ -111,7 +111,9 @@ impl Opts {
                          [--only get,bulk,handshake,ws,idle,flood,iperf] \
                          [--targets direct,doorless,nginx,nginx_classic,rathole,composite] [--no-h2] [--quick] \
                          [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)] [--live-events N] [--pageloads N (with --net)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
-                         BENCH_NGINX, BENCH_IPERF3"
+                         BENCH_NGINX, BENCH_IPERF3; BENCH_DOORLESS_ENV / BENCH_EDGE_ENV / BENCH_CONNECTOR_ENV \
+                         (doorless's environment, e.g. DOORLESS_TUNNEL__STREAM_WINDOW=4194304); with --net, \
+                         BENCH_UPLINK=MBIT:BUFFER_MS (the home uplink as a bottleneck)"
                     );
                     std::process::exit(0);
                 }
