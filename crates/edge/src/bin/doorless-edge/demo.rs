@@ -98,7 +98,9 @@ async fn run(port: u16, dir: Option<PathBuf>, ready_file: Option<PathBuf>) -> an
             https: SocketAddr::from(([127, 0, 0, 1], port)),
             tunnel: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..RawListen::default()
+            // Loopback: the kernel's default is right, and a machine without BBR gets no
+            // warning about it in the demo's output.
+            tcp_congestion_control: String::new(),
         },
         limits: Default::default(),
         tunnel: Default::default(),
