@@ -150,6 +150,7 @@ impl Controller for LossTolerant {
                 window = self.inner.window(),
                 floor_ms = self.filter.floor.map(|(f, _)| f.as_secs_f64() * 1e3),
                 recent_ms = self.filter.verdict.recent.map(|r| r.as_secs_f64() * 1e3),
+                queued = self.filter.verdict.queued,
                 share = self.filter.verdict.share,
                 "loss taken as congestion"
             );
@@ -215,11 +216,12 @@ struct LossFilter {
     verdict: Verdict,
 }
 
-/// What a loss was judged on: the least RTT sample of the latest two rounds (none: taken for
-/// a queue) and the loss share of the sample.
+/// What a loss was judged on: the least RTT sample of the latest two rounds, whether that
+/// shows a queue, and the loss share of the sample.
 #[derive(Debug, Default, Clone, Copy)]
 struct Verdict {
     recent: Option<Duration>,
+    queued: bool,
     share: f64,
 }
 
@@ -266,11 +268,8 @@ impl LossFilter {
         if let Some(current) = self.rounds.front_mut() {
             current.lost = current.lost.saturating_add(bytes);
         }
-        self.verdict = Verdict {
-            recent: self.recent_least_rtt(),
-            share: self.loss_share(),
-        };
-        let threshold = if self.queued() {
+        self.verdict = self.judge();
+        let threshold = if self.verdict.queued {
             LOSS_THRESHOLD
         } else {
             RANDOM_LOSS_THRESHOLD
@@ -313,12 +312,19 @@ impl LossFilter {
             .min()
     }
 
-    /// Whether the path shows a queue: the least RTT sample of the latest two rounds is above
-    /// the floor by more than the margin (module docs). No sample yet reads as a queue.
-    fn queued(&self) -> bool {
-        match (self.floor, self.recent_least_rtt()) {
+    /// What a loss now would be judged on. The path shows a queue when the least RTT sample
+    /// of the latest two rounds is above the floor by more than the margin (module docs); no
+    /// sample yet reads as a queue.
+    fn judge(&self) -> Verdict {
+        let recent = self.recent_least_rtt();
+        let queued = match (self.floor, recent) {
             (Some((floor, _)), Some(recent)) => recent > floor + (floor / 3).max(QUEUE_MIN_MARGIN),
             _ => true,
+        };
+        Verdict {
+            recent,
+            queued,
+            share: self.loss_share(),
         }
     }
 
@@ -357,9 +363,14 @@ mod tests {
         }
     }
 
-    /// A packet acknowledged at `now` after a round trip of `rtt`.
+    /// A packet acknowledged at `now` after a round trip of `rtt`, on a path of [`RTT`].
     fn ack(filter: &mut LossFilter, now: Instant, rtt: Duration) {
-        filter.acked(now, now.checked_sub(rtt).unwrap_or(now), PACKET, RTT);
+        ack_on(filter, now, rtt, RTT);
+    }
+
+    /// The same on a path whose smoothed RTT (a round's length) is `path`.
+    fn ack_on(filter: &mut LossFilter, now: Instant, rtt: Duration, path: Duration) {
+        filter.acked(now, now.checked_sub(rtt).unwrap_or(now), PACKET, path);
     }
 
     /// The RTT of every round after the first (which sets the floor at [`RTT`]): with a
@@ -545,7 +556,7 @@ mod tests {
     fn a_queue_is_a_raised_least_rtt_not_jitter() {
         let start = Instant::now();
         let mut filter = LossFilter::new(MTU);
-        assert!(filter.queued(), "no sample yet: taken for a queue");
+        assert!(filter.judge().queued, "no sample yet: taken for a queue");
         let base = Duration::from_millis(20);
         let mut random = xorshift();
         let mut now = start;
@@ -555,21 +566,21 @@ mod tests {
             let extra = u32::try_from(random() % 11).unwrap_or(0);
             ack(&mut filter, now, base * (100 + extra * 5) / 100);
         }
-        assert!(!filter.queued(), "jitter read as a queue");
+        assert!(!filter.judge().queued, "jitter read as a queue");
         // A FIFO path at a high packet rate: every packet waits for the most-delayed one ahead,
         // and a round's least sample rises by up to ~22 % (module docs). Two rounds of it.
         for _ in 0..400 {
             now += Duration::from_micros(200);
             ack(&mut filter, now, base * 122 / 100);
         }
-        assert!(!filter.queued(), "a FIFO's jitter read as a queue");
+        assert!(!filter.judge().queued, "a FIFO's jitter read as a queue");
         // A standing queue of 10 ms (a bloated uplink filling): every sample 10 ms up, two
         // round trips long.
         for _ in 0..400 {
             now += Duration::from_micros(200);
             ack(&mut filter, now, base + Duration::from_millis(10));
         }
-        assert!(filter.queued(), "a 10 ms standing queue not seen");
+        assert!(filter.judge().queued, "a 10 ms standing queue not seen");
     }
 
     /// The bench's case: a tunnel connection made on a fast path (0.3 ms) that then gets a
@@ -589,19 +600,22 @@ mod tests {
         let mut now = start;
         for _ in 0..6000 {
             now += Duration::from_millis(10);
-            filter.acked(now, now.checked_sub(path).unwrap_or(now), PACKET, path);
+            ack_on(&mut filter, now, path, path);
         }
         assert!(
-            filter.queued(),
+            filter.judge().queued,
             "a transfer with much in flight moved the floor"
         );
         // Then idle keep-alives (next to nothing in flight): the floor is measured afresh.
         filter.quiet = true;
         for _ in 0..3 {
             now += Duration::from_secs(1);
-            filter.acked(now, now.checked_sub(path).unwrap_or(now), PACKET, path);
+            ack_on(&mut filter, now, path, path);
         }
-        assert!(!filter.queued(), "the floor did not follow the longer path");
+        assert!(
+            !filter.judge().queued,
+            "the floor did not follow the longer path"
+        );
         let mut random = xorshift();
         let mut passed = 0;
         for i in 0..20_000u32 {
@@ -612,7 +626,7 @@ mod tests {
             } else {
                 let rtt = path * (90 + jitter) / 100;
                 filter.quiet = i % 3 == 0;
-                filter.acked(now, now.checked_sub(rtt).unwrap_or(now), PACKET, path);
+                ack_on(&mut filter, now, rtt, path);
             }
         }
         assert_eq!(passed, 0, "3 % random loss taken for congestion");
