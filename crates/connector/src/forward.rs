@@ -24,7 +24,7 @@ use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use proto::headers::{is_forwarding, is_hop_by_hop};
-use proto::{BodyKind, ResponseHead, StreamError, StreamHeader, StreamKind};
+use proto::{BodyKind, Priority, ResponseHead, StreamError, StreamHeader, StreamKind};
 use tracing::debug;
 use transport::{RecvHalf, SendHalf};
 
@@ -34,6 +34,10 @@ use crate::Shared;
 pub type UpstreamBody = UnsyncBoxBody<Bytes, io::Error>;
 
 const MAX_STREAM_HEADER: usize = proto::stream::MAX_HEAD_FRAME;
+
+/// Tunnel send priority of a WebSocket (higher goes first; other data streams are at most 3,
+/// the control stream 100).
+const WEBSOCKET_PRIORITY: i32 = 4;
 
 /// Serves one data stream opened by the edge.
 pub async fn stream(mut send: SendHalf, mut recv: RecvHalf, shared: Arc<Shared>) {
@@ -123,6 +127,10 @@ async fn forward(
     shared: &Shared,
 ) -> Result<(), Failed> {
     let upgrade = header.kind == StreamKind::Upgrade;
+    let priority = tunnel_priority(&header);
+    if priority != 0 {
+        send.set_priority(priority);
+    }
     // For an upgrade the stream stays ours for the splice; otherwise it is the request body.
     let (body, mut recv): (UpstreamBody, Option<RecvHalf>) = match (upgrade, header.body) {
         (true, _) | (false, BodyKind::Empty) => (empty(), Some(recv)),
@@ -429,6 +437,22 @@ fn tunnel_body(recv: RecvHalf, idle: std::time::Duration) -> UpstreamBody {
     StreamBody::new(chunks).boxed_unsync()
 }
 
+/// The send priority of a response's tunnel stream, so that a busy home uplink sends what
+/// the browser needs first too: by the request's RFC 9218 urgency (`u=0` → 3 down to
+/// `u=7` → -4; no header, `u=3`, is the default 0), a WebSocket above all responses (its
+/// messages are what an open app waits for; on the edge they bypass the response queue too).
+fn tunnel_priority(header: &StreamHeader) -> i32 {
+    if header.kind == StreamKind::Upgrade {
+        return WEBSOCKET_PRIORITY;
+    }
+    let field = header
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"priority"))
+        .map(|(_, value)| value.as_ref());
+    3 - i32::from(Priority::parse(field).urgency)
+}
+
 /// The upstream request: method and target byte for byte, headers in order minus hop-by-hop
 /// and forwarding headers, plus our forwarding headers.
 fn build_request(
@@ -557,6 +581,22 @@ mod tests {
 
     fn upstream() -> Uri {
         Uri::from_static("http://homeassistant:8123")
+    }
+
+    #[test]
+    fn the_tunnel_sends_what_the_browser_needs_first() {
+        let addr = "203.0.113.7:1";
+        let page = tunnel_priority(&header(&[("priority", "u=0, i")], addr));
+        let script = tunnel_priority(&header(&[("Priority", "u=1")], addr));
+        let deferred = tunnel_priority(&header(&[("accept", "*/*")], addr));
+        let prefetch = tunnel_priority(&header(&[("priority", "u=7")], addr));
+        let bad = tunnel_priority(&header(&[("priority", "u=9")], addr));
+        let mut websocket = header(&[("priority", "u=7")], addr);
+        websocket.kind = StreamKind::Upgrade;
+        let websocket = tunnel_priority(&websocket);
+        assert_eq!(deferred, 0, "no header: the default stream priority");
+        assert_eq!(bad, 0);
+        assert!(websocket > page && page > script && script > deferred && deferred > prefetch);
     }
 
     #[test]

@@ -12,29 +12,37 @@
 //!
 //! [`Feed`] counts body bytes handed to `h2` and not yet written to the socket; [`gated`]
 //! bodies take turns in pieces of at most [`PIECE`] bytes while that count is under the
-//! budget; [`Counted`] (the connection's socket) gives the credit back as `h2` writes. The
+//! budget; [`Counted`] (the connection's socket) gives the credit back as `h2` writes.
+//!
+//! Whose turn it is follows the request's RFC 9218 priority (`proto::Priority`, from the
+//! `priority` header browsers send): the most urgent response with data goes first, so the
+//! page's style sheets and the scripts it waits for (`u=0`, `u=1`) are not shared out with 60
+//! deferred scripts and images; within an urgency, responses of use only whole go one after
+//! another in request order, incremental ones take turns. Nothing waits for a response that
+//! has no data ready (the order only decides among those waiting). The
 //! budget is about [`QUEUE_TIME_MS`] of what the socket drained lately (at least one piece,
 //! at most `limits.h2_response_queue`), so the wait ahead of a frame stays short on a slow
 //! phone link and the queue long enough on a fast one. Bytes
 //! `h2` never writes (a stream the client reset with data queued) would hold credit forever,
 //! so a body waiting for credit while nothing has been written for [`STALL`] takes all of it
-//! back: the queue is then empty or stuck, and either way no reason to wait.
+//! back and goes out of turn: the queue (or whoever is first in line) is then stuck, and
+//! either way no reason to wait.
 
+use std::collections::BTreeMap;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Buf as _, Bytes};
+use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
+use proto::Priority;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::ResponseBody;
@@ -54,19 +62,59 @@ const SAMPLE_MS: u64 = 10;
 pub(crate) struct Feed {
     /// Most the budget may grow to (`limits.h2_response_queue`).
     max: usize,
-    /// What may wait in `h2` now: [`QUEUE_TIME`] of what the socket recently took, at least
-    /// [`PIECE`], at most `max`.
+    /// What may wait in `h2` now: [`QUEUE_TIME_MS`] of what the socket recently took, at
+    /// least [`PIECE`], at most `max`.
     budget: AtomicUsize,
-    queued: AtomicUsize,
+    /// What is queued, and who waits for room, in the order they get it.
+    line: Mutex<Line>,
+    /// Hands out turn numbers ([`Place`]).
+    turns: AtomicU64,
     /// When the socket last took bytes (ms since `epoch`).
     last_write: AtomicU64,
     /// The current rate sample: since when (ms since `epoch`), and how many bytes.
     sample_start: AtomicU64,
     sample_bytes: AtomicUsize,
     epoch: Instant,
-    credit: Arc<Notify>,
     /// Counts stall reclaims (`doorless_edge_h2_queue_reclaims_total`).
     reclaims: Counter,
+    /// [`STALL`] (the tests that check order by hand set it out of reach).
+    stall: Duration,
+}
+
+/// Where a body stands in line for room in the queue: the more urgent first (RFC 9218
+/// urgency, from the request's `priority` header), then the lower turn. A non-incremental
+/// response (a script: of use only whole) keeps its request's turn, so those go one after
+/// another in request order; an incremental one (a page, an image) draws a new turn each time
+/// it waits, so those share.
+type Place = (u8, u64);
+
+#[derive(Debug, Default)]
+struct Line {
+    /// Body bytes handed to `h2` and not yet written to the socket.
+    queued: usize,
+    /// Bodies holding data they may not hand over yet.
+    waiting: BTreeMap<Place, Waker>,
+}
+
+impl Line {
+    fn has_room(&self, n: usize, budget: usize) -> bool {
+        self.queued == 0 || self.queued + n <= budget
+    }
+
+    /// The first in line, if the queue has room for anything: to be woken.
+    fn next(&self, budget: usize) -> Option<Waker> {
+        if self.queued >= budget {
+            return None;
+        }
+        self.waiting.values().next().cloned()
+    }
+}
+
+/// What a response's request drew: its priority and its turn (request order).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    priority: Priority,
+    turn: u64,
 }
 
 impl Feed {
@@ -75,29 +123,80 @@ impl Feed {
         Arc::new(Self {
             max,
             budget: AtomicUsize::new(PIECE.min(max)),
-            queued: AtomicUsize::new(0),
+            line: Mutex::new(Line::default()),
+            turns: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             sample_start: AtomicU64::new(0),
             sample_bytes: AtomicUsize::new(0),
             epoch: Instant::now(),
-            credit: Arc::new(Notify::new()),
             reclaims,
+            stall: STALL,
         })
     }
 
-    /// Takes credit for `n` bytes if the queue has room for them (an empty queue always has).
-    fn admit(&self, n: usize) -> bool {
+    /// A ticket for a request with `priority`, taken when the request arrives.
+    pub(crate) fn ticket(&self, priority: Priority) -> Ticket {
+        Ticket {
+            priority,
+            turn: self.turn(),
+        }
+    }
+
+    fn turn(&self) -> u64 {
+        self.turns.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn line(&self) -> MutexGuard<'_, Line> {
+        // Nothing panics while holding it; a poisoned line is still a consistent one.
+        self.line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes credit for `n` bytes for the body at `place` if the queue has room (an empty
+    /// queue always has) and nobody stands before it in line; otherwise puts it in line
+    /// (or keeps it there) to be woken through `waker`. `jump` skips the line (the stall
+    /// path). The next in line is woken while room is left.
+    fn admit(&self, n: usize, place: Place, waker: &Waker, jump: bool) -> bool {
         let budget = self.budget.load(Ordering::Relaxed);
-        self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q == 0 || q + n <= budget).then_some(q + n)
-            })
-            .is_ok()
+        let mut line = self.line();
+        let first = line.waiting.keys().next().is_none_or(|k| *k >= place);
+        if (first || jump) && line.has_room(n, budget) {
+            line.queued += n;
+            line.waiting.remove(&place);
+            let next = line.next(budget);
+            drop(line);
+            if let Some(next) = next {
+                next.wake();
+            }
+            return true;
+        }
+        match line.waiting.get_mut(&place) {
+            Some(registered) if registered.will_wake(waker) => {}
+            Some(registered) => registered.clone_from(waker),
+            None => {
+                line.waiting.insert(place, waker.clone());
+            }
+        }
+        false
+    }
+
+    /// A body leaves the line without being served (its stream ended or was reset).
+    fn leave(&self, place: Place) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut line = self.line();
+        if line.waiting.remove(&place).is_some() {
+            let next = line.next(budget);
+            drop(line);
+            if let Some(next) = next {
+                next.wake();
+            }
+        }
     }
 
     /// The socket took `n` bytes: that much credit comes back (frame headers and WebSocket
     /// bytes included, which only errs towards letting more through), and the rate sample
-    /// grows; every [`SAMPLE`] the budget follows it.
+    /// grows; every [`SAMPLE_MS`] the budget follows it.
     fn written(&self, n: usize) {
         self.written_at(n, self.now_ms());
     }
@@ -121,14 +220,14 @@ impl Feed {
                 .clamp(PIECE.min(self.max), self.max);
             self.budget.store(budget, Ordering::Relaxed);
         }
-        let before = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(n))
-            })
-            .unwrap_or(0);
-        if before > 0 {
-            self.credit.notify_waiters();
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut line = self.line();
+        let before = line.queued;
+        line.queued = before.saturating_sub(n);
+        let next = if before > 0 { line.next(budget) } else { None };
+        drop(line);
+        if let Some(next) = next {
+            next.wake();
         }
     }
 
@@ -137,14 +236,15 @@ impl Feed {
         let idle = self
             .now_ms()
             .saturating_sub(self.last_write.load(Ordering::Relaxed));
-        if idle >= STALL.as_millis() as u64 {
-            if self.queued.swap(0, Ordering::AcqRel) > 0 {
-                self.reclaims.inc();
-            }
-            self.credit.notify_waiters();
-            return true;
+        if idle < self.stall.as_millis() as u64 {
+            return false;
         }
-        false
+        let mut line = self.line();
+        if line.queued > 0 {
+            line.queued = 0;
+            self.reclaims.inc();
+        }
+        true
     }
 
     fn now_ms(&self) -> u64 {
@@ -152,27 +252,43 @@ impl Feed {
     }
 }
 
-/// A response body that takes turns through `feed`.
-pub(crate) fn gated(body: ResponseBody, feed: Arc<Feed>) -> ResponseBody {
+/// A response body that takes turns through `feed`, in the order `ticket` gives it.
+pub(crate) fn gated(body: ResponseBody, feed: Arc<Feed>, ticket: Ticket) -> ResponseBody {
     Gated {
         inner: body,
         feed,
+        ticket,
         held: None,
-        waiting: None,
+        place: None,
+        stall: None,
     }
     .boxed_unsync()
 }
 
-/// A body's wait for credit: the next credit given, and the stall check.
-type Waiting = (Pin<Box<OwnedNotified>>, Pin<Box<Sleep>>);
-
 struct Gated {
     inner: ResponseBody,
     feed: Arc<Feed>,
+    ticket: Ticket,
     /// What the inner body gave and `h2` has not been handed yet.
     held: Option<Bytes>,
-    /// While there is no credit: the next credit, and the stall check.
-    waiting: Option<Waiting>,
+    /// Its place in line while it waits for room.
+    place: Option<Place>,
+    /// While it waits: the stall check.
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl Gated {
+    fn place(&mut self) -> Place {
+        let Ticket { priority, turn } = self.ticket;
+        *self.place.get_or_insert_with(|| {
+            let turn = if priority.incremental {
+                self.feed.turn()
+            } else {
+                turn
+            };
+            (priority.urgency, turn)
+        })
+    }
 }
 
 impl Body for Gated {
@@ -184,6 +300,7 @@ impl Body for Gated {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        let mut jump = false;
         loop {
             let Some(held) = this.held.as_mut() else {
                 match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
@@ -199,35 +316,33 @@ impl Body for Gated {
                 }
             };
             let n = held.len().min(PIECE);
-            if this.feed.admit(n) {
-                this.waiting = None;
-                let piece = if n == held.len() {
-                    this.held.take().unwrap_or_default()
-                } else {
-                    let piece = held.slice(..n);
-                    held.advance(n);
-                    piece
+            let place = this.place();
+            if this.feed.admit(n, place, cx.waker(), jump) {
+                this.place = None;
+                this.stall = None;
+                let piece = match this.held.take() {
+                    Some(mut held) if held.len() > n => {
+                        let piece = held.split_to(n);
+                        this.held = Some(held);
+                        piece
+                    }
+                    Some(held) => held,
+                    None => Bytes::new(),
                 };
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
-            // No credit: wait for some — registered before admission is tried once more, so
-            // credit given in between is not missed — or for the stall check.
-            let fresh = this.waiting.is_none();
-            let (notified, stall) = this.waiting.get_or_insert_with(|| {
-                let mut notified = Box::pin(this.feed.credit.clone().notified_owned());
-                notified.as_mut().enable();
-                (notified, Box::pin(tokio::time::sleep(STALL)))
-            });
-            if fresh {
-                continue;
-            }
-            if notified.as_mut().poll(cx).is_ready() {
-                this.waiting = None;
-                continue;
-            }
-            if stall.as_mut().poll(cx).is_ready() {
-                this.feed.reclaim_if_stalled();
-                this.waiting = None;
+            // In line: woken when its turn comes, or by the stall check (which lets it pass
+            // out of turn: the socket took nothing for a while, so whatever is ahead of it
+            // is stuck, not sending).
+            let stall = this
+                .stall
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.feed.stall)));
+            if !jump && stall.as_mut().poll(cx).is_ready() {
+                if this.feed.reclaim_if_stalled() {
+                    jump = true;
+                    continue;
+                }
+                this.stall = None;
                 continue;
             }
             return Poll::Pending;
@@ -247,6 +362,14 @@ impl Body for Gated {
             hint.set_upper(upper + held);
         }
         hint
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            self.feed.leave(place);
+        }
     }
 }
 
@@ -325,6 +448,56 @@ mod tests {
         crate::body::test_body(parts, false)
     }
 
+    /// A body of `pieces` whole pieces, gated with the default priority.
+    fn gated(body: ResponseBody, feed: Arc<Feed>) -> ResponseBody {
+        let ticket = feed.ticket(Priority::default());
+        super::gated(body, feed, ticket)
+    }
+
+    /// A feed whose queue holds one piece and whose stall check never fires: the order tests
+    /// poll by hand, and a slow machine must not let a body out of turn between two polls.
+    fn patient() -> Arc<Feed> {
+        let mut feed = Feed::new(PIECE, Counter::default());
+        if let Some(feed) = Arc::get_mut(&mut feed) {
+            feed.stall = Duration::from_secs(3600);
+        }
+        feed
+    }
+
+    /// A body of `pieces` whole pieces, gated with the priority `field` says.
+    fn asked(feed: &Arc<Feed>, field: &str, pieces: usize) -> ResponseBody {
+        let ticket = feed.ticket(Priority::parse([field.as_bytes()]));
+        let parts = (0..pieces).map(|_| Bytes::from(vec![0u8; PIECE])).collect();
+        super::gated(body(parts), feed.clone(), ticket)
+    }
+
+    /// Polls `body` once: the length of the piece it gave, or `None` if it is waiting;
+    /// `woken` is set when it is woken afterwards.
+    fn poll_once(body: &mut ResponseBody, woken: &Arc<Flag>) -> Option<usize> {
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok().map(|d| d.len()),
+            Poll::Ready(other) => panic!("body ended: {:?}", other.map(|r| r.is_ok())),
+            Poll::Pending => None,
+        }
+    }
+
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn take(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
     /// The next data frame's length, or `None` if the body did not give one within `wait`.
     async fn next_len(body: &mut ResponseBody, wait: Duration) -> Option<usize> {
         match tokio::time::timeout(wait, body.frame()).await {
@@ -342,9 +515,9 @@ mod tests {
             Bytes::new(),
             Bytes::copy_from_slice(&data[10..]),
         ];
-        let mut gated = gated(body(parts), feed.clone());
+        let mut whole = gated(body(parts), feed.clone());
         let mut out = Vec::new();
-        while let Some(frame) = gated.frame().await {
+        while let Some(frame) = whole.frame().await {
             let chunk = frame
                 .unwrap_or_else(|e| panic!("frame: {e}"))
                 .into_data()
@@ -356,7 +529,7 @@ mod tests {
         }
         assert_eq!(out, data);
         let full = Full::new(Bytes::from_static(b"abc")).map_err(|never| match never {});
-        let mut one = super::gated(full.boxed_unsync(), feed);
+        let mut one = gated(full.boxed_unsync(), feed);
         assert_eq!(next_len(&mut one, Duration::from_secs(1)).await, Some(3));
         assert!(one.is_end_stream());
         assert!(one.frame().await.is_none());
@@ -428,5 +601,126 @@ mod tests {
         assert_eq!(drain(1_000_000), 256 * 1024);
         // A slow link: one piece.
         assert_eq!(drain(500), PIECE);
+    }
+
+    #[tokio::test]
+    async fn the_most_urgent_response_goes_first() {
+        let feed = patient();
+        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::default()).collect();
+        // An image fills the queue (one piece to start with); then a deferred script (no
+        // header: u=3) and a blocking script (u=1) wait, the less urgent one first in line.
+        let mut image = asked(&feed, "u=2, i", 4);
+        let mut deferred = asked(&feed, "", 2);
+        let mut blocking = asked(&feed, "u=1", 2);
+        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+        assert_eq!(poll_once(&mut deferred, &flags[1]), None);
+        assert_eq!(poll_once(&mut blocking, &flags[2]), None);
+        // The socket takes the image's piece: only the blocking script is woken, and the
+        // deferred one may not take the room even if it asks first.
+        feed.written(PIECE);
+        assert!(flags[2].take());
+        assert!(!flags[1].take() && !flags[0].take());
+        assert_eq!(poll_once(&mut deferred, &flags[1]), None);
+        assert_eq!(poll_once(&mut image, &flags[0]), None);
+        assert_eq!(poll_once(&mut blocking, &flags[2]), Some(PIECE));
+        // It asks for its second piece at once (as hyper polls a body again after a frame),
+        // gets it before the image (u=2), then the image goes, then the deferred script.
+        assert_eq!(poll_once(&mut blocking, &flags[2]), None);
+        feed.written(PIECE);
+        assert!(flags[2].take());
+        assert_eq!(poll_once(&mut image, &flags[0]), None);
+        assert_eq!(poll_once(&mut blocking, &flags[2]), Some(PIECE));
+        feed.written(PIECE);
+        assert!(flags[0].take());
+        assert_eq!(poll_once(&mut deferred, &flags[1]), None);
+        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+        feed.written(PIECE);
+        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+        feed.written(PIECE);
+        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+        feed.written(PIECE);
+        assert!(flags[1].take());
+        assert_eq!(poll_once(&mut deferred, &flags[1]), Some(PIECE));
+    }
+
+    #[tokio::test]
+    async fn whole_responses_go_in_request_order_and_partial_ones_share() {
+        let feed = patient();
+        let flag = Arc::new(Flag::default());
+        // Rounds of: the socket takes a piece, then every body with data left asks for room
+        // (later requests first, to show it is not the polling order that decides), and one
+        // that got a piece asks again at once, as hyper polls a body again after a frame.
+        let order = |bodies: &mut Vec<(char, ResponseBody, usize)>| {
+            // All ask while the queue is full: all wait.
+            for (_, body, _) in bodies.iter_mut() {
+                assert_eq!(poll_once(body, &flag), None);
+            }
+            let mut order = String::new();
+            for _ in 0..6 {
+                feed.written(PIECE);
+                let mut served = 0;
+                for (name, body, left) in bodies.iter_mut().rev().filter(|b| b.2 > 0) {
+                    if poll_once(body, &flag).is_some() {
+                        served += 1;
+                        order.push(*name);
+                        *left -= 1;
+                        if *left > 0 {
+                            assert_eq!(poll_once(body, &flag), None);
+                        }
+                    }
+                }
+                assert_eq!(served, 1);
+            }
+            order
+        };
+        let mut filler = asked(&feed, "u=0", 1);
+        assert_eq!(poll_once(&mut filler, &flag), Some(PIECE));
+        // Non-incremental (no header): the earlier request's response goes whole first.
+        let mut whole = vec![('a', asked(&feed, "", 3), 3), ('b', asked(&feed, "", 3), 3)];
+        assert_eq!(order(&mut whole), "aaabbb");
+        // Incremental ones of the same urgency take turns (b's last piece fills the queue).
+        let mut shared = vec![
+            ('x', asked(&feed, "u=2, i", 3), 3),
+            ('y', asked(&feed, "u=2, i", 3), 3),
+        ];
+        assert_eq!(order(&mut shared), "xyxyxy");
+    }
+
+    #[tokio::test]
+    async fn a_response_that_leaves_the_line_hands_on_its_turn() {
+        let feed = patient();
+        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::default()).collect();
+        let mut filler = asked(&feed, "u=0", 1);
+        let mut urgent = asked(&feed, "u=0", 1);
+        let mut later = asked(&feed, "u=5", 1);
+        assert_eq!(poll_once(&mut filler, &flags[0]), Some(PIECE));
+        assert_eq!(poll_once(&mut urgent, &flags[1]), None);
+        assert_eq!(poll_once(&mut later, &flags[2]), None);
+        // The client resets the urgent stream while the queue is still full: once there is
+        // room, the one behind it is woken and goes.
+        drop(urgent);
+        assert!(!flags[2].take());
+        feed.written(PIECE);
+        assert!(flags[2].take());
+        assert_eq!(poll_once(&mut later, &flags[2]), Some(PIECE));
+    }
+
+    #[tokio::test]
+    async fn a_stuck_first_in_line_holds_nobody_up_for_long() {
+        let feed = Feed::new(1 << 20, Counter::default());
+        let flag = Arc::new(Flag::default());
+        let mut filler = asked(&feed, "u=0", 1);
+        let mut stuck = asked(&feed, "u=0", 1);
+        assert_eq!(poll_once(&mut filler, &flag), Some(PIECE));
+        // First in line, but never polled again (its task is gone without dropping it).
+        assert_eq!(poll_once(&mut stuck, &flag), None);
+        let mut next = asked(&feed, "u=4", 1);
+        let started = Instant::now();
+        assert_eq!(
+            next_len(&mut next, Duration::from_secs(5)).await,
+            Some(PIECE)
+        );
+        let waited = started.elapsed();
+        assert!(waited >= STALL && waited < STALL * 3, "{waited:?}");
     }
 }

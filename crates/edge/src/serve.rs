@@ -9,11 +9,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, header};
+use http::{HeaderName, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use proto::Priority;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
@@ -208,7 +209,18 @@ pub(crate) async fn handle_request(
 ) -> Response<ResponseBody> {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
-    let feed = connection.feed.clone();
+    // The response's turn into a busy HTTP/2 connection: its priority (RFC 9218, as the
+    // browser sent it) and when it was asked for.
+    let feed = connection.feed.clone().map(|feed| {
+        let priority = Priority::parse(
+            req.headers()
+                .get_all(HeaderName::from_static("priority"))
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        let ticket = feed.ticket(priority);
+        (feed, ticket)
+    });
     let site = Metrics::site(&peer.site.name);
     let active = shared.metrics.active_requests.get_or_create_owned(&site);
     active.inc();
@@ -246,7 +258,7 @@ pub(crate) async fn handle_request(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     response.map(|body| {
         let body = match feed {
-            Some(feed) => feed::gated(body, feed),
+            Some((feed, ticket)) => feed::gated(body, feed, ticket),
             None => body,
         };
         body::metered(body, length, bytes, active, access_log)

@@ -11,6 +11,8 @@
 //!   stream per HTTP request), and [`ResponseHead`], the connector's answer.
 //! - [`enroll`]: the connector enrollment exchange (its own ALPN on the edge's HTTPS port).
 //! - [`StreamError`] and [`CloseCode`]: the named QUIC stream-reset and connection-close codes.
+//! - [`Priority`]: a request's RFC 9218 `priority` header, which orders its response on both
+//!   ends.
 //!
 //! What it is not: it knows nothing of QUIC, TLS, HTTP semantics beyond carrying heads, or
 //! sites and policy. `transport` carries these messages over quinn; `edge` and `connector`
@@ -29,6 +31,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod priority;
 pub mod stream;
 
 pub use codec::{DecodeError, EncodeError, FrameBuffer};
@@ -37,6 +40,7 @@ pub use control::{
     Reject, RejectCode, Role, Welcome,
 };
 pub use error::{CloseCode, StreamError};
+pub use priority::Priority;
 pub use stream::{BodyKind, ClientInfo, MAX_HEAD_FRAME, ResponseHead, StreamHeader, StreamKind};
 
 /// The ALPN token both ends offer on the tunnel's QUIC connection.
