@@ -108,14 +108,15 @@ fn gzip_stored(data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The page's own script: opens the WebSocket at once (as HA's core.js does) and records the
-/// milestones.
+/// The page's own script: opens the WebSocket at once (as HA's core.js does), sends `auth` as
+/// soon as it is open without waiting for `auth_required` (as home-assistant-js-websocket
+/// does: auth is mandatory) and records the milestones.
 const CORE_JS: &str = r#"(function(){
 var B=window.__bench;
 var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/api/websocket');
-ws.onopen=function(){B.t.open=performance.now();};
+ws.onopen=function(){B.t.open=performance.now();ws.send(JSON.stringify({type:'auth',access_token:'bench'}));};
 ws.onmessage=function(e){var m=JSON.parse(e.data);
- if(m.type==='auth_required'){B.t.auth_required=performance.now();ws.send(JSON.stringify({type:'auth',access_token:'bench'}));}
+ if(m.type==='auth_required'){B.t.auth_required=performance.now();}
  else if(m.type==='auth_ok'){B.t.auth_ok=performance.now();
    ws.send(JSON.stringify({id:1,type:'subscribe_events',event_type:'state_changed'}));
    ws.send(JSON.stringify({id:2,type:'get_states'}));}

@@ -69,7 +69,7 @@ struct Row {
     higher_better: bool,
 }
 
-const ROWS: [Row; 9] = [
+const ROWS: [Row; 10] = [
     Row {
         id: "first_state",
         label: "page load → WebSocket + first state (median)",
@@ -91,6 +91,12 @@ const ROWS: [Row; 9] = [
     Row {
         id: "html",
         label: "page load → HTML first byte (median)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "core_js",
+        label: "page load → `core.js` (the script that opens the WebSocket) received (median)",
         unit: "ms",
         higher_better: false,
     },
@@ -386,7 +392,7 @@ async fn matrix(
                 match page_load(&browser, &url, EDGE_PUBLIC_IP, fleet.dir.path(), &name).await {
                     Ok(l) => {
                         eprintln!(
-                            "  page {:<22} ws open {:>6.0} ms  auth_required {:>6.0} ms  auth_ok {:>6.0} ms (network {:>4.0})  first state {:>6.0} ms  html {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
+                            "  page {:<22} ws open {:>6.0} ms  auth_required {:>6.0} ms  auth_ok {:>6.0} ms (network {:>4.0})  first state {:>6.0} ms  html {:>5.0} ms  core.js {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
                             k.title(),
                             l.ws_open,
                             l.auth_required,
@@ -394,6 +400,7 @@ async fn matrix(
                             l.auth_net,
                             l.first_state,
                             l.html_first_byte,
+                            l.core_js,
                             l.load,
                             l.protocol,
                             l.resources
@@ -404,6 +411,7 @@ async fn matrix(
                             table.add(p, "auth", k, l.auth_net);
                         }
                         table.add(p, "html", k, l.html_first_byte);
+                        table.add(p, "core_js", k, l.core_js);
                         table.add(p, "load", k, l.load);
                     }
                     Err(e) => table.note(format!("{} page load {}: {e:#}", p.label(), k.title())),

@@ -162,6 +162,8 @@ pub(crate) struct Load {
     /// The window's load event (every asset), if it came.
     pub(crate) load: f64,
     pub(crate) html_first_byte: f64,
+    /// The page's first script (`core.js`, the one that opens the WebSocket) fully received.
+    pub(crate) core_js: f64,
     pub(crate) protocol: String,
     pub(crate) resources: u64,
 }
@@ -343,6 +345,7 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
     }
     let probe = "JSON.stringify({b: window.__bench || null, \
                  nav: (performance.getEntriesByType('navigation')[0] || {}).responseStart, \
+                 core: (performance.getEntriesByName(location.origin + '/frontend/core.js')[0] || {}).responseEnd, \
                  proto: (performance.getEntriesByType('navigation')[0] || {}).nextHopProtocol, \
                  res: performance.getEntriesByType('resource').length, \
                  href: location.href, title: document.title})";
@@ -386,6 +389,7 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
                 first_state: num(&t["states"]),
                 load: num(&t["load"]),
                 html_first_byte: num(&v["nav"]),
+                core_js: num(&v["core"]),
                 protocol: v["proto"].as_str().unwrap_or("").to_owned(),
                 resources: v["res"].as_u64().unwrap_or(0),
             });
