@@ -113,6 +113,7 @@ fn gzip_stored(data: &[u8]) -> Bytes {
 /// does: auth is mandatory) and records the milestones.
 const CORE_JS: &str = r#"(function(){
 var B=window.__bench;
+B.t.created=performance.now();
 var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/api/websocket');
 ws.onopen=function(){B.t.open=performance.now();ws.send(JSON.stringify({type:'auth',access_token:'bench'}));};
 ws.onmessage=function(e){var m=JSON.parse(e.data);

@@ -392,7 +392,7 @@ async fn matrix(
                 match page_load(&browser, &url, EDGE_PUBLIC_IP, fleet.dir.path(), &name).await {
                     Ok(l) => {
                         eprintln!(
-                            "  page {:<22} ws open {:>6.0} ms  auth_required {:>6.0} ms  auth_ok {:>6.0} ms (network {:>4.0})  first state {:>6.0} ms  html {:>5.0} ms  core.js {:>5.0} ms  load {:>6.0} ms  ({}, {} resources)",
+                            "  page {:<22} ws open {:>6.0} ms  auth_required {:>6.0} ms  auth_ok {:>6.0} ms (network {:>4.0})  first state {:>6.0} ms  html {:>5.0} ms  core.js {:>5.0} ms  created {:>5.0} ms (upgrade network {:>4.0})  load {:>6.0} ms  ({}, {} resources)",
                             k.title(),
                             l.ws_open,
                             l.auth_required,
@@ -401,6 +401,8 @@ async fn matrix(
                             l.first_state,
                             l.html_first_byte,
                             l.core_js,
+                            l.ws_created,
+                            l.upgrade_net,
                             l.load,
                             l.protocol,
                             l.resources

@@ -147,6 +147,9 @@ impl Browser {
     }
 }
 
+/// Marks the upgrade's request and answer among the recorded WebSocket frames.
+const HANDSHAKE: &str = "#handshake";
+
 /// What one page load measured (ms from navigation start).
 #[derive(Debug, Clone)]
 pub(crate) struct Load {
@@ -158,6 +161,10 @@ pub(crate) struct Load {
     /// `auth` sent → `auth_ok` received as Chromium's network stack saw the frames (CDP), i.e.
     /// without the page's main thread.
     pub(crate) auth_net: f64,
+    /// The page's script created the WebSocket (it runs as soon as `core.js` is in).
+    pub(crate) ws_created: f64,
+    /// The upgrade's request sent → its answer received, as the network stack saw it (CDP).
+    pub(crate) upgrade_net: f64,
     pub(crate) first_state: f64,
     /// The window's load event (every asset), if it came.
     pub(crate) load: f64,
@@ -302,6 +309,16 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
             if let Message::Text(t) = m {
                 let v: Value = serde_json::from_str(&t)?;
                 let method = v["method"].as_str().unwrap_or("");
+                // The upgrade's own round trip as the network stack saw it, stored with
+                // the frames under a name no frame has.
+                if let Some(sent) = match method {
+                    "Network.webSocketWillSendHandshakeRequest" => Some(true),
+                    "Network.webSocketHandshakeResponseReceived" => Some(false),
+                    _ => None,
+                } {
+                    let t = v["params"]["timestamp"].as_f64().unwrap_or(f64::NAN);
+                    frames.borrow_mut().push((t, sent, HANDSHAKE.to_owned()));
+                }
                 if method.starts_with("Network.webSocketFrame") {
                     let p = &v["params"];
                     frames.borrow_mut().push((
@@ -383,6 +400,19 @@ async fn drive(proc: &mut Proc, profile: &Path, url: &str) -> Result<Load> {
                         _ => f64::NAN,
                     }
                 },
+                upgrade_net: {
+                    let f = frames.borrow();
+                    let at = |sent: bool| {
+                        f.iter()
+                            .find(|(_, s, p)| *s == sent && p == HANDSHAKE)
+                            .map(|(t, _, _)| *t)
+                    };
+                    match (at(true), at(false)) {
+                        (Some(a), Some(b)) => (b - a) * 1000.0,
+                        _ => f64::NAN,
+                    }
+                },
+                ws_created: num(&t["created"]),
                 ws_open: num(&t["open"]),
                 auth_required: num(&t["auth_required"]),
                 auth_ok: num(&t["auth_ok"]),
