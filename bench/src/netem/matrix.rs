@@ -69,7 +69,13 @@ struct Row {
     higher_better: bool,
 }
 
-const ROWS: [Row; 10] = [
+/// `live_busy`: the download's size (never reached: it is capped at the events' span), how
+/// long it runs before the events are measured, and how long it may outlast them.
+const BUSY_BYTES: u64 = 10 << 30;
+const RAMP: Duration = Duration::from_secs(2);
+const BUSY_SLACK: Duration = Duration::from_secs(1);
+
+const ROWS: [Row; 13] = [
     Row {
         id: "first_state",
         label: "page load → WebSocket + first state (median)",
@@ -117,6 +123,24 @@ const ROWS: [Row; 10] = [
         label: "live update p99",
         unit: "ms",
         higher_better: false,
+    },
+    Row {
+        id: "busy_p50",
+        label: "live update p50 while a download runs (`live_busy`)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "busy_p99",
+        label: "live update p99 while a download runs (`live_busy`)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "busy_down",
+        label: "that download (`live_busy`)",
+        unit: "MB/s",
+        higher_better: true,
     },
     Row {
         id: "down",
@@ -430,6 +454,44 @@ async fn matrix(
                         table.add(p, "live_p99", k, p99);
                     }
                     Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
+                }
+            }
+            // The dashboard open while a camera streams or a backup downloads: the same
+            // live events, on their own connection, while one download fills the path. The
+            // download starts first and runs until the events are in.
+            if opts
+                .only
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|x| x == "live_busy"))
+            {
+                let span = cfg.every * (cfg.events + cfg.warmup) as u32 + RAMP + BUSY_SLACK;
+                let (down, live) = tokio::join!(download(t, pki, BUSY_BYTES, span), async {
+                    tokio::time::sleep(RAMP).await;
+                    live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await
+                });
+                match live {
+                    Ok((p50, p99, n)) => {
+                        eprintln!(
+                            "  busy {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
+                            k.title()
+                        );
+                        table.add(p, "busy_p50", k, p50);
+                        table.add(p, "busy_p99", k, p99);
+                    }
+                    Err(e) => table.note(format!(
+                        "{} live while busy {}: {e:#}",
+                        p.label(),
+                        k.title()
+                    )),
+                }
+                // Capped at about the events' span: its rate is what it moved meanwhile.
+                match down {
+                    Ok(x) => table.add(p, "busy_down", k, x.mbps),
+                    Err(e) => table.note(format!(
+                        "{} download while live {}: {e:#}",
+                        p.label(),
+                        k.title()
+                    )),
                 }
             }
             if !opts.wants("bulk") {
