@@ -19,7 +19,11 @@
 //! page's style sheets and the scripts it waits for (`u=0`, `u=1`) are not shared out with 60
 //! deferred scripts and images; within an urgency, responses of use only whole go one after
 //! another in request order, incremental ones take turns. Nothing waits for a response that
-//! has no data ready (the order only decides among those waiting). The
+//! has no data ready (the order only decides among those waiting), and one piece in
+//! [`SHARE_EVERY`] goes to the body that has waited longest, so no response, however urgent
+//! and endless, starves the others. A request without the header (a native app's) is served
+//! as an incremental `u=3`: such responses share, where RFC 9218's default (non-incremental)
+//! would let the first endless one hold the rest for three pieces in four. The
 //! budget is about [`QUEUE_TIME_MS`] of what the socket drained lately (at least one piece,
 //! at most `limits.h2_response_queue`), so the wait ahead of a frame stays short on a slow
 //! phone link and the queue long enough on a fast one. Bytes
@@ -88,12 +92,28 @@ pub(crate) struct Feed {
 /// it waits, so those share.
 type Place = (u8, u64);
 
+/// Of every this many pieces handed over while others wait, one goes to the body that has
+/// waited longest, whatever its place: a response that always has data ready (a camera
+/// stream, a big download) cannot starve the rest of its connection, however urgent.
+const SHARE_EVERY: u32 = 4;
+
 #[derive(Debug, Default)]
 struct Line {
     /// Body bytes handed to `h2` and not yet written to the socket.
     queued: usize,
     /// Bodies holding data they may not hand over yet.
-    waiting: BTreeMap<Place, Waker>,
+    waiting: BTreeMap<Place, Waiter>,
+    /// Counts who joined the line, so the longest waiting is known.
+    joined: u64,
+    /// Pieces handed over in line order in a row while others waited.
+    in_order: u32,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    waker: Waker,
+    /// When it joined the line (`Line::joined`).
+    since: u64,
 }
 
 impl Line {
@@ -101,12 +121,47 @@ impl Line {
         self.queued == 0 || self.queued + n <= budget
     }
 
-    /// The first in line, if the queue has room for anything: to be woken.
+    /// Whose turn it is among those waiting: the first in line, or, every
+    /// [`SHARE_EVERY`]th piece, the one that has waited longest.
+    fn chosen(&self) -> Option<Place> {
+        if self.in_order + 1 >= SHARE_EVERY {
+            return self
+                .waiting
+                .iter()
+                .min_by_key(|(_, w)| w.since)
+                .map(|(place, _)| *place);
+        }
+        self.waiting.keys().next().copied()
+    }
+
+    /// Whether the body at `place` may hand a piece over now (room aside).
+    fn turn_of(&self, place: Place) -> bool {
+        match self.chosen() {
+            None => true,
+            // Due to the longest waiting: nobody else, not even a newcomer ahead of it.
+            Some(chosen) if self.in_order + 1 >= SHARE_EVERY => chosen == place,
+            Some(first) => place <= first,
+        }
+    }
+
+    /// The body at `place` handed a piece over.
+    fn served(&mut self, place: Place) {
+        let longest = self.in_order + 1 >= SHARE_EVERY && self.chosen() == Some(place);
+        self.waiting.remove(&place);
+        self.in_order = if self.waiting.is_empty() || longest {
+            0
+        } else {
+            self.in_order + 1
+        };
+    }
+
+    /// Whose turn it is, if the queue has room for anything: to be woken.
     fn next(&self, budget: usize) -> Option<Waker> {
         if self.queued >= budget {
             return None;
         }
-        self.waiting.values().next().cloned()
+        let place = self.chosen()?;
+        self.waiting.get(&place).map(|w| w.waker.clone())
     }
 }
 
@@ -160,10 +215,9 @@ impl Feed {
     fn admit(&self, n: usize, place: Place, waker: &Waker, jump: bool) -> bool {
         let budget = self.budget.load(Ordering::Relaxed);
         let mut line = self.line();
-        let first = line.waiting.keys().next().is_none_or(|k| *k >= place);
-        if (first || jump) && line.has_room(n, budget) {
+        if (jump || line.turn_of(place)) && line.has_room(n, budget) {
             line.queued += n;
-            line.waiting.remove(&place);
+            line.served(place);
             let next = line.next(budget);
             drop(line);
             if let Some(next) = next {
@@ -171,11 +225,20 @@ impl Feed {
             }
             return true;
         }
+        let line = &mut *line;
         match line.waiting.get_mut(&place) {
-            Some(registered) if registered.will_wake(waker) => {}
-            Some(registered) => registered.clone_from(waker),
+            Some(registered) if registered.waker.will_wake(waker) => {}
+            Some(registered) => registered.waker.clone_from(waker),
             None => {
-                line.waiting.insert(place, waker.clone());
+                line.joined += 1;
+                let since = line.joined;
+                line.waiting.insert(
+                    place,
+                    Waiter {
+                        waker: waker.clone(),
+                        since,
+                    },
+                );
             }
         }
         false
@@ -634,13 +697,47 @@ mod tests {
         assert!(flags[0].take());
         assert_eq!(poll_once(&mut deferred, &flags[1]), None);
         assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
-        feed.written(PIECE);
-        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
-        feed.written(PIECE);
-        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+        // Three pieces went in line order while the deferred script waited: the fourth is
+        // its share (it has waited longest), then the image goes on.
+        assert_eq!(poll_once(&mut image, &flags[0]), None);
         feed.written(PIECE);
         assert!(flags[1].take());
+        assert_eq!(poll_once(&mut image, &flags[0]), None);
         assert_eq!(poll_once(&mut deferred, &flags[1]), Some(PIECE));
+        assert_eq!(poll_once(&mut deferred, &flags[1]), None);
+        feed.written(PIECE);
+        assert!(flags[0].take());
+        assert_eq!(poll_once(&mut deferred, &flags[1]), None);
+        assert_eq!(poll_once(&mut image, &flags[0]), Some(PIECE));
+    }
+
+    #[tokio::test]
+    async fn an_endless_urgent_response_leaves_the_others_a_share() {
+        let feed = patient();
+        let flag = Arc::new(Flag::default());
+        // A navigation-sized download (u=0) that always has data, and a later API answer.
+        let mut endless = asked(&feed, "u=0", 1000);
+        let mut answer = asked(&feed, "u=5", 2);
+        assert_eq!(poll_once(&mut endless, &flag), Some(PIECE));
+        assert_eq!(poll_once(&mut endless, &flag), None);
+        assert_eq!(poll_once(&mut answer, &flag), None);
+        let mut order = String::new();
+        for _ in 0..12 {
+            feed.written(PIECE);
+            // Both ask every round, the answer first (the turn decides, not the polling
+            // order); one that got a piece asks again at once, as hyper does.
+            let answers = order.matches('a').count();
+            if answers < 2 && poll_once(&mut answer, &flag).is_some() {
+                order.push('a');
+                if answers + 1 < 2 {
+                    assert_eq!(poll_once(&mut answer, &flag), None);
+                }
+            } else if poll_once(&mut endless, &flag).is_some() {
+                order.push('e');
+                assert_eq!(poll_once(&mut endless, &flag), None);
+            }
+        }
+        assert_eq!(order, "eeeaeeeaeeee");
     }
 
     #[tokio::test]

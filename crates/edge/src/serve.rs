@@ -212,12 +212,17 @@ pub(crate) async fn handle_request(
     // The response's turn into a busy HTTP/2 connection: its priority (RFC 9218, as the
     // browser sent it) and when it was asked for.
     let feed = connection.feed.clone().map(|feed| {
-        let priority = Priority::parse(
-            req.headers()
-                .get_all(HeaderName::from_static("priority"))
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
+        let field = req.headers().get_all(HeaderName::from_static("priority"));
+        // No header (a native app, not a browser): served as an incremental `u=3`, so its
+        // responses share rather than wait for each other (`feed`).
+        let priority = if field.iter().next().is_none() {
+            Priority {
+                incremental: true,
+                ..Priority::default()
+            }
+        } else {
+            Priority::parse(field.iter().map(|v| v.as_bytes()))
+        };
         let ticket = feed.ticket(priority);
         (feed, ticket)
     });
