@@ -1,6 +1,5 @@
 //! A loss-tolerant congestion controller: Cubic that takes loss for congestion only when
-//! there is enough of it, or when the path shows a queue, and that keeps the queue it builds
-//! short.
+//! there is enough of it, or when the path shows a queue.
 //!
 //! Loss-based controllers (Reno, Cubic) reduce their window on every loss episode, so random
 //! loss that has nothing to do with congestion (a lossy radio hop, a home link over LTE or a
@@ -47,13 +46,6 @@
 //! round and is backed off from within a few round trips; the price is that a full drop-tail
 //! queue may see up to ~2 % loss before this sender yields, as with BBRv2.
 //!
-//! Loss comes late at a deep buffer: Cubic fills a home router's uplink buffer (100 ms and
-//! more) before it loses a packet there, and every WebSocket message on the tunnel then waits
-//! behind that queue. [`DelayBound`] takes a queue longer than three quarters of the path's
-//! floor (at least [`QUEUE_TARGET_MIN`]), held through two round trips, for congestion too:
-//! with a 10 Mbit/s uplink and a download running, live updates at 20 ms per leg came after
-//! 36–42 ms instead of 117 (`docs/benchmarks.md`, "A short queue at the home uplink").
-//!
 //! Sans-IO: it is driven by quinn through [`Controller`]; the unit tests drive it directly.
 
 use std::any::Any;
@@ -90,14 +82,6 @@ pub const QUIET_PACKETS: u64 = 4;
 /// 4 of 20 transfers of 40,000 packets (`random_loss_with_jitter_rarely_misfires`).
 pub const MIN_SAMPLE_PACKETS: u64 = 2000;
 
-/// The least standing queue the delay bound allows (`DelayBound`): above it, and above three
-/// quarters of the path's floor, a round trip whose packets all waited is a congestion signal.
-pub const QUEUE_TARGET_MIN: Duration = Duration::from_millis(5);
-
-/// The delay bound's floor is the least RTT sample of the latest [`FLOOR_LIFETIME`], kept per
-/// slice of this length.
-const FLOOR_SLICE: Duration = Duration::from_secs(1);
-
 /// Round trips of history kept: enough for a slow path (8 packets a round trip, ~4 Mbit/s at
 /// 20 ms) to fill a sample (8 KiB per connection: 32 bytes a round).
 pub const MAX_ROUNDS: usize = 256;
@@ -113,17 +97,14 @@ impl ControllerFactory for LossTolerantConfig {
         Box::new(LossTolerant {
             inner: self.cubic.clone().build(now, current_mtu),
             filter: LossFilter::new(current_mtu),
-            delay: DelayBound::default(),
         })
     }
 }
 
-/// Cubic, told of a loss only when [`LossFilter`] says it is congestion, and of a queue
-/// when [`DelayBound`] sees one grow past its target (module docs).
+/// Cubic, told of a loss only when [`LossFilter`] says it is congestion (module docs).
 pub struct LossTolerant {
     inner: Box<dyn Controller>,
     filter: LossFilter,
-    delay: DelayBound,
 }
 
 impl Controller for LossTolerant {
@@ -141,17 +122,6 @@ impl Controller for LossTolerant {
     ) {
         self.filter.acked(now, sent, bytes, rtt.get());
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
-        let sample = now.saturating_duration_since(sent);
-        if self.delay.acked(now, sample, rtt.get(), app_limited) {
-            tracing::debug!(
-                window = self.inner.window(),
-                floor_ms = self.delay.floor().map(|f| f.as_secs_f64() * 1e3),
-                recent_ms = self.delay.last_verdict.map(|r| r.as_secs_f64() * 1e3),
-                "queue over its target taken as congestion"
-            );
-            // As a loss of a packet sent now: a new episode for Cubic, one reduction.
-            self.inner.on_congestion_event(now, now, false, 0);
-        }
     }
 
     fn on_end_acks(
@@ -206,7 +176,6 @@ impl Controller for LossTolerant {
         Box::new(Self {
             inner: self.inner.clone_box(),
             filter: self.filter.clone(),
-            delay: self.delay.clone(),
         })
     }
 
@@ -372,92 +341,6 @@ impl LossFilter {
             }
         }
         lost as f64 / sent.max(full).max(1) as f64
-    }
-}
-
-/// Keeps the queue this sender builds at a bottleneck short: when the least RTT sample of
-/// two whole round trips exceeds the path's floor by more than three quarters of it (at least
-/// [`QUEUE_TARGET_MIN`]), every packet of those rounds waited in a queue, and that is a
-/// congestion signal, as a loss would be. Cubic fills any drop-tail buffer before it sees a
-/// loss (a home router's uplink buffer of 100 ms or more), and everything else on the
-/// tunnel, a WebSocket's live updates included, then waits behind it.
-///
-/// Three quarters: after Cubic's cut to 0.7 of a window that was the path's bandwidth-delay
-/// product plus 0.75 of it (1.22 of it; half would leave 1.05, and Cubic's fast convergence
-/// and the path's jitter take that margin), the window still covers the product, so the link
-/// stays busy while
-/// the queue drains. The floor here is the least sample of the latest [`FLOOR_LIFETIME`]
-/// (BBR's `min_rtt` window): each cut drains the queue this sender made, so the floor stays
-/// true while a long transfer runs; a path that got longer, or a queue some other sender
-/// keeps full, becomes the floor within that time, and the bound stops cutting rather than
-/// yield for good. Cuts need two round trips after the previous one (the second measures the
-/// reduced window), and none while the sender is application-limited (a queue it did not
-/// make).
-#[derive(Debug, Clone, Default)]
-struct DelayBound {
-    /// The least sample per [`FLOOR_SLICE`], oldest first, none older than
-    /// [`FLOOR_LIFETIME`].
-    slices: VecDeque<(Instant, Duration)>,
-    /// When the current round trip began, and its least sample.
-    round_start: Option<Instant>,
-    round_least: Option<Duration>,
-    /// The previous whole round's least sample.
-    previous_least: Option<Duration>,
-    /// Whole rounds since the latest cut.
-    rounds_since_cut: u32,
-    /// The least sample of the latest two whole rounds, as last judged (for the log).
-    last_verdict: Option<Duration>,
-}
-
-impl DelayBound {
-    /// A packet sent `sample` ago was acknowledged at `now`; `rtt` is the smoothed RTT (a
-    /// round's length). Whether to take the queue for congestion now.
-    fn acked(&mut self, now: Instant, sample: Duration, rtt: Duration, app_limited: bool) -> bool {
-        match self.slices.back_mut() {
-            Some((start, least)) if now.saturating_duration_since(*start) < FLOOR_SLICE => {
-                *least = (*least).min(sample);
-            }
-            _ => self.slices.push_back((now, sample)),
-        }
-        while self
-            .slices
-            .front()
-            .is_some_and(|(start, _)| now.saturating_duration_since(*start) > FLOOR_LIFETIME)
-        {
-            self.slices.pop_front();
-        }
-        self.round_least = Some(self.round_least.map_or(sample, |l| l.min(sample)));
-        let Some(start) = self.round_start else {
-            self.round_start = Some(now);
-            return false;
-        };
-        if now.saturating_duration_since(start) < rtt {
-            return false;
-        }
-        // A round trip is whole: judge it with the one before.
-        self.round_start = Some(now);
-        let completed = self.round_least.take();
-        let recent = match (completed, self.previous_least) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.previous_least = completed;
-        self.rounds_since_cut = self.rounds_since_cut.saturating_add(1);
-        self.last_verdict = recent;
-        let (Some(floor), Some(recent)) = (self.floor(), recent) else {
-            return false;
-        };
-        let over = recent > floor + (floor * 3 / 4).max(QUEUE_TARGET_MIN);
-        if over && !app_limited && self.rounds_since_cut >= 2 {
-            self.rounds_since_cut = 0;
-            return true;
-        }
-        false
-    }
-
-    /// The least sample of the latest [`FLOOR_LIFETIME`].
-    fn floor(&self) -> Option<Duration> {
-        self.slices.iter().map(|(_, least)| *least).min()
     }
 }
 
@@ -780,85 +663,5 @@ mod tests {
         let later = start + RTT * (u32::try_from(MAX_ROUNDS).unwrap_or(u32::MAX) + 1);
         ack(&mut filter, later, RTT);
         assert!(!filter.lost(later, PACKET, false));
-    }
-
-    /// Drives a [`DelayBound`] through `rounds` round trips of `per_round` acknowledgements,
-    /// the round trip of round `r` (its smoothed RTT too) from `rtt_of(r, packet)`: the
-    /// rounds in which it cut.
-    fn delay_cuts(
-        bound: &mut DelayBound,
-        start: Instant,
-        rounds: u32,
-        per_round: u32,
-        app_limited: bool,
-        rtt_of: impl Fn(u32, u32) -> Duration,
-    ) -> Vec<u32> {
-        let mut now = start;
-        let mut cuts = Vec::new();
-        for round in 0..rounds {
-            let length = rtt_of(round, 0);
-            for packet in 0..per_round {
-                let sample = rtt_of(round, packet);
-                if bound.acked(now, sample, length, app_limited) {
-                    cuts.push(round);
-                }
-                now += length / per_round;
-            }
-        }
-        cuts
-    }
-
-    #[test]
-    fn a_filling_buffer_is_cut_once_its_queue_passes_three_quarters_of_the_floor() {
-        // A drop-tail buffer that grows by 2 ms a round trip over a 40 ms path: the queue
-        // passes 30 ms in round 15; the cut comes right after, not before.
-        let mut bound = DelayBound::default();
-        let cuts = delay_cuts(&mut bound, Instant::now(), 20, 50, false, |round, _| {
-            RTT + Duration::from_millis(2) * round
-        });
-        let first = cuts.first().copied();
-        assert!(matches!(first, Some(16..=18)), "cuts at rounds {cuts:?}");
-        // While the queue stays over the target, one cut per two round trips at most.
-        assert!(cuts.windows(2).all(|w| w[1] - w[0] >= 2), "{cuts:?}");
-    }
-
-    #[test]
-    fn a_short_queue_or_jitter_is_never_cut() {
-        // A standing queue of half the floor, and ±10 % jitter.
-        let mut random = xorshift();
-        let jitter: Vec<u32> = (0..100_000).map(|_| (random() % 21) as u32).collect();
-        let mut bound = DelayBound::default();
-        let cuts = delay_cuts(&mut bound, Instant::now(), 200, 100, false, |round, p| {
-            let queue = if round > 0 { RTT / 2 } else { Duration::ZERO };
-            let i = (round * 100 + p) as usize % jitter.len();
-            (RTT + queue) * (90 + jitter[i]) / 100
-        });
-        assert_eq!(cuts, Vec::<u32>::new());
-    }
-
-    #[test]
-    fn an_application_limited_sender_is_never_cut() {
-        let mut bound = DelayBound::default();
-        let cuts = delay_cuts(&mut bound, Instant::now(), 50, 20, true, |round, _| {
-            if round > 0 { RTT * 3 } else { RTT }
-        });
-        assert_eq!(cuts, Vec::<u32>::new());
-    }
-
-    #[test]
-    fn a_longer_path_or_a_queue_not_ours_stops_the_cuts_within_the_floor_lifetime() {
-        // The path goes from 40 to 120 ms for good (or someone else keeps the buffer full).
-        let mut bound = DelayBound::default();
-        let start = Instant::now();
-        let cuts = delay_cuts(&mut bound, start, 300, 20, false, |round, _| {
-            if round >= 10 { RTT * 3 } else { RTT }
-        });
-        assert!(!cuts.is_empty(), "the rise is first taken for a queue");
-        // Rounds of 120 ms: the old floor is gone about 10 s (~84 rounds) after the change.
-        let last = cuts.last().copied().unwrap_or(0);
-        assert!(
-            (10..=100).contains(&last),
-            "still cutting at round {last}: {cuts:?}"
-        );
     }
 }
