@@ -123,6 +123,13 @@ impl Opts {
         Ok(o)
     }
 
+    /// Whether `--only` names `part` (for scenarios that run only when asked for).
+    pub(crate) fn names(&self, part: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|p| p == part))
+    }
+
     pub(crate) fn wants(&self, part: &str) -> bool {
         self.only
             .as_ref()

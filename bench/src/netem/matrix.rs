@@ -444,46 +444,31 @@ async fn matrix(
                 }
             }
             if opts.wants("live") {
-                match live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await {
-                    Ok((p50, p99, n)) => {
-                        eprintln!(
-                            "  live {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
-                            k.title()
-                        );
-                        table.add(p, "live_p50", k, p50);
-                        table.add(p, "live_p99", k, p99);
-                    }
-                    Err(e) => table.note(format!("{} live update {}: {e:#}", p.label(), k.title())),
-                }
+                let live = live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await;
+                live_rows(
+                    &mut table,
+                    p,
+                    k,
+                    ["live", "live update", "live_p50", "live_p99"],
+                    live,
+                );
             }
             // The dashboard open while a camera streams or a backup downloads: the same
             // live events, on their own connection, while one download fills the path. The
             // download starts first and runs until the events are in.
-            if opts
-                .only
-                .as_ref()
-                .is_some_and(|l| l.iter().any(|x| x == "live_busy"))
-            {
+            if opts.names("live_busy") {
                 let span = cfg.every * (cfg.events + cfg.warmup) as u32 + RAMP + BUSY_SLACK;
                 let (down, live) = tokio::join!(download(t, pki, BUSY_BYTES, span), async {
                     tokio::time::sleep(RAMP).await;
                     live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await
                 });
-                match live {
-                    Ok((p50, p99, n)) => {
-                        eprintln!(
-                            "  busy {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
-                            k.title()
-                        );
-                        table.add(p, "busy_p50", k, p50);
-                        table.add(p, "busy_p99", k, p99);
-                    }
-                    Err(e) => table.note(format!(
-                        "{} live while busy {}: {e:#}",
-                        p.label(),
-                        k.title()
-                    )),
-                }
+                live_rows(
+                    &mut table,
+                    p,
+                    k,
+                    ["busy", "live while busy", "busy_p50", "busy_p99"],
+                    live,
+                );
                 // Capped at about the events' span: its rate is what it moved meanwhile.
                 match down {
                     Ok(x) => table.add(p, "busy_down", k, x.mbps),
@@ -561,6 +546,27 @@ async fn matrix(
 
 /// Per direction between two counter snapshots: (drop %, packets seen), and the total of
 /// queue-full drops.
+/// Prints and records a live-update measurement: `[tag, what, p50 row, p99 row]`.
+fn live_rows(
+    table: &mut Table,
+    p: &NetPoint,
+    k: Kind,
+    [tag, what, p50_row, p99_row]: [&'static str; 4],
+    live: Result<(f64, f64, usize)>,
+) {
+    match live {
+        Ok((p50, p99, n)) => {
+            eprintln!(
+                "  {tag} {:<22} p50 {p50:.1} ms  p99 {p99:.1} ms  ({n} events)",
+                k.title()
+            );
+            table.add(p, p50_row, k, p50);
+            table.add(p, p99_row, k, p99);
+        }
+        Err(e) => table.note(format!("{} {what} {}: {e:#}", p.label(), k.title())),
+    }
+}
+
 fn drops(a: &[[u64; 4]], b: &[[u64; 4]]) -> (Vec<f64>, Vec<u64>, u64) {
     let mut pct = Vec::new();
     let mut seen = Vec::new();

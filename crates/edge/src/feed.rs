@@ -121,10 +121,15 @@ impl Line {
         self.queued == 0 || self.queued + n <= budget
     }
 
+    /// Whether the next piece is the longest waiting body's share.
+    fn share_due(&self) -> bool {
+        self.in_order + 1 >= SHARE_EVERY
+    }
+
     /// Whose turn it is among those waiting: the first in line, or, every
     /// [`SHARE_EVERY`]th piece, the one that has waited longest.
     fn chosen(&self) -> Option<Place> {
-        if self.in_order + 1 >= SHARE_EVERY {
+        if self.share_due() {
             return self
                 .waiting
                 .iter()
@@ -139,14 +144,14 @@ impl Line {
         match self.chosen() {
             None => true,
             // Due to the longest waiting: nobody else, not even a newcomer ahead of it.
-            Some(chosen) if self.in_order + 1 >= SHARE_EVERY => chosen == place,
+            Some(chosen) if self.share_due() => chosen == place,
             Some(first) => place <= first,
         }
     }
 
     /// The body at `place` handed a piece over.
     fn served(&mut self, place: Place) {
-        let longest = self.in_order + 1 >= SHARE_EVERY && self.chosen() == Some(place);
+        let longest = self.share_due() && self.chosen() == Some(place);
         self.waiting.remove(&place);
         self.in_order = if self.waiting.is_empty() || longest {
             0
@@ -555,6 +560,10 @@ mod tests {
         }
     }
 
+    fn flags(n: usize) -> Vec<Arc<Flag>> {
+        (0..n).map(|_| Arc::default()).collect()
+    }
+
     impl Flag {
         fn take(&self) -> bool {
             self.0.swap(false, Ordering::SeqCst)
@@ -669,7 +678,7 @@ mod tests {
     #[tokio::test]
     async fn the_most_urgent_response_goes_first() {
         let feed = patient();
-        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::default()).collect();
+        let flags = flags(3);
         // An image fills the queue (one piece to start with); then a deferred script (no
         // header: u=3) and a blocking script (u=1) wait, the less urgent one first in line.
         let mut image = asked(&feed, "u=2, i", 4);
@@ -786,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_that_leaves_the_line_hands_on_its_turn() {
         let feed = patient();
-        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::default()).collect();
+        let flags = flags(3);
         let mut filler = asked(&feed, "u=0", 1);
         let mut urgent = asked(&feed, "u=0", 1);
         let mut later = asked(&feed, "u=5", 1);
