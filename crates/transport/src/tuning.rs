@@ -89,7 +89,9 @@ pub enum Congestion {
     /// 2,000 packets while the path's RTT shows a queue, as BBRv2 does, and above 6 % while
     /// it shows none ([`crate::congestion::LossTolerant`]): random loss no longer holds the
     /// window down; an overflowing bottleneck still does, at the price of up to ~2 % loss
-    /// there before it yields (~6 % at a policer, which queues nothing).
+    /// there before it yields (~6 % at a policer, which queues nothing). A queue it builds
+    /// beyond three quarters of the path's least RTT counts as congestion too, so a deep
+    /// buffer (a home uplink) does not delay everything else on the tunnel by its length.
     #[default]
     #[serde(rename = "loss_tolerant")]
     LossTolerant,
