@@ -907,6 +907,26 @@ mod tests {
         acts
     }
 
+    /// A fresh [`DelayBound`] driven as [`drive`] does, its sender in congestion avoidance
+    /// and no floor from the loss filter.
+    fn avoiding(
+        rounds: u32,
+        per_round: u32,
+        rtt_of: impl FnMut(u32, u32, usize) -> Duration,
+    ) -> (DelayBound, Vec<(u32, Bound)>) {
+        let mut bound = DelayBound::default();
+        let acts = drive(
+            &mut bound,
+            &mut Instant::now(),
+            rounds,
+            per_round,
+            AVOIDING,
+            None,
+            rtt_of,
+        );
+        (bound, acts)
+    }
+
     /// The rounds in which it did `what`.
     fn rounds_of(acts: &[(u32, Bound)], what: Bound) -> Vec<u32> {
         acts.iter()
@@ -920,16 +940,7 @@ mod tests {
         // A drop-tail buffer that grows by 2 ms a round trip over a 40 ms path: the queue
         // is over 30 ms from round 16 on; the cut comes once two whole rounds were over (as
         // round 18 begins), not before.
-        let mut bound = DelayBound::default();
-        let acts = drive(
-            &mut bound,
-            &mut Instant::now(),
-            20,
-            50,
-            AVOIDING,
-            None,
-            |round, _, _| RTT + Duration::from_millis(2) * round,
-        );
+        let (_, acts) = avoiding(20, 50, |round, _, _| RTT + Duration::from_millis(2) * round);
         assert_eq!(rounds_of(&acts, Bound::Cut).first(), Some(&18), "{acts:?}");
     }
 
@@ -975,16 +986,7 @@ mod tests {
     #[test]
     fn a_queue_this_sender_makes_is_held_near_its_target() {
         let mut path = Bottleneck::new();
-        let mut bound = DelayBound::default();
-        let acts = drive(
-            &mut bound,
-            &mut Instant::now(),
-            400,
-            50,
-            AVOIDING,
-            None,
-            |r, p, c| path.rtt(r, p, c),
-        );
+        let (_, acts) = avoiding(400, 50, |r, p, c| path.rtt(r, p, c));
         let cuts = rounds_of(&acts, Bound::Cut);
         assert!(cuts.len() > 10, "{acts:?}");
         assert_eq!(rounds_of(&acts, Bound::Rebase), Vec::<u32>::new());
@@ -1008,20 +1010,11 @@ mod tests {
         // A standing queue of half the floor, and ±10 % jitter.
         let mut random = xorshift();
         let jitter: Vec<u32> = (0..100_000).map(|_| (random() % 21) as u32).collect();
-        let mut bound = DelayBound::default();
-        let acts = drive(
-            &mut bound,
-            &mut Instant::now(),
-            200,
-            100,
-            AVOIDING,
-            None,
-            |round, p, _| {
-                let queue = if round > 0 { RTT / 2 } else { Duration::ZERO };
-                let i = (round * 100 + p) as usize % jitter.len();
-                (RTT + queue) * (90 + jitter[i]) / 100
-            },
-        );
+        let (_, acts) = avoiding(200, 100, |round, p, _| {
+            let queue = if round > 0 { RTT / 2 } else { Duration::ZERO };
+            let i = (round * 100 + p) as usize % jitter.len();
+            (RTT + queue) * (90 + jitter[i]) / 100
+        });
         assert_eq!(acts, Vec::new());
     }
 
@@ -1058,14 +1051,9 @@ mod tests {
         // The path goes from 40 to 120 ms for good at round 10 (or someone else keeps the
         // buffer full): the rise is first taken for a queue, the cut does not shorten it, and
         // its round trip becomes the floor.
-        let mut bound = DelayBound::default();
-        let acts = drive(
-            &mut bound,
-            &mut Instant::now(),
+        let (bound, acts) = avoiding(
             300,
             20,
-            AVOIDING,
-            None,
             |round, _, _| {
                 if round >= 10 { RTT * 3 } else { RTT }
             },
@@ -1105,23 +1093,14 @@ mod tests {
     fn a_floor_learnt_on_a_shorter_path_costs_one_cut() {
         // The bench's case: the tunnel's floor came from loopback (0.15 ms), then the path
         // became 40 ms; slow start ends, and the first cut finds no queue to drain.
-        let mut bound = DelayBound::default();
         let mut random = xorshift();
-        let acts = drive(
-            &mut bound,
-            &mut Instant::now(),
-            200,
-            50,
-            AVOIDING,
-            None,
-            |round, _, _| {
-                if round < 3 {
-                    Duration::from_micros(150)
-                } else {
-                    RTT * (95 + (random() % 11) as u32) / 100
-                }
-            },
-        );
+        let (_, acts) = avoiding(200, 50, |round, _, _| {
+            if round < 3 {
+                Duration::from_micros(150)
+            } else {
+                RTT * (95 + (random() % 11) as u32) / 100
+            }
+        });
         assert_eq!(rounds_of(&acts, Bound::Cut).len(), 1, "{acts:?}");
         assert_eq!(rounds_of(&acts, Bound::Rebase).len(), 1, "{acts:?}");
     }
