@@ -27,10 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use transport::congestion::Reductions;
 use transport::{ClientEndpoint, ControlDriver, Liveness, TcpClient};
 
 use crate::config::TransportPolicy;
-use crate::metrics::{ConnectionLabel, ResultLabel};
+use crate::metrics::{ConnectionLabel, ReductionLabel, ResultLabel};
 use crate::register::{self, Registered};
 use crate::{Shared, forward};
 
@@ -496,6 +497,7 @@ async fn serve(
     let metrics = &shared.metrics;
     let mut sample = tokio::time::interval(STATS_INTERVAL);
     let mut lost_seen = 0u64;
+    let mut reductions_seen = Reductions::default();
     let mut liveness = Liveness::new(ping_interval, Instant::now());
     let mut check = tokio::time::interval(LIVENESS_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -515,6 +517,16 @@ async fn serve(
                 metrics.congestion_window.get_or_create(slot).set(i64::try_from(stats.cwnd).unwrap_or(i64::MAX));
                 metrics.lost_packets.get_or_create(slot).inc_by(stats.lost_packets.saturating_sub(lost_seen));
                 lost_seen = lost_seen.max(stats.lost_packets);
+                if let Some(current) = conn.reductions() {
+                    for (reason, count, seen) in [
+                        ("loss", current.loss, reductions_seen.loss),
+                        ("queue", current.queue, reductions_seen.queue),
+                    ] {
+                        let label = ReductionLabel { connection: slot.connection.clone(), reason };
+                        metrics.congestion_reductions.get_or_create(&label).inc_by(count.saturating_sub(seen));
+                    }
+                    reductions_seen = current;
+                }
             }
             _ = check.tick(), if !ping_interval.is_zero() => {
                 if !liveness.observe(&conn.stats(), ping_interval, Instant::now()) {

@@ -16,6 +16,15 @@ pub struct ConnectionLabel {
     pub connection: String,
 }
 
+/// `connection` and `reason`: why the congestion window was reduced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReductionLabel {
+    /// Slot number.
+    pub connection: String,
+    /// `loss` or `queue`.
+    pub reason: &'static str,
+}
+
 /// `result`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -55,6 +64,8 @@ pub struct Metrics {
     pub lost_packets: Family<ConnectionLabel, Counter>,
     /// Congestion window per slot.
     pub congestion_window: Family<ConnectionLabel, Gauge>,
+    /// Window reductions per slot and reason (`loss_tolerant` only).
+    pub congestion_reductions: Family<ReductionLabel, Counter>,
     /// Streams being served.
     pub active_streams: Gauge,
     /// Stream open to HA's response head.
@@ -82,6 +93,7 @@ impl Metrics {
             rtt: Family::default(),
             lost_packets: Family::default(),
             congestion_window: Family::default(),
+            congestion_reductions: Family::default(),
             active_streams: Gauge::default(),
             upstream_duration: Histogram::new(exponential_buckets(0.002, 2.0, 16)),
             upstream_errors: Family::default(),
@@ -122,6 +134,11 @@ impl Metrics {
             "congestion_window_bytes",
             "QUIC congestion window per connection slot",
             m.congestion_window.clone(),
+        );
+        r.register(
+            "congestion_reductions",
+            "Times the QUIC congestion controller (loss_tolerant) reduced its window, per connection slot, by reason: loss (losses it took for congestion), queue (a queue over its delay target)",
+            m.congestion_reductions.clone(),
         );
         r.register(
             "active_streams",
@@ -166,6 +183,12 @@ impl Metrics {
         let _ = self.rtt.get_or_create(slot);
         let _ = self.lost_packets.get_or_create(slot);
         let _ = self.congestion_window.get_or_create(slot);
+        for reason in ["loss", "queue"] {
+            let _ = self.congestion_reductions.get_or_create(&ReductionLabel {
+                connection: slot.connection.clone(),
+                reason,
+            });
+        }
     }
 
     /// The OpenMetrics text of every family.

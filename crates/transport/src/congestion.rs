@@ -112,6 +112,7 @@ impl ControllerFactory for LossTolerantConfig {
             filter: LossFilter::new(current_mtu),
             delay: DelayBound::default(),
             growing: true,
+            reductions: Reductions::default(),
         })
     }
 }
@@ -125,6 +126,58 @@ pub struct LossTolerant {
     /// Cubic is in slow start: no congestion event passed on yet, or persistent congestion
     /// since (which sends it back to its least window).
     growing: bool,
+    reductions: Reductions,
+}
+
+/// What a [`LossTolerant`] controller has done to its window so far (for metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reductions {
+    /// Losses passed on to Cubic as congestion (persistent congestion and ECN marks
+    /// included).
+    pub loss: u64,
+    /// Queues over the delay bound's target passed on as congestion.
+    pub queue: u64,
+    /// Cuts that did not shorten the queue, after which the bound took a new floor.
+    pub rebased: u64,
+}
+
+impl LossTolerant {
+    /// What it has done to its window so far.
+    pub fn reductions(&self) -> Reductions {
+        self.reductions
+    }
+
+    /// The delay bound's part of an acknowledgement: a packet sent `sample` ago was
+    /// acknowledged at `now`; `srtt` is the smoothed round-trip time.
+    fn bound(&mut self, now: Instant, sample: Duration, srtt: Duration, app_limited: bool) {
+        let sender = Sender {
+            app_limited,
+            growing: self.growing,
+        };
+        let path = self.filter.floor.map(|(floor, _)| floor);
+        match self.delay.acked(now, sample, srtt, sender, path) {
+            Bound::Hold => {}
+            Bound::Cut => {
+                tracing::debug!(
+                    window = self.inner.window(),
+                    floor_ms = self.delay.floor.max(path).map(|f| f.as_secs_f64() * 1e3),
+                    recent_ms = self.delay.last_verdict.map(|r| r.as_secs_f64() * 1e3),
+                    "queue over its target taken as congestion"
+                );
+                self.reductions.queue = self.reductions.queue.saturating_add(1);
+                // As a loss of a packet sent now: a new episode for Cubic, one reduction.
+                self.inner.on_congestion_event(now, now, false, 0);
+            }
+            Bound::Rebase => {
+                tracing::debug!(
+                    window = self.inner.window(),
+                    floor_ms = self.delay.floor.map(|f| f.as_secs_f64() * 1e3),
+                    "a cut left the queue as it was: its round trip is the floor now"
+                );
+                self.reductions.rebased = self.reductions.rebased.saturating_add(1);
+            }
+        }
+    }
 }
 
 impl Controller for LossTolerant {
@@ -142,30 +195,12 @@ impl Controller for LossTolerant {
     ) {
         self.filter.acked(now, sent, bytes, rtt.get());
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
-        let sample = now.saturating_duration_since(sent);
-        let sender = Sender {
+        self.bound(
+            now,
+            now.saturating_duration_since(sent),
+            rtt.get(),
             app_limited,
-            growing: self.growing,
-        };
-        let path = self.filter.floor.map(|(floor, _)| floor);
-        match self.delay.acked(now, sample, rtt.get(), sender, path) {
-            Bound::Hold => {}
-            Bound::Cut => {
-                tracing::debug!(
-                    window = self.inner.window(),
-                    floor_ms = self.delay.floor.max(path).map(|f| f.as_secs_f64() * 1e3),
-                    recent_ms = self.delay.last_verdict.map(|r| r.as_secs_f64() * 1e3),
-                    "queue over its target taken as congestion"
-                );
-                // As a loss of a packet sent now: a new episode for Cubic, one reduction.
-                self.inner.on_congestion_event(now, now, false, 0);
-            }
-            Bound::Rebase => tracing::debug!(
-                window = self.inner.window(),
-                floor_ms = self.delay.floor.map(|f| f.as_secs_f64() * 1e3),
-                "a cut left the queue as it was: its round trip is the floor now"
-            ),
-        }
+        );
     }
 
     fn on_end_acks(
@@ -200,6 +235,7 @@ impl Controller for LossTolerant {
             );
             self.growing = is_persistent_congestion;
             self.delay.loss_passed_on();
+            self.reductions.loss = self.reductions.loss.saturating_add(1);
             self.inner
                 .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
         }
@@ -224,6 +260,7 @@ impl Controller for LossTolerant {
             filter: self.filter.clone(),
             delay: self.delay.clone(),
             growing: self.growing,
+            reductions: self.reductions,
         })
     }
 
@@ -1125,5 +1162,49 @@ mod tests {
             |_, _, _| RTT * (95 + (random() % 11) as u32) / 100,
         );
         assert_eq!((short, long), (Vec::new(), Vec::new()));
+    }
+
+    /// A [`LossTolerant`] as quinn gets it from the factory.
+    fn loss_tolerant() -> Box<LossTolerant> {
+        let built = Arc::new(LossTolerantConfig::default()).build(Instant::now(), MTU);
+        match built.into_any().downcast::<LossTolerant>() {
+            Ok(controller) => controller,
+            Err(_) => panic!("the factory builds LossTolerant"),
+        }
+    }
+
+    /// `rounds` round trips of 20 acknowledgements whose RTT is `rtt`, through the
+    /// controller's delay bound.
+    fn acks(controller: &mut LossTolerant, now: &mut Instant, rounds: u32, rtt: Duration) {
+        for _ in 0..rounds * 20 {
+            controller.bound(*now, rtt, rtt, false);
+            *now += rtt / 20;
+        }
+    }
+
+    #[test]
+    fn the_controller_passes_on_and_counts_what_it_takes_for_congestion() {
+        let mut cc = loss_tolerant();
+        let mut now = Instant::now();
+        // Slow start: a queue is left to the loss that ends it.
+        acks(&mut cc, &mut now, 1, RTT);
+        acks(&mut cc, &mut now, 8, RTT * 3);
+        assert_eq!(cc.reductions(), Reductions::default());
+        // An ECN mark (no bytes lost) always counts, and ends slow start.
+        let full = cc.window();
+        cc.on_congestion_event(now, now, false, 0);
+        assert_eq!(cc.reductions().loss, 1);
+        let after_loss = cc.window();
+        assert!(after_loss < full, "{after_loss} of {full}");
+        // Two round trips later the queue is cut; the cut does not shorten it (the RTT here
+        // does not answer to the window), so the bound takes it for its floor.
+        acks(&mut cc, &mut now, 8, RTT * 3);
+        let reductions = cc.reductions();
+        assert_eq!(
+            (reductions.queue, reductions.rebased),
+            (1, 1),
+            "{reductions:?}"
+        );
+        assert!(cc.window() < after_loss);
     }
 }

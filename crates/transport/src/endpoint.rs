@@ -14,6 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::congestion::{LossTolerant, Reductions};
 use crate::stream::varint;
 use crate::{CertificateProblem, Error, RecvHalf, SendHalf, Tuning, Wait, tcp};
 
@@ -485,6 +486,21 @@ impl Connection {
                 Some(e) => Some(e),
                 None => tokio::time::timeout(limit, conn.closed()).await.ok(),
             },
+        }
+    }
+
+    /// What the QUIC congestion controller has done to its window so far, when it is
+    /// `loss_tolerant` (`None` over TCP, where the kernel keeps the window, or with another
+    /// controller). Copies the controller's state: for a periodic sample, not a hot path.
+    pub fn reductions(&self) -> Option<Reductions> {
+        match &self.inner {
+            Inner::Quic(conn) => conn
+                .congestion_state()
+                .into_any()
+                .downcast::<LossTolerant>()
+                .ok()
+                .map(|controller| controller.reductions()),
+            Inner::Tcp(_) => None,
         }
     }
 

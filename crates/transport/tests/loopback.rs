@@ -119,6 +119,10 @@ async fn control_handshake_and_echo_stream() {
         panic!("expected welcome");
     };
     assert_eq!(welcome.site, "home");
+    // The default controller reports its window reductions through the connection (the
+    // connector's metrics read them); none on an idle loopback path.
+    let reductions = conn.reductions().expect("loss_tolerant is the default");
+    assert_eq!(reductions.queue, 0);
 
     let (mut send, mut recv) = conn.accept().await.unwrap();
     let mut data = Vec::new();

@@ -190,5 +190,15 @@ async fn both_endpoints_export_every_documented_family_and_count_traffic() {
             "doorless_connector_connection_attempts_total{result=\"ok\"}"
         ) >= 2.0
     );
+    // Every slot has its window reductions from the start (the default controller,
+    // loss_tolerant, counts them).
+    for slot in ["0", "1"] {
+        for reason in ["loss", "queue"] {
+            let series = format!(
+                "doorless_connector_congestion_reductions_total{{connection=\"{slot}\",reason=\"{reason}\"}}"
+            );
+            assert!(connector.contains(&series), "{series} missing");
+        }
+    }
     drop(ws);
 }
