@@ -450,8 +450,9 @@ impl LossFilter {
 ///   the first loss the filter passes on (a drop-tail buffer overflows within a round trip of
 ///   filling), and the bound works from there on.
 /// - Each cut is checked: the least sample of the two round trips after it (the second sent
-///   under the reduced window) must have come down by at least a quarter of the queue the cut
-///   was for. If it did not, the queue was not this sender's to drain, and that sample becomes
+///   under the reduced window) must have come down by at least half of what the cut should
+///   take off this sender's own queue (0.3 of the round trip, or the whole queue if that is
+///   less; measured against the floor, a stale floor would ask for more). If it did not, the queue was not this sender's to drain, and that sample becomes
 ///   the floor: one cut per wrong floor, not one every two round trips. Unless a loss was
 ///   passed on as congestion meanwhile: then the buffer overflows, and a window still above
 ///   what it holds (just after slow start) keeps it full however it was cut; the check is
@@ -558,8 +559,12 @@ impl DelayBound {
             let settled = *settle;
             self.settle = None;
             if let Some(cut) = settled.cut {
+                // A cut to 0.7 takes 0.3 of the window out of flight: the queue it was for
+                // shrinks by about 0.3 of the round trip (all of it, if it was shorter).
+                // Half of that is the least a cut of this sender's own queue shows.
                 let queue = cut.recent.saturating_sub(cut.floor);
-                if recent + queue / 4 > cut.recent {
+                let expected = queue.min(cut.recent * 3 / 10);
+                if recent + expected / 2 > cut.recent {
                     // Not this sender's queue, or a floor the path has left behind.
                     self.floor = Some(recent);
                     return Bound::Rebase;
@@ -982,8 +987,10 @@ mod tests {
     }
 
     /// A bottleneck's queue under a sender that cuts: the queue of round `r` is what the
-    /// window of round `r - 1` put there, the window grows by 2 ms of the link's time a round
-    /// (Cubic in congestion avoidance) and each cut takes it to 0.7; ±10 % jitter on top.
+    /// window at its start put there (a cut shows in the round after the one it was made in:
+    /// what is sent after it is acknowledged a round trip later), the window grows by 2 ms of
+    /// the link's time a round (Cubic in congestion avoidance) and each cut takes it to 0.7;
+    /// ±10 % jitter on top.
     struct Bottleneck {
         window: f64,
         cuts: usize,
@@ -996,14 +1003,14 @@ mod tests {
             Self {
                 window: RTT.as_secs_f64() * 1e3,
                 cuts: 0,
-                queue_ms: vec![0.0],
+                queue_ms: Vec::new(),
                 random: Box::new(xorshift()),
             }
         }
 
         fn rtt(&mut self, round: u32, packet: u32, cuts: usize) -> Duration {
             let floor = RTT.as_secs_f64() * 1e3;
-            while self.queue_ms.len() <= round as usize + 1 {
+            while self.queue_ms.len() <= round as usize {
                 self.window += 2.0;
                 if self.cuts < cuts {
                     self.cuts = cuts;
@@ -1040,6 +1047,44 @@ mod tests {
             idle < path.queue_ms.len() / 20,
             "{idle} rounds without a queue"
         );
+    }
+
+    #[test]
+    fn a_stale_floor_under_a_real_queue_is_not_taken_for_a_wrong_one() {
+        // The bench's tunnel after slow start at a slow uplink: the floor it knows came from
+        // loopback (1.5 ms), the path is 20 ms and its own queue 55 ms. Each cut takes 14 ms
+        // off the round trip (as measured there: less than a quarter of the queue counted
+        // from the stale floor, more than half of what a cut to 0.7 can take): no re-base
+        // while the queue is there, and the re-base once it is gone takes the path's RTT.
+        let path = Duration::from_millis(20);
+        let mut bound = DelayBound::default();
+        let mut now = Instant::now();
+        let stale = drive(&mut bound, &mut now, 1, 50, AVOIDING, None, |_, _, _| {
+            Duration::from_micros(1500)
+        });
+        assert_eq!(stale, Vec::new());
+        let rtt = |cuts: usize| {
+            path.max(Duration::from_millis(75) - Duration::from_millis(14) * cuts as u32)
+        };
+        let acts = drive(
+            &mut bound,
+            &mut now,
+            40,
+            50,
+            AVOIDING,
+            None,
+            |_, _, cuts| rtt(cuts),
+        );
+        let cuts = rounds_of(&acts, Bound::Cut);
+        let rebases = rounds_of(&acts, Bound::Rebase);
+        assert_eq!(
+            cuts.len(),
+            5,
+            "four to drain the queue, one to find the path: {acts:?}"
+        );
+        assert_eq!(rebases.len(), 1, "{acts:?}");
+        assert!(rebases[0] > cuts[4], "{acts:?}");
+        assert_eq!(bound.floor, Some(path));
     }
 
     #[test]
