@@ -520,8 +520,9 @@ enum Bound {
 
 impl DelayBound {
     /// A packet sent `sample` ago was acknowledged at `now`; `rtt` is the smoothed RTT (a
-    /// round's length); `growing`: the sender is in slow start; `path`: the loss filter's
-    /// floor, which a quiet sample renews (a longer path learnt between transfers).
+    /// round's length); `sender`: whether it is application-limited or in slow start; `path`:
+    /// the loss filter's floor, which a quiet sample renews (a longer path learnt between
+    /// transfers).
     fn acked(
         &mut self,
         now: Instant,
@@ -563,8 +564,8 @@ impl DelayBound {
                 // shrinks by about 0.3 of the round trip (all of it, if it was shorter).
                 // Half of that is the least a cut of this sender's own queue shows.
                 let queue = cut.recent.saturating_sub(cut.floor);
-                let expected = queue.min(cut.recent * 3 / 10);
-                if recent + expected / 2 > cut.recent {
+                let expected = queue.min(cut.recent.saturating_mul(3) / 10);
+                if recent.saturating_add(expected / 2) > cut.recent {
                     // Not this sender's queue, or a floor the path has left behind.
                     self.floor = Some(recent);
                     return Bound::Rebase;
@@ -574,7 +575,8 @@ impl DelayBound {
         let Some(floor) = self.floor.max(path) else {
             return Bound::Hold;
         };
-        let over = recent > floor + (floor * 3 / 4).max(QUEUE_TARGET_MIN);
+        let over =
+            recent > floor.saturating_add((floor.saturating_mul(3) / 4).max(QUEUE_TARGET_MIN));
         if over && !sender.app_limited && !sender.growing {
             self.settle = Some(Settle {
                 rounds: 0,
