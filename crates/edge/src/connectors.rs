@@ -26,9 +26,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use transport::congestion::Reductions;
 use transport::{Connection, ControlDriver, Incoming, Liveness, ServerEndpoint, Transport};
 
-use crate::metrics::{Metrics, SiteResult, SiteTransport};
+use crate::metrics::{Metrics, SiteReason, SiteResult, SiteTransport};
 use crate::tunnels::Tunnel;
 use crate::{Shared, route};
 
@@ -38,6 +39,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often each tunnel's liveness is sampled; the verdict itself takes seconds of silence.
 const LIVENESS_CHECK: Duration = Duration::from_millis(250);
+
+/// How often a connector connection's congestion controller is sampled for metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// TLS/TCP tunnels handed over by `accept` and not yet taken: a burst of connectors at once.
 pub(crate) const TCP_TUNNEL_QUEUE: usize = 64;
 
@@ -288,6 +292,8 @@ async fn session(
     let mut liveness = Liveness::new(ping_interval, Instant::now());
     let mut check = tokio::time::interval(LIVENESS_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sample = tokio::time::interval(STATS_INTERVAL);
+    let mut reductions_seen = Reductions::default();
     let ended = loop {
         tokio::select! {
             event = control.next_event() => {
@@ -322,6 +328,18 @@ async fn session(
                     warn!(%addr, connector = %identity.name, silent_ms = liveness.silent_for(Instant::now()).as_millis() as u64, "connector connection silent; closing it");
                     conn.close(CloseCode::Timeout, "connector silent");
                     break "connector silent past the liveness limit".to_owned();
+                }
+            }
+            _ = sample.tick() => {
+                if let Some(current) = conn.reductions() {
+                    for (reason, count, seen) in [
+                        ("loss", current.loss, reductions_seen.loss),
+                        ("queue", current.queue, reductions_seen.queue),
+                    ] {
+                        let label = SiteReason { site: identity.site.clone(), reason };
+                        metrics.congestion_reductions.get_or_create(&label).inc_by(count.saturating_sub(seen));
+                    }
+                    reductions_seen = current;
                 }
             }
             () = tunnel.probe.notified() => {

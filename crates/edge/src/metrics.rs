@@ -161,6 +161,8 @@ pub(crate) struct Metrics {
     pub(crate) stream_failures: Family<SiteReason, Counter>,
     /// Request headers the edge dropped rather than forward.
     pub(crate) dropped_headers: Family<SiteReason, Counter>,
+    /// Window reductions of the tunnels' QUIC congestion controllers (what the edge sends).
+    pub(crate) congestion_reductions: Family<SiteReason, Counter>,
     /// When certificates expire (Unix seconds).
     pub(crate) certificate_expiry: Family<CertLabels, Gauge>,
     /// Issued certificates expiring within 30 days.
@@ -211,6 +213,7 @@ impl Metrics {
             connectors: Family::default(),
             registrations: Family::default(),
             disconnects: Family::default(),
+            congestion_reductions: Family::default(),
             connector_waits: Family::default(),
             stream_failures: Family::default(),
             dropped_headers: Family::default(),
@@ -298,6 +301,11 @@ impl Metrics {
             "connector_registrations",
             "Connector registrations by result",
             m.registrations.clone(),
+        );
+        r.register(
+            "tunnel_congestion_reductions",
+            "Times the QUIC congestion controller (loss_tolerant) of a tunnel reduced its window for what the edge sends (uploads), by site and reason: loss, queue",
+            m.congestion_reductions.clone(),
         );
         r.register(
             "connector_disconnects",
@@ -470,6 +478,11 @@ impl Metrics {
             site: s(),
             reason: "underscore",
         });
+        for reason in ["loss", "queue"] {
+            let _ = self
+                .congestion_reductions
+                .get_or_create(&SiteReason { site: s(), reason });
+        }
     }
 
     /// Creates the edge-wide bounded series at zero.

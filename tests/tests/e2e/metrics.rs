@@ -190,8 +190,14 @@ async fn both_endpoints_export_every_documented_family_and_count_traffic() {
             "doorless_connector_connection_attempts_total{result=\"ok\"}"
         ) >= 2.0
     );
-    // Every slot has its window reductions from the start (the default controller,
-    // loss_tolerant, counts them).
+    // Every slot (and, on the edge, every site) has its window reductions from the start
+    // (the default controller, loss_tolerant, counts them).
+    for reason in ["loss", "queue"] {
+        let series = format!(
+            "doorless_edge_tunnel_congestion_reductions_total{{site=\"home\",reason=\"{reason}\"}}"
+        );
+        assert!(edge.contains(&series), "{series} missing");
+    }
     for slot in ["0", "1"] {
         for reason in ["loss", "queue"] {
             let series = format!(
