@@ -518,12 +518,9 @@ async fn serve(
                 metrics.lost_packets.get_or_create(slot).inc_by(stats.lost_packets.saturating_sub(lost_seen));
                 lost_seen = lost_seen.max(stats.lost_packets);
                 if let Some(current) = conn.reductions() {
-                    for (reason, count, seen) in [
-                        ("loss", current.loss, reductions_seen.loss),
-                        ("queue", current.queue, reductions_seen.queue),
-                    ] {
+                    for (reason, new) in current.since(&reductions_seen) {
                         let label = ReductionLabel { connection: slot.connection.clone(), reason };
-                        metrics.congestion_reductions.get_or_create(&label).inc_by(count.saturating_sub(seen));
+                        metrics.congestion_reductions.get_or_create(&label).inc_by(new);
                     }
                     reductions_seen = current;
                 }

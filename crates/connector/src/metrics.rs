@@ -183,7 +183,7 @@ impl Metrics {
         let _ = self.rtt.get_or_create(slot);
         let _ = self.lost_packets.get_or_create(slot);
         let _ = self.congestion_window.get_or_create(slot);
-        for reason in ["loss", "queue"] {
+        for reason in transport::congestion::Reductions::REASONS {
             let _ = self.congestion_reductions.get_or_create(&ReductionLabel {
                 connection: slot.connection.clone(),
                 reason,

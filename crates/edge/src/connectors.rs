@@ -332,12 +332,9 @@ async fn session(
             }
             _ = sample.tick() => {
                 if let Some(current) = conn.reductions() {
-                    for (reason, count, seen) in [
-                        ("loss", current.loss, reductions_seen.loss),
-                        ("queue", current.queue, reductions_seen.queue),
-                    ] {
+                    for (reason, new) in current.since(&reductions_seen) {
                         let label = SiteReason { site: identity.site.clone(), reason };
-                        metrics.congestion_reductions.get_or_create(&label).inc_by(count.saturating_sub(seen));
+                        metrics.congestion_reductions.get_or_create(&label).inc_by(new);
                     }
                     reductions_seen = current;
                 }

@@ -478,7 +478,7 @@ impl Metrics {
             site: s(),
             reason: "underscore",
         });
-        for reason in ["loss", "queue"] {
+        for reason in transport::congestion::Reductions::REASONS {
             let _ = self
                 .congestion_reductions
                 .get_or_create(&SiteReason { site: s(), reason });

@@ -141,6 +141,21 @@ pub struct Reductions {
     pub rebased: u64,
 }
 
+impl Reductions {
+    /// The reasons a window is reduced for, as metrics label them.
+    pub const REASONS: [&'static str; 2] = ["loss", "queue"];
+
+    /// How many reductions of each reason (in [`Self::REASONS`]' order) happened since `seen`,
+    /// an earlier reading of the same connection (a controller that started afresh, after a
+    /// path change, counts from zero).
+    pub fn since(&self, seen: &Self) -> [(&'static str, u64); 2] {
+        [
+            (Self::REASONS[0], self.loss.saturating_sub(seen.loss)),
+            (Self::REASONS[1], self.queue.saturating_sub(seen.queue)),
+        ]
+    }
+}
+
 impl LossTolerant {
     /// What it has done to its window so far.
     pub fn reductions(&self) -> Reductions {
@@ -1253,5 +1268,25 @@ mod tests {
             "{reductions:?}"
         );
         assert!(cc.window() < after_loss);
+    }
+
+    #[test]
+    fn reductions_since_an_earlier_reading_never_go_negative() {
+        let earlier = Reductions {
+            loss: 3,
+            queue: 5,
+            rebased: 1,
+        };
+        let now = Reductions {
+            loss: 4,
+            queue: 9,
+            rebased: 1,
+        };
+        assert_eq!(now.since(&earlier), [("loss", 1), ("queue", 4)]);
+        // A controller that started afresh reads lower than what was seen: nothing new.
+        assert_eq!(
+            Reductions::default().since(&now),
+            [("loss", 0), ("queue", 0)]
+        );
     }
 }
