@@ -14,29 +14,21 @@
 //! bodies take turns in pieces of at most [`PIECE`] bytes while that count is under the
 //! budget; [`Counted`] (the connection's socket) gives the credit back as `h2` writes.
 //!
-//! Whose turn it is follows the request's RFC 9218 priority (`proto::Priority`, from the
-//! `priority` header browsers send): the most urgent response with data goes first, so the
-//! page's style sheets and the scripts it waits for (`u=0`, `u=1`) are not shared out with 60
-//! deferred scripts and images; within an urgency, responses of use only whole go one after
-//! another in request order, incremental ones take turns. Nothing waits for a response that
-//! has no data ready (the order only decides among those waiting), and one piece in
-//! [`SHARE_EVERY`] goes to the body that has waited longest, so no response, however urgent
-//! and endless, starves the others. A request without the header (a native app's) is served
-//! as an incremental `u=3`: such responses share, where RFC 9218's default (non-incremental)
-//! would let the first endless one hold the rest for three pieces in four. The
-//! budget is about [`QUEUE_TIME_MS`] of what the socket drained lately (at least one piece,
-//! at most `limits.h2_response_queue`), so the wait ahead of a frame stays short on a slow
-//! phone link and the queue long enough on a fast one. Bytes
-//! `h2` never writes (a stream the client reset with data queued) would hold credit forever,
-//! so a body waiting for credit while nothing has been written for [`STALL`] takes all of it
-//! back and goes out of turn: the queue (or whoever is first in line) is then stuck, and
-//! either way no reason to wait.
+//! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`, set by `serve`) stays at one
+//! piece (16 KiB) unless the connection has drained at the budget's cap (128 MB/s and more
+//! with the default) for [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a
+//! link drains in the same 2 ms, and the socket no longer wakes us for every 16 KiB (on
+//! loopback that alone cost an HTTP/2 download ~0.8× of the same download over HTTP/1.1). It
+//! does not follow the budget in between: what the socket takes in a 10 ms sample overstates
+//! what the network drains (slow start's bursts, TLS buffering), and a bound raised on that
+//! fed on itself — on a 20 ms path it held the page's WebSocket answer ~40 ms longer.
+//! A page (a megabyte) can never look fast: it takes 6 MB at that rate to get there.
 
 use std::collections::BTreeMap;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -60,6 +52,8 @@ const STALL: Duration = Duration::from_millis(50);
 const QUEUE_TIME_MS: usize = 2;
 /// How often the budget follows the socket's rate.
 const SAMPLE_MS: u64 = 10;
+/// Samples in a row at the budget's cap before the kernel's unsent bound is raised to it.
+const FAST_SAMPLES: u32 = 5;
 
 /// The body bytes one HTTP/2 connection holds between its response bodies and its socket.
 #[derive(Debug)]
@@ -83,6 +77,10 @@ pub(crate) struct Feed {
     reclaims: Counter,
     /// [`STALL`] (the tests that check order by hand set it out of reach).
     stall: Duration,
+    /// Rate samples in a row that reached `max`.
+    fast: AtomicU32,
+    /// The kernel's unsent-bytes bound last asked for ([`Feed::unsent_due`]).
+    unsent: AtomicUsize,
 }
 
 /// Where a body stands in line for room in the queue: the more urgent first (RFC 9218
@@ -191,7 +189,22 @@ impl Feed {
             epoch: Instant::now(),
             reclaims,
             stall: STALL,
+            fast: AtomicU32::new(0),
+            unsent: AtomicUsize::new(PIECE),
         })
+    }
+
+    /// The kernel's unsent-bytes bound now, if it is not the one last asked for: one
+    /// [`PIECE`] (what `serve` sets at the start), or `max` after [`FAST_SAMPLES`] samples in
+    /// a row at it (module docs). Changes at most once per [`SAMPLE_MS`].
+    fn unsent_due(&self) -> Option<u32> {
+        let want = if self.fast.load(Ordering::Relaxed) >= FAST_SAMPLES {
+            self.max.max(PIECE)
+        } else {
+            PIECE
+        };
+        (self.unsent.swap(want, Ordering::Relaxed) != want)
+            .then(|| u32::try_from(want).unwrap_or(u32::MAX))
     }
 
     /// A ticket for a request with `priority`, taken when the request arrives.
@@ -287,6 +300,11 @@ impl Feed {
                 .saturating_mul(QUEUE_TIME_MS)
                 .clamp(PIECE.min(self.max), self.max);
             self.budget.store(budget, Ordering::Relaxed);
+            if budget >= self.max {
+                self.fast.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.fast.store(0, Ordering::Relaxed);
+            }
         }
         let budget = self.budget.load(Ordering::Relaxed);
         let mut line = self.line();
@@ -441,14 +459,22 @@ impl Drop for Gated {
     }
 }
 
-/// A connection's socket that gives its [`Feed`] credit back as it takes bytes.
-/// Without a feed (HTTP/1.1, or no bound) it only passes the bytes through.
+/// A stream over a kernel socket whose queue of unsent bytes can be bounded
+/// (`TCP_NOTSENT_LOWAT`).
+pub(crate) trait UnsentBound {
+    /// Lets the kernel queue at most about `bytes` not yet sent. Best effort.
+    fn bound_unsent(&self, bytes: u32);
+}
+
+/// A connection's socket that gives its [`Feed`] credit back as it takes bytes, and keeps the
+/// kernel's unsent bytes at the feed's budget. Without a feed (HTTP/1.1, or no bound) it only
+/// passes the bytes through.
 pub(crate) struct Counted<S> {
     inner: S,
     feed: Option<Arc<Feed>>,
 }
 
-impl<S> Counted<S> {
+impl<S: UnsentBound> Counted<S> {
     /// Wraps `inner`, crediting `feed` if there is one.
     pub(crate) fn new(inner: S, feed: Option<Arc<Feed>>) -> Self {
         Self { inner, feed }
@@ -457,6 +483,9 @@ impl<S> Counted<S> {
     fn credit(&self, written: usize) {
         if let Some(feed) = &self.feed {
             feed.written(written);
+            if let Some(bytes) = feed.unsent_due() {
+                self.inner.bound_unsent(bytes);
+            }
         }
     }
 }
@@ -471,7 +500,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + UnsentBound + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -619,8 +648,8 @@ mod tests {
         );
         assert_eq!(next_len(&mut b, Duration::from_millis(10)).await, None);
         // The socket takes that piece (through `Counted`): `b` goes on.
-        let (mut socket, _peer) = tokio::io::duplex(1 << 20);
-        let mut counted = Counted::new(&mut socket, Some(feed.clone()));
+        let socket = Recorder::default();
+        let mut counted = Counted::new(&socket, Some(feed.clone()));
         counted
             .write_all(&vec![0u8; PIECE])
             .await
@@ -673,6 +702,95 @@ mod tests {
         assert_eq!(drain(1_000_000), 256 * 1024);
         // A slow link: one piece.
         assert_eq!(drain(500), PIECE);
+    }
+
+    /// Records what a [`Counted`] asks of its socket.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<u32>>);
+
+    impl UnsentBound for &Recorder {
+        fn bound_unsent(&self, bytes: u32) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bytes);
+        }
+    }
+
+    impl AsyncWrite for &Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_kernels_unsent_bound_rises_only_on_a_fast_link_that_stays_fast() {
+        let feed = Feed::new(256 * 1024, Counter::default());
+        // At the start: one piece, what `serve` already set.
+        assert_eq!(feed.unsent_due(), None);
+        let mut now = 20;
+        feed.written_at(1, now);
+        let mut sample = |per_ms: usize| {
+            for _ in 0..SAMPLE_MS {
+                now += 1;
+                feed.written_at(per_ms, now);
+            }
+            feed.unsent_due()
+        };
+        // Under the cap (100 KB/ms, a 200,000-byte budget): it stays, however long.
+        for _ in 0..2 * FAST_SAMPLES {
+            assert_eq!(sample(100_000), None);
+        }
+        // At the cap, but not for long enough (a burst): it stays.
+        for _ in 1..FAST_SAMPLES {
+            assert_eq!(sample(1_000_000), None);
+        }
+        assert_eq!(sample(100_000), None);
+        // At the cap for FAST_SAMPLES in a row: the cap, asked for once.
+        for _ in 1..FAST_SAMPLES {
+            assert_eq!(sample(1_000_000), None);
+        }
+        assert_eq!(sample(1_000_000), Some(256 * 1024));
+        assert_eq!(sample(1_000_000), None);
+        // One slower sample: back to one piece.
+        assert_eq!(sample(100_000), Some(PIECE as u32));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_told_when_the_bound_changes() {
+        let feed = Feed::new(256 * 1024, Counter::default());
+        let socket = Recorder::default();
+        let mut counted = Counted::new(&socket, Some(feed.clone()));
+        counted
+            .write_all(&[0u8; 100])
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let asked = |s: &Recorder| s.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(asked(&socket).is_empty(), "nothing changed yet");
+        // The socket drained fast for long enough: the next write carries the new bound.
+        for i in 1..=u64::from(FAST_SAMPLES) {
+            feed.written_at(1_000_000 * SAMPLE_MS as usize, i * SAMPLE_MS);
+        }
+        counted
+            .write_all(&[0u8; 100])
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        assert_eq!(asked(&socket), vec![256 * 1024]);
+        // Without a feed (HTTP/1.1) the socket is never touched.
+        let plain = Recorder::default();
+        let mut counted = Counted::new(&plain, None);
+        counted
+            .write_all(&[0u8; 100])
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        assert!(asked(&plain).is_empty());
     }
 
     #[tokio::test]

@@ -50,6 +50,11 @@ impl<T> Lingering<T> {
             state: State::Open,
         }
     }
+
+    /// The stream it wraps.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
