@@ -132,6 +132,8 @@ impl Tunnel {
 pub(crate) struct Tunnels {
     by_site: Mutex<HashMap<String, Vec<Arc<Tunnel>>>>,
     next_id: AtomicU64,
+    /// Counts [`Tunnels::candidates`] calls: each call breaks ties in its own order ([`tie`]).
+    turns: AtomicU64,
     /// Woken at every registration, for requests waiting for a connector.
     registered: Notify,
 }
@@ -223,13 +225,14 @@ impl Tunnels {
     /// idle connectors (and each connector's connections) share the load and one connector's
     /// death costs only its share.
     pub(crate) fn candidates(&self, site: &str) -> Vec<Arc<Tunnel>> {
+        let turn = self.turns.fetch_add(1, Ordering::Relaxed);
         let map = self.lock();
         let mut list: Vec<(usize, u64, Arc<Tunnel>)> = map
             .get(site)
             .map(|l| {
                 l.iter()
                     .filter(|s| s.usable())
-                    .map(|s| (s.active_streams(), random_u64(), s.clone()))
+                    .map(|s| (s.active_streams(), tie(turn, s.id), s.clone()))
                     .collect()
             })
             .unwrap_or_default();
@@ -294,11 +297,43 @@ impl Tunnels {
     }
 }
 
-/// A random tie-breaker; a fixed one would send every request to the same idle tunnel.
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // The system RNG does not fail on supported platforms; a zero only makes a tie fall back
-    // to registration order.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    u64::from_le_bytes(bytes)
+/// Tunnel `id`'s tie-breaker in call `turn`: a splitmix64 mix of the two, so equally loaded
+/// tunnels come first in turn (a fixed order would send every request to the same idle
+/// tunnel). Not the system's random generator: this runs for every request, and aws-lc's
+/// generator cost ~3 % of the edge's CPU at 64 concurrent small requests (docs/benchmarks.md);
+/// nothing here needs to be unpredictable.
+fn tie(turn: u64, id: u64) -> u64 {
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut z = turn.wrapping_mul(GOLDEN) ^ id.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tie;
+
+    /// Equally loaded tunnels each come first about as often as the others.
+    #[test]
+    fn ties_are_shared() {
+        for ids in [vec![1u64, 2], vec![3, 4, 5], vec![7, 8, 9, 10]] {
+            let mut first = vec![0usize; ids.len()];
+            let calls = 6000u64;
+            for turn in 0..calls {
+                let winner = (0..ids.len())
+                    .min_by_key(|&i| tie(turn, ids[i]))
+                    .unwrap_or_else(|| panic!("no ids"));
+                first[winner] += 1;
+            }
+            let fair = calls as usize / ids.len();
+            for (i, n) in first.iter().enumerate() {
+                assert!(
+                    n * 10 > fair * 9 && n * 10 < fair * 11,
+                    "{ids:?}: id {} first {n} times of {calls}",
+                    ids[i]
+                );
+            }
+        }
+    }
 }
