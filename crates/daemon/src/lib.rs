@@ -206,9 +206,17 @@ pub async fn shutdown_signal() {
 /// The environment variable that sets the number of runtime worker threads (tokio's own).
 pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
-/// The runtime each daemon runs on: tokio's multi-threaded scheduler with ONE worker thread
-/// unless `TOKIO_WORKER_THREADS` asks for more, all drivers enabled. Each binary adds its own
-/// hooks and builds it.
+/// The runtime each daemon runs on: tokio's current-thread scheduler (one thread runs every
+/// task and the I/O and timer drivers), or the multi-threaded one when `TOKIO_WORKER_THREADS`
+/// asks for more than one worker; all drivers enabled. Each binary adds its own hooks and
+/// builds it.
+///
+/// Why not the multi-threaded scheduler with one worker (the default until 2026-12-02): on
+/// loopback, alternating runs of the same code on each, the current-thread one served 64
+/// concurrent small requests 1.14–1.41× nginx+rathole instead of 0.64–0.93×, at 39–60 µs of
+/// edge + connector CPU per request instead of 69–84 (docs/benchmarks.md). One worker of the
+/// multi-threaded scheduler still pays for what only several need: the shared run queues,
+/// the idle-worker bookkeeping, the driver lock.
 ///
 /// Why one: every request crosses several tasks in each process (the HTTP connection, QUIC's
 /// endpoint and connection drivers, the upstream connection), and with a second worker each
@@ -219,14 +227,21 @@ pub const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 /// side, far beyond a home uplink or a small VPS port; an operator with more load sets
 /// `TOKIO_WORKER_THREADS` (e.g. to the number of cores).
 pub fn runtime_builder() -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // tokio reads the variable itself when no count is set here; an unusable value makes
-    // tokio panic, so only a usable one is left to it.
+    // Read here, not by tokio (which panics on an unusable value): more than one worker
+    // selects the multi-threaded scheduler; anything else is the default.
     let from_env = std::env::var(WORKER_THREADS_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0);
-    builder.worker_threads(from_env.unwrap_or(1)).enable_all();
+        .filter(|&n| n > 1);
+    let mut builder = match from_env {
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all();
     builder
 }
 
@@ -338,9 +353,20 @@ mod tests {
     fn one_worker_unless_the_environment_asks_for_more() {
         let runtime = runtime_builder().build().unwrap();
         let workers = runtime.metrics().num_workers();
-        match std::env::var(WORKER_THREADS_ENV) {
-            Ok(n) => assert_eq!(Some(workers), n.trim().parse().ok().filter(|&n| n > 0)),
-            Err(_) => assert_eq!(workers, 1),
+        let flavor = runtime.handle().runtime_flavor();
+        let asked = std::env::var(WORKER_THREADS_ENV)
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .filter(|&n| n > 1);
+        match asked {
+            Some(n) => {
+                assert_eq!(workers, n);
+                assert_eq!(flavor, tokio::runtime::RuntimeFlavor::MultiThread);
+            }
+            None => {
+                assert_eq!(workers, 1);
+                assert_eq!(flavor, tokio::runtime::RuntimeFlavor::CurrentThread);
+            }
         }
     }
 
