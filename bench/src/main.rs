@@ -277,8 +277,9 @@ async fn run(opts: Opts) -> Result<()> {
     let mut res = Results::default();
     res.note(format!(
         "worker counts: nginx worker_processes 1 (each nginx); doorless edge and connector one \
-         runtime thread each (current-thread scheduler), their default, unless TOKIO_WORKER_THREADS is passed to them \
-         (extra doorless environment this run: {:?}); rathole default (tokio multi-thread, one \
+         runtime thread each (current-thread scheduler), their default, unless \
+         TOKIO_WORKER_THREADS is passed to them (extra doorless environment this run: {:?}); \
+         rathole default (tokio multi-thread, one \
          worker per core = {}); backend tokio multi-thread. Nothing is pinned; the load \
          generator shares the same cores.",
         [

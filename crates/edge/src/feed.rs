@@ -14,6 +14,24 @@
 //! bodies take turns in pieces of at most [`PIECE`] bytes while that count is under the
 //! budget; [`Counted`] (the connection's socket) gives the credit back as `h2` writes.
 //!
+//! Whose turn it is follows the request's RFC 9218 priority (`proto::Priority`, from the
+//! `priority` header browsers send): the most urgent response with data goes first, so the
+//! page's style sheets and the scripts it waits for (`u=0`, `u=1`) are not shared out with 60
+//! deferred scripts and images; within an urgency, responses of use only whole go one after
+//! another in request order, incremental ones take turns. Nothing waits for a response that
+//! has no data ready (the order only decides among those waiting), and one piece in
+//! [`SHARE_EVERY`] goes to the body that has waited longest, so no response, however urgent
+//! and endless, starves the others. A request without the header (a native app's) is served
+//! as an incremental `u=3`: such responses share, where RFC 9218's default (non-incremental)
+//! would let the first endless one hold the rest for three pieces in four. The
+//! budget is about [`QUEUE_TIME_MS`] of what the socket drained lately (at least one piece,
+//! at most `limits.h2_response_queue`), so the wait ahead of a frame stays short on a slow
+//! phone link and the queue long enough on a fast one. Bytes
+//! `h2` never writes (a stream the client reset with data queued) would hold credit forever,
+//! so a body waiting for credit while nothing has been written for [`STALL`] takes all of it
+//! back and goes out of turn: the queue (or whoever is first in line) is then stuck, and
+//! either way no reason to wait.
+//!
 //! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`, set by `serve`) stays at one
 //! piece (16 KiB) unless the connection has drained at the budget's cap (128 MB/s and more
 //! with the default) for [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a
@@ -466,9 +484,9 @@ pub(crate) trait UnsentBound {
     fn bound_unsent(&self, bytes: u32);
 }
 
-/// A connection's socket that gives its [`Feed`] credit back as it takes bytes, and keeps the
-/// kernel's unsent bytes at the feed's budget. Without a feed (HTTP/1.1, or no bound) it only
-/// passes the bytes through.
+/// A connection's socket that gives its [`Feed`] credit back as it takes bytes, and tells the
+/// kernel when the feed raises or lowers its unsent-bytes bound ([`Feed::unsent_due`]).
+/// Without a feed (HTTP/1.1, or no bound) it only passes the bytes through.
 pub(crate) struct Counted<S> {
     inner: S,
     feed: Option<Arc<Feed>>,

@@ -163,7 +163,7 @@ fn set_unsent(tcp: &TcpStream, bytes: u32) {
     let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(bytes);
 }
 
-/// A busy HTTP/2 connection's bound follows what its socket drains (`feed`).
+/// Where `feed` raises the bound on a connection that drains at LAN speed, and lowers it again.
 impl feed::UnsentBound for Lingering<TlsStream<TcpStream>> {
     fn bound_unsent(&self, bytes: u32) {
         set_unsent(self.get_ref().get_ref().0, bytes);
