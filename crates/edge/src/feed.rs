@@ -32,11 +32,19 @@
 //! back and goes out of turn: the queue (or whoever is first in line) is then stuck, and
 //! either way no reason to wait.
 //!
-//! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`, set by `serve`) stays at one
-//! piece (16 KiB) unless the connection has drained at the budget's cap (128 MB/s and more
-//! with the default) for [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a
-//! link drains in the same 2 ms, and the socket no longer wakes us for every 16 KiB (on
-//! loopback that alone cost an HTTP/2 download ~0.8× of the same download over HTTP/1.1). It
+//! Pieces follow the budget: 16 KiB (a browser's frame) once it holds one, 8 and then 4 KiB
+//! ([`MIN_PIECE`], where a connection starts) on slower links, so on a phone link a frame
+//! that has to wait waits behind a few KiB (at 80 ms per leg the page's WebSocket upgrade
+//! answered ~35 ms sooner than with 16 KiB throughout).
+//!
+//! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`) is one piece unless the
+//! connection has drained at the budget's cap (128 MB/s and more with the default) for
+//! [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a link drains in the same
+//! 2 ms, and the socket no longer wakes us for every 16 KiB (on loopback that alone cost an
+//! HTTP/2 download ~0.8× of the same download over HTTP/1.1). [`Counted`] applies it, and
+//! hands TLS nothing new while it still holds records the kernel refused: rustls takes
+//! whatever it is given (up to 64 KiB) whether the socket does or not, which would queue four
+//! times the kernel's bound ahead of the next urgent frame. It
 //! does not follow the budget in between: what the socket takes in a 10 ms sample overstates
 //! what the network drains (slow start's bursts, TLS buffering), and a bound raised on that
 //! fed on itself — on a 20 ms path it held the page's WebSocket answer ~40 ms longer.
@@ -63,6 +71,11 @@ use crate::body::ResponseBody;
 
 /// Largest piece of a body handed to `h2` at once: one browser-sized DATA frame.
 pub(crate) const PIECE: usize = 16 * 1024;
+/// Smallest piece, and where a connection starts: on a link that drains less than a
+/// [`PIECE`] per [`QUEUE_TIME_MS`] (~8 MB/s: phones, home uplinks) pieces, the budget and
+/// the kernel's unsent bound shrink with it, to this below ~4 MB/s, so an urgent frame waits
+/// behind a few KiB instead of a few frames.
+pub(crate) const MIN_PIECE: usize = 4 * 1024;
 /// A body waiting this long for credit while the socket took nothing takes the credit back.
 const STALL: Duration = Duration::from_millis(50);
 /// How long a queue the budget aims at, in what the socket drains: a frame that has to wait
@@ -79,8 +92,10 @@ pub(crate) struct Feed {
     /// Most the budget may grow to (`limits.h2_response_queue`).
     max: usize,
     /// What may wait in `h2` now: [`QUEUE_TIME_MS`] of what the socket recently took, at
-    /// least [`PIECE`], at most `max`.
+    /// least `min_piece`, at most `max`.
     budget: AtomicUsize,
+    /// [`MIN_PIECE`] (the order tests, which count in whole pieces, set [`PIECE`]).
+    min_piece: usize,
     /// What is queued, and who waits for room, in the order they get it.
     line: Mutex<Line>,
     /// Hands out turn numbers ([`Place`]).
@@ -198,7 +213,8 @@ impl Feed {
     pub(crate) fn new(max: usize, reclaims: Counter) -> Arc<Self> {
         Arc::new(Self {
             max,
-            budget: AtomicUsize::new(PIECE.min(max)),
+            budget: AtomicUsize::new(MIN_PIECE.min(max)),
+            min_piece: MIN_PIECE,
             line: Mutex::new(Line::default()),
             turns: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
@@ -208,18 +224,30 @@ impl Feed {
             reclaims,
             stall: STALL,
             fast: AtomicU32::new(0),
-            unsent: AtomicUsize::new(PIECE),
+            // Nothing asked yet: `Counted::new` applies the first bound.
+            unsent: AtomicUsize::new(0),
         })
     }
 
-    /// The kernel's unsent-bytes bound now, if it is not the one last asked for: one
-    /// [`PIECE`] (what `serve` sets at the start), or `max` after [`FAST_SAMPLES`] samples in
-    /// a row at it (module docs). Changes at most once per [`SAMPLE_MS`].
+    /// How big a body's next piece may be: the budget rounded down to a power of two
+    /// between `min_piece` and [`PIECE`] (4, 8 or 16 KiB).
+    fn piece(&self) -> usize {
+        let budget = self.budget.load(Ordering::Relaxed).min(PIECE);
+        let mut piece = self.min_piece;
+        while piece < PIECE && piece * 2 <= budget {
+            piece *= 2;
+        }
+        piece
+    }
+
+    /// The unsent-bytes bound now, if it is not the one last asked for: one piece, or `max`
+    /// after [`FAST_SAMPLES`] samples in a row at it (module docs). Changes at most once per
+    /// [`SAMPLE_MS`].
     fn unsent_due(&self) -> Option<u32> {
         let want = if self.fast.load(Ordering::Relaxed) >= FAST_SAMPLES {
             self.max.max(PIECE)
         } else {
-            PIECE
+            self.piece()
         };
         (self.unsent.swap(want, Ordering::Relaxed) != want)
             .then(|| u32::try_from(want).unwrap_or(u32::MAX))
@@ -316,7 +344,7 @@ impl Feed {
             let per_ms = bytes / usize::try_from(elapsed).unwrap_or(usize::MAX).max(1);
             let budget = per_ms
                 .saturating_mul(QUEUE_TIME_MS)
-                .clamp(PIECE.min(self.max), self.max);
+                .clamp(self.min_piece.min(self.max), self.max);
             self.budget.store(budget, Ordering::Relaxed);
             if budget >= self.max {
                 self.fast.fetch_add(1, Ordering::Relaxed);
@@ -419,7 +447,7 @@ impl Body for Gated {
                     other => return Poll::Ready(other),
                 }
             };
-            let n = held.len().min(PIECE);
+            let n = held.len().min(this.feed.piece());
             let place = this.place();
             if this.feed.admit(n, place, cx.waker(), jump) {
                 this.place = None;
@@ -493,8 +521,11 @@ pub(crate) struct Counted<S> {
 }
 
 impl<S: UnsentBound> Counted<S> {
-    /// Wraps `inner`, crediting `feed` if there is one.
+    /// Wraps `inner`, crediting `feed` if there is one (and then applying its first bound).
     pub(crate) fn new(inner: S, feed: Option<Arc<Feed>>) -> Self {
+        if let Some(bytes) = feed.as_ref().and_then(|feed| feed.unsent_due()) {
+            inner.bound_unsent(bytes);
+        }
         Self { inner, feed }
     }
 
@@ -518,12 +549,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Counted<S> {
+    /// With a feed: what the layers above the socket still hold (TLS records the kernel
+    /// refused) goes to the socket before they are handed more. TLS takes what it is given
+    /// whether the kernel takes it or not (rustls buffers 64 KiB), which would put that much
+    /// ahead of an urgent frame on top of the kernel's bound.
+    fn poll_held(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.feed.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
 impl<S: AsyncWrite + UnsentBound + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.as_mut().poll_held(cx))?;
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         self.credit(written);
         Poll::Ready(Ok(written))
@@ -534,6 +579,7 @@ impl<S: AsyncWrite + UnsentBound + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.as_mut().poll_held(cx))?;
         let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
         self.credit(written);
         Poll::Ready(Ok(written))
@@ -569,12 +615,15 @@ mod tests {
         super::gated(body, feed, ticket)
     }
 
-    /// A feed whose queue holds one piece and whose stall check never fires: the order tests
-    /// poll by hand, and a slow machine must not let a body out of turn between two polls.
+    /// A feed whose queue holds one whole piece and whose stall check never fires: the
+    /// order tests poll by hand, and a slow machine must not let a body out of turn between
+    /// two polls.
     fn patient() -> Arc<Feed> {
         let mut feed = Feed::new(PIECE, Counter::default());
         if let Some(feed) = Arc::get_mut(&mut feed) {
             feed.stall = Duration::from_secs(3600);
+            feed.min_piece = PIECE;
+            feed.budget = AtomicUsize::new(PIECE);
         }
         feed
     }
@@ -659,22 +708,22 @@ mod tests {
         let feed = Feed::new(1 << 20, Counter::default());
         let mut a = gated(body(vec![Bytes::from(vec![0u8; 4 * PIECE])]), feed.clone());
         let mut b = gated(body(vec![Bytes::from(vec![1u8; PIECE])]), feed.clone());
-        // The budget starts at one piece: `a` takes it; `b` must wait.
+        // The budget starts at the smallest piece: `a` takes it; `b` must wait.
         assert_eq!(
             next_len(&mut a, Duration::from_millis(1)).await,
-            Some(PIECE)
+            Some(MIN_PIECE)
         );
         assert_eq!(next_len(&mut b, Duration::from_millis(10)).await, None);
         // The socket takes that piece (through `Counted`): `b` goes on.
         let socket = Recorder::default();
         let mut counted = Counted::new(&socket, Some(feed.clone()));
         counted
-            .write_all(&vec![0u8; PIECE])
+            .write_all(&vec![0u8; MIN_PIECE])
             .await
             .unwrap_or_else(|e| panic!("write: {e}"));
         assert_eq!(
             next_len(&mut b, Duration::from_millis(1)).await,
-            Some(PIECE)
+            Some(MIN_PIECE)
         );
     }
 
@@ -686,7 +735,7 @@ mod tests {
         let mut lost = gated(body(vec![Bytes::from(vec![0u8; PIECE])]), feed.clone());
         assert_eq!(
             next_len(&mut lost, Duration::from_millis(1)).await,
-            Some(PIECE)
+            Some(MIN_PIECE)
         );
         drop(lost);
         // Another body is not stuck forever: after the stall time it takes the credit back.
@@ -694,7 +743,7 @@ mod tests {
         let started = Instant::now();
         assert_eq!(
             next_len(&mut next, Duration::from_secs(5)).await,
-            Some(PIECE)
+            Some(MIN_PIECE)
         );
         let waited = started.elapsed();
         assert!(waited >= STALL && waited < STALL * 3, "{waited:?}");
@@ -704,7 +753,8 @@ mod tests {
     #[test]
     fn the_budget_follows_what_the_socket_drains() {
         let feed = Feed::new(256 * 1024, Counter::default());
-        assert_eq!(feed.budget.load(Ordering::Relaxed), PIECE);
+        assert_eq!(feed.budget.load(Ordering::Relaxed), MIN_PIECE);
+        assert_eq!(feed.piece(), MIN_PIECE);
         let mut now = 20;
         feed.written_at(1, now);
         let mut drain = |per_ms: usize| {
@@ -714,12 +764,17 @@ mod tests {
             }
             feed.budget.load(Ordering::Relaxed)
         };
-        // 100 KB per ms: ~2 ms of that.
+        // 100 KB per ms: ~2 ms of that, in whole pieces.
         assert_eq!(drain(100_000), 200_000);
+        assert_eq!(feed.piece(), PIECE);
         // Faster than the cap: the cap.
         assert_eq!(drain(1_000_000), 256 * 1024);
-        // A slow link: one piece.
-        assert_eq!(drain(500), PIECE);
+        // 5 KB per ms (40 Mbit/s): 10,000 bytes, pieces of 8 KiB.
+        assert_eq!(drain(5_000), 10_000);
+        assert_eq!(feed.piece(), 8 * 1024);
+        // A slow link: the smallest piece.
+        assert_eq!(drain(500), MIN_PIECE);
+        assert_eq!(feed.piece(), MIN_PIECE);
     }
 
     /// Records what a [`Counted`] asks of its socket.
@@ -751,7 +806,8 @@ mod tests {
     #[test]
     fn the_kernels_unsent_bound_rises_only_on_a_fast_link_that_stays_fast() {
         let feed = Feed::new(256 * 1024, Counter::default());
-        // At the start: one piece, what `serve` already set.
+        // At the start: the smallest piece (what `Counted::new` applies), asked for once.
+        assert_eq!(feed.unsent_due(), Some(MIN_PIECE as u32));
         assert_eq!(feed.unsent_due(), None);
         let mut now = 20;
         feed.written_at(1, now);
@@ -762,8 +818,10 @@ mod tests {
             }
             feed.unsent_due()
         };
-        // Under the cap (100 KB/ms, a 200,000-byte budget): it stays, however long.
-        for _ in 0..2 * FAST_SAMPLES {
+        // Under the cap (100 KB/ms, a 200,000-byte budget): a whole piece, asked for once,
+        // and there it stays, however long.
+        assert_eq!(sample(100_000), Some(PIECE as u32));
+        for _ in 1..2 * FAST_SAMPLES {
             assert_eq!(sample(100_000), None);
         }
         // At the cap, but not for long enough (a burst): it stays.
@@ -779,6 +837,8 @@ mod tests {
         assert_eq!(sample(1_000_000), None);
         // One slower sample: back to one piece.
         assert_eq!(sample(100_000), Some(PIECE as u32));
+        // A slow link: the smallest piece.
+        assert_eq!(sample(500), Some(MIN_PIECE as u32));
     }
 
     #[tokio::test]
@@ -791,7 +851,11 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("write: {e}"));
         let asked = |s: &Recorder| s.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        assert!(asked(&socket).is_empty(), "nothing changed yet");
+        assert_eq!(
+            asked(&socket),
+            vec![MIN_PIECE as u32],
+            "the start, and no change yet"
+        );
         // The socket drained fast for long enough: the next write carries the new bound.
         for i in 1..=u64::from(FAST_SAMPLES) {
             feed.written_at(1_000_000 * SAMPLE_MS as usize, i * SAMPLE_MS);
@@ -800,7 +864,7 @@ mod tests {
             .write_all(&[0u8; 100])
             .await
             .unwrap_or_else(|e| panic!("write: {e}"));
-        assert_eq!(asked(&socket), vec![256 * 1024]);
+        assert_eq!(asked(&socket), vec![MIN_PIECE as u32, 256 * 1024]);
         // Without a feed (HTTP/1.1) the socket is never touched.
         let plain = Recorder::default();
         let mut counted = Counted::new(&plain, None);
@@ -809,6 +873,65 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("write: {e}"));
         assert!(asked(&plain).is_empty());
+    }
+
+    /// A TLS layer over a socket that takes nothing: it accepts every write (as rustls does)
+    /// and holds it until the socket takes it (`open`).
+    #[derive(Default)]
+    struct Holding {
+        held: usize,
+        open: bool,
+    }
+
+    impl UnsentBound for Holding {
+        fn bound_unsent(&self, _: u32) {}
+    }
+
+    impl AsyncWrite for Holding {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.open {
+                self.held = 0;
+            }
+            if self.held == 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn nothing_more_goes_to_tls_while_it_holds_what_the_socket_refused() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let feed = Feed::new(256 * 1024, Counter::default());
+        let mut counted = Counted::new(Holding::default(), Some(feed));
+        let mut write = |counted: &mut Counted<Holding>| {
+            Pin::new(counted)
+                .poll_write(&mut cx, &[0u8; 100])
+                .map(|r| r.unwrap_or_else(|e| panic!("write: {e}")))
+        };
+        assert_eq!(write(&mut counted), Poll::Ready(100));
+        // The socket took none of it: the next write waits.
+        assert_eq!(write(&mut counted), Poll::Pending);
+        assert_eq!(counted.inner.held, 100);
+        // It did: the next write goes.
+        counted.inner.open = true;
+        assert_eq!(write(&mut counted), Poll::Ready(100));
+        // Without a feed (HTTP/1.1: one response at a time) writes are passed on as they come.
+        let mut plain = Counted::new(Holding::default(), None);
+        assert_eq!(write(&mut plain), Poll::Ready(100));
+        assert_eq!(write(&mut plain), Poll::Ready(100));
     }
 
     #[tokio::test]
@@ -953,14 +1076,14 @@ mod tests {
         let flag = Arc::new(Flag::default());
         let mut filler = asked(&feed, "u=0", 1);
         let mut stuck = asked(&feed, "u=0", 1);
-        assert_eq!(poll_once(&mut filler, &flag), Some(PIECE));
+        assert_eq!(poll_once(&mut filler, &flag), Some(MIN_PIECE));
         // First in line, but never polled again (its task is gone without dropping it).
         assert_eq!(poll_once(&mut stuck, &flag), None);
         let mut next = asked(&feed, "u=4", 1);
         let started = Instant::now();
         assert_eq!(
             next_len(&mut next, Duration::from_secs(5)).await,
-            Some(PIECE)
+            Some(MIN_PIECE)
         );
         let waited = started.elapsed();
         assert!(waited >= STALL && waited < STALL * 3, "{waited:?}");

@@ -50,18 +50,19 @@ pub(crate) async fn connection(
     shutdown: CancellationToken,
 ) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    if h2 {
-        bound_unsent(tls.get_ref().0);
-    }
     // Response bodies take turns into HTTP/2 no faster than the socket takes them (`feed`),
     // unless `limits.h2_response_queue = 0`; an HTTP/1.1 connection sends one response at a
-    // time, nothing to overtake.
+    // time, nothing to overtake. The feed sets the socket's unsent bound (`Counted`); without
+    // one it stays at `H2_NOTSENT_LOWAT`.
     let gate = (h2 && shared.config.limits.h2_response_queue > 0).then(|| {
         Feed::new(
             shared.config.limits.h2_response_queue,
             shared.metrics.h2_queue_reclaims.clone(),
         )
     });
+    if h2 && gate.is_none() {
+        bound_unsent(tls.get_ref().0);
+    }
     let socket_credit = gate.clone();
     let revoked = peer.revoked.clone();
     let peer = Arc::new(peer);
@@ -148,11 +149,11 @@ pub(crate) async fn connection(
 /// at LAN speed for a while (on loopback a fixed 16 KiB held an HTTP/2 download at ~0.8× of
 /// the same download over HTTP/1.1). HTTP/1.1 connections (one response at a time, nothing to
 /// overtake) go without.
-/// 16 KiB, where it starts, is what h2o and Cloudflare's edge use for HTTP/2.
+/// 16 KiB, what h2o and Cloudflare's edge use for HTTP/2, is the bound of a connection
+/// without a feed (`limits.h2_response_queue = 0`); with one, `feed` sets it to a piece
+/// (4–16 KiB, as fast as the link drains) and up to its queue on a LAN, and `Counted` keeps
+/// rustls from buffering more on top.
 const H2_NOTSENT_LOWAT: u32 = 16 * 1024;
-
-// The bound `feed` raises from (its budget's least).
-const _: () = assert!(H2_NOTSENT_LOWAT as usize == feed::PIECE);
 
 /// Applies [`H2_NOTSENT_LOWAT`]. Best effort: a socket that refuses it still works.
 fn bound_unsent(tcp: &TcpStream) {
@@ -163,7 +164,7 @@ fn set_unsent(tcp: &TcpStream, bytes: u32) {
     let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(bytes);
 }
 
-/// Where `feed` raises the bound on a connection that drains at LAN speed, and lowers it again.
+/// Where `feed` sets the bound as the connection's rate changes.
 impl feed::UnsentBound for Lingering<TlsStream<TcpStream>> {
     fn bound_unsent(&self, bytes: u32) {
         set_unsent(self.get_ref().get_ref().0, bytes);
