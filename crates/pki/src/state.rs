@@ -1120,10 +1120,18 @@ fn check_device_validity(validity: &Validity, ca: &Ca) -> Result<()> {
     if validity.not_after > ca.not_after() {
         return Err(Error::ValidityBeyondCa {
             ca_not_after: ca.not_after(),
-            max_days: (ca.not_after() - now).whole_days(),
+            max_days: max_days_before(ca.not_after(), now),
         });
     }
     Ok(())
+}
+
+/// The most whole days a certificate asked for at `now` or a little later can last and end by
+/// `ca_not_after`: what the refusal offers must work when the user types it. Measured from a
+/// minute on, so a CA made in the same second (exactly 3,652 days left) offers 3,651, which
+/// still fits a second later.
+fn max_days_before(ca_not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (ca_not_after - now - Duration::minutes(1)).whole_days()
 }
 
 /// The subject CN of a new CA: 16 random hex digits, nothing else.
@@ -1161,4 +1169,23 @@ fn validate_edge_addr(addr: &str) -> Result<()> {
         return invalid("host must be a DNS name, an IPv4 address or a bracketed IPv6 address");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a refusal offers fits when asked for a moment later, even right after the CA was
+    /// made (exactly its whole life left).
+    #[test]
+    fn the_offered_maximum_still_fits_a_moment_later() {
+        let made = now();
+        let ca_not_after = made + Duration::days(i64::from(crate::CA_VALIDITY_DAYS));
+        for offered_at in [made, made + Duration::seconds(1), made + Duration::hours(5)] {
+            let max = max_days_before(ca_not_after, offered_at);
+            assert_eq!(max, i64::from(crate::CA_VALIDITY_DAYS) - 1);
+            let asked_at = offered_at + Duration::seconds(30);
+            assert!(asked_at + Duration::days(max) <= ca_not_after);
+        }
+    }
 }
