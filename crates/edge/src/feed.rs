@@ -34,11 +34,11 @@
 //!
 //! Pieces follow the budget: 16 KiB (a browser's frame) once it holds one, 8 and then 4 KiB
 //! ([`MIN_PIECE`], where a connection starts) on slower links, so on a phone link a frame
-//! that has to wait waits behind a few KiB (at 80 ms per leg the page's WebSocket upgrade
-//! answered ~35 ms sooner than with 16 KiB throughout).
+//! that has to wait waits behind a few KiB in `h2`.
 //!
-//! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`) is one piece unless the
-//! connection has drained at the budget's cap (128 MB/s and more with the default) for
+//! The kernel's own queue of unsent bytes (`TCP_NOTSENT_LOWAT`) is 16 KiB ([`MIN_UNSENT`]:
+//! less starves BBR of the samples it needs to leave its start-up) unless the connection has
+//! drained at the budget's cap (128 MB/s and more with the default) for
 //! [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a link drains in the same
 //! 2 ms, and the socket no longer wakes us for every 16 KiB (on loopback that alone cost an
 //! HTTP/2 download ~0.8× of the same download over HTTP/1.1). [`Counted`] applies it, and
@@ -72,10 +72,17 @@ use crate::body::ResponseBody;
 /// Largest piece of a body handed to `h2` at once: one browser-sized DATA frame.
 pub(crate) const PIECE: usize = 16 * 1024;
 /// Smallest piece, and where a connection starts: on a link that drains less than a
-/// [`PIECE`] per [`QUEUE_TIME_MS`] (~8 MB/s: phones, home uplinks) pieces, the budget and
-/// the kernel's unsent bound shrink with it, to this below ~4 MB/s, so an urgent frame waits
-/// behind a few KiB instead of a few frames.
+/// [`PIECE`] per [`QUEUE_TIME_MS`] (~8 MB/s: phones, home uplinks) pieces and the budget
+/// shrink with it, to this below ~4 MB/s, so an urgent frame waits behind a few KiB in `h2`
+/// instead of a few frames.
 pub(crate) const MIN_PIECE: usize = 4 * 1024;
+/// The kernel's unsent bound on a connection that is not at LAN speed: 16 KiB, not less.
+/// With 4 KiB the socket often ran out of unsent data between two wake-ups, Linux marked
+/// the connection's rate samples app-limited, and BBR (the listener's default) never left
+/// its start-up: at 80 ms per leg over a 20 Mbit/s downlink it paced at ~58 Mbit/s into the
+/// bottleneck's buffer, lost thousands of segments, and live updates sharing the connection
+/// waited a median 380 ms instead of 185 (docs/benchmarks.md, "What waits ahead …").
+const MIN_UNSENT: u32 = PIECE as u32;
 /// A body waiting this long for credit while the socket took nothing takes the credit back.
 const STALL: Duration = Duration::from_millis(50);
 /// How long a queue the budget aims at, in what the socket drains: a frame that has to wait
@@ -240,14 +247,14 @@ impl Feed {
         piece
     }
 
-    /// The unsent-bytes bound now, if it is not the one last asked for: one piece, or `max`
+    /// The unsent-bytes bound now, if it is not the one last asked for: [`PIECE`], or `max`
     /// after [`FAST_SAMPLES`] samples in a row at it (module docs). Changes at most once per
-    /// [`SAMPLE_MS`].
+    /// [`SAMPLE_MS`]. Never less than [`PIECE`], whatever the pieces: see [`MIN_UNSENT`].
     fn unsent_due(&self) -> Option<u32> {
         let want = if self.fast.load(Ordering::Relaxed) >= FAST_SAMPLES {
             self.max.max(PIECE)
         } else {
-            self.piece()
+            MIN_UNSENT as usize
         };
         (self.unsent.swap(want, Ordering::Relaxed) != want)
             .then(|| u32::try_from(want).unwrap_or(u32::MAX))
@@ -806,8 +813,8 @@ mod tests {
     #[test]
     fn the_kernels_unsent_bound_rises_only_on_a_fast_link_that_stays_fast() {
         let feed = Feed::new(256 * 1024, Counter::default());
-        // At the start: the smallest piece (what `Counted::new` applies), asked for once.
-        assert_eq!(feed.unsent_due(), Some(MIN_PIECE as u32));
+        // At the start: one whole piece (what `Counted::new` applies), asked for once.
+        assert_eq!(feed.unsent_due(), Some(MIN_UNSENT));
         assert_eq!(feed.unsent_due(), None);
         let mut now = 20;
         feed.written_at(1, now);
@@ -818,10 +825,8 @@ mod tests {
             }
             feed.unsent_due()
         };
-        // Under the cap (100 KB/ms, a 200,000-byte budget): a whole piece, asked for once,
-        // and there it stays, however long.
-        assert_eq!(sample(100_000), Some(PIECE as u32));
-        for _ in 1..2 * FAST_SAMPLES {
+        // Under the cap (100 KB/ms, a 200,000-byte budget): it stays, however long.
+        for _ in 0..2 * FAST_SAMPLES {
             assert_eq!(sample(100_000), None);
         }
         // At the cap, but not for long enough (a burst): it stays.
@@ -836,9 +841,10 @@ mod tests {
         assert_eq!(sample(1_000_000), Some(256 * 1024));
         assert_eq!(sample(1_000_000), None);
         // One slower sample: back to one piece.
-        assert_eq!(sample(100_000), Some(PIECE as u32));
-        // A slow link: the smallest piece.
-        assert_eq!(sample(500), Some(MIN_PIECE as u32));
+        assert_eq!(sample(100_000), Some(MIN_UNSENT));
+        // A slow link (small pieces): the bound stays.
+        assert_eq!(sample(500), None);
+        assert_eq!(feed.piece(), MIN_PIECE);
     }
 
     #[tokio::test]
@@ -853,7 +859,7 @@ mod tests {
         let asked = |s: &Recorder| s.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(
             asked(&socket),
-            vec![MIN_PIECE as u32],
+            vec![MIN_UNSENT],
             "the start, and no change yet"
         );
         // The socket drained fast for long enough: the next write carries the new bound.
@@ -864,7 +870,7 @@ mod tests {
             .write_all(&[0u8; 100])
             .await
             .unwrap_or_else(|e| panic!("write: {e}"));
-        assert_eq!(asked(&socket), vec![MIN_PIECE as u32, 256 * 1024]);
+        assert_eq!(asked(&socket), vec![MIN_UNSENT, 256 * 1024]);
         // Without a feed (HTTP/1.1) the socket is never touched.
         let plain = Recorder::default();
         let mut counted = Counted::new(&plain, None);

@@ -149,10 +149,10 @@ pub(crate) async fn connection(
 /// at LAN speed for a while (on loopback a fixed 16 KiB held an HTTP/2 download at ~0.8× of
 /// the same download over HTTP/1.1). HTTP/1.1 connections (one response at a time, nothing to
 /// overtake) go without.
-/// 16 KiB, what h2o and Cloudflare's edge use for HTTP/2, is the bound of a connection
-/// without a feed (`limits.h2_response_queue = 0`); with one, `feed` sets it to a piece
-/// (4–16 KiB, as fast as the link drains) and up to its queue on a LAN, and `Counted` keeps
-/// rustls from buffering more on top.
+/// 16 KiB, what h2o and Cloudflare's edge use for HTTP/2, is where it stays unless the
+/// connection drains at LAN speed (then `feed` raises it to its queue); `Counted` applies
+/// it and keeps rustls from buffering more on top. Without a feed
+/// (`limits.h2_response_queue = 0`) `serve` sets it once.
 const H2_NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Applies [`H2_NOTSENT_LOWAT`]. Best effort: a socket that refuses it still works.
