@@ -108,7 +108,7 @@ impl Opts {
                     println!(
                         "doorless-bench [--runs N=3] [--secs S=5] [--concurrency 1,32,64,256] \
                          [--bulk-mib 1024] [--idle-ws 10000] [--ws-msgs 1000] [--flood 2000] \
-                         [--only get,bulk,handshake,ws,idle,flood,iperf; with --net: pageload,live,bulk,live_busy (only when named)] \
+                         [--only get,bulk,handshake,ws,idle,flood,iperf; with --net: pageload,live,bulk,live_busy,live_h2 (the last two only when named)] \
                          [--targets direct,doorless,nginx,nginx_classic,rathole,composite] [--no-h2] [--quick] \
                          [--out DIR] [--net all|RTTms:LOSS%,... (e.g. 80ms:1%)] [--live-events N] [--pageloads N (with --net)]\n  env: DOORLESS_ROOT (repo root), BENCH_OHA, BENCH_RATHOLE, \
                          BENCH_NGINX, BENCH_IPERF3; BENCH_DOORLESS_ENV / BENCH_EDGE_ENV / BENCH_CONNECTOR_ENV \

@@ -20,7 +20,7 @@ use crate::fleet::{Fleet, Place, wait_get_ok};
 use crate::opts::Opts;
 use crate::procs::{Proc, addr_of, wait_json_file};
 use crate::results::{fmt_num, median};
-use crate::scenario::liveupdate::live_update;
+use crate::scenario::liveupdate::{live_beside_download, live_update};
 use crate::scenario::netbulk::{download, upload};
 use crate::scenario::pageload::{Browser, page_load};
 use crate::targets::{Kind, Pki, Target, Tools};
@@ -75,7 +75,7 @@ const BUSY_BYTES: u64 = 10 << 30;
 const RAMP: Duration = Duration::from_secs(2);
 const BUSY_SLACK: Duration = Duration::from_secs(1);
 
-const ROWS: [Row; 13] = [
+const ROWS: [Row; 16] = [
     Row {
         id: "first_state",
         label: "page load → WebSocket + first state (median)",
@@ -139,6 +139,24 @@ const ROWS: [Row; 13] = [
     Row {
         id: "busy_down",
         label: "that download (`live_busy`)",
+        unit: "MB/s",
+        higher_better: true,
+    },
+    Row {
+        id: "h2_p50",
+        label: "live update p50 beside a download in the same browser (`live_h2`: doorless one HTTP/2 connection, RFC 8441; others a connection each)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "h2_p99",
+        label: "live update p99 beside a download in the same browser (`live_h2`)",
+        unit: "ms",
+        higher_better: false,
+    },
+    Row {
+        id: "h2_down",
+        label: "that download (`live_h2`)",
         unit: "MB/s",
         higher_better: true,
     },
@@ -479,6 +497,49 @@ async fn matrix(
                     )),
                 }
             }
+            // The dashboard tab itself loading something big (a camera stream, a backup): a
+            // browser puts both on one HTTP/2 connection where the server allows RFC 8441
+            // (doorless), else the WebSocket on a connection of its own (as `live_busy`).
+            if opts.names("live_h2") {
+                let span = cfg.every * (cfg.events + cfg.warmup) as u32 + RAMP + BUSY_SLACK;
+                let (live, down) = if matches!(k, Kind::Doorless | Kind::DoorlessTcp) {
+                    match live_beside_download(
+                        t,
+                        pki,
+                        (cfg.events, cfg.warmup, cfg.every),
+                        BUSY_BYTES,
+                        RAMP,
+                    )
+                    .await
+                    {
+                        Ok((live, mbps)) => (Ok(live), Some(Ok(mbps))),
+                        // One failure, one note (the live row's).
+                        Err(e) => (Err(e), None),
+                    }
+                } else {
+                    let (down, live) = tokio::join!(download(t, pki, BUSY_BYTES, span), async {
+                        tokio::time::sleep(RAMP).await;
+                        live_update(t, pki, cfg.events, cfg.warmup, cfg.every).await
+                    });
+                    (live, Some(down.map(|x| x.mbps)))
+                };
+                live_rows(
+                    &mut table,
+                    p,
+                    k,
+                    ["h2", "live beside a download", "h2_p50", "h2_p99"],
+                    live,
+                );
+                match down {
+                    Some(Ok(mbps)) => table.add(p, "h2_down", k, mbps),
+                    Some(Err(e)) => table.note(format!(
+                        "{} download beside live {}: {e:#}",
+                        p.label(),
+                        k.title()
+                    )),
+                    None => {}
+                }
+            }
             if !opts.wants("bulk") {
                 continue;
             }
@@ -637,7 +698,11 @@ fn render(
         tcp_cc(),
         [
             ("BENCH_DOORLESS_ENV", "doorless's environment"),
-            ("BENCH_UPLINK", "home uplink Mbit/s : drop-tail buffer ms")
+            ("BENCH_UPLINK", "home uplink Mbit/s : drop-tail buffer ms"),
+            (
+                "BENCH_DOWNLINK",
+                "client downlink Mbit/s : drop-tail buffer ms"
+            )
         ]
         .iter()
         .filter_map(|(var, what)| match std::env::var(var) {

@@ -85,18 +85,31 @@ impl NetPoint {
 /// becomes a bottleneck of that rate behind a drop-tail buffer of that many milliseconds, as
 /// a home connection's upload is; unset: none.
 fn uplink_from_env() -> Result<Bottleneck> {
+    bottleneck_from_env("BENCH_UPLINK")
+}
+
+/// `BENCH_DOWNLINK=MBIT:BUFFER_MS`: the same for the client's downlink (link 1, edge →
+/// client), as a phone's mobile connection is.
+fn downlink_from_env() -> Result<Bottleneck> {
+    bottleneck_from_env("BENCH_DOWNLINK")
+}
+
+fn bottleneck_from_env(var: &str) -> Result<Bottleneck> {
     let b = Bottleneck::default();
-    let Ok(v) = std::env::var("BENCH_UPLINK") else {
+    let Ok(v) = std::env::var(var) else {
         return Ok(b);
     };
     let (rate, buffer) = v
         .split_once(':')
-        .ok_or_else(|| anyhow!("BENCH_UPLINK {v:?}: want MBIT:BUFFER_MS (e.g. 20:100)"))?;
-    let mbit: f64 = rate.trim().parse().context("BENCH_UPLINK rate")?;
-    let ms: u64 = buffer.trim().parse().context("BENCH_UPLINK buffer")?;
+        .ok_or_else(|| anyhow!("{var} {v:?}: want MBIT:BUFFER_MS (e.g. 20:100)"))?;
+    let mbit: f64 = rate.trim().parse().with_context(|| format!("{var} rate"))?;
+    let ms: u64 = buffer
+        .trim()
+        .parse()
+        .with_context(|| format!("{var} buffer"))?;
     ensure!(
         mbit > 0.0 && mbit <= 10_000.0,
-        "BENCH_UPLINK rate {mbit} Mbit/s out of range"
+        "{var} rate {mbit} Mbit/s out of range"
     );
     b.rate_bps.store((mbit * 1e6) as u64, Ordering::Relaxed);
     b.buffer_us.store(ms * 1000, Ordering::Relaxed);
@@ -110,6 +123,8 @@ pub(crate) struct Net {
     params: Arc<Params>,
     /// The home uplink's bottleneck, if `BENCH_UPLINK` asks for one.
     pub(crate) uplink: Arc<Bottleneck>,
+    /// The client's downlink's, if `BENCH_DOWNLINK` asks for one.
+    pub(crate) downlink: Arc<Bottleneck>,
     stop: Arc<AtomicBool>,
     /// link 1 client→edge, link 1 edge→client, link 2 edge→home, link 2 home→edge.
     dirs: Vec<Direction>,
@@ -140,6 +155,7 @@ impl Net {
             home_ns: format!("{tag}-home"),
             params: Arc::new(Params::default()),
             uplink: Arc::new(uplink_from_env()?),
+            downlink: Arc::new(downlink_from_env()?),
             stop: Arc::new(AtomicBool::new(false)),
             dirs: Vec::new(),
             made_ns: Vec::new(),
@@ -225,9 +241,11 @@ impl Net {
         .into_iter()
         .enumerate()
         {
-            // The home uplink (home → edge) may be a bottleneck (`BENCH_UPLINK`).
+            // The home uplink (home → edge) and the client's downlink (edge → client) may
+            // be bottlenecks (`BENCH_UPLINK`, `BENCH_DOWNLINK`).
             let bottleneck = match name {
                 "l2-up" => net.uplink.clone(),
+                "l1-down" => net.downlink.clone(),
                 _ => Arc::new(Bottleneck::default()),
             };
             net.dirs.push(Direction::start(
