@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::HOST;
 use crate::clients::connect;
 use crate::results::percentile;
+use crate::scenario::netbulk::AbortOnDrop;
 use crate::targets::{Pki, Target};
 
 type Ws<S> = WebSocketStream<S>;
@@ -117,15 +118,6 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = ws.close(None).await;
     lat.sort_by(f64::total_cmp);
     Ok((percentile(&lat, 50.0), percentile(&lat, 99.0), lat.len()))
-}
-
-/// Aborts a task on every way out.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Live updates on a WebSocket that shares one HTTP/2 connection with a download, as a

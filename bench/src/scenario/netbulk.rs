@@ -22,7 +22,7 @@ use crate::{HOST, ZEROS};
 
 /// Aborts the connection task on every way out (a capped or failed transfer must not go on
 /// loading the path while the next measurement runs).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
