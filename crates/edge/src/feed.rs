@@ -41,13 +41,13 @@
 //! drained at the budget's cap (128 MB/s and more with the default) for
 //! [`FAST_SAMPLES`] samples in a row; then it is the cap, which such a link drains in the same
 //! 2 ms, and the socket no longer wakes us for every 16 KiB (on loopback that alone cost an
-//! HTTP/2 download ~0.8× of the same download over HTTP/1.1). [`Counted`] applies it, and
-//! hands TLS nothing new while it still holds records the kernel refused: rustls takes
-//! whatever it is given (up to 64 KiB) whether the socket does or not, which would queue four
-//! times the kernel's bound ahead of the next urgent frame. It
-//! does not follow the budget in between: what the socket takes in a 10 ms sample overstates
-//! what the network drains (slow start's bursts, TLS buffering), and a bound raised on that
-//! fed on itself — on a 20 ms path it held the page's WebSocket answer ~40 ms longer.
+//! HTTP/2 download ~0.8× of the same download over HTTP/1.1). It does not follow the budget
+//! in between: what the socket takes in a 10 ms sample overstates what the network drains
+//! (slow start's bursts, TLS buffering), and a bound raised on that fed on itself — on a
+//! 20 ms path it held the page's WebSocket answer ~40 ms longer. [`Counted`] applies the
+//! bound, and hands TLS nothing new while it still holds records the kernel refused: rustls
+//! takes whatever it is given (up to 64 KiB) whether the socket does or not, which would
+//! queue four times the kernel's bound ahead of the next urgent frame.
 //! A page (a megabyte) can never look fast: it takes 6 MB at that rate to get there.
 
 use std::collections::BTreeMap;
