@@ -230,6 +230,54 @@ async fn downloads_with_and_without_content_length() {
     }
 }
 
+/// A long HTTP/2 download through the smallest response queue the edge allows
+/// (`limits.h2_response_queue = 16384`: `feed` lets one 16 KiB piece at a time into `h2`),
+/// while small responses share the connection: every byte arrives in order, and the small
+/// ones still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_http2_download_through_the_smallest_queue_arrives_whole() {
+    let stack = Stack::start_with(StackOptions {
+        edge: EdgeOptions {
+            limits: Some("h2_response_queue = 16384".to_owned()),
+            ..EdgeOptions::default()
+        },
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    let client = stack.client(0, HttpVersion::Auto).unwrap();
+    let n = 40_000_003u64;
+    let started = std::time::Instant::now();
+    let download = {
+        let (client, url) = (client.clone(), stack.url(&format!("/bytes/{n}")));
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.version(), Version::HTTP_2);
+            response.bytes().await.unwrap()
+        })
+    };
+    for i in 0..20u64 {
+        let response = client
+            .get(stack.url(&format!("/bytes/{}", 100 + i)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.bytes().await.unwrap().len() as u64, 100 + i);
+    }
+    let body = tokio::time::timeout(Duration::from_secs(60), download)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("{n} bytes over HTTP/2 in {:?}", started.elapsed());
+    assert_eq!(body.len() as u64, n);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, b)| *b == standin::pattern_byte(i as u64))
+    );
+}
+
 /// An upstream slower than `limits.upstream_timeout` is answered 504 by the edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504() {
