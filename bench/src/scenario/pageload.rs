@@ -11,7 +11,7 @@
 //! The client certificate is chosen without a prompt by the managed policy
 //! `AutoSelectCertificateForUrls`, from a policies tree of our own that Chromium sees at
 //! /etc/chromium/policies through a bind mount in a private mount namespace (nothing under
-//! /etc is written; see `write_policies`).
+//! /etc is written; see `write_policies` and `policy_mount`).
 //!
 //! The DevTools client is the few lines below over tokio-tungstenite (already a dependency):
 //! two methods and a poll do not justify a CDP crate's dependency tree (chromiumoxide and
@@ -35,6 +35,9 @@ use crate::targets::Pki;
 
 /// Where Debian's Chromium reads policies (`managed/*.json` under it).
 const SYSTEM_POLICIES: &str = "/etc/chromium/policies";
+/// Its parent, which Debian's package always has (`master_preferences`); some versions
+/// (156 in bookworm's security updates) no longer ship the policies directory in it.
+const SYSTEM_ETC: &str = "/etc/chromium";
 
 /// Writes, under `dir`, a policies tree whose managed policy AutoSelectCertificateForUrls
 /// lets Chromium present the device certificate to the benchmark's origins without asking.
@@ -42,8 +45,8 @@ const SYSTEM_POLICIES: &str = "/etc/chromium/policies";
 /// mount namespace (see `page_load`): the system directory is never written, and other users
 /// of it (another benchmark's policy file for the same host name would win the merge and
 /// leave ours unused) do not interfere either way.
-fn write_policies(dir: &Path, ports: &[u16]) -> Result<PathBuf> {
-    let root = dir.join("chromium-policies");
+fn write_policies(dir: &Path, ports: &[u16]) -> Result<Mount> {
+    let (mount, root) = policy_mount(dir)?;
     let managed = root.join("managed");
     std::fs::create_dir_all(&managed)?;
     let path = managed.join("doorless-bench.json");
@@ -66,7 +69,46 @@ fn write_policies(dir: &Path, ports: &[u16]) -> Result<PathBuf> {
             .and_then(|f| f.set_modified(past))
             .with_context(|| format!("dating {} back", p.display()))?;
     }
-    Ok(root)
+    Ok(mount)
+}
+
+/// A bind mount Chromium's process gets in its private mount namespace.
+struct Mount {
+    source: PathBuf,
+    target: &'static str,
+}
+
+/// Where our policies tree goes under `dir`, and what it is mounted over: the system's
+/// policies directory where there is one; where there is not, the whole of /etc/chromium,
+/// with a copy of what that holds beside our `policies` (a mount point must exist, and
+/// creating one would write under /etc).
+fn policy_mount(dir: &Path) -> Result<(Mount, PathBuf)> {
+    if Path::new(SYSTEM_POLICIES).is_dir() {
+        let root = dir.join("chromium-policies");
+        let mount = Mount {
+            source: root.clone(),
+            target: SYSTEM_POLICIES,
+        };
+        return Ok((mount, root));
+    }
+    ensure!(
+        Path::new(SYSTEM_ETC).is_dir(),
+        "{SYSTEM_ETC} missing (Debian's chromium package creates it)"
+    );
+    let etc = dir.join("chromium-etc");
+    std::fs::create_dir_all(&etc)?;
+    for entry in std::fs::read_dir(SYSTEM_ETC).with_context(|| format!("reading {SYSTEM_ETC}"))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), etc.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    let mount = Mount {
+        source: etc.clone(),
+        target: SYSTEM_ETC,
+    };
+    Ok((mount, etc.join("policies")))
 }
 
 /// Things every run needs: the browser binary and the device identity as a .p12.
@@ -74,7 +116,7 @@ pub(crate) struct Browser {
     pub(crate) chromium: PathBuf,
     p12: PathBuf,
     server_ca: PathBuf,
-    policies: PathBuf,
+    policies: Mount,
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
@@ -106,10 +148,6 @@ impl Browser {
             .ok_or_else(|| {
                 anyhow!("chromium not found (apt install chromium; or BENCH_CHROMIUM)")
             })?;
-        ensure!(
-            Path::new(SYSTEM_POLICIES).is_dir(),
-            "{SYSTEM_POLICIES} missing (Debian's chromium package creates it)"
-        );
         for tool in ["certutil", "pk12util", "openssl", "unshare", "mount"] {
             ensure!(
                 Command::new("sh")
@@ -210,14 +248,15 @@ pub(crate) async fn page_load(
             .arg(&b.p12),
     )?;
     let profile = home.path().join("profile");
-    // A private mount namespace in which our policies tree hides /etc/chromium/policies; `sh`
-    // then execs Chromium (same pid, so its process group is Proc's as usual).
+    // A private mount namespace in which our policies tree hides the system's (`policy_mount`);
+    // `sh` then execs Chromium (same pid, so its process group is Proc's as usual).
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount --bind \"$0\" {SYSTEM_POLICIES} && exec \"$@\""
+            "mount --bind \"$0\" {} && exec \"$@\"",
+            b.policies.target
         ))
-        .arg(&b.policies)
+        .arg(&b.policies.source)
         .arg(&b.chromium)
         .env("HOME", home.path())
         .arg("--headless")
