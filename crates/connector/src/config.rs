@@ -249,9 +249,21 @@ pub struct RawTunnel {
     #[serde(with = "humantime_serde")]
     pub ack_delay: Duration,
     /// QUIC receive window per stream, in bytes: bounds one stream's uploads (what the edge sends) to this per
-    /// round trip, and what one slow reader can make this end buffer.
+    /// round trip, and what one slow reader can make this end buffer ([`STREAM_WINDOW`]).
     pub stream_window: u32,
 }
+
+/// The connector's default `tunnel.stream_window`: 8 MiB, where the edge keeps transport's
+/// 2 MiB. On this end the window bounds only uploads (request bodies the edge sends), one
+/// window per tunnel round trip: 2 MiB held one upload at 18.5 MB/s at 80 ms per leg where
+/// nginx+rathole moved 28 (0.66×), and at 36–40 MB/s at 20 ms with 1 % loss where it moved
+/// 60; with 8 MiB 28.2–28.7 and 62.5–63.8 MB/s (two alternating rounds each,
+/// docs/benchmarks.md). What the window costs is memory while the reader lags, and the
+/// reader here is Home Assistant on the LAN: the connector's peak RSS during a 100 MB upload
+/// was the same 23 MB with either (the window never filled). The edge keeps 2 MiB because
+/// its reader is a phone, which does lag, and there quinn's copying of a stream buffer that
+/// holds more than 2,048 packets cost 30–50 MiB (`transport::Tuning::stream_window`).
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
 impl Default for RawTunnel {
     fn default() -> Self {
@@ -262,7 +274,7 @@ impl Default for RawTunnel {
             udp_buffer: t.udp_buffer,
             congestion_control: t.congestion,
             ack_delay: t.ack_delay,
-            stream_window: t.stream_window,
+            stream_window: STREAM_WINDOW,
         }
     }
 }
@@ -770,6 +782,9 @@ mod tests {
         assert_eq!(config.listen.admin, admin);
         assert_eq!(config.connections, default_connections());
         assert_eq!(config.reconnect.max, RawReconnect::default().max);
+        // Uploads get the connector's wider window, not the edge's.
+        assert_eq!(config.tuning.stream_window, STREAM_WINDOW);
+        assert!(STREAM_WINDOW > transport::Tuning::default().stream_window);
         // Validated like a file: a bad upstream is refused by name.
         let Err(e) = Config::new(&token, "ftp://ha:8123", admin) else {
             panic!("an ftp upstream must be refused");
