@@ -1795,6 +1795,19 @@ impl Default for StackOptions {
     }
 }
 
+impl StackOptions {
+    /// The defaults, with `limits` as the edge's `[limits]` table body (TOML lines).
+    pub fn with_limits(limits: impl Into<String>) -> Self {
+        Self {
+            edge: EdgeOptions {
+                limits: Some(limits.into()),
+                ..EdgeOptions::default()
+            },
+            ..Self::default()
+        }
+    }
+}
+
 /// Stand-in HA + edge + connectors for one or two sites, all on port 0.
 pub struct Stack {
     // Field order is drop order: processes first, the state dir last.

@@ -2,10 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{
-    CABIN_HOST, ConnectorConfig, EdgeOptions, HOME_HOST, HttpVersion, RawResponse, Stack,
-    StackOptions,
-};
+use e2e::{CABIN_HOST, ConnectorConfig, HOME_HOST, HttpVersion, RawResponse, Stack, StackOptions};
 
 use crate::{assert_no_server_header, assert_refused, get};
 
@@ -290,11 +287,7 @@ async fn site_without_connector_is_503() {
     const WAIT: Duration = Duration::from_millis(600);
     let stack = Stack::start_with(StackOptions {
         connectors: false,
-        edge: EdgeOptions {
-            limits: Some(format!("connector_wait = \"{}ms\"", WAIT.as_millis())),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
+        ..StackOptions::with_limits(format!("connector_wait = \"{}ms\"", WAIT.as_millis()))
     })
     .await
     .unwrap();

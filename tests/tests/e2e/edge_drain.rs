@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
-use e2e::{EdgeOptions, HttpVersion, Stack, StackOptions, poll_until};
+use e2e::{HttpVersion, Stack, StackOptions, poll_until};
 
 /// Big enough that, when the signal arrives, most of it has not left Home Assistant yet: the
 /// client reads 4 MiB and then pauses, and the windows on the way (client HTTP, edge and
@@ -81,13 +81,10 @@ impl Download {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_sigterm_finishes_downloads_and_refuses_new_requests() {
-    let mut stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some(format!("shutdown_grace = \"{}s\"", GRACE.as_secs())),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
+    let mut stack = Stack::start_with(StackOptions::with_limits(format!(
+        "shutdown_grace = \"{}s\"",
+        GRACE.as_secs()
+    )))
     .await
     .unwrap();
     let https = stack.edge.https_addr();

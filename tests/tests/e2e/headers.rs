@@ -2,7 +2,7 @@
 //! dropped by default (nginx's `underscores_in_headers off`), counted, and forwarded only when
 //! `limits.underscores_in_headers = true`.
 
-use e2e::{EdgeOptions, HttpVersion, Stack, StackOptions};
+use e2e::{HttpVersion, Stack, StackOptions};
 
 async fn send_underscored(stack: &Stack, version: HttpVersion, tag: &str) {
     let client = stack.client(0, version).unwrap();
@@ -57,15 +57,9 @@ async fn underscored_header_names_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscored_header_names_pass_when_allowed() {
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some("underscores_in_headers = true".into()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start_with(StackOptions::with_limits("underscores_in_headers = true"))
+        .await
+        .unwrap();
     send_underscored(&stack, HttpVersion::Http1, "allowed").await;
     let request = seen(&stack, "allowed");
     assert_eq!(

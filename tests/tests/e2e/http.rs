@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{EdgeOptions, HOME_HOST, HttpVersion, RawResponse, SeenRequest, Stack, StackOptions};
+use e2e::{HOME_HOST, HttpVersion, RawResponse, SeenRequest, Stack, StackOptions};
 use reqwest::{StatusCode, Version};
 
 use crate::{assert_no_server_header, get};
@@ -236,15 +236,9 @@ async fn downloads_with_and_without_content_length() {
 /// ones still come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_http2_download_through_the_smallest_queue_arrives_whole() {
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some("h2_response_queue = 16384".to_owned()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start_with(StackOptions::with_limits("h2_response_queue = 16384"))
+        .await
+        .unwrap();
     let client = stack.client(0, HttpVersion::Auto).unwrap();
     let n = 40_000_003u64;
     let started = std::time::Instant::now();
@@ -281,15 +275,9 @@ async fn a_long_http2_download_through_the_smallest_queue_arrives_whole() {
 /// An upstream slower than `limits.upstream_timeout` is answered 504 by the edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504() {
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some("upstream_timeout = \"1s\"".to_owned()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start_with(StackOptions::with_limits("upstream_timeout = \"1s\""))
+        .await
+        .unwrap();
     let client = stack.client(0, HttpVersion::Auto).unwrap();
     let (status, body) = get(&client, &stack.url("/slow/100")).await;
     assert_eq!(status, StatusCode::OK);

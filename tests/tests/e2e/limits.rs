@@ -4,18 +4,12 @@
 
 use std::time::Duration;
 
-use e2e::{EdgeOptions, HttpVersion, Stack, StackOptions};
+use e2e::{HttpVersion, Stack, StackOptions};
 
 async fn stack_with_limits(limits: &str) -> Stack {
-    Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some(limits.into()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap()
+    Stack::start_with(StackOptions::with_limits(limits))
+        .await
+        .unwrap()
 }
 
 async fn gauge(stack: &Stack) -> f64 {

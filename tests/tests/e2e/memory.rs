@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{EdgeOptions, Stack, StackOptions, poll_until, rss_bytes};
+use e2e::{Stack, StackOptions, poll_until, rss_bytes};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,15 +67,9 @@ async fn memory_of_closed_websockets_goes_back_when_idle() {
         "this test opens {SOCKETS} WebSockets and needs `ulimit -n` >= {needed} (it is {limit})"
     );
     let slots = SOCKETS + 64;
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some(format!(
-                "max_connections_per_ip = {slots}\nmax_streams_per_connector = {slots}"
-            )),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
+    let stack = Stack::start_with(StackOptions::with_limits(format!(
+        "max_connections_per_ip = {slots}\nmax_streams_per_connector = {slots}"
+    )))
     .await
     .unwrap();
     let names = ["edge", "connector"];

@@ -260,15 +260,9 @@ async fn a_revoked_certificate_loses_its_http2_websockets() {
 /// connection still serves requests, and a closed WebSocket's place is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_per_http2_connection_are_limited() {
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some("h2_max_websockets = 2\n".into()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start_with(StackOptions::with_limits("h2_max_websockets = 2\n"))
+        .await
+        .unwrap();
     let mut h2 = stack.h2(0).await.unwrap();
     let mut first = h2.websocket("/api/websocket").await.unwrap();
     let mut second = h2.websocket("/api/websocket").await.unwrap();
@@ -354,15 +348,9 @@ async fn the_server_speaks_first_over_http2() {
 /// never reaches Home Assistant, while WebSockets over HTTP/1.1 and plain HTTP/2 requests work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_websocket_places_turns_extended_connect_off() {
-    let stack = Stack::start_with(StackOptions {
-        edge: EdgeOptions {
-            limits: Some("h2_max_websockets = 0\n".into()),
-            ..EdgeOptions::default()
-        },
-        ..StackOptions::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start_with(StackOptions::with_limits("h2_max_websockets = 0\n"))
+        .await
+        .unwrap();
     let mut h2 = stack.h2(0).await.unwrap();
     let before = stack.ha_requests();
     let refused = h2
